@@ -1,0 +1,45 @@
+"""Inference backends: the same two calls (encode, decode) on torch or onnxruntime."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What the predictor needs from an inference engine.
+
+    Coordinates are (x, y) in the 1024 input frame; labels follow the prompt encoder
+    (-1 pad, 0 negative, 1 positive, 2/3 box corners). Boxes arrive as two corner points.
+    """
+
+    name: str
+    #: False when the decoder cannot return IoU-head scores (e.g. the official ONNX files).
+    provides_iou_scores: bool
+    #: False when the decoder has no mask input (e.g. the official ONNX files).
+    supports_mask_input: bool
+
+    def encode(self, image: np.ndarray) -> np.ndarray:
+        """``1 x 3 x 1024 x 1024`` normalised float32 -> ``1 x 256 x 64 x 64`` float32."""
+        ...
+
+    def decode(
+        self,
+        embeddings: np.ndarray,
+        point_coords: np.ndarray,
+        point_labels: np.ndarray,
+        mask_input: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Decode ``B`` prompts against one image.
+
+        Args:
+            embeddings: ``1 x 256 x 64 x 64``.
+            point_coords: ``B x N x 2`` float32.
+            point_labels: ``B x N`` float32.
+            mask_input: ``B x 1 x 256 x 256`` or None.
+        Returns:
+            low-res logits ``B x 4 x 256 x 256`` and IoU-head scores ``B x 4`` (or None).
+        """
+        ...

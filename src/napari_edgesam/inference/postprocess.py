@@ -1,0 +1,63 @@
+"""Mask post-processing in numpy: low-res logits -> full-size logits, stability scores."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from ..constants import IMG_SIZE, MASK_THRESHOLD, STABILITY_OFFSET
+
+
+@lru_cache(maxsize=32)
+def bilinear_matrix(out_len: int, in_len: int) -> np.ndarray:
+    """``out_len x in_len`` matrix of 1-D bilinear interpolation with ``align_corners=False``
+    (the half-pixel convention of ``torch.nn.functional.interpolate``)."""
+    scale = in_len / out_len
+    src = np.maximum((np.arange(out_len, dtype=np.float64) + 0.5) * scale - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.int64), in_len - 1)
+    i1 = np.minimum(i0 + 1, in_len - 1)
+    frac = src - i0
+    m = np.zeros((out_len, in_len), np.float64)
+    rows = np.arange(out_len)
+    np.add.at(m, (rows, i0), 1.0 - frac)
+    np.add.at(m, (rows, i1), frac)
+    return m
+
+
+@lru_cache(maxsize=32)
+def _upscale_matrices(
+    low_res: tuple[int, int], input_size: tuple[int, int], original_size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    rows = bilinear_matrix(original_size[0], input_size[0]) @ bilinear_matrix(IMG_SIZE, low_res[0])[: input_size[0]]
+    cols = bilinear_matrix(original_size[1], input_size[1]) @ bilinear_matrix(IMG_SIZE, low_res[1])[: input_size[1]]
+    return rows.astype(np.float32), np.ascontiguousarray(cols.T.astype(np.float32))
+
+
+def upscale_logits(
+    low_res: np.ndarray, input_size: tuple[int, int], original_size: tuple[int, int]
+) -> np.ndarray:
+    """Official mask post-processing as two matrix products.
+
+    Equivalent to: bilinear ``256 -> 1024``, crop to ``input_size``, bilinear to
+    ``original_size`` (both ``align_corners=False``).
+
+    Args:
+        low_res: ``... x 256 x 256`` logits.
+        input_size: ``(h, w)`` of the resized image inside the 1024 frame.
+        original_size: ``(h, w)`` of the original image.
+    Returns:
+        ``... x H x W`` float32 logits.
+    """
+    rows, cols_t = _upscale_matrices(tuple(low_res.shape[-2:]), tuple(input_size), tuple(original_size))
+    return np.matmul(np.matmul(rows, low_res.astype(np.float32, copy=False)), cols_t)
+
+
+def stability_score(
+    logits: np.ndarray, threshold: float = MASK_THRESHOLD, offset: float = STABILITY_OFFSET
+) -> np.ndarray:
+    """IoU of ``logits > threshold + offset`` and ``logits > threshold - offset`` over the
+    last two axes (``... x H x W -> ...``); 0 where the loose mask is empty."""
+    inter = (logits > threshold + offset).sum((-1, -2), dtype=np.int64)
+    union = (logits > threshold - offset).sum((-1, -2), dtype=np.int64)
+    return np.where(union > 0, inter / np.maximum(union, 1), 0.0).astype(np.float32)

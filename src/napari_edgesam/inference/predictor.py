@@ -1,0 +1,275 @@
+"""EdgeSamPredictor: the official predictor's semantics, for microscopy images.
+
+``set_image`` once, then ``predict`` many times. Coordinates are (x, y) in pixels of the
+original image; boxes are (x0, y0, x1, y1). The image embedding can be computed, cached
+and restored separately (``compute_embedding`` / ``set_embedding``), which is what the
+napari plugin, 3D propagation and batch processing build on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..constants import MASK_THRESHOLD, token_slice
+from .backends import Backend
+from .postprocess import stability_score, upscale_logits
+from .preprocess import DEFAULT_PERCENTILES, prepare_input, to_rgb_uint8
+from .prompts import to_decoder_prompts, validate_box, validate_mask_input, validate_points
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ImageEmbedding:
+    """The encoder's output for one 2D image.
+
+    Attributes:
+        features: ``1 x 256 x 64 x 64`` (float32, or float16 when stored compactly).
+        original_size: ``(h, w)`` of the image that was embedded.
+        input_size: ``(h, w)`` of that image after the longest-side resize to 1024.
+    """
+
+    features: np.ndarray
+    original_size: tuple[int, int]
+    input_size: tuple[int, int]
+
+    def astype(self, dtype: np.dtype | type) -> ImageEmbedding:
+        """A copy with ``features`` in ``dtype`` (e.g. ``np.float16`` for caches)."""
+        return ImageEmbedding(self.features.astype(dtype), self.original_size, self.input_size)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.features.nbytes)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Output of :meth:`EdgeSamPredictor.predict_batch`.
+
+    ``masks``: ``B x C x H x W`` (bool, or float32 logits); ``scores``: ``B x C``;
+    ``low_res_logits``: ``B x C x 256 x 256``.
+    """
+
+    masks: np.ndarray | None
+    scores: np.ndarray
+    low_res_logits: np.ndarray
+
+
+class EdgeSamPredictor:
+    """Prompted segmentation with EdgeSAM on any :class:`Backend`.
+
+    Args:
+        backend: a torch or onnxruntime backend.
+        model_name: a label for logs, caches and records.
+    """
+
+    def __init__(self, backend: Backend, model_name: str = "edgesam") -> None:
+        self.backend = backend
+        self.model_name = model_name
+        self._embedding: ImageEmbedding | None = None
+        self._warned_scores = False
+
+    # -- image -------------------------------------------------------------------------------
+    def compute_embedding(
+        self,
+        image: np.ndarray,
+        *,
+        channel_axis: int | None = None,
+        channel: int | None = None,
+        contrast_limits: Sequence[float] | None = None,
+        gamma: float = 1.0,
+        percentiles: Sequence[float] = DEFAULT_PERCENTILES,
+    ) -> ImageEmbedding:
+        """Embed a 2D image without changing the predictor's state.
+
+        ``image``: ``H x W`` grey, ``H x W x 3`` RGB, or multi-channel; any integer or float
+        dtype. See :func:`~napari_edgesam.inference.preprocess.to_rgb_uint8` for the intensity
+        normalisation (contrast limits, percentiles, gamma, NaN handling).
+        """
+        rgb = to_rgb_uint8(
+            image, channel_axis=channel_axis, channel=channel,
+            contrast_limits=contrast_limits, gamma=gamma, percentiles=percentiles,
+        )
+        return self.embed_rgb(rgb)
+
+    def embed_rgb(self, rgb: np.ndarray) -> ImageEmbedding:
+        """Embed an ``H x W x 3`` uint8 RGB image (no intensity normalisation)."""
+        x, input_size = prepare_input(rgb)
+        features = self.backend.encode(x)
+        return ImageEmbedding(features, tuple(rgb.shape[:2]), tuple(input_size))
+
+    def set_image(self, image: np.ndarray, **normalisation) -> ImageEmbedding:
+        """Embed ``image`` and make it the current image; returns the embedding."""
+        self._embedding = self.compute_embedding(image, **normalisation)
+        return self._embedding
+
+    def set_embedding(self, embedding: ImageEmbedding) -> None:
+        """Make a previously computed (e.g. cached) embedding current."""
+        if not isinstance(embedding, ImageEmbedding):
+            raise TypeError(f"expected an ImageEmbedding, got {type(embedding).__name__}")
+        self._embedding = embedding
+
+    def reset_image(self) -> None:
+        self._embedding = None
+
+    @property
+    def is_image_set(self) -> bool:
+        return self._embedding is not None
+
+    @property
+    def embedding(self) -> ImageEmbedding:
+        if self._embedding is None:
+            raise RuntimeError("no image is set: call set_image(image) or set_embedding(...) first")
+        return self._embedding
+
+    # -- prompts -----------------------------------------------------------------------------
+    def predict(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        num_multimask_outputs: int = 1,
+        return_logits: bool = False,
+        use_stability_score: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Segment one object in the current image.
+
+        Args:
+            point_coords: ``N x 2`` (x, y) pixel coordinates.
+            point_labels: ``N`` labels, 1 positive, 0 negative.
+            box: ``(x0, y0, x1, y1)`` in pixels.
+            mask_input: ``1 x 256 x 256`` low-res logits from an earlier call (refinement).
+            num_multimask_outputs: 1 (token 0), 3 (tokens 1-3) or 4 (all tokens).
+            return_logits: return float logits instead of boolean masks.
+            use_stability_score: replace the IoU-head scores with stability scores.
+        Returns:
+            masks ``C x H x W``, scores ``C``, low-res logits ``C x 256 x 256``.
+        """
+        emb = self.embedding
+        coords = labels = boxes = None
+        if point_coords is not None or point_labels is not None:
+            if point_coords is None:
+                raise ValueError("point_labels were given without point_coords")
+            coords, labels = validate_points(point_coords, point_labels, emb.original_size)
+            if coords.shape[0] == 0:
+                coords = labels = None
+        if box is not None:
+            boxes = validate_box(box, emb.original_size)[None]
+        if coords is None and boxes is None:
+            raise ValueError("give at least one point (point_coords + point_labels) or a box")
+        out = self._decode(
+            None if coords is None else coords[None],
+            None if labels is None else labels[None],
+            boxes,
+            None if mask_input is None else validate_mask_input(mask_input, 1),
+            num_multimask_outputs, return_logits, use_stability_score, upscale=True,
+        )
+        return out.masks[0], out.scores[0], out.low_res_logits[0]
+
+    def predict_batch(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        boxes: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        num_multimask_outputs: int = 1,
+        return_logits: bool = False,
+        use_stability_score: bool = False,
+        upscale: bool = True,
+    ) -> Prediction:
+        """Segment ``B`` objects with one decoder call.
+
+        Args:
+            point_coords: ``B x N x 2`` (x, y) pixels; ``point_labels``: ``B x N``.
+            boxes: ``B x 4`` (x0, y0, x1, y1) pixels.
+            mask_input: ``B x 1 x 256 x 256`` low-res logits.
+            upscale: also compute full-size masks (``masks`` is None otherwise).
+        """
+        emb = self.embedding
+        coords = labels = None
+        if point_coords is not None:
+            pc = np.asarray(point_coords, np.float32)
+            if pc.ndim != 3 or pc.shape[-1] != 2:
+                raise ValueError(f"point_coords must have shape (B, N, 2); got {pc.shape}")
+            pl = np.asarray(point_labels) if point_labels is not None else None
+            if pl is None or pl.shape != pc.shape[:2]:
+                raise ValueError(f"point_labels must have shape {pc.shape[:2]}")
+            checked = [validate_points(c, lab, emb.original_size) for c, lab in zip(pc, pl)]
+            coords = np.stack([c for c, _ in checked])
+            labels = np.stack([lab for _, lab in checked])
+        if boxes is not None:
+            b = np.asarray(boxes, np.float32)
+            if b.ndim != 2 or b.shape[1] != 4:
+                raise ValueError(f"boxes must have shape (B, 4); got {b.shape}")
+            boxes = np.stack([validate_box(x, emb.original_size) for x in b])
+            if coords is not None and boxes.shape[0] != coords.shape[0]:
+                raise ValueError("boxes and point_coords must have the same batch size")
+        if coords is None and boxes is None:
+            raise ValueError("give point_coords + point_labels and/or boxes")
+        batch = coords.shape[0] if coords is not None else boxes.shape[0]
+        if batch == 0:
+            raise ValueError("the batch of prompts is empty")
+        masks_in = None if mask_input is None else validate_mask_input(mask_input, batch)
+        return self._decode(
+            coords, labels, boxes, masks_in, num_multimask_outputs, return_logits, use_stability_score, upscale
+        )
+
+    def _decode(
+        self,
+        coords: np.ndarray | None,
+        labels: np.ndarray | None,
+        boxes: np.ndarray | None,
+        mask_input: np.ndarray | None,
+        num_multimask_outputs: int,
+        return_logits: bool,
+        use_stability_score: bool,
+        upscale: bool,
+    ) -> Prediction:
+        sl = token_slice(num_multimask_outputs)
+        emb = self.embedding
+        if mask_input is not None and not self.backend.supports_mask_input:
+            raise ValueError(
+                f"the {self.backend.name} backend's decoder has no mask input; use the torch "
+                "backend or an ONNX decoder exported by napari-edgesam"
+            )
+        dc, dl = to_decoder_prompts(coords, labels, boxes, emb.original_size, emb.input_size)
+        features = emb.features.astype(np.float32, copy=False)
+        low_res, iou = self.backend.decode(features, dc, dl, mask_input)
+        low_res = low_res[:, sl]
+        if use_stability_score or iou is None:
+            if iou is None and not use_stability_score and not self._warned_scores:
+                logger.warning("%s decoder gives no IoU scores; returning stability scores", self.backend.name)
+                self._warned_scores = True
+            scores = stability_score(low_res)
+        else:
+            scores = iou[:, sl].astype(np.float32)
+        masks = None
+        if upscale:
+            masks = upscale_logits(low_res, emb.input_size, emb.original_size)
+            if not return_logits:
+                masks = masks > MASK_THRESHOLD
+        return Prediction(masks, scores, low_res)
+
+    # -- convenience -------------------------------------------------------------------------
+    def segment(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        candidate: int | None = None,
+    ) -> tuple[np.ndarray, float, np.ndarray]:
+        """One mask by EdgeSAM's rule: boxes use token 0; point-only prompts take the most
+        stable of the 4 masks (the IoU head was never distilled). ``candidate`` (0-3) forces a
+        token for point prompts. Returns mask ``H x W`` bool, stability score, low-res ``256 x 256``.
+        """
+        n = 1 if box is not None else 4
+        masks, _, low = self.predict(point_coords, point_labels, box, mask_input, num_multimask_outputs=n)
+        stab = stability_score(low)
+        i = 0 if n == 1 else (int(candidate) % 4 if candidate is not None else int(np.argmax(stab)))
+        return masks[i], float(stab[i]), low[i]

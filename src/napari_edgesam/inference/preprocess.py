@@ -1,0 +1,181 @@
+"""Image preparation for EdgeSAM, in numpy only (no torch).
+
+Pipeline: any 2D microscopy image -> RGB ``uint8`` (intensity normalisation) -> resize of the
+longest side to 1024 (bilinear, like the official predictor) -> normalise -> zero-pad to
+``1 x 3 x 1024 x 1024`` float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+
+from ..constants import IMG_SIZE, PIXEL_MEAN, PIXEL_STD
+
+#: Default percentiles used to stretch non-uint8 images when no contrast limits are given.
+DEFAULT_PERCENTILES = (0.5, 99.5)
+
+
+def _check_array(image: object) -> np.ndarray:
+    arr = np.asarray(image)
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8) * 255
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise TypeError(f"image must hold integer or floating-point numbers, got dtype {arr.dtype}")
+    if arr.ndim not in (2, 3):
+        raise ValueError(
+            f"image must be 2D (H, W) or 2D with channels (H, W, C); got shape {arr.shape}. "
+            "For stacks, pass one slice at a time."
+        )
+    if arr.size == 0 or min(arr.shape[:2] if arr.ndim == 3 else arr.shape) < 1:
+        raise ValueError(f"image is empty (shape {arr.shape})")
+    return arr
+
+
+def _channels_last(arr: np.ndarray, channel_axis: int | None) -> np.ndarray:
+    """Return ``H x W x C`` (C >= 1)."""
+    if arr.ndim == 2:
+        return arr[..., None]
+    if channel_axis is None:
+        if arr.shape[-1] <= 4:
+            channel_axis = -1
+        elif arr.shape[0] <= 4:
+            channel_axis = 0
+        else:
+            raise ValueError(
+                f"cannot tell the channel axis of an image of shape {arr.shape}: it looks like a "
+                "3D volume. Pass a single 2D slice, or channel_axis=..."
+            )
+    if not -arr.ndim <= channel_axis < arr.ndim:
+        raise ValueError(f"channel_axis {channel_axis} is out of range for shape {arr.shape}")
+    out = np.moveaxis(arr, channel_axis, -1)
+    if min(out.shape[:2]) < 1:
+        raise ValueError(f"image is empty (shape {arr.shape})")
+    return out
+
+
+def _stretch(
+    x: np.ndarray, limits: Sequence[float] | None, percentiles: Sequence[float], gamma: float
+) -> np.ndarray:
+    """Map ``x`` to [0, 1] with ``limits`` (or percentiles), apply gamma; NaN -> 0."""
+    x = x.astype(np.float32, copy=False)
+    finite = np.isfinite(x)
+    if limits is None:
+        if not finite.any():
+            return np.zeros(x.shape, np.float32)
+        lo, hi = np.percentile(x[finite], percentiles)
+    else:
+        if len(limits) != 2:
+            raise ValueError(f"contrast_limits must be (low, high), got {limits!r}")
+        lo, hi = float(limits[0]), float(limits[1])
+        if not (np.isfinite(lo) and np.isfinite(hi)) or hi < lo:
+            raise ValueError(f"contrast_limits must be finite with low <= high, got {limits!r}")
+    scale = 1.0 / (hi - lo) if hi > lo else 0.0
+    y = np.clip((np.where(finite, x, lo) - lo) * scale, 0.0, 1.0)
+    if gamma != 1.0:
+        if gamma <= 0:
+            raise ValueError(f"gamma must be positive, got {gamma}")
+        y = y**gamma
+    return y
+
+
+def to_rgb_uint8(
+    image: np.ndarray,
+    *,
+    channel_axis: int | None = None,
+    channel: int | None = None,
+    contrast_limits: Sequence[float] | None = None,
+    gamma: float = 1.0,
+    percentiles: Sequence[float] = DEFAULT_PERCENTILES,
+) -> np.ndarray:
+    """Convert a 2D image (grey, RGB(A) or multi-channel) to ``H x W x 3`` uint8.
+
+    Intensity normalisation:
+      - ``uint8`` data without ``contrast_limits`` and ``gamma == 1`` is used as is
+        (this is what the official predictor expects for RGB photographs);
+      - otherwise intensities are mapped linearly from ``contrast_limits`` (e.g. the napari
+        layer's, so the model sees what the user sees) or, if not given, from the
+        ``percentiles`` of the finite values, to 0..255, clipped, then ``gamma`` is applied.
+        NaN and inf become the low limit.
+    Channels: ``channel=k`` segments channel ``k`` (as grey); otherwise 1 channel is grey,
+    3 channels are RGB, 4 are RGBA (alpha dropped), 2 or >4 channels are averaged after
+    per-channel normalisation (a composite).
+
+    Args:
+        image: ``H x W`` or ``H x W x C`` (or ``C x H x W`` with ``channel_axis=0``).
+    Returns:
+        ``H x W x 3`` uint8.
+    """
+    arr = _channels_last(_check_array(image), channel_axis)
+    n_channels = arr.shape[-1]
+    if channel is not None:
+        if not -n_channels <= channel < n_channels:
+            raise ValueError(f"channel {channel} does not exist; the image has {n_channels} channels")
+        arr = arr[..., channel : channel + 1] if channel >= 0 else arr[..., [channel]]
+        n_channels = 1
+    if n_channels == 4:
+        arr, n_channels = arr[..., :3], 3
+    plain_uint8 = arr.dtype == np.uint8 and contrast_limits is None and gamma == 1.0
+    if plain_uint8:
+        out = arr
+    elif n_channels == 3 and contrast_limits is not None:
+        out = _stretch(arr, contrast_limits, percentiles, gamma)
+    elif n_channels in (1, 3):
+        if n_channels == 3 and np.issubdtype(arr.dtype, np.integer) and contrast_limits is None:
+            out = _stretch(arr, None, percentiles, gamma)
+        else:
+            out = _stretch(arr, contrast_limits, percentiles, gamma)
+    else:
+        out = np.mean(
+            [_stretch(arr[..., c], contrast_limits, percentiles, gamma) for c in range(n_channels)],
+            axis=0,
+        )[..., None]
+    if out.dtype != np.uint8:
+        out = np.round(out * 255.0).astype(np.uint8)
+    if out.shape[-1] == 1:
+        out = np.repeat(out, 3, axis=-1)
+    return np.ascontiguousarray(out)
+
+
+def resized_shape(original_size: tuple[int, int], target: int = IMG_SIZE) -> tuple[int, int]:
+    """``(h, w)`` after scaling the longest side to ``target`` (each side ``int(x*s + 0.5)``)."""
+    h, w = original_size
+    scale = target / max(h, w)
+    return int(h * scale + 0.5), int(w * scale + 0.5)
+
+
+def resize_longest_side(rgb: np.ndarray, target: int = IMG_SIZE) -> np.ndarray:
+    """Bilinear resize of an ``H x W x 3`` uint8 image so its longest side is ``target``."""
+    new_h, new_w = resized_shape(rgb.shape[:2], target)
+    if (new_h, new_w) == rgb.shape[:2]:
+        return rgb
+    return np.asarray(Image.fromarray(rgb).resize((new_w, new_h), Image.BILINEAR))
+
+
+def normalize_and_pad(resized: np.ndarray, size: int = IMG_SIZE) -> np.ndarray:
+    """``h x w x 3`` uint8 (longest side <= size) -> normalised, zero-padded ``1 x 3 x size x size``."""
+    h, w = resized.shape[:2]
+    out = np.zeros((1, 3, size, size), np.float32)
+    x = resized.astype(np.float32).transpose(2, 0, 1)
+    mean = np.asarray(PIXEL_MEAN, np.float32)[:, None, None]
+    std = np.asarray(PIXEL_STD, np.float32)[:, None, None]
+    out[0, :, :h, :w] = (x - mean) / std
+    return out
+
+
+def prepare_input(rgb: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+    """RGB uint8 ``H x W x 3`` -> (model input ``1 x 3 x 1024 x 1024``, resized ``(h, w)``)."""
+    resized = resize_longest_side(rgb)
+    return normalize_and_pad(resized), resized.shape[:2]
+
+
+def scale_coords(
+    coords: np.ndarray, original_size: tuple[int, int], input_size: tuple[int, int]
+) -> np.ndarray:
+    """Map ``... x 2`` (x, y) pixel coordinates of the original image to the 1024 input frame."""
+    coords = np.asarray(coords, np.float32).copy()
+    coords[..., 0] *= input_size[1] / original_size[1]
+    coords[..., 1] *= input_size[0] / original_size[0]
+    return coords

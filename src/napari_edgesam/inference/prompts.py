@@ -1,0 +1,114 @@
+"""Validation of user prompts and their conversion to decoder inputs (numpy, no torch)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..constants import (
+    LABEL_BOX_BOTTOM_RIGHT,
+    LABEL_BOX_TOP_LEFT,
+    LABEL_PAD,
+    LOW_RES_SIZE,
+)
+from .preprocess import scale_coords
+
+#: How far outside the image (in pixels) a prompt may lie and still be accepted.
+EDGE_TOLERANCE = 0.5
+
+
+def _inside(coords: np.ndarray, size: tuple[int, int], what: str) -> None:
+    h, w = size
+    x, y = coords[..., 0], coords[..., 1]
+    bad = (x < -EDGE_TOLERANCE) | (x > w + EDGE_TOLERANCE) | (y < -EDGE_TOLERANCE) | (y > h + EDGE_TOLERANCE)
+    if bad.any():
+        first = coords[bad][0] if coords.ndim > 1 else coords
+        raise ValueError(
+            f"{what} ({float(first[0]):g}, {float(first[1]):g}) lies outside the image "
+            f"(width {w}, height {h}); coordinates are (x, y) in pixels"
+        )
+
+
+def validate_points(
+    point_coords: object, point_labels: object, image_size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Check ``N x 2`` (x, y) pixel coordinates and ``N`` labels in {0, 1}."""
+    coords = np.asarray(point_coords, dtype=np.float64)
+    if coords.ndim != 2 or coords.shape[1] != 2:
+        raise ValueError(f"point_coords must have shape (N, 2) as (x, y); got {coords.shape}")
+    if point_labels is None:
+        raise ValueError("point_labels are required with point_coords (1 positive, 0 negative)")
+    labels = np.asarray(point_labels)
+    if labels.ndim != 1 or labels.shape[0] != coords.shape[0]:
+        raise ValueError(
+            f"point_labels must have shape ({coords.shape[0]},) to match point_coords; got {labels.shape}"
+        )
+    if not np.isfinite(coords).all():
+        raise ValueError("point_coords contain NaN or inf")
+    if labels.dtype.kind not in "biuf" or not np.isin(labels, (0, 1)).all():
+        raise ValueError(f"point_labels must be 0 (negative) or 1 (positive); got {np.unique(labels)}")
+    _inside(coords, image_size, "point")
+    return coords.astype(np.float32), labels.astype(np.float32)
+
+
+def validate_box(box: object, image_size: tuple[int, int]) -> np.ndarray:
+    """Check one box ``(x0, y0, x1, y1)`` in pixels; returns shape ``(4,)``."""
+    arr = np.asarray(box, dtype=np.float64)
+    if arr.shape not in ((4,), (1, 4)):
+        raise ValueError(f"box must be (x0, y0, x1, y1) with shape (4,); got shape {arr.shape}")
+    arr = arr.reshape(4)
+    if not np.isfinite(arr).all():
+        raise ValueError("box contains NaN or inf")
+    x0, y0, x1, y1 = arr
+    if x0 > x1 or y0 > y1:
+        raise ValueError(f"box must satisfy x0 <= x1 and y0 <= y1; got {tuple(arr.tolist())}")
+    _inside(arr.reshape(2, 2), image_size, "box corner")
+    return arr.astype(np.float32)
+
+
+def validate_mask_input(mask_input: object, batch: int = 1) -> np.ndarray:
+    """Accept ``256 x 256``, ``1 x 256 x 256`` or ``B x 1 x 256 x 256`` low-res logits."""
+    arr = np.asarray(mask_input, dtype=np.float32)
+    s = LOW_RES_SIZE
+    if arr.shape == (s, s):
+        arr = arr[None, None]
+    elif arr.ndim == 3 and arr.shape[1:] == (s, s):
+        arr = arr[:, None]
+    if arr.ndim != 4 or arr.shape[1:] != (1, s, s) or arr.shape[0] not in (1, batch):
+        raise ValueError(
+            f"mask_input must be low-res logits of shape ({s}, {s}) or ({batch}, 1, {s}, {s}); got {np.shape(mask_input)}"
+        )
+    if not np.isfinite(arr).all():
+        raise ValueError("mask_input contains NaN or inf")
+    return np.broadcast_to(arr, (batch, 1, s, s))
+
+
+def to_decoder_prompts(
+    coords: np.ndarray | None,
+    labels: np.ndarray | None,
+    boxes: np.ndarray | None,
+    original_size: tuple[int, int],
+    input_size: tuple[int, int],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Build decoder inputs for ``B`` prompts.
+
+    Args:
+        coords: ``B x N x 2`` (x, y) in original pixels, or None.
+        labels: ``B x N`` (0/1), or None.
+        boxes: ``B x 4`` (x0, y0, x1, y1) in original pixels, or None.
+    Returns:
+        ``B x M x 2`` coordinates in the 1024 frame and ``B x M`` labels: points first, then the
+        box corners (labels 2, 3); without a box a ``(0, 0)`` padding point (label -1) is
+        appended, exactly as SAM's prompt encoder does.
+    """
+    parts_c, parts_l = [], []
+    batch = coords.shape[0] if coords is not None else boxes.shape[0]
+    if coords is not None:
+        parts_c.append(scale_coords(coords, original_size, input_size))
+        parts_l.append(labels.astype(np.float32))
+    if boxes is not None:
+        parts_c.append(scale_coords(boxes.reshape(batch, 2, 2), original_size, input_size))
+        parts_l.append(np.tile(np.float32([LABEL_BOX_TOP_LEFT, LABEL_BOX_BOTTOM_RIGHT]), (batch, 1)))
+    else:
+        parts_c.append(np.zeros((batch, 1, 2), np.float32))
+        parts_l.append(np.full((batch, 1), LABEL_PAD, np.float32))
+    return np.concatenate(parts_c, 1).astype(np.float32), np.concatenate(parts_l, 1).astype(np.float32)
