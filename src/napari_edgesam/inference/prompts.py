@@ -79,7 +79,7 @@ def validate_mask_input(mask_input: object, batch: int = 1) -> np.ndarray:
         )
     if not np.isfinite(arr).all():
         raise ValueError("mask_input contains NaN or inf")
-    return np.broadcast_to(arr, (batch, 1, s, s))
+    return np.ascontiguousarray(np.broadcast_to(arr, (batch, 1, s, s)))
 
 
 def to_decoder_prompts(

@@ -233,7 +233,7 @@ def build_sam_vit(
     checkpoint: str | os.PathLike | None = None,
     *,
     allow_unsafe: bool = False,
-    use_sdpa: bool = True,
+    use_sdpa: bool | None = None,
 ) -> Sam:
     """Build SAM with a ``vit_b``/``vit_l``/``vit_h`` image encoder.
 
@@ -241,7 +241,7 @@ def build_sam_vit(
         variant: key of :data:`VIT_CONFIGS`.
         checkpoint: path to an official SAM or micro-sam checkpoint, or None (random init).
         allow_unsafe: load with ``weights_only=False`` (arbitrary pickles; logs a warning).
-        use_sdpa: use ``scaled_dot_product_attention`` in the ViT.
+        use_sdpa: ``scaled_dot_product_attention`` in the ViT (None: auto, SDPA except on CPU).
 
     Returns:
         the model in eval mode, on the CPU.

@@ -129,14 +129,17 @@ def get_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor
     return rel_pos[idx]
 
 
-def decomposed_rel_pos_bias(
+def decomposed_rel_pos_terms(
     q: torch.Tensor,
     rel_pos_h: torch.Tensor,
     rel_pos_w: torch.Tensor,
     q_size: tuple[int, int],
     k_size: tuple[int, int],
-) -> torch.Tensor:
-    """The additive attention bias of SAM's decomposed relative positions (MViTv2 style).
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two factors of SAM's decomposed relative position bias (MViTv2 style).
+
+    The attention bias is ``bias[n, (i, j), (k, l)] = term_h[n, (i, j), k] + term_w[n, (i, j), l]``
+    with ``term_h = q[n, (i, j)] . Rh[i, k]`` and ``term_w = q[n, (i, j)] . Rw[j, l]``.
 
     Args:
         q: unscaled queries ``N x (qh * qw) x D`` (``N`` = batch x heads).
@@ -145,17 +148,49 @@ def decomposed_rel_pos_bias(
         k_size: key grid ``(kh, kw)``.
 
     Returns:
-        ``N x qh x qw x kh x kw`` bias, ``bias[n, i, j, k, l] = q[n, i, j] . (Rh[i, k] + Rw[j, l])``.
+        ``term_h`` ``N x (qh * qw) x kh`` and ``term_w`` ``N x (qh * qw) x kw``.
     """
     qh, qw = q_size
     kh, kw = k_size
-    r_h = get_rel_pos(qh, kh, rel_pos_h)  # qh x kh x D
-    r_w = get_rel_pos(qw, kw, rel_pos_w)  # qw x kw x D
+    r_h = get_rel_pos(qh, kh, rel_pos_h).to(q.dtype)  # qh x kh x D
+    r_w = get_rel_pos(qw, kw, rel_pos_w).to(q.dtype)  # qw x kw x D
     n, _, d = q.shape
     r_q = q.reshape(n, qh, qw, d)
-    bias_h = torch.einsum("nhwd,hkd->nhwk", r_q, r_h)  # N x qh x qw x kh
-    bias_w = torch.einsum("nhwd,wkd->nhwk", r_q, r_w)  # N x qh x qw x kw
-    return bias_h[:, :, :, :, None] + bias_w[:, :, :, None, :]
+    term_h = torch.einsum("nhwd,hkd->nhwk", r_q, r_h).reshape(n, qh * qw, kh)
+    term_w = torch.einsum("nhwd,wkd->nhwk", r_q, r_w).reshape(n, qh * qw, kw)
+    return term_h, term_w
+
+
+def decomposed_rel_pos_bias(
+    q: torch.Tensor,
+    rel_pos_h: torch.Tensor,
+    rel_pos_w: torch.Tensor,
+    q_size: tuple[int, int],
+    k_size: tuple[int, int],
+) -> torch.Tensor:
+    """The full additive bias ``N x (qh * qw) x (kh * kw)`` (see :func:`decomposed_rel_pos_terms`).
+
+    Reference formulation; the encoder itself uses the cheaper augmented-key form
+    (:func:`key_position_one_hot`).
+    """
+    term_h, term_w = decomposed_rel_pos_terms(q, rel_pos_h, rel_pos_w, q_size, k_size)
+    n, lq, kh = term_h.shape
+    kw = term_w.shape[-1]
+    return (term_h[:, :, :, None] + term_w[:, :, None, :]).reshape(n, lq, kh * kw)
+
+
+def key_position_one_hot(
+    k_size: tuple[int, int], dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """``(kh * kw) x (kh + kw)``: row ``(k, l)`` is one-hot at ``k`` and at ``kh + l``.
+
+    Appending these columns to the keys and ``[term_h, term_w]`` to the (scaled) queries turns
+    ``q k^T * scale + bias`` into a single matrix product, without materialising the bias.
+    """
+    kh, kw = k_size
+    rows = torch.arange(kh, device=device).repeat_interleave(kw)
+    cols = torch.arange(kw, device=device).repeat(kh)
+    return torch.cat([F.one_hot(rows, kh), F.one_hot(cols, kw)], dim=1).to(dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,8 +220,9 @@ class Attention(nn.Module):
         input_size: ``(h, w)`` of the grid attended over (the window, or the whole grid for
             global attention); sizes the tables ``rel_pos_h`` ``(2h-1) x head_dim`` and
             ``rel_pos_w`` ``(2w-1) x head_dim``.
-        use_sdpa: compute with ``F.scaled_dot_product_attention`` (same result within float
-            rounding); otherwise the explicit softmax(q k^T * scale + bias) v.
+        use_sdpa: compute with ``F.scaled_dot_product_attention`` (True) or with an explicit
+            ``softmax(q k^T) v`` (False); None (default) picks SDPA except on the CPU, where the
+            explicit product is faster. Both give the same result within float rounding.
     """
 
     def __init__(
@@ -196,7 +232,7 @@ class Attention(nn.Module):
         qkv_bias: bool = True,
         use_rel_pos: bool = False,
         input_size: tuple[int, int] | None = None,
-        use_sdpa: bool = True,
+        use_sdpa: bool | None = None,
     ) -> None:
         super().__init__()
         self.num_heads = num_heads
@@ -220,18 +256,22 @@ class Attention(nn.Module):
         qkv = self.qkv(x).reshape(b, h * w, 3, nh, hd).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.reshape(3, b * nh, h * w, hd).unbind(0)
 
-        bias = None
         if self.use_rel_pos:
-            bias = decomposed_rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, (h, w), (h, w))
-            bias = bias.reshape(b * nh, h * w, h * w)
-
-        if self.use_sdpa:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+            # q k^T * scale + bias == [q * scale, term_h, term_w] [k, onehot_h, onehot_w]^T
+            term_h, term_w = decomposed_rel_pos_terms(
+                q, self.rel_pos_h, self.rel_pos_w, (h, w), (h, w)
+            )
+            q = torch.cat([q * self.scale, term_h, term_w], dim=-1)
+            onehot = key_position_one_hot((h, w), k.dtype, k.device)
+            k = torch.cat([k, onehot.expand(b * nh, -1, -1)], dim=-1)
         else:
-            attn = (q * self.scale) @ k.transpose(-2, -1)
-            if bias is not None:
-                attn = attn + bias
-            out = attn.softmax(dim=-1) @ v
+            q = q * self.scale
+
+        use_sdpa = self.use_sdpa if self.use_sdpa is not None else q.device.type != "cpu"
+        if use_sdpa:
+            out = F.scaled_dot_product_attention(q, k, v, scale=1.0)
+        else:
+            out = (q @ k.transpose(-2, -1)).softmax(dim=-1) @ v
 
         out = out.view(b, nh, h, w, hd).permute(0, 2, 3, 1, 4).reshape(b, h, w, c)
         return self.proj(out)
@@ -260,7 +300,7 @@ class Block(nn.Module):
         use_rel_pos: bool = False,
         window_size: int = 0,
         input_size: tuple[int, int] | None = None,
-        use_sdpa: bool = True,
+        use_sdpa: bool | None = None,
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
@@ -307,7 +347,8 @@ class ImageEncoderViT(nn.Module):
         use_rel_pos: decomposed relative positions in every attention (True).
         window_size: window side of the windowed blocks (14).
         global_attn_indexes: the blocks that attend over the whole grid.
-        use_sdpa: use ``F.scaled_dot_product_attention`` in attention.
+        use_sdpa: ``F.scaled_dot_product_attention`` in attention: True, False or None (auto:
+            SDPA except on the CPU), see :class:`Attention`.
 
     ``forward``: ``B x 3 x 1024 x 1024`` (normalised, padded) -> ``B x 256 x 64 x 64``.
     """
@@ -327,7 +368,7 @@ class ImageEncoderViT(nn.Module):
         use_rel_pos: bool = True,
         window_size: int = 14,
         global_attn_indexes: tuple[int, ...] = (2, 5, 8, 11),
-        use_sdpa: bool = True,
+        use_sdpa: bool | None = None,
     ) -> None:
         super().__init__()
         self.img_size = img_size
@@ -365,10 +406,10 @@ class ImageEncoderViT(nn.Module):
         cfg.update(kwargs)
         return cls(**cfg)
 
-    def set_use_sdpa(self, enabled: bool) -> None:
-        """Switch every attention between SDPA and the explicit softmax."""
+    def set_use_sdpa(self, enabled: bool | None) -> None:
+        """Switch every attention to SDPA (True), the explicit softmax (False) or auto (None)."""
         for blk in self.blocks:
-            blk.attn.use_sdpa = bool(enabled)
+            blk.attn.use_sdpa = None if enabled is None else bool(enabled)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``B x 3 x H x W`` -> ``B x out_chans x H/16 x W/16`` (64 x 64 at 1024)."""

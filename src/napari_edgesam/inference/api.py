@@ -1,0 +1,128 @@
+"""``load_model`` and ``list_models``: the one-line entry points of the public API."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from pathlib import Path
+
+from . import weights
+from .predictor import EdgeSamPredictor
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "torch", "onnxruntime")
+
+
+def torch_available() -> bool:
+    """Whether the optional torch backend can be used (without importing torch)."""
+    return importlib.util.find_spec("torch") is not None
+
+
+def list_models() -> list[dict]:
+    """Registered models: name, description, licence, formats and cache state (no network)."""
+    _register_packaged_models()
+    return weights.list_models()
+
+
+def _register_packaged_models() -> None:
+    """Register models shipped inside the package (if any are installed)."""
+    try:
+        from ..models import register_packaged_models
+    except ImportError:
+        return
+    register_packaged_models()
+
+
+def _resolve_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "torch" if torch_available() else "onnxruntime"
+    if backend == "torch" and not torch_available():
+        raise ValueError(
+            "the torch backend needs PyTorch: pip install 'napari-edgesam[torch]' "
+            "(or use backend='onnxruntime')"
+        )
+    return backend
+
+
+def _onnx_decoder_for(encoder: Path) -> Path:
+    name = encoder.name
+    if "encoder" not in name:
+        raise ValueError(
+            f"cannot find the decoder for ONNX file {encoder}: name it '*encoder*.onnx' with a "
+            "'*decoder*.onnx' beside it, or pass decoder=..."
+        )
+    return encoder.with_name(name.replace("encoder", "decoder"))
+
+
+def load_model(
+    name_or_path: str | os.PathLike = "edgesam",
+    backend: str = "auto",
+    device: str = "auto",
+    *,
+    decoder: str | os.PathLike | None = None,
+    allow_download: bool = True,
+    allow_unsafe: bool = False,
+    **backend_options,
+) -> EdgeSamPredictor:
+    """Return a ready :class:`EdgeSamPredictor`.
+
+    Args:
+        name_or_path: a registered model name (see :func:`list_models`), a ``.pth`` checkpoint
+            (official layout, or exported by ``napari-edgesam train export``), or an encoder
+            ``.onnx`` file (its decoder is found beside it, or given as ``decoder``).
+        backend: ``"auto"`` (torch if installed, else onnxruntime), ``"torch"``, ``"onnxruntime"``.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"mps"``.
+        allow_download: fetch registered weights into the cache if missing.
+        allow_unsafe: permit full unpickling of a trusted ``.pth`` file.
+        backend_options: passed to the backend (e.g. ``num_threads``).
+    """
+    _register_packaged_models()
+    key = os.fspath(name_or_path)
+    path = Path(key)
+    if key in weights.MODEL_REGISTRY:
+        spec = weights.MODEL_REGISTRY[key]
+        kind = _resolve_backend(backend)
+        if kind == "onnxruntime" and "onnx_encoder" not in spec.files:
+            kind = _resolve_backend("torch")
+        if kind == "torch" and "pth" not in spec.files:
+            kind = "onnxruntime"
+        if kind == "torch":
+            ckpt = weights.fetch_weight(key, "pth", allow_download=allow_download)
+            return _torch_predictor(ckpt, device, key, allow_unsafe, backend_options)
+        enc = weights.fetch_weight(key, "onnx_encoder", allow_download=allow_download)
+        dec = weights.fetch_weight(key, "onnx_decoder", allow_download=allow_download)
+        return _onnx_predictor(enc, dec, device, key, backend_options)
+    if path.suffix.lower() in (".pth", ".pt"):
+        weights.verify_weight_file(path)
+        if _resolve_backend("torch" if backend == "auto" else backend) != "torch":
+            raise ValueError(f"{path} is a PyTorch checkpoint: use backend='torch' or an .onnx file")
+        return _torch_predictor(path, device, path.stem, allow_unsafe, backend_options)
+    if path.suffix.lower() == ".onnx":
+        weights.verify_weight_file(path)
+        if backend not in ("auto", "onnxruntime"):
+            raise ValueError(f"{path} is an ONNX file: use backend='onnxruntime'")
+        dec = Path(decoder) if decoder is not None else _onnx_decoder_for(path)
+        weights.verify_weight_file(dec)
+        return _onnx_predictor(path, dec, device, path.stem.replace("_encoder", ""), backend_options)
+    if path.suffix:
+        raise ValueError(f"unsupported model file {path}: expected .pth, .pt or .onnx")
+    known = ", ".join(sorted(weights.MODEL_REGISTRY))
+    raise ValueError(f"unknown model {key!r}: use one of {known}, or a path to a .pth/.onnx file")
+
+
+def _torch_predictor(path: Path, device: str, name: str, allow_unsafe: bool, options: dict) -> EdgeSamPredictor:
+    from ..model.build import build_edge_sam
+    from .backends.torch_backend import TorchBackend
+
+    model = build_edge_sam(path, allow_unsafe=allow_unsafe)
+    return EdgeSamPredictor(TorchBackend(model, device, **options), model_name=name)
+
+
+def _onnx_predictor(encoder: Path, decoder: Path, device: str, name: str, options: dict) -> EdgeSamPredictor:
+    from .backends.onnx_backend import OnnxBackend
+
+    return EdgeSamPredictor(OnnxBackend(encoder, decoder, device=device, **options), model_name=name)

@@ -1,0 +1,323 @@
+"""A bounded, thread-safe cache of image embeddings, with an optional on-disk layer.
+
+Keys are strings built by :func:`embedding_key` from the model name, a content signature of
+the image (:func:`data_signature`), the index of the 2D plane and the intensity
+normalisation, so a changed image, plane or contrast never reuses a stale embedding.
+
+Embeddings are stored in ``dtype`` (float16 by default: 2 MiB per slice instead of 4 MiB);
+:meth:`EmbeddingCache.get` returns them in that dtype (read-only), which the predictor
+accepts as is. With ``disk_dir`` every entry is also written to one ``.npz`` file per key,
+atomically, and a memory miss falls back to disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import threading
+import zipfile
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+
+from .predictor import ImageEmbedding
+
+logger = logging.getLogger(__name__)
+
+#: Version of the on-disk format; files of another version are ignored (and deleted).
+DISK_FORMAT_VERSION = 1
+#: Arrays up to this size are hashed completely by :func:`data_signature`.
+FULL_HASH_BYTES = 64 * 1024 * 1024
+_SAMPLE_PLANES = 32
+_SAMPLE_ELEMENTS_PER_PLANE = 1 << 16
+_KEY_SEPARATOR = "|"
+
+
+# -- keys ------------------------------------------------------------------------------------
+def data_signature(array: object) -> str:
+    """A fast content hash of an array (numpy, dask, zarr ... anything indexable).
+
+    Hashes the shape, the dtype and the data: all bytes when the array is smaller than
+    :data:`FULL_HASH_BYTES` (64 MiB), otherwise up to 32 evenly spaced planes along the first
+    axis, each subsampled with a stride (so lazy arrays load only what is sampled). A large
+    array edited in a spot the sample misses keeps its signature; the caller should drop its
+    keys when it knows the data changed (:meth:`EmbeddingCache.discard`).
+
+    Returns:
+        32 hex characters (blake2b, 16 bytes).
+    """
+    shape = tuple(int(s) for s in np.shape(array))
+    dtype = getattr(array, "dtype", None)
+    dtype = np.dtype(dtype) if dtype is not None else np.asarray(array).dtype
+    h = hashlib.blake2b(digest_size=16)
+    h.update(repr((shape, dtype.str)).encode())
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if nbytes <= FULL_HASH_BYTES or len(shape) == 0:
+        h.update(np.ascontiguousarray(np.asarray(array)).view(np.uint8).reshape(-1).data)
+        return h.hexdigest()
+    planes = np.unique(np.linspace(0, shape[0] - 1, min(shape[0], _SAMPLE_PLANES)).astype(np.int64))
+    rest = shape[1:]
+    per_plane = int(np.prod(rest, dtype=np.int64)) if rest else 1
+    step = max(1, int(np.ceil((per_plane / _SAMPLE_ELEMENTS_PER_PLANE) ** (1.0 / max(len(rest), 1)))))
+    strided = tuple(slice(None, None, step) for _ in rest)
+    for i in planes:
+        sample = np.ascontiguousarray(np.asarray(array[(int(i), *strided)]))
+        h.update(int(i).to_bytes(8, "little"))
+        h.update(sample.view(np.uint8).reshape(-1).data)
+    return h.hexdigest()
+
+
+def _canonical(value: object) -> str:
+    """A stable text form of a normalisation setting; floats rounded to 6 significant digits."""
+    if value is None or isinstance(value, (bool, np.bool_)):
+        return str(bool(value)) if value is not None else "None"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return format(float(value) + 0.0, ".6g")
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, slice):
+        parts = (value.start, value.stop, value.step)
+        return ":" if parts == (None, None, None) else ":".join("" if p is None else str(int(p)) for p in parts)
+    if isinstance(value, Mapping):
+        items = sorted((str(k), _canonical(v)) for k, v in value.items())
+        return "{" + ",".join(f"{k}={v}" for k, v in items) + "}"
+    if isinstance(value, np.ndarray):
+        return _canonical(value.tolist())
+    if isinstance(value, Iterable):
+        return "(" + ",".join(_canonical(v) for v in value) + ")"
+    raise TypeError(f"cannot use {type(value).__name__} {value!r} in a cache key; use numbers, strings or tuples")
+
+
+def _escape(text: str) -> str:
+    return str(text).replace("%", "%25").replace(_KEY_SEPARATOR, "%7C")
+
+
+def key_prefix(model_name: str, signature: str, normalisation: object = None) -> str:
+    """The prefix shared by all keys of one image (and, if given, one normalisation).
+
+    ``cache.discard(key_prefix(model, sig))`` drops every plane of that image;
+    ``cache.discard(key_prefix(model, sig, old_norm))`` only those embedded with ``old_norm``.
+    """
+    prefix = f"{_escape(model_name)}{_KEY_SEPARATOR}{_escape(signature)}{_KEY_SEPARATOR}"
+    if normalisation is not None:
+        prefix += f"{_canonical(normalisation)}{_KEY_SEPARATOR}"
+    return prefix
+
+
+def embedding_key(
+    model_name: str, signature: str, index: tuple[int, ...], normalisation: object = ()
+) -> str:
+    """Cache key of the embedding of one 2D plane.
+
+    Args:
+        model_name: the predictor's model name (embeddings differ between models).
+        signature: :func:`data_signature` of the whole layer data.
+        index: index of the plane in the data, e.g. ``(z,)`` or the tuple from
+            :func:`~napari_edgesam.inference.slices.plane_index` (``slice(None)`` on the
+            displayed axes, written ``:``).
+        normalisation: contrast limits, gamma, channel ... (a tuple or a dict); floats are
+            rounded to 6 significant digits so identical settings give identical keys.
+    Returns:
+        ``"model|signature|normalisation|index"``.
+    """
+    if not isinstance(index, tuple):
+        index = (index,)
+    for i in index:
+        if not isinstance(i, (int, np.integer, slice)):
+            raise TypeError(f"index entries must be integers or slices, got {i!r} in {index!r}")
+    return key_prefix(model_name, signature, normalisation) + _canonical(index)
+
+
+# -- cache -----------------------------------------------------------------------------------
+class EmbeddingCache:
+    """LRU cache of :class:`ImageEmbedding` by string key, bounded by bytes.
+
+    Args:
+        max_bytes: memory budget for the stored features; least recently used entries are
+            evicted to stay under it (an entry larger than the budget is not kept in memory).
+        dtype: storage dtype of the features (``np.float16`` halves memory; or ``np.float32``).
+        disk_dir: optional folder for a persistent layer: one ``.npz`` per key (features in
+            float16, sizes, the key and a format version), written atomically; memory misses
+            are read from there; unreadable files are deleted with a warning.
+
+    All methods are safe to call from several threads.
+    """
+
+    def __init__(
+        self,
+        max_bytes: int = 1 << 30,
+        dtype: np.dtype | type = np.float16,
+        disk_dir: str | Path | None = None,
+    ) -> None:
+        if int(max_bytes) < 0:
+            raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.dtype(np.float16), np.dtype(np.float32)):
+            raise ValueError(f"dtype must be float16 or float32, got {self.dtype}")
+        self.max_bytes = int(max_bytes)
+        self.disk_dir = None if disk_dir is None else Path(disk_dir)
+        if self.disk_dir is not None:
+            self.disk_dir.mkdir(parents=True, exist_ok=True)
+        self._entries: OrderedDict[str, ImageEmbedding] = OrderedDict()
+        self._nbytes = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    # -- memory ------------------------------------------------------------------------------
+    def get(self, key: str) -> ImageEmbedding | None:
+        """The embedding stored under ``key`` (memory, then disk) or None."""
+        with self._lock:
+            emb = self._entries.get(key)
+            if emb is not None:
+                self._entries.move_to_end(key)
+                self.hits += 1
+                return emb
+        emb = self._read_disk(key)
+        with self._lock:
+            if emb is None:
+                self.misses += 1
+                return None
+            self.hits += 1
+            self._insert(key, emb)
+        return emb
+
+    def put(self, key: str, embedding: ImageEmbedding) -> None:
+        """Store ``embedding`` under ``key`` (converted to the cache's dtype)."""
+        if not isinstance(key, str):
+            raise TypeError(f"cache keys are strings, got {type(key).__name__}")
+        if not isinstance(embedding, ImageEmbedding):
+            raise TypeError(f"expected an ImageEmbedding, got {type(embedding).__name__}")
+        stored = self._frozen(embedding)
+        with self._lock:
+            self._insert(key, stored)
+        if self.disk_dir is not None:
+            self._write_disk(key, stored)
+
+    def _frozen(self, emb: ImageEmbedding) -> ImageEmbedding:
+        features = np.array(emb.features, dtype=self.dtype, copy=True)
+        features.flags.writeable = False
+        return ImageEmbedding(features, tuple(emb.original_size), tuple(emb.input_size))
+
+    def _insert(self, key: str, emb: ImageEmbedding) -> None:
+        """Insert and evict; the caller holds the lock."""
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self._nbytes -= old.nbytes
+        if emb.nbytes > self.max_bytes:
+            logger.debug("embedding %s (%d bytes) exceeds the cache budget; not kept in memory", key, emb.nbytes)
+            return
+        self._entries[key] = emb
+        self._nbytes += emb.nbytes
+        while self._nbytes > self.max_bytes:
+            _, evicted = self._entries.popitem(last=False)
+            self._nbytes -= evicted.nbytes
+
+    def __contains__(self, key: object) -> bool:
+        with self._lock:
+            if key in self._entries:
+                return True
+        return isinstance(key, str) and self.disk_dir is not None and self.disk_path(key).exists()
+
+    def __len__(self) -> int:
+        """Number of entries held in memory."""
+        with self._lock:
+            return len(self._entries)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of features held in memory."""
+        with self._lock:
+            return self._nbytes
+
+    def keys(self) -> list[str]:
+        """Keys held in memory, least recently used first."""
+        with self._lock:
+            return list(self._entries)
+
+    def clear(self, disk: bool = False) -> None:
+        """Empty the memory layer (and the disk layer with ``disk=True``)."""
+        with self._lock:
+            self._entries.clear()
+            self._nbytes = 0
+        if disk and self.disk_dir is not None:
+            for path in self.disk_dir.glob("*.npz"):
+                path.unlink(missing_ok=True)
+
+    def discard(self, prefix: str, disk: bool = False) -> int:
+        """Drop every entry whose key starts with ``prefix`` (e.g. after the contrast changed).
+
+        With ``disk=True`` the matching files are deleted too (each file is opened to read
+        its key). Returns the number of memory entries dropped.
+        """
+        with self._lock:
+            doomed = [k for k in self._entries if k.startswith(prefix)]
+            for k in doomed:
+                self._nbytes -= self._entries.pop(k).nbytes
+        if disk and self.disk_dir is not None:
+            for path in self.disk_dir.glob("*.npz"):
+                try:
+                    with np.load(path, allow_pickle=False) as z:
+                        key = str(z["key"])
+                except Exception:  # unreadable: nothing to keep
+                    key = prefix
+                if key.startswith(prefix):
+                    path.unlink(missing_ok=True)
+        return len(doomed)
+
+    # -- disk --------------------------------------------------------------------------------
+    def disk_path(self, key: str) -> Path:
+        """The file that holds ``key`` on disk (RuntimeError without ``disk_dir``)."""
+        if self.disk_dir is None:
+            raise RuntimeError("this cache has no disk layer: create it with disk_dir=...")
+        return self.disk_dir / (hashlib.sha1(key.encode()).hexdigest() + ".npz")
+
+    def _write_disk(self, key: str, emb: ImageEmbedding) -> None:
+        path = self.disk_path(key)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=self.disk_dir)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(
+                    f,
+                    version=np.int64(DISK_FORMAT_VERSION),
+                    key=np.str_(key),
+                    features=emb.features.astype(np.float16),
+                    original_size=np.asarray(emb.original_size, np.int64),
+                    input_size=np.asarray(emb.input_size, np.int64),
+                )
+            os.replace(tmp, path)
+        except OSError as err:
+            logger.warning("could not write the embedding cache file %s: %s", path, err)
+            Path(tmp).unlink(missing_ok=True)
+
+    def _read_disk(self, key: str) -> ImageEmbedding | None:
+        if self.disk_dir is None:
+            return None
+        path = self.disk_path(key)
+        if not path.exists():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                version = int(z["version"])
+                if version != DISK_FORMAT_VERSION:
+                    raise ValueError(f"format version {version}, expected {DISK_FORMAT_VERSION}")
+                if str(z["key"]) != key:
+                    raise ValueError("the file holds another key")
+                features = z["features"]
+                original_size = tuple(int(v) for v in z["original_size"])
+                input_size = tuple(int(v) for v in z["input_size"])
+            if features.ndim != 4 or len(original_size) != 2 or len(input_size) != 2:
+                raise ValueError(f"unexpected shapes {features.shape}, {original_size}, {input_size}")
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+            logger.warning("ignoring and deleting unreadable embedding cache file %s: %s", path, err)
+            path.unlink(missing_ok=True)
+            return None
+        return self._frozen(ImageEmbedding(features, original_size, input_size))

@@ -1,0 +1,196 @@
+"""Lazy per-slice embedding of nD data, and napari's nD world seen as 2D planes.
+
+Nothing is embedded up front: :meth:`SliceEmbedder.embed` computes the plane the user looks
+at (or takes it from the cache), :meth:`SliceEmbedder.prefetch` fills the cache with the
+neighbours (:func:`neighbour_order`) in a background thread, and
+:meth:`SliceEmbedder.precompute` embeds a whole stack when asked to.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+
+from .embedding_cache import EmbeddingCache, embedding_key
+from .predictor import ImageEmbedding
+
+logger = logging.getLogger(__name__)
+
+
+class SliceEmbedder:
+    """Embeds 2D planes on demand through an :class:`EmbeddingCache`.
+
+    Args:
+        predictor: anything with ``compute_embedding(image2d, **normalisation) -> ImageEmbedding``
+            (an :class:`~napari_edgesam.inference.predictor.EdgeSamPredictor`).
+        cache: where embeddings are kept.
+        model_name: used by :meth:`key`; defaults to ``predictor.model_name``.
+
+    Safe to use from several threads (e.g. the UI's current slice and a prefetch worker):
+    encoder calls run one at a time, and a plane being embedded by one thread is waited
+    for, not embedded twice, by another.
+    """
+
+    def __init__(self, predictor, cache: EmbeddingCache, *, model_name: str | None = None) -> None:
+        self.predictor = predictor
+        self.cache = cache
+        self.model_name = model_name or getattr(predictor, "model_name", "edgesam")
+        self._encode_lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self._in_flight: dict[str, threading.Event] = {}
+        #: Number of encoder calls made so far.
+        self.computed = 0
+
+    def key(self, signature: str, index: tuple, normalisation: object = ()) -> str:
+        """:func:`~napari_edgesam.inference.embedding_cache.embedding_key` for this model."""
+        return embedding_key(self.model_name, signature, index, normalisation)
+
+    def embed(self, image2d: np.ndarray, key: str, **normalisation) -> ImageEmbedding:
+        """The embedding of ``image2d`` (``H x W`` or ``H x W x C``): from the cache, or computed
+        with ``predictor.compute_embedding(image2d, **normalisation)`` and stored under ``key``.
+        """
+        return self._embed(key, lambda: image2d, normalisation)[0]
+
+    def _embed(
+        self, key: str, load: Callable[[], np.ndarray], normalisation: dict
+    ) -> tuple[ImageEmbedding, bool]:
+        """Returns the embedding and whether this call ran the encoder."""
+        while True:
+            emb = self.cache.get(key)
+            if emb is not None:
+                return emb, False
+            with self._state_lock:
+                pending = self._in_flight.get(key)
+                if pending is None:
+                    done = self._in_flight[key] = threading.Event()
+                    break
+            pending.wait()  # another thread embeds this plane; then read the cache
+            emb = self.cache.get(key)
+            if emb is not None:
+                return emb, False
+        try:
+            image = np.asarray(load())
+            with self._encode_lock:
+                emb = self.predictor.compute_embedding(image, **normalisation)
+                self.computed += 1
+            self.cache.put(key, emb)
+            return emb, True
+        finally:
+            with self._state_lock:
+                del self._in_flight[key]
+            done.set()
+
+    def prefetch(
+        self,
+        items: Iterable[tuple[str, Callable[[], np.ndarray], dict]],
+        cancel: threading.Event | None = None,
+    ) -> int:
+        """Embed the missing planes among ``items`` in order; stop early when ``cancel`` is set.
+
+        Args:
+            items: ``(key, load, normalisation)``; ``load()`` returns the 2D plane and is only
+                called for planes not in the cache (so lazy data is read only when needed).
+        Returns:
+            How many planes were embedded.
+        """
+        count = 0
+        for key, load, normalisation in items:
+            if cancel is not None and cancel.is_set():
+                logger.debug("prefetch cancelled after %d embeddings", count)
+                break
+            if key in self.cache:
+                continue
+            count += self._embed(key, load, dict(normalisation or {}))[1]
+        return count
+
+    def precompute(
+        self,
+        volume: np.ndarray,
+        key_fn: Callable[[int], str],
+        normalisation: dict | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> int:
+        """Embed every slice of a stack (those already cached are skipped).
+
+        Args:
+            volume: ``Z x H x W`` or ``Z x H x W x C`` (numpy or lazy, e.g. dask; slices are
+                read one at a time).
+            key_fn: cache key of slice ``z``.
+            normalisation: keyword arguments for ``compute_embedding``.
+            progress: called as ``progress(done, total)`` after each slice.
+            cancel: set it to stop after the current slice.
+        Returns:
+            How many slices were embedded (not counting cache hits).
+        """
+        ndim = len(np.shape(volume))
+        if ndim not in (3, 4):
+            raise ValueError(
+                f"volume must be Z x H x W or Z x H x W x C; got shape {np.shape(volume)}"
+            )
+        total = int(np.shape(volume)[0])
+        norm = dict(normalisation or {})
+        count = 0
+        for z in range(total):
+            if cancel is not None and cancel.is_set():
+                logger.debug("precompute cancelled at slice %d of %d", z, total)
+                break
+            key = key_fn(z)
+            if key not in self.cache:
+                count += self._embed(key, lambda z=z: volume[z], norm)[1]
+            if progress is not None:
+                progress(z + 1, total)
+        return count
+
+
+def neighbour_order(current: int, n: int, radius: int = 2) -> list[int]:
+    """Slices to embed around ``current``, nearest first: ``z, z+1, z-1, z+2, z-2, ...``
+    up to ``radius`` away, limited to ``[0, n)``."""
+    if n < 0 or radius < 0:
+        raise ValueError(f"n and radius must be >= 0, got n={n}, radius={radius}")
+    if not 0 <= current < n:
+        raise ValueError(f"current slice {current} is outside [0, {n})")
+    order = [current]
+    for d in range(1, radius + 1):
+        order += [z for z in (current + d, current - d) if 0 <= z < n]
+    return order
+
+
+def _check_displayed(ndim: int, displayed: Sequence[int]) -> tuple[int, int]:
+    axes = tuple(int(a) for a in displayed)
+    if len(axes) != 2 or axes[0] == axes[1] or not all(0 <= a < ndim for a in axes):
+        raise ValueError(
+            f"displayed must be two different axes in [0, {ndim}), got {tuple(displayed)}"
+        )
+    return axes
+
+
+def plane_index(ndim: int, displayed: tuple[int, int], current_step: tuple[int, ...]) -> tuple:
+    """Index of the displayed 2D plane in an ``ndim``-dimensional array.
+
+    Args:
+        ndim: number of (non-channel) axes of the data: 2 (YX), 3 (ZYX or TYX), 4 (TZYX) ...
+        displayed: the two displayed axes (napari's ``viewer.dims.displayed`` for 2D views).
+        current_step: the position on every axis, in data indices (``viewer.dims.current_step``
+            mapped to the layer).
+    Returns:
+        ``ndim`` entries: ``slice(None)`` on the displayed axes, the integer step elsewhere.
+        E.g. ``plane_index(4, (2, 3), (5, 7, 0, 0)) == (5, 7, slice(None), slice(None))``.
+    """
+    if len(current_step) != ndim:
+        raise ValueError(f"current_step must have {ndim} entries, got {len(current_step)}")
+    axes = _check_displayed(ndim, displayed)
+    return tuple(slice(None) if a in axes else int(current_step[a]) for a in range(ndim))
+
+
+def get_plane(data, index: tuple, displayed: tuple[int, int]) -> np.ndarray:
+    """The 2D plane ``data[index]`` as rows x cols (x trailing channel axes) in the order of
+    ``displayed``: transposed when ``displayed[0] > displayed[1]`` (e.g. napari's YZ view
+    with ``displayed == (2, 1)``)."""
+    ndim = len(index)
+    axes = _check_displayed(ndim, displayed)
+    plane = np.asarray(data[index])
+    return np.swapaxes(plane, 0, 1) if axes[0] > axes[1] else plane

@@ -1,0 +1,1 @@
+"""Training: distillation, fine-tuning, evaluation and export (imports torch)."""
