@@ -29,6 +29,7 @@ import warnings
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..constants import (
@@ -40,7 +41,9 @@ from ..constants import (
     LOW_RES_SIZE,
     STABILITY_OFFSET,
 )
+from ..model.common import LayerNorm2d
 from ..model.edge_sam import EdgeSam
+from ..model.repvit import SqueezeExcite
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +55,52 @@ EXTENDED_DECODER_INPUTS = (*OFFICIAL_DECODER_INPUTS, "mask_input", "has_mask_inp
 OFFICIAL_DECODER_OUTPUTS = ("scores", "masks")
 EXTENDED_DECODER_OUTPUTS = (*OFFICIAL_DECODER_OUTPUTS, "iou_predictions")
 UPSAMPLE_MODES = (None, "bicubic", "bilinear")
+
+
+class SqueezeExciteForExport(nn.Module):
+    """:class:`SqueezeExcite` with the spatial mean taken one axis at a time.
+
+    Same function; needed because onnxruntime's ``ReduceMean`` over both axes of a large map
+    (e.g. 256 x 256) sums in float32 with a large rounding error, and the gates amplify it
+    through the encoder (embeddings off by ~1e-3 relative instead of ~1e-5).
+    """
+
+    def __init__(self, se: SqueezeExcite) -> None:
+        super().__init__()
+        self.fc1 = se.fc1
+        self.fc2 = se.fc2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate = x.mean(3, keepdim=True).mean(2, keepdim=True)
+        return x * torch.sigmoid(self.fc2(F.relu(self.fc1(gate))))
+
+
+class LayerNorm2dForExport(nn.Module):
+    """:class:`LayerNorm2d` with a constant normalised shape (traceable to ONNX
+    ``LayerNormalization`` whatever form the model's own forward takes)."""
+
+    def __init__(self, norm: LayerNorm2d) -> None:
+        super().__init__()
+        self.weight = norm.weight
+        self.bias = norm.bias
+        self.eps = float(norm.eps)
+        self.channels = int(norm.weight.shape[0])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.layer_norm(x.permute(0, 2, 3, 1), (self.channels,), self.weight, self.bias, self.eps)
+        return y.permute(0, 3, 1, 2)
+
+
+def make_exportable(module: nn.Module) -> nn.Module:
+    """Swap, in place, the sub-modules whose export needs a different (equivalent) form."""
+    for name, child in module.named_children():
+        if isinstance(child, SqueezeExcite):
+            setattr(module, name, SqueezeExciteForExport(child))
+        elif isinstance(child, LayerNorm2d):
+            setattr(module, name, LayerNorm2dForExport(child))
+        else:
+            make_exportable(child)
+    return module
 
 
 class DecoderForExport(nn.Module):
@@ -182,6 +231,7 @@ def export_encoder(
         encoder.upsample_mode = upsample_mode
     if fold:
         encoder.fuse()
+    make_exportable(encoder)
     image = torch.zeros(1, 3, IMG_SIZE, IMG_SIZE)
     return _atomic_export(
         encoder, (image,), path, opset_version=opset,
@@ -207,7 +257,8 @@ def export_decoder(
         ``path`` as a :class:`~pathlib.Path`.
     """
     _check_model(model)
-    wrapper = DecoderForExport(copy.deepcopy(model).float().eval(), official_interface).eval()
+    copied = make_exportable(copy.deepcopy(model).float().eval())
+    wrapper = DecoderForExport(copied, official_interface).eval()
     n = 3
     batch = 1 if official_interface else 2
     emb = torch.randn(1, EMBED_DIM, EMBED_SIZE, EMBED_SIZE)

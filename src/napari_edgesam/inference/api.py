@@ -48,6 +48,36 @@ def _resolve_backend(backend: str) -> str:
     return backend
 
 
+#: Preference order of ``load_model("auto")``.
+AUTO_ORDER = ("edgesam", "edgesam-3x", "edgesam-nuclei")
+
+
+def best_available_model(allow_download: bool = True) -> str:
+    """The first of :data:`AUTO_ORDER` whose weights are cached, shipped or downloadable.
+
+    Raises ``RuntimeError`` saying what to do when none is.
+    """
+    _register_packaged_models()
+    errors = []
+    for name in AUTO_ORDER:
+        spec = weights.MODEL_REGISTRY.get(name)
+        if spec is None:
+            continue
+        kind = "pth" if "pth" in spec.files and torch_available() else "onnx_encoder"
+        if kind not in spec.files:
+            continue
+        try:
+            weights.fetch_weight(name, kind, allow_download=allow_download, progress=False)
+        except (weights.WeightsUnavailableError, weights.WeightFileError) as err:
+            errors.append(f"- {name}: {err}")
+            continue
+        return name
+    raise RuntimeError(
+        "no EdgeSAM model is available. Download the official weights (napari-edgesam info "
+        "shows where they go), or pass a .pth/.onnx file.\n" + "\n".join(errors)
+    )
+
+
 def _onnx_decoder_for(encoder: Path) -> Path:
     name = encoder.name
     if "encoder" not in name:
@@ -82,6 +112,8 @@ def load_model(
     """
     _register_packaged_models()
     key = os.fspath(name_or_path)
+    if key == "auto":
+        key = best_available_model(allow_download=allow_download)
     path = Path(key)
     if key in weights.MODEL_REGISTRY:
         spec = weights.MODEL_REGISTRY[key]

@@ -35,6 +35,7 @@ FULL_HASH_BYTES = 64 * 1024 * 1024
 _SAMPLE_PLANES = 32
 _SAMPLE_ELEMENTS_PER_PLANE = 1 << 16
 _KEY_SEPARATOR = "|"
+_PARTIAL_SUFFIX = ".part"  # files being written; never matched by "*.npz"
 
 
 # -- keys ------------------------------------------------------------------------------------
@@ -57,7 +58,7 @@ def data_signature(array: object) -> str:
     h.update(repr((shape, dtype.str)).encode())
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if nbytes <= FULL_HASH_BYTES or len(shape) == 0:
-        h.update(np.ascontiguousarray(np.asarray(array)).view(np.uint8).reshape(-1).data)
+        h.update(np.ascontiguousarray(np.asarray(array)).reshape(-1).view(np.uint8).data)
         return h.hexdigest()
     planes = np.unique(np.linspace(0, shape[0] - 1, min(shape[0], _SAMPLE_PLANES)).astype(np.int64))
     rest = shape[1:]
@@ -67,7 +68,7 @@ def data_signature(array: object) -> str:
     for i in planes:
         sample = np.ascontiguousarray(np.asarray(array[(int(i), *strided)]))
         h.update(int(i).to_bytes(8, "little"))
-        h.update(sample.view(np.uint8).reshape(-1).data)
+        h.update(sample.reshape(-1).view(np.uint8).data)
     return h.hexdigest()
 
 
@@ -249,6 +250,8 @@ class EmbeddingCache:
         if disk and self.disk_dir is not None:
             for path in self.disk_dir.glob("*.npz"):
                 path.unlink(missing_ok=True)
+            for path in self.disk_dir.glob(f".*{_PARTIAL_SUFFIX}"):  # left by a crash
+                path.unlink(missing_ok=True)
 
     def discard(self, prefix: str, disk: bool = False) -> int:
         """Drop every entry whose key starts with ``prefix`` (e.g. after the contrast changed).
@@ -280,7 +283,7 @@ class EmbeddingCache:
 
     def _write_disk(self, key: str, emb: ImageEmbedding) -> None:
         path = self.disk_path(key)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=self.disk_dir)
+        fd, tmp = tempfile.mkstemp(prefix=".", suffix=_PARTIAL_SUFFIX, dir=self.disk_dir)
         try:
             with os.fdopen(fd, "wb") as f:
                 np.savez(

@@ -219,7 +219,11 @@ def _load_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], source: str) 
         if k in sd and tuple(sd[k].shape) != tuple(v.shape)
     ]
     problems = []
-    for name, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mis_shaped)):
+    for name, items in (
+        ("missing", missing),
+        ("unexpected", unexpected),
+        ("mis-shaped", mis_shaped),
+    ):
         if items:
             more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
             problems.append(f"{len(items)} {name}: {items[:5]}{more}")

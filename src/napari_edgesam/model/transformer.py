@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .common import MLPBlock
@@ -33,8 +32,8 @@ class Attention(nn.Module):
         q = self._split(self.q_proj(q))
         k = self._split(self.k_proj(k))
         v = self._split(self.v_proj(v))
-        attn = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
-        out = torch.softmax(attn, dim=-1) @ v
+        # softmax(q k^T / sqrt(d)) v, fused (same maths as SAM's explicit form)
+        out = F.scaled_dot_product_attention(q, k, v)
         b, h, n, c = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, h * c))
 

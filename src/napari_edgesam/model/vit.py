@@ -118,9 +118,9 @@ def get_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor
     max_rel_dist = 2 * max(q_size, k_size) - 1
     if rel_pos.shape[0] != max_rel_dist:
         # L x D -> 1 x D x L, linear resize along L, back to L' x D.
-        rel_pos = F.interpolate(
-            rel_pos.t().unsqueeze(0), size=max_rel_dist, mode="linear"
-        ).squeeze(0).t()
+        rel_pos = (
+            F.interpolate(rel_pos.t().unsqueeze(0), size=max_rel_dist, mode="linear").squeeze(0).t()
+        )
     # Scale the coordinates of the shorter side so both span the same range.
     q_coords = torch.arange(q_size, device=rel_pos.device)[:, None] * max(k_size / q_size, 1.0)
     k_coords = torch.arange(k_size, device=rel_pos.device)[None, :] * max(q_size / k_size, 1.0)

@@ -1,1 +1,5 @@
-"""Training: distillation, fine-tuning, evaluation and export (imports torch)."""
+"""Training: distillation (phase 1 / phase 2), fine-tuning and export (imports torch).
+
+Entry points: :func:`napari_edgesam.training.trainer.train` with a
+:class:`napari_edgesam.training.config.TrainConfig`, or ``napari-edgesam train ...``.
+"""

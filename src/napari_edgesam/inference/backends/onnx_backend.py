@@ -59,7 +59,7 @@ def _shape_ok(shape: list, expected: tuple) -> bool:
     """Static dims must match ``expected``; None in ``expected`` or a symbolic dim passes."""
     if len(shape) != len(expected):
         return False
-    return all(e is None or not isinstance(d, int) or d == e for d, e in zip(shape, expected))
+    return all(e is None or not isinstance(d, int) or d == e for d, e in zip(shape, expected, strict=True))
 
 
 def _signature(session: ort.InferenceSession) -> str:
@@ -215,9 +215,11 @@ class OnnxBackend:
             masks_in = np.zeros((batch, 1, LOW_RES_SIZE, LOW_RES_SIZE), np.float32)
             has = np.zeros(1, np.float32)
         else:
-            masks_in = np.ascontiguousarray(
-                np.broadcast_to(np.asarray(mask_input, np.float32), (batch, 1, LOW_RES_SIZE, LOW_RES_SIZE))
-            )
+            masks_in = np.asarray(mask_input, np.float32)
+            size = (1, LOW_RES_SIZE, LOW_RES_SIZE)
+            if masks_in.ndim != 4 or masks_in.shape[1:] != size or masks_in.shape[0] not in (1, batch):
+                raise ValueError(f"mask_input must have shape ({batch}, 1, {LOW_RES_SIZE}, {LOW_RES_SIZE}); got {masks_in.shape}")
+            masks_in = np.ascontiguousarray(np.broadcast_to(masks_in, (batch, *size)))
             has = np.ones(1, np.float32)
         masks, iou = self.decoder.run(["masks", IOU_OUTPUT], {
             "image_embeddings": emb, "point_coords": coords, "point_labels": labels,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import numpy as np
 import torch
@@ -101,13 +100,13 @@ class TorchBackend:
     ) -> tuple[np.ndarray, np.ndarray]:
         dev = self.device
         with torch.inference_mode():
-            emb = torch.as_tensor(np.asarray(embeddings, np.float32), device=dev)
-            coords = torch.as_tensor(np.asarray(point_coords, np.float32), device=dev)
+            emb = _tensor(embeddings, dev)
+            coords = _tensor(point_coords, dev)
             labels = torch.as_tensor(np.asarray(point_labels), device=dev).round().to(torch.int64)
             pe = self.model.prompt_encoder
             sparse = pe.embed_points(coords, labels, pad=False)
             if mask_input is not None:
-                dense = pe.embed_masks(torch.as_tensor(np.asarray(mask_input, np.float32), device=dev))
+                dense = pe.embed_masks(_tensor(mask_input, dev))
             else:
                 h, w = pe.image_embedding_size
                 dense = pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(coords.shape[0], -1, h, w)
@@ -115,6 +114,10 @@ class TorchBackend:
         return masks.cpu().numpy(), iou.cpu().numpy()
 
 
-def default_num_threads() -> int:
-    """Physical-core-ish default for CPU inference."""
-    return max(1, (os.cpu_count() or 1))
+def _tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """float32 tensor sharing memory with ``array`` when possible (copies read-only arrays,
+    e.g. fp16 or read-only cached embeddings, which torch cannot wrap)."""
+    a = np.asarray(array)
+    if a.dtype != np.float32 or not a.flags.writeable or not a.flags.c_contiguous:
+        a = np.array(a, np.float32, order="C")
+    return torch.from_numpy(a).to(device)

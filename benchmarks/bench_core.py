@@ -1,0 +1,113 @@
+"""Encoder and decoder latency, side by side in one run, on this machine.
+
+Rows: the unfolded eager model (computes exactly what the official code computes), our
+default torch path (folded BN/RepVGG, channels-last), a bf16 encoder, onnxruntime on our
+exports, and the fp32 floor (FLOPs / measured matmul peak).
+
+    python benchmarks/bench_core.py [--rounds 5] [--threads N] [--no-onnx]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import golden_state_dict, interleaved, matmul_peak_gflops, table  # noqa: E402
+
+from napari_edgesam.inference.backends.torch_backend import TorchBackend  # noqa: E402
+from napari_edgesam.model import build_edge_sam  # noqa: E402
+
+
+def flops(fn) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--no-onnx", action="store_true")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sd = golden_state_dict()
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.standard_normal((1, 3, 1024, 1024)).astype(np.float32))
+    xn = x.numpy()
+
+    eager = build_edge_sam(sd)
+    default = TorchBackend(build_edge_sam(sd), "cpu")
+    bf16 = TorchBackend(build_edge_sam(sd), "cpu", encoder_dtype=torch.bfloat16)
+    emb = default.encode(xn)
+    coords = np.array([[[400.0, 300.0], [0.0, 0.0]]], np.float32)
+    labels = np.array([[1.0, -1.0]], np.float32)
+    t_coords, t_labels = torch.from_numpy(coords), torch.from_numpy(labels).long()
+    t_emb = torch.from_numpy(emb)
+
+    def eager_decode():
+        with torch.inference_mode():
+            sparse = eager.prompt_encoder.embed_points(t_coords, t_labels, pad=False)
+            dense = eager.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, 64, 64)
+            eager.mask_decoder.predict_masks(t_emb, eager.prompt_encoder.get_dense_pe(), sparse, dense)
+
+    def eager_encode():
+        with torch.inference_mode():
+            eager.image_encoder(x)
+
+    enc = {
+        "unfolded eager (official compute)": eager_encode,
+        "default torch (folded, channels-last)": lambda: default.encode(xn),
+        "torch bf16 encoder": lambda: bf16.encode(xn),
+    }
+    dec = {
+        "unfolded eager (official compute)": eager_decode,
+        "default torch (folded, channels-last)": lambda: default.decode(emb, coords, labels),
+    }
+    tmp = tempfile.TemporaryDirectory()
+    if not args.no_onnx:
+        try:
+            from napari_edgesam.export.onnx_export import export_onnx
+            from napari_edgesam.inference.backends.onnx_backend import OnnxBackend
+
+            e_path, d_path = export_onnx(build_edge_sam(sd), tmp.name, "bench")
+            ort = OnnxBackend(e_path, d_path, device="cpu", num_threads=args.threads)
+            enc["onnxruntime"] = lambda: ort.encode(xn)
+            dec["onnxruntime"] = lambda: ort.decode(emb, coords, labels)
+        except ImportError as err:
+            print(f"(onnx rows skipped: {err})")
+
+    enc_flops = flops(eager_encode)
+    dec_flops = flops(eager_decode)
+    peak = matmul_peak_gflops()
+    peak_bf16 = matmul_peak_gflops(torch.bfloat16)
+    res_enc = interleaved(enc, rounds=args.rounds)
+    res_dec = interleaved(dec, rounds=max(args.rounds * 4, 10), warmup=3)
+
+    base_e = res_enc["unfolded eager (official compute)"]["median"]
+    base_d = res_dec["unfolded eager (official compute)"]["median"]
+    rows = []
+    for name in enc:
+        e = res_enc[name]["median"]
+        d = res_dec.get(name, {}).get("median")
+        rows.append([name, f"{e * 1000:.0f}", f"{e / base_e:.2f}x",
+                     "-" if d is None else f"{d * 1000:.1f}", "-" if d is None else f"{d / base_d:.2f}x"])
+    rows.append(["fp32 floor (FLOPs / matmul peak)", f"{enc_flops / peak / 1e6:.0f}", f"{enc_flops / peak / 1e9 / base_e:.2f}x",
+                 f"{dec_flops / peak / 1e6:.1f}", f"{dec_flops / peak / 1e9 / base_d:.2f}x"])
+    print(f"threads={torch.get_num_threads()}  encoder {enc_flops / 2e9:.1f} GMAC, decoder (1 point, 4 masks) "
+          f"{dec_flops / 2e9:.2f} GMAC; matmul peak fp32 {peak:.0f} GFLOP/s, bf16 {peak_bf16:.0f} GFLOP/s")
+    print(f"input 1024x1024, medians of {args.rounds} interleaved rounds (decoder: {max(args.rounds * 4, 10)})\n")
+    print(table(rows, ["path", "encoder ms", "vs eager", "decoder ms", "vs eager"]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,384 @@
+"""The interactive loop: prompt layers -> (cached) embedding -> decoder -> preview -> commit.
+
+:class:`InteractiveController` has no widgets of its own; the dock widget drives it, and
+tests, the demo and the benchmark drive it directly. Everything slow runs in workers.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import weakref
+
+import numpy as np
+from napari.layers import Image, Labels
+from napari.utils.notifications import show_info
+from qtpy.QtCore import QObject, QTimer, Signal
+
+from . import layers as L
+from . import names
+from .embedding import EmbeddingService, ImageView
+from .planes import Plane
+from .propagate import PropagationRunner
+from .session import PlaneResult, Session, group_prompts
+from .workers import LatestRunner, error_reporter, start_worker
+
+logger = logging.getLogger(__name__)
+
+#: Milliseconds between decoder runs during bursts of prompt edits.
+DECODE_DEBOUNCE_MS = 30
+#: Milliseconds of calm after a contrast/gamma change before the plane is embedded again.
+CONTRAST_DEBOUNCE_MS = 300
+#: Milliseconds of calm after a slice change before the new plane is embedded.
+SLICE_DEBOUNCE_MS = 80
+_FINAL_ACTIONS = ("added", "changed", "removed")
+
+
+class InteractiveController(QObject):
+    """Interactive EdgeSAM segmentation in one napari viewer.
+
+    Signals: ``preview_updated(PlaneResult)``, ``status(str)``, ``model_changed(str)``,
+    ``committed(CommitRecord)``, ``target_changed(object)``, ``polarity_changed(bool)``,
+    ``embedding_busy(bool, str)``.
+    """
+
+    preview_updated = Signal(object)
+    status = Signal(str)
+    model_changed = Signal(str)
+    committed = Signal(object)
+    target_changed = Signal(object)
+    polarity_changed = Signal(bool)
+    embedding_busy = Signal(bool, str)
+
+    def __init__(self, viewer, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = viewer
+        self.session = Session()
+        self.embeddings = EmbeddingService(parent=self)
+        self.embeddings.ready.connect(lambda _key: self.refresh())
+        self.embeddings.busy.connect(self.embedding_busy)
+        self.propagation = PropagationRunner(self, parent=self)
+        self.predictor = None
+        self._decoder = None
+        self.image_layer: Image | None = None
+        self.channel_axis: int | None = None
+        self.channel: int | None = None
+        self.target: Labels | None = None  # None: a new "EdgeSAM labels" layer
+        self.overwrite = False
+        self.keep_ids: dict[int, int] = {}  # preview id -> target id (objects taken from the target)
+        self._prompted: set = set()  # plane keys whose preview comes from prompts
+        self._generation = 0
+        self._muted = False
+        self._points = self._boxes = None
+        self._bound: list = []
+        self._decode = LatestRunner(self._decode_job, self._apply_decode, "EdgeSAM decoder",
+                                    min_interval_ms=DECODE_DEBOUNCE_MS, parent=self)
+        self._contrast_timer = self._timer(CONTRAST_DEBOUNCE_MS, self.refresh)
+        self._slice_timer = self._timer(SLICE_DEBOUNCE_MS, self.refresh)
+        for ev in (viewer.dims.events.current_step, viewer.dims.events.order, viewer.dims.events.ndisplay):
+            ev.connect(self._view_changed)
+        self._bind_keys(viewer)
+
+    def _view_changed(self, event=None) -> None:
+        self._slice_timer.start()
+
+    def _contrast_changed(self, event=None) -> None:
+        self._contrast_timer.start()
+
+    def _timer(self, ms: int, slot) -> QTimer:
+        timer = QTimer(self)
+        timer.setSingleShot(True)
+        timer.setInterval(ms)
+        timer.timeout.connect(slot)
+        return timer
+
+    # -- model -------------------------------------------------------------------------------
+    def set_predictor(self, predictor) -> None:
+        """Use an already-built predictor (e.g. from ``load_model``; tests pass their own)."""
+        self.predictor = predictor
+        self._decoder = copy.copy(predictor)  # own embedding state: decodes never disturb others
+        self.embeddings.set_predictor(predictor)
+        self.session.forget()
+        self._generation += 1
+        name = getattr(predictor, "model_name", "model")
+        self.model_changed.emit(name)
+        self.status.emit(f"model {name} ready")
+        self.refresh()
+
+    def load_model(self, name_or_path: str, backend: str = "auto", device: str = "auto"):
+        """Load a model in a worker; ``model_changed`` or an error message follows."""
+        from ..inference.api import load_model
+
+        self.status.emit(f"loading {name_or_path}...")
+        return start_worker(load_model, name_or_path, backend=backend, device=device,
+                            on_result=self.set_predictor, on_error=self._load_failed)
+
+    def _load_failed(self, err: BaseException) -> None:
+        self.status.emit(f"could not load the model: {err}")
+        error_reporter("EdgeSAM could not load the model")(err)
+
+    # -- image -------------------------------------------------------------------------------
+    def set_image_layer(self, layer: Image | None, channel_axis: int | None = None,
+                        channel: int | None = None) -> None:
+        """Segment ``layer`` (its displayed plane); ``channel_axis``/``channel`` pick channels."""
+        if layer is self.image_layer and (channel_axis, channel) == (self.channel_axis, self.channel):
+            return
+        if self.image_layer is not None and layer is not self.image_layer:
+            for ev in (self.image_layer.events.contrast_limits, self.image_layer.events.gamma):
+                ev.disconnect(self._contrast_changed)
+            self.image_layer.events.data.disconnect(self._image_data_changed)
+        if layer is not None and layer is not self.image_layer:
+            layer.events.contrast_limits.connect(self._contrast_changed)
+            layer.events.gamma.connect(self._contrast_changed)
+            layer.events.data.connect(self._image_data_changed)
+        self.image_layer, self.channel_axis, self.channel = layer, channel_axis, channel
+        self.embeddings.cancel_background()
+        self.session.forget()
+        self._prompted.clear()
+        self.keep_ids.clear()
+        self._generation += 1
+        if layer is not None:
+            self.prompt_layers()
+        self.refresh()
+
+    def _image_data_changed(self, event=None) -> None:
+        if self.image_layer is not None:
+            self.embeddings.forget_data(L.image_data(self.image_layer))
+        self.refresh()
+
+    def current_plane(self) -> Plane | None:
+        """The displayed plane of the image layer (None without an image or in a 3D view)."""
+        if self.image_layer is None or self.viewer.dims.ndisplay != 2:
+            return None
+        try:
+            return L.current_plane(self.viewer, self.image_layer, self.channel_axis)
+        except ValueError as err:
+            self.status.emit(f"cannot segment this view: {err}")
+            return None
+
+    def current_view(self) -> ImageView | None:
+        """What the model sees now: plane + normalisation from the layer's contrast and gamma."""
+        plane = self.current_plane()
+        if plane is None:
+            return None
+        layer = self.image_layer
+        norm = {"contrast_limits": tuple(float(v) for v in layer.contrast_limits), "gamma": float(layer.gamma)}
+        extra: tuple[int, ...] = ()
+        if layer.rgb:
+            extra = (int(L.image_data(layer).shape[-1]),)
+        elif plane.channel_axis is not None:
+            extra = (plane.shape[plane.channel_axis],)
+        if extra:
+            norm["channel_axis"] = -1
+            norm["channel"] = self.channel
+        return ImageView(L.image_data(layer), plane, norm, extra)
+
+    # -- layers ------------------------------------------------------------------------------
+    def prompt_layers(self):
+        """The (points, boxes) prompt layers, created for the image layer if needed."""
+        if self.image_layer is None:
+            raise RuntimeError("choose an image layer first")
+        points = L.get_or_create_points(self.viewer, self.image_layer)
+        boxes = L.get_or_create_boxes(self.viewer, self.image_layer)
+        for old, new in ((self._points, points), (self._boxes, boxes)):
+            if old is not new:
+                new.events.data.connect(self._prompts_changed)
+                self._bind_keys(new)
+        self._points, self._boxes = points, boxes
+        return points, boxes
+
+    def preview_layer(self, create: bool = True) -> Labels | None:
+        """The "EdgeSAM preview" labels layer (matching the image layer's shape)."""
+        if self.image_layer is None:
+            return None
+        if not create:
+            layer = self.viewer.layers[names.PREVIEW_LAYER] if names.PREVIEW_LAYER in self.viewer.layers else None
+            ok = isinstance(layer, Labels) and tuple(layer.data.shape) == L.spatial_shape(self.image_layer)
+            return layer if ok else None
+        layer = L.get_or_create_labels(self.viewer, names.PREVIEW_LAYER, self.image_layer, np.uint16)
+        self._bind_keys(layer)
+        return layer
+
+    def target_layer(self, create: bool = False) -> Labels | None:
+        """The chosen target labels layer; with ``create``, "EdgeSAM labels" if none is chosen."""
+        if self.target is not None and self.target in self.viewer.layers:
+            return self.target
+        if not create or self.image_layer is None:
+            return None
+        layer = L.get_or_create_labels(self.viewer, names.LABELS_LAYER, self.image_layer, np.uint32)
+        self.target = layer
+        self.target_changed.emit(layer)
+        return layer
+
+    def _bind_keys(self, provider) -> None:
+        if any(p is provider for p in self._bound):
+            return
+        for sc in names.SHORTCUTS:
+            provider.bind_key(sc.key, _weak_action(getattr(self, sc.action)), overwrite=True)
+        self._bound.append(provider)
+
+    def unbind_keys(self) -> None:
+        """Remove the shortcuts from the viewer and the layers (on widget close)."""
+        for provider in self._bound:
+            for sc in names.SHORTCUTS:
+                provider.bind_key(sc.key, None)
+        self._bound.clear()
+
+    # -- the loop ----------------------------------------------------------------------------
+    def _prompts_changed(self, event=None) -> None:
+        action = str(getattr(event, "action", "changed")).lower().rsplit(".", 1)[-1]
+        if not self._muted and action in _FINAL_ACTIONS:
+            self.refresh()
+
+    def refresh(self) -> None:
+        """Bring the preview of the current plane up to date with its prompts (and make sure
+        its embedding exists). Cheap; all heavy work is sent to workers."""
+        if self.predictor is None or self._muted:
+            return
+        view = self.current_view()
+        if view is None:
+            return
+        points, boxes = self.prompt_layers()
+        objects, ignored = group_prompts(*L.points_on_plane(points, view.plane), L.boxes_on_plane(boxes, view.plane))
+        key = view.plane.key
+        if not objects and key in self._prompted:
+            self._clear_plane(view.plane)
+        emb = self.embeddings.lookup(view)
+        if emb is None:
+            self.embeddings.request(view)
+            return
+        if objects:
+            self._decode.request(emb, view.plane, objects, ignored, self._generation)
+
+    def _decode_job(self, emb, plane: Plane, objects, ignored: int, generation: int):
+        return generation, plane, self.session.decode(self._decoder, emb, plane.key, objects, ignored)
+
+    def _apply_decode(self, out: tuple[int, Plane, PlaneResult]) -> None:
+        generation, plane, result = out
+        if generation != self._generation:
+            return  # cleared, committed or another image since
+        preview = self.preview_layer()
+        plane.write(preview.data, result.labels)
+        preview.refresh()
+        self._prompted.add(plane.key)
+        self.status.emit(_describe(result))
+        self.preview_updated.emit(result)
+
+    def _clear_plane(self, plane: Plane) -> None:
+        self._prompted.discard(plane.key)
+        self.session.forget(plane.key)
+        preview = self.preview_layer(create=False)
+        if preview is not None:
+            plane.write(preview.data, np.zeros(plane.size, preview.data.dtype))
+            preview.refresh()
+
+    # -- actions (buttons and shortcuts) -----------------------------------------------------
+    def toggle_polarity(self) -> bool:
+        """Switch new points between positive and negative; returns True if now positive."""
+        points, _ = self.prompt_layers()
+        positive = not L.is_positive(points)
+        L.set_positive(points, positive)
+        self.polarity_changed.emit(positive)
+        return positive
+
+    def cycle_candidate(self) -> int | None:
+        """Show the next candidate mask of the point prompt on the current plane."""
+        plane = self.current_plane()
+        chosen = None if plane is None else self.session.cycle_candidate(plane.key)
+        if chosen is None:
+            self.status.emit("candidates exist for point prompts only: click a point first")
+        else:
+            self.refresh()
+        return chosen
+
+    def clear(self) -> None:
+        """Remove all prompts and the preview."""
+        self._generation += 1
+        self._muted = True
+        try:
+            if self._points is not None and len(self._points.data):
+                self._points.data = np.empty((0, self._points.ndim))
+            if self._boxes is not None and self._boxes.nshapes:
+                self._boxes.data = []
+        finally:
+            self._muted = False
+        preview = self.preview_layer(create=False)
+        if preview is not None:
+            preview.data[...] = 0
+            preview.refresh()
+        self.session.forget()
+        self._prompted.clear()
+        self.keep_ids.clear()
+
+    def commit(self):
+        """Write the preview objects into the target labels (new ids) and clear the prompts."""
+        preview = self.preview_layer(create=False)
+        if preview is None or not preview.data.any():
+            self.status.emit("nothing to commit: the preview is empty")
+            return None
+        target = self.target_layer(create=True)
+        record = self.session.commit(preview.data, target.data, handle=target,
+                                     overwrite=self.overwrite, keep_ids=self.keep_ids)
+        target.refresh()
+        if record.ids:
+            target.selected_label = max(record.ids.values())
+        self.clear()
+        self.status.emit(f"committed object(s) {sorted(record.ids.values())} into '{target.name}'")
+        self.committed.emit(record)
+        return record
+
+    def undo_commit(self) -> None:
+        """Restore the target labels as they were before the last commit."""
+        try:
+            record = self.session.undo(lambda layer: layer.data if layer in self.viewer.layers else None)
+        except RuntimeError as err:
+            self.status.emit(str(err))
+            return
+        record.target.refresh()
+        self.status.emit(f"undid the commit of object(s) {sorted(record.ids.values())}")
+
+    # -- embeddings of the whole stack ------------------------------------------------------
+    def precompute(self) -> None:
+        view = self.current_view()
+        if view is None or self.predictor is None:
+            self.status.emit("load a model and choose an image first")
+            return
+        try:
+            self.embeddings.precompute(view)
+        except ValueError as err:
+            show_info(str(err))
+
+    def close(self) -> None:
+        """Stop background work and remove the shortcuts."""
+        self.embeddings.cancel_background()
+        self.propagation.cancel()
+        self._decode.cancel_pending()
+        self._slice_timer.stop()
+        self._contrast_timer.stop()
+        self.unbind_keys()
+
+
+def _weak_action(method):
+    """A key-binding callback that does not keep the controller alive (no reference cycle
+    between the viewer's keymap and the widget)."""
+    ref = weakref.WeakMethod(method)
+
+    def run(_owner) -> None:
+        bound = ref()
+        if bound is not None:
+            bound()
+
+    run.__name__ = method.__name__  # napari shows it in its shortcut list
+    return run
+
+
+def _describe(result: PlaneResult) -> str:
+    parts = []
+    for i, obj in enumerate(result.objects, 1):
+        text = f"object {i}: stability {obj.score:.2f}"
+        if obj.candidate is not None:
+            text += f" (candidate {obj.candidate + 1} of 4)"
+        parts.append(text)
+    if result.ignored_points:
+        parts.append(f"{result.ignored_points} point(s) outside every box ignored")
+    return "; ".join(parts) or "no prompts"

@@ -1,0 +1,238 @@
+"""Embeddings for the interactive widget: lazy, cached, prefetched, never on the Qt thread.
+
+:class:`ImageView` is a snapshot of what to embed (data, plane, normalisation);
+:class:`EmbeddingService` owns the :class:`~napari_edgesam.inference.embedding_cache.EmbeddingCache`
+and the :class:`~napari_edgesam.inference.slices.SliceEmbedder`, embeds the current plane in a
+worker, then prefetches its neighbours along the stack axis, and precomputes whole stacks.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from qtpy.QtCore import QObject, Signal
+
+from ..inference.embedding_cache import EmbeddingCache, data_signature
+from ..inference.predictor import ImageEmbedding
+from ..inference.slices import SliceEmbedder, neighbour_order
+from .planes import Plane
+from .workers import LatestRunner, Relay, error_reporter, start_worker
+
+logger = logging.getLogger(__name__)
+
+#: How far (in slices) around the current one embeddings are prefetched.
+PREFETCH_RADIUS = 2
+
+
+@dataclass(frozen=True)
+class ImageView:
+    """What to embed: ``data`` (the layer's full-resolution array), the plane, and the keyword
+    arguments of ``compute_embedding`` (contrast limits, gamma, channel handling)."""
+
+    data: object = field(repr=False, compare=False)
+    plane: Plane
+    normalisation: dict = field(compare=False)
+    extra_shape: tuple[int, ...] = ()  # trailing channel/RGB axis of a taken plane
+
+    def image(self, plane: Plane | None = None) -> np.ndarray:
+        """The 2D plane (``rows x cols`` or ``rows x cols x C``)."""
+        return (plane or self.plane).take(self.data)
+
+
+class _Stack:
+    """The planes along ``axis`` of a view, indexable like a ``Z x H x W (x C)`` array."""
+
+    def __init__(self, view: ImageView, axis: int) -> None:
+        self.view, self.axis = view, axis
+        self.shape = (view.plane.shape[axis], *view.plane.size, *view.extra_shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, z: int) -> np.ndarray:
+        return self.view.image(self.view.plane.at(self.axis, int(z)))
+
+
+class EmbeddingService(QObject):
+    """Embeds planes of the current image in the background through a shared cache.
+
+    Signals (main thread): ``ready(key)`` when a requested plane is embedded; ``busy(bool, text)``
+    when the current-plane encoder starts/stops; ``precompute_progress(done, total)`` and
+    ``precompute_finished(count)``.
+    """
+
+    ready = Signal(str)
+    busy = Signal(bool, str)
+    precompute_progress = Signal(int, int)
+    precompute_finished = Signal(int)
+
+    def __init__(self, max_bytes: int = 1 << 30, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.max_bytes = int(max_bytes)
+        self.cache = EmbeddingCache(self.max_bytes)
+        self.embedder: SliceEmbedder | None = None
+        self._signatures: dict[int, tuple[object, str]] = {}
+        self._sig_lock = threading.Lock()
+        self._prefetch_cancel = threading.Event()
+        self._precompute_cancel = threading.Event()
+        self.precomputing = False
+        self._runner = LatestRunner(self._embed_job, self._embedded, "EdgeSAM embedding", parent=self)
+        self._relay = Relay(self)
+        self._relay.progressed.connect(self.precompute_progress)
+
+    # -- configuration -----------------------------------------------------------------------
+    def set_predictor(self, predictor) -> None:
+        """Use ``predictor`` (its ``compute_embedding``) from now on."""
+        self.cancel_background()
+        self.embedder = SliceEmbedder(predictor, self.cache)
+
+    def set_cache_dir(self, directory: str | Path | None) -> None:
+        """Keep embeddings also on disk in ``directory`` (None: memory only)."""
+        self.cancel_background()
+        self.cache = EmbeddingCache(self.max_bytes, disk_dir=directory or None)
+        if self.embedder is not None:
+            self.embedder = SliceEmbedder(self.embedder.predictor, self.cache)
+
+    @property
+    def ready_to_embed(self) -> bool:
+        return self.embedder is not None
+
+    # -- keys --------------------------------------------------------------------------------
+    def signature(self, data: object, compute: bool = False) -> str | None:
+        """Content signature of ``data`` (memoised per array object; None if not yet known
+        and ``compute`` is False)."""
+        with self._sig_lock:
+            known = self._signatures.get(id(data))
+        if known is not None and known[0] is data:
+            return known[1]
+        if not compute:
+            return None
+        sig = data_signature(data)
+        with self._sig_lock:
+            self._signatures[id(data)] = (data, sig)
+        return sig
+
+    def forget_data(self, data: object) -> None:
+        """Drop the signature of ``data`` (its content changed)."""
+        with self._sig_lock:
+            self._signatures.pop(id(data), None)
+
+    def key(self, view: ImageView, plane: Plane | None = None, compute: bool = False) -> str | None:
+        """Cache key of a plane of ``view`` (None while the data signature is unknown)."""
+        if self.embedder is None:
+            raise RuntimeError("no model is loaded: load a model (or call set_predictor) first")
+        sig = self.signature(view.data, compute)
+        if sig is None:
+            return None
+        return self._key(sig, view, plane or view.plane)
+
+    def _key(self, signature: str, view: ImageView, plane: Plane) -> str:
+        # a transposed view (rows = X) is another image for the encoder
+        norm = {**view.normalisation, "transposed": plane.displayed[0] > plane.displayed[1]}
+        return self.embedder.key(signature, plane.key_index, norm)
+
+    def lookup(self, view: ImageView) -> ImageEmbedding | None:
+        """The cached embedding of the view's plane, or None (fast; main thread)."""
+        key = self.key(view)
+        return None if key is None else self.cache.get(key)
+
+    def embed_now(self, view: ImageView, plane: Plane | None = None) -> ImageEmbedding:
+        """Embed (or fetch) a plane in the calling thread: for workers only."""
+        key = self.key(view, plane, compute=True)
+        return self.embedder.embed(view.image(plane), key, **view.normalisation)
+
+    # -- current plane + prefetch ------------------------------------------------------------
+    def request(self, view: ImageView) -> None:
+        """Embed the view's plane in the background; ``ready`` follows, then neighbours are
+        prefetched. Only the newest pending request runs."""
+        if self.embedder is None:
+            raise RuntimeError("no model is loaded: load a model (or call set_predictor) first")
+        self._prefetch_cancel.set()
+        self._runner.request(view)
+
+    @property
+    def busy_embedding(self) -> bool:
+        return self._runner.busy
+
+    def _embed_job(self, view: ImageView) -> tuple[str, ImageView, bool]:
+        key = self.key(view, compute=True)
+        if key in self.cache:
+            return key, view, False
+        self._notify_busy(True, view)
+        self.embedder.embed(view.image(), key, **view.normalisation)
+        return key, view, True
+
+    def _notify_busy(self, on: bool, view: ImageView) -> None:
+        axis = view.plane.stack_axis
+        where = f"slice {view.plane.position[axis]}" if axis is not None else "image"
+        self.busy.emit(on, f"embedding {where}...")
+
+    def _embedded(self, result: tuple[str, ImageView, bool]) -> None:
+        key, view, computed = result
+        if computed:
+            self._notify_busy(False, view)
+        self.ready.emit(key)
+        if not self._runner.busy:
+            self.prefetch(view)
+
+    def prefetch(self, view: ImageView, radius: int = PREFETCH_RADIUS) -> None:
+        """Embed the neighbours of the view's plane along its stack axis (background)."""
+        axis = view.plane.stack_axis
+        if axis is None or self.embedder is None or self.precomputing:
+            return
+        self._prefetch_cancel.set()
+        cancel = self._prefetch_cancel = threading.Event()
+        order = neighbour_order(view.plane.position[axis], view.plane.shape[axis], radius)[1:]
+        planes = [view.plane.at(axis, z) for z in order]
+        start_worker(self._prefetch_job, view, planes, cancel, context="EdgeSAM prefetch")
+
+    def _prefetch_job(self, view: ImageView, planes: list[Plane], cancel: threading.Event) -> int:
+        items = [(self.key(view, p, compute=True), (lambda p=p: view.image(p)), view.normalisation) for p in planes]
+        return self.embedder.prefetch(items, cancel)
+
+    # -- whole stack -------------------------------------------------------------------------
+    def precompute(self, view: ImageView) -> None:
+        """Embed every plane along the view's stack axis (progress via signals)."""
+        axis = view.plane.stack_axis
+        if axis is None:
+            raise ValueError("the image has no stack axis to precompute (it is 2D)")
+        if self.embedder is None:
+            raise RuntimeError("no model is loaded: load a model (or call set_predictor) first")
+        if self.precomputing:
+            return
+        self._prefetch_cancel.set()
+        self._precompute_cancel = threading.Event()
+        self.precomputing = True
+        start_worker(
+            self._precompute_job, view, axis, self._precompute_cancel,
+            on_result=self.precompute_finished.emit, on_error=self._precompute_failed,
+            on_finished=self._precompute_done,
+        )
+
+    def _precompute_job(self, view: ImageView, axis: int, cancel: threading.Event) -> int:
+        sig = self.signature(view.data, compute=True)
+        return self.embedder.precompute(
+            _Stack(view, axis),
+            lambda z: self._key(sig, view, view.plane.at(axis, z)),
+            view.normalisation, self._relay.progress, cancel,
+        )
+
+    def _precompute_failed(self, err: BaseException) -> None:
+        error_reporter("EdgeSAM precompute")(err)
+        self.precompute_finished.emit(-1)
+
+    def _precompute_done(self) -> None:
+        self.precomputing = False
+
+    def cancel_precompute(self) -> None:
+        self._precompute_cancel.set()
+
+    def cancel_background(self) -> None:
+        """Stop prefetching and precomputing (after the slice being embedded)."""
+        self._prefetch_cancel.set()
+        self._precompute_cancel.set()
+        self._runner.cancel_pending()

@@ -1,0 +1,268 @@
+"""The "Interactive segmentation" dock widget: controls for an :class:`InteractiveController`."""
+
+from __future__ import annotations
+
+import logging
+
+from napari.layers import Image, Labels
+from qtpy.QtWidgets import (
+    QCheckBox, QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit,
+    QProgressBar, QPushButton, QVBoxLayout, QWidget,
+)
+
+from . import names
+from .controller import InteractiveController
+from .model_panel import ModelPanel
+
+logger = logging.getLogger(__name__)
+
+
+def _row(*widgets: QWidget) -> QWidget:
+    box = QWidget()
+    lay = QHBoxLayout(box)
+    lay.setContentsMargins(0, 0, 0, 0)
+    for w in widgets:
+        lay.addWidget(w)
+    return box
+
+
+def _button(text: str, tip: str) -> QPushButton:
+    b = QPushButton(text)
+    b.setToolTip(names.TOOLTIPS[tip])
+    return b
+
+
+class InteractiveWidget(QWidget):
+    """Point/box prompts -> live preview -> commit into a labels layer; 3D propagation.
+
+    Args:
+        napari_viewer: the viewer to work in.
+    """
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.controller = InteractiveController(napari_viewer, parent=self)
+        self.model_panel = ModelPanel()
+        self._updating = False
+        self._build()
+        self._connect()
+        self._refresh_layer_choices()
+
+    # -- public API --------------------------------------------------------------------------
+    def set_predictor(self, predictor) -> None:
+        """Use an already-built predictor (skips loading)."""
+        self.controller.set_predictor(predictor)
+
+    @property
+    def predictor(self):
+        return self.controller.predictor
+
+    # -- layout ------------------------------------------------------------------------------
+    def _build(self) -> None:
+        self.image = QComboBox()
+        self.channel_axis = QComboBox()
+        self.channel = QComboBox()
+        self.target = QComboBox()
+        self.overwrite = QCheckBox("overwrite existing labels")
+        self.polarity = _button("New points: positive", "polarity")
+        self.candidate = _button("Next candidate", "candidate")
+        self.commit = _button("Commit", "commit")
+        self.clear = _button("Clear", "clear")
+        self.undo = _button("Undo commit", "undo")
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.embed_bar = QProgressBar()
+        self.embed_bar.setVisible(False)
+        self.embed_bar.setRange(0, 0)
+        self.precompute = _button("Precompute volume", "precompute")
+        self.cancel_precompute = _button("Cancel", "cancel_precompute")
+        self.precompute_bar = QProgressBar()
+        self.cache_dir = QLineEdit()
+        self.cache_dir.setPlaceholderText("memory only")
+        self.cache_browse = QPushButton("...")
+        self.cache_browse.setMaximumWidth(30)
+        self.direction = QComboBox()
+        self.direction.addItems(list(names.DIRECTION_CHOICES))
+        self.propagate = _button("Propagate", "propagate")
+        self.cancel_propagation = _button("Cancel", "cancel_propagation")
+        self.propagation_bar = QProgressBar()
+        self.quality = QLabel("")
+        self.quality.setWordWrap(True)
+        self.shortcuts = QLabel(names.shortcuts_text())
+        for w, tip in ((self.image, "image"), (self.channel_axis, "channel_axis"), (self.channel, "channel"),
+                       (self.target, "target"), (self.overwrite, "overwrite"), (self.cache_dir, "cache_dir"),
+                       (self.direction, "direction")):
+            w.setToolTip(names.TOOLTIPS[tip])
+
+        model_box = QGroupBox("Model")
+        QVBoxLayout(model_box).addWidget(self.model_panel)
+        seg_box = QGroupBox("Segment")
+        form = QFormLayout(seg_box)
+        form.addRow("Image", self.image)
+        form.addRow("Channel axis", self.channel_axis)
+        form.addRow("Channel", self.channel)
+        form.addRow("Target", self.target)
+        form.addRow(self.overwrite)
+        form.addRow(_row(self.polarity, self.candidate))
+        form.addRow(_row(self.commit, self.clear, self.undo))
+        form.addRow(self.embed_bar)
+        form.addRow(self.status)
+        stack_box = QGroupBox("Stack")
+        sform = QFormLayout(stack_box)
+        sform.addRow(_row(self.precompute, self.cancel_precompute))
+        sform.addRow(self.precompute_bar)
+        sform.addRow("Cache dir", _row(self.cache_dir, self.cache_browse))
+        sform.addRow("Direction", self.direction)
+        sform.addRow(_row(self.propagate, self.cancel_propagation))
+        sform.addRow(self.propagation_bar)
+        sform.addRow(self.quality)
+        keys_box = QGroupBox("Shortcuts")
+        QVBoxLayout(keys_box).addWidget(self.shortcuts)
+        layout = QVBoxLayout(self)
+        for box in (model_box, seg_box, stack_box, keys_box):
+            layout.addWidget(box)
+        layout.addStretch(1)
+
+    def _connect(self) -> None:
+        c = self.controller
+        self.model_panel.load_requested.connect(c.load_model)
+        c.model_changed.connect(lambda name: self.model_panel.set_message(f"model '{name}' ready"))
+        c.status.connect(self._status)
+        c.polarity_changed.connect(self._show_polarity)
+        c.target_changed.connect(self._target_created)
+        c.embedding_busy.connect(self._embedding_busy)
+        c.embeddings.precompute_progress.connect(self._bar(self.precompute_bar))
+        c.propagation.progress.connect(self._bar(self.propagation_bar))
+        c.propagation.summary.connect(self.quality.setText)
+        self.polarity.clicked.connect(c.toggle_polarity)
+        self.candidate.clicked.connect(c.cycle_candidate)
+        self.commit.clicked.connect(c.commit)
+        self.clear.clicked.connect(c.clear)
+        self.undo.clicked.connect(c.undo_commit)
+        self.precompute.clicked.connect(c.precompute)
+        self.cancel_precompute.clicked.connect(c.embeddings.cancel_precompute)
+        self.cache_dir.editingFinished.connect(lambda: c.embeddings.set_cache_dir(self.cache_dir.text().strip() or None))
+        self.cache_browse.clicked.connect(self._browse_cache)
+        self.propagate.clicked.connect(lambda: c.propagation.start(names.DIRECTION_CHOICES[self.direction.currentText()]))
+        self.cancel_propagation.clicked.connect(c.propagation.cancel)
+        self.overwrite.toggled.connect(lambda on: setattr(c, "overwrite", bool(on)))
+        self.image.currentIndexChanged.connect(self._image_chosen)
+        self.channel_axis.currentIndexChanged.connect(self._channel_chosen)
+        self.channel.currentIndexChanged.connect(self._channel_chosen)
+        self.target.currentIndexChanged.connect(self._target_chosen)
+        events = self.viewer.layers.events
+        for ev in (events.inserted, events.removed, events.moved):
+            ev.connect(self._refresh_layer_choices)
+
+    # -- callbacks ---------------------------------------------------------------------------
+    def _status(self, text: str) -> None:
+        self.status.setText(text)
+        if text.startswith("could not load"):
+            self.model_panel.set_message(text)
+
+    def _show_polarity(self, positive: bool) -> None:
+        self.polarity.setText(f"New points: {'positive' if positive else 'negative'}")
+
+    def _embedding_busy(self, on: bool, text: str) -> None:
+        self.embed_bar.setVisible(on)
+        if on:
+            self.status.setText(text)
+
+    @staticmethod
+    def _bar(bar: QProgressBar):
+        def update(done: int, total: int) -> None:
+            bar.setRange(0, max(total, 1))
+            bar.setValue(done)
+
+        return update
+
+    def _browse_cache(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Embedding cache folder")
+        if path:
+            self.cache_dir.setText(path)
+            self.controller.embeddings.set_cache_dir(path)
+
+    def _layers(self, kind):
+        return [layer for layer in self.viewer.layers if isinstance(layer, kind)]
+
+    def _refresh_layer_choices(self, event=None) -> None:
+        self._updating = True
+        try:
+            images = [layer for layer in self._layers(Image)]
+            current = self.controller.image_layer
+            self.image.clear()
+            self.image.addItems([layer.name for layer in images])
+            if current in images:
+                self.image.setCurrentIndex(images.index(current))
+            targets = [layer for layer in self._layers(Labels) if layer.name != names.PREVIEW_LAYER]
+            chosen = self.controller.target
+            self.target.clear()
+            self.target.addItems([names.NEW_LABELS_CHOICE] + [layer.name for layer in targets])
+            if chosen in targets:
+                self.target.setCurrentIndex(1 + targets.index(chosen))
+        finally:
+            self._updating = False
+        self._image_chosen()
+        self._target_chosen()
+
+    def _image_chosen(self, *_) -> None:
+        if self._updating:
+            return
+        images = self._layers(Image)
+        i = self.image.currentIndex()
+        layer = images[i] if 0 <= i < len(images) else None
+        self._fill_channel_axes(layer)
+        self._channel_chosen()
+
+    def _fill_channel_axes(self, layer: Image | None) -> None:
+        self._updating = True
+        try:
+            previous = self.channel_axis.currentText()
+            self.channel_axis.clear()
+            self.channel_axis.addItem(names.NO_CHANNEL_AXIS)
+            if layer is not None and not layer.rgb and layer.ndim > 2:
+                for axis in range(layer.ndim - 2):
+                    self.channel_axis.addItem(f"axis {axis} ({layer.data.shape[axis]})")
+            self.channel_axis.setCurrentText(previous)
+        finally:
+            self._updating = False
+
+    def _channel_chosen(self, *_) -> None:
+        if self._updating:
+            return
+        images = self._layers(Image)
+        i = self.image.currentIndex()
+        layer = images[i] if 0 <= i < len(images) else None
+        axis_text = self.channel_axis.currentText()
+        axis = None if axis_text in ("", names.NO_CHANNEL_AXIS) else int(axis_text.split()[1])
+        n_channels = 0
+        if layer is not None:
+            n_channels = int(layer.data.shape[-1]) if layer.rgb else (layer.data.shape[axis] if axis is not None else 0)
+        self._updating = True
+        try:
+            previous = self.channel.currentText()
+            self.channel.clear()
+            self.channel.addItem(names.COMPOSITE_CHANNEL)
+            self.channel.addItems([str(c) for c in range(n_channels)])
+            self.channel.setCurrentText(previous)
+            self.channel.setEnabled(n_channels > 0)
+        finally:
+            self._updating = False
+        text = self.channel.currentText()
+        channel = None if text in ("", names.COMPOSITE_CHANNEL) else int(text)
+        self.controller.set_image_layer(layer, axis, channel)
+
+    def _target_chosen(self, *_) -> None:
+        if self._updating:
+            return
+        targets = [layer for layer in self._layers(Labels) if layer.name != names.PREVIEW_LAYER]
+        i = self.target.currentIndex() - 1
+        self.controller.target = targets[i] if 0 <= i < len(targets) else None
+
+    def _target_created(self, layer) -> None:
+        self._refresh_layer_choices()
+
+    def closeEvent(self, event) -> None:  # noqa: N802 (Qt API)
+        self.controller.close()
+        super().closeEvent(event)

@@ -1,0 +1,130 @@
+"""The model chooser: registered model or custom file, backend, device, and a Load button."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (
+    QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton, QWidget,
+)
+
+from . import names
+from .workers import start_worker
+
+logger = logging.getLogger(__name__)
+
+
+def registered_models() -> list[str]:
+    """Names of the registered models (no network)."""
+    from ..inference.api import list_models
+
+    return [m["name"] for m in list_models()]
+
+
+def available_devices() -> list[str]:
+    """``auto`` and ``cpu``, plus ``cuda`` / ``mps`` when torch sees them (imports torch)."""
+    devices = ["auto", "cpu"]
+    if importlib.util.find_spec("torch") is None:
+        return devices
+    import torch
+
+    if torch.cuda.is_available():
+        devices.append("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+class ModelPanel(QWidget):
+    """Emits ``load_requested(name_or_path, backend, device)`` when Load is pressed."""
+
+    load_requested = Signal(str, str, str)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.model = QComboBox()
+        try:
+            self.model.addItems(registered_models())
+        except Exception as err:  # a broken registry must not break the widget
+            logger.warning("could not list the registered models: %s", err)
+        self.model.addItem(names.CUSTOM_MODEL_CHOICE)
+        self.path = QLineEdit()
+        self.path.setPlaceholderText("path to a .pth or encoder .onnx file")
+        self.browse = QPushButton("...")
+        self.browse.setMaximumWidth(30)
+        path_row = QWidget()
+        row = QHBoxLayout(path_row)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.path)
+        row.addWidget(self.browse)
+        self._path_row = path_row
+        self.backend = QComboBox()
+        self.backend.addItems(names.BACKEND_CHOICES)
+        self.device = QComboBox()
+        self.device.addItems(["auto", "cpu"])
+        self.load = QPushButton("Load model")
+        self.message = QLabel("no model loaded")
+        self.message.setWordWrap(True)
+        self.message.setTextInteractionFlags(self.message.textInteractionFlags() | _selectable())
+
+        form = QFormLayout(self)
+        form.setContentsMargins(0, 0, 0, 0)
+        form.addRow("Model", self.model)
+        form.addRow("File", path_row)
+        form.addRow("Backend", self.backend)
+        form.addRow("Device", self.device)
+        form.addRow(self.load)
+        form.addRow(self.message)
+        for widget, tip in ((self.model, "model"), (self.backend, "backend"), (self.device, "device"),
+                            (self.load, "load")):
+            widget.setToolTip(names.TOOLTIPS[tip])
+
+        self.model.currentTextChanged.connect(self._model_changed)
+        self.browse.clicked.connect(self._browse)
+        self.load.clicked.connect(self._load_clicked)
+        self._model_changed(self.model.currentText())
+        start_worker(available_devices, on_result=self._set_devices, context="EdgeSAM device check")
+
+    def _set_devices(self, devices: list[str]) -> None:
+        current = self.device.currentText()
+        self.device.clear()
+        self.device.addItems(devices)
+        if current in devices:
+            self.device.setCurrentText(current)
+
+    def _model_changed(self, text: str) -> None:
+        self._path_row.setVisible(text == names.CUSTOM_MODEL_CHOICE)
+
+    def _browse(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "EdgeSAM model file", "", "Models (*.pth *.pt *.onnx)")
+        if path:
+            self.path.setText(path)
+
+    def choice(self) -> str:
+        """The registered name or the custom path (ValueError if the path is empty)."""
+        if self.model.currentText() != names.CUSTOM_MODEL_CHOICE:
+            return self.model.currentText()
+        path = self.path.text().strip()
+        if not path:
+            raise ValueError("choose a .pth or .onnx file for the custom model")
+        return path
+
+    def _load_clicked(self) -> None:
+        try:
+            choice = self.choice()
+        except ValueError as err:
+            self.message.setText(str(err))
+            return
+        self.load_requested.emit(choice, self.backend.currentText(), self.device.currentText())
+
+    def set_message(self, text: str) -> None:
+        self.message.setText(text)
+
+
+def _selectable():
+    from qtpy.QtCore import Qt
+
+    return Qt.TextInteractionFlag.TextSelectableByMouse

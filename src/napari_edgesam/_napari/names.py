@@ -1,0 +1,95 @@
+"""Every user-visible name of the interactive plugin: layer names, colours, tooltips, shortcuts.
+
+Shortcuts use napari's key syntax (``"Shift-C"``). They are bound on the viewer *and* on the
+prompt layers (layer keymaps take precedence over the viewer's, napari #7302) and were chosen
+so that none clashes with napari's default keymap (which uses plain letters, Ctrl/Alt
+combinations and only ``Shift-A``, ``Shift-L``, ``Shift-P``, ``Shift-V`` of the Shift+letter keys).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# -- layers ----------------------------------------------------------------------------------
+POINTS_LAYER = "EdgeSAM points"
+BOXES_LAYER = "EdgeSAM boxes"
+PREVIEW_LAYER = "EdgeSAM preview"
+LABELS_LAYER = "EdgeSAM labels"
+
+#: Feature of the points layer: True for a positive (foreground) point, False for negative.
+POSITIVE_FEATURE = "positive"
+POSITIVE_COLOR = "lime"
+NEGATIVE_COLOR = "red"
+BOX_EDGE_COLOR = "yellow"
+POINT_SIZE = 8
+
+# -- combo-box entries -----------------------------------------------------------------------
+NEW_LABELS_CHOICE = f"new layer: {LABELS_LAYER}"
+CUSTOM_MODEL_CHOICE = "custom file..."
+NO_CHANNEL_AXIS = "none"
+COMPOSITE_CHANNEL = "composite"
+BACKEND_CHOICES = ("auto", "torch", "onnxruntime")
+DIRECTION_CHOICES = {"both directions": "both", "forward (z+)": "forward", "backward (z-)": "backward"}
+
+
+# -- keyboard shortcuts ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Shortcut:
+    """A key bound to an action of the interactive controller.
+
+    Attributes:
+        action: name of the controller method that runs (no arguments).
+        key: napari key syntax, e.g. ``"Shift-C"``.
+        description: what it does, shown in the widget.
+    """
+
+    action: str
+    key: str
+    description: str
+
+
+SHORTCUTS: tuple[Shortcut, ...] = (
+    Shortcut("commit", "Shift-C", "commit the preview into the target labels"),
+    Shortcut("toggle_polarity", "Shift-N", "toggle positive / negative for new points"),
+    Shortcut("cycle_candidate", "Shift-M", "next of the 4 candidate masks (point prompts)"),
+    Shortcut("clear", "Shift-X", "clear prompts and preview"),
+    Shortcut("undo_commit", "Shift-U", "undo the last commit"),
+)
+
+
+def shortcut_for(action: str) -> Shortcut:
+    """The shortcut bound to ``action`` (``KeyError`` if none is)."""
+    for sc in SHORTCUTS:
+        if sc.action == action:
+            return sc
+    raise KeyError(f"no shortcut for action {action!r}")
+
+
+def shortcuts_text() -> str:
+    """One line per shortcut, for the widget's help label."""
+    return "\n".join(f"{sc.key.replace('-', '+')}: {sc.description}" for sc in SHORTCUTS)
+
+
+# -- tooltips --------------------------------------------------------------------------------
+TOOLTIPS: dict[str, str] = {
+    "model": "Registered EdgeSAM models (downloaded on first use) or a custom .pth / .onnx file.",
+    "backend": "auto: torch if installed, else onnxruntime.",
+    "device": "auto picks CUDA, then Apple MPS, then the CPU.",
+    "load": "Load the chosen model in the background.",
+    "image": "The image layer to segment; the displayed 2D plane is the one segmented.",
+    "channel_axis": "Treat this axis of the layer as channels (e.g. a C x Y x X stack).",
+    "channel": "Segment one channel, or a composite of all of them.",
+    "target": "Labels layer that committed objects are written into.",
+    "overwrite": "Let committed objects replace existing labels (otherwise only background changes).",
+    "commit": f"Write the preview into the target labels as new objects ({shortcut_for('commit').key}).",
+    "clear": f"Remove all prompts and the preview ({shortcut_for('clear').key}).",
+    "undo": f"Restore the target labels as they were before the last commit ({shortcut_for('undo_commit').key}).",
+    "polarity": f"Whether new points are positive or negative ({shortcut_for('toggle_polarity').key}).",
+    "candidate": f"Show the next of the 4 masks a point prompt yields ({shortcut_for('cycle_candidate').key}).",
+    "precompute": "Embed every slice of the stack now (cached), so any slice answers at once.",
+    "cancel_precompute": "Stop embedding the stack after the current slice.",
+    "cache_dir": "Optional folder that keeps embeddings on disk between sessions.",
+    "propagate": "Follow the preview objects (or the target's selected label) through the stack.",
+    "direction": "Which way to propagate beyond the annotated slices.",
+    "cancel_propagation": "Stop propagating; the slices found so far are kept in the preview.",
+}

@@ -1,0 +1,133 @@
+"""Background work for the widgets: nothing slow ever runs on the Qt thread.
+
+Functions run in napari thread workers (Qt's global thread pool); their results, progress and
+errors come back to the main thread through Qt signals, where the callbacks run. Errors are
+shown as napari notifications.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from napari.qt.threading import FunctionWorker
+from napari.utils.notifications import show_error
+from qtpy.QtCore import QObject, QThreadPool, QTimer, Signal
+
+logger = logging.getLogger(__name__)
+
+
+def error_reporter(context: str) -> Callable[[BaseException], None]:
+    """A callback that logs ``err`` and shows ``"{context}: {err}"`` as a napari error."""
+
+    def report(err: BaseException) -> None:
+        logger.debug("%s failed", context, exc_info=err)
+        show_error(f"{context}: {err}")
+
+    return report
+
+
+def start_worker(
+    fn: Callable,
+    *args,
+    on_result: Callable | None = None,
+    on_error: Callable[[BaseException], None] | None = None,
+    on_finished: Callable[[], None] | None = None,
+    context: str = "EdgeSAM",
+    **kwargs,
+) -> FunctionWorker:
+    """Run ``fn(*args, **kwargs)`` in a thread; callbacks run on the main thread."""
+    worker = FunctionWorker(fn, *args, **kwargs)
+    if on_result is not None:
+        worker.returned.connect(on_result)
+    worker.errored.connect(on_error or error_reporter(context))
+    if on_finished is not None:
+        worker.finished.connect(on_finished)
+    worker.start()
+    return worker
+
+
+class Relay(QObject):
+    """Carries calls from worker threads to the main thread (queued Qt signals).
+
+    ``progress(done, total)`` and ``item(value)`` may be called from any thread; connect
+    main-thread slots to :attr:`progressed` and :attr:`itemed`.
+    """
+
+    progressed = Signal(int, int)
+    itemed = Signal(object)
+
+    def progress(self, done: int, total: int) -> None:
+        self.progressed.emit(int(done), int(total))
+
+    def item(self, value: object) -> None:
+        self.itemed.emit(value)
+
+
+class LatestRunner(QObject):
+    """Runs ``fn(*args)`` in a worker, one call at a time; requests made while one runs are
+    coalesced so that only the newest runs next (prompt edits, slice changes).
+
+    Args:
+        fn: the function to run in the thread.
+        on_result: main-thread callback with ``fn``'s return value.
+        context: prefix of error messages.
+        min_interval_ms: a request arriving sooner than this after the previous start waits
+            (a debounce for bursts of events); the first request after a pause runs at once.
+    """
+
+    #: Emitted on the main thread after each run (result applied or error shown).
+    done = Signal()
+
+    def __init__(self, fn: Callable, on_result: Callable, context: str, min_interval_ms: int = 0,
+                 parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._fn, self._on_result, self._context = fn, on_result, context
+        self._pending: tuple | None = None
+        self._worker: FunctionWorker | None = None
+        self._idle = threading.Event()
+        self._idle.set()
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(int(min_interval_ms))
+        self._timer.timeout.connect(self._start_pending)
+
+    @property
+    def busy(self) -> bool:
+        """A run is in flight or waiting."""
+        return self._worker is not None or self._pending is not None
+
+    def request(self, *args) -> None:
+        """Ask for ``fn(*args)``; replaces any request that has not started yet."""
+        self._pending = args
+        if self._worker is None and not self._timer.isActive():
+            self._start_pending()
+
+    def cancel_pending(self) -> None:
+        """Forget the request that has not started yet (a running one finishes)."""
+        self._pending = None
+
+    def _start_pending(self) -> None:
+        if self._pending is None or self._worker is not None:
+            return
+        args, self._pending = self._pending, None
+        self._idle.clear()
+        self._worker = start_worker(
+            self._fn, *args, on_result=self._on_result, on_error=error_reporter(self._context),
+            on_finished=self._finished,
+        )
+        if self._timer.interval() > 0:
+            self._timer.start()
+
+    def _finished(self) -> None:
+        self._worker = None
+        self._idle.set()
+        self.done.emit()
+        if self._pending is not None and not self._timer.isActive():
+            self._start_pending()
+
+
+def wait_for_workers(timeout_ms: int = 30_000) -> bool:
+    """Block until every thread-pool job has finished (for shutdown and tests)."""
+    return QThreadPool.globalInstance().waitForDone(int(timeout_ms))

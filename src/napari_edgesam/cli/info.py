@@ -1,0 +1,78 @@
+"""``napari-edgesam info``: models, cache, backends and devices."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import platform
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _version(pkg: str) -> str | None:
+    try:
+        return importlib.metadata.version(pkg)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _devices() -> list[str]:
+    from ..inference.api import torch_available
+
+    devices = ["cpu"]
+    if torch_available():
+        import torch
+
+        if torch.cuda.is_available():
+            devices += [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            devices.append("mps")
+    return devices
+
+
+def collect() -> dict:
+    """Everything ``info`` reports, as a dict."""
+    from .. import __version__
+    from ..inference import weights
+    from ..inference.api import list_models, torch_available
+
+    backends = {"onnxruntime": _version("onnxruntime"), "torch": _version("torch") if torch_available() else None}
+    if backends["onnxruntime"]:
+        import onnxruntime as ort
+
+        backends["onnxruntime_providers"] = ort.get_available_providers()
+    return {
+        "napari-edgesam": __version__,
+        "python": platform.python_version(),
+        "cache_dir": str(weights.cache_dir()),
+        "cache_env": weights.CACHE_ENV,
+        "backends": backends,
+        "devices": _devices(),
+        "napari": _version("napari"),
+        "models": list_models(),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    info = collect()
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    print(f"napari-edgesam {info['napari-edgesam']} (Python {info['python']}, napari {info['napari'] or 'not installed'})")
+    b = info["backends"]
+    print(f"backends: onnxruntime {b['onnxruntime'] or 'missing'}; torch {b['torch'] or 'not installed'}")
+    print(f"devices: {', '.join(info['devices'])}")
+    print(f"weights cache: {info['cache_dir']} (override with ${info['cache_env']})")
+    print("models:")
+    for m in info["models"]:
+        print(f"  {m['name']}: {m['description']}")
+        for kind, f in m["files"].items():
+            where = f['path'] or f"{info['cache_dir']}/{f['filename']}"
+            state = f"cached at {where}" if f["cached"] else f"not downloaded (goes to {where})"
+            print(f"    {kind:13s} {f['filename']}: {state}")
+        if m.get("licence"):
+            print(f"    licence: {m['licence']}")
+    return 0

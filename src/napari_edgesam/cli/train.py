@@ -1,0 +1,159 @@
+"""``napari-edgesam train``: distil, fine-tune, precompute teacher embeddings, export.
+
+    napari-edgesam train phase1     --config FILE [section.field=value ...]
+    napari-edgesam train phase2     --config FILE [...]
+    napari-edgesam train finetune   --config FILE [...]
+    napari-edgesam train precompute --config FILE [...]
+    napari-edgesam train export     --checkpoint last.pt --output model.pth [--onnx DIR]
+    napari-edgesam train evaluate   ...   (options of napari_edgesam.training.evaluate)
+
+``FILE`` is a JSON/TOML/YAML file or the name of a shipped config (``napari-edgesam train
+configs`` lists them). Multi-process: ``torchrun --nproc_per_node N -m napari_edgesam.training
+phase2 --config FILE``. This module imports torch only when a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+PHASE_COMMANDS = ("phase1", "phase2", "finetune", "precompute")
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "training" / "configs"
+
+
+def shipped_configs() -> dict[str, Path]:
+    """Name -> path of the configs shipped in ``napari_edgesam/training/configs``."""
+    if not CONFIG_DIR.is_dir():
+        return {}
+    return {p.stem: p for p in sorted(CONFIG_DIR.iterdir()) if p.suffix in (".json", ".toml", ".yaml", ".yml")}
+
+
+def resolve_config(name: str) -> Path:
+    """A config path, or the shipped config called ``name``."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = shipped_configs()
+    if name in shipped:
+        return shipped[name]
+    raise FileNotFoundError(f"config {name!r} is neither a file nor a shipped config ({sorted(shipped)})")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="train_command", metavar="STEP")
+    helps = {
+        "phase1": "encoder distillation (MSE to the teacher's embeddings)",
+        "phase2": "prompt-in-the-loop distillation (boxes/points + refinement)",
+        "finetune": "prompt-in-the-loop fine-tuning on ground-truth instance masks",
+        "precompute": "precompute the teacher's float16 embeddings (resumable)",
+    }
+    for name, text in helps.items():
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("--config", required=True, help="config file, or the name of a shipped config")
+        p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. optim.lr=1e-4 run.out_dir=runs/x")
+        p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    p = sub.add_parser("export", help="export a checkpoint to the official EdgeSAM .pth (and ONNX)")
+    p.add_argument("--checkpoint", required=True, help="training checkpoint (last.pt) or EdgeSAM .pth")
+    p.add_argument("--output", required=True, help="output .pth (official layout; a .json is written beside it)")
+    p.add_argument("--onnx", metavar="DIR", default=None, help="also write encoder/decoder ONNX files into DIR")
+    sub.add_parser("configs", help="list the shipped configs")
+    p = sub.add_parser("evaluate", help="evaluate a model (mIoU with boxes / points)", add_help=False)
+    p.add_argument("evaluate_args", nargs=argparse.REMAINDER)
+
+
+def run(args: argparse.Namespace) -> int:
+    cmd = getattr(args, "train_command", None)
+    if cmd is None:
+        print("usage: napari-edgesam train {phase1,phase2,finetune,precompute,export,configs,evaluate} ...", file=sys.stderr)
+        return 2
+    if cmd == "configs":
+        for name, path in shipped_configs().items():
+            print(f"{name:28s} {path}")
+        return 0
+    if cmd == "evaluate":
+        return _evaluate(args.evaluate_args)
+    if cmd == "export":
+        from ..training.export import export_checkpoint
+
+        paths = export_checkpoint(args.checkpoint, args.output, onnx_dir=args.onnx)
+        for kind, path in paths.items():
+            print(f"{kind}: {path}")
+        return 0
+    return _run_phase(cmd, args)
+
+
+def _run_phase(cmd: str, args: argparse.Namespace) -> int:
+    import json
+
+    from ..training.config import TrainConfig
+
+    overrides = list(args.overrides)
+    if cmd != "precompute":
+        overrides.append(f"phase={cmd}")
+    cfg = TrainConfig.from_file(resolve_config(args.config), overrides)
+    if args.dry_run:
+        print(json.dumps(cfg.to_dict(), indent=2))
+        return 0
+    if cmd == "precompute":
+        return _precompute(cfg)
+    from ..training.trainer import train
+
+    result = train(cfg)
+    if _is_main():
+        state = "finished" if result.finished else "stopped"
+        print(f"{state} at step {result.step} (epoch {result.epoch}); checkpoint: {result.checkpoint}")
+        if result.exported:
+            print(f"exported: {result.exported}")
+    return 0
+
+
+def _precompute(cfg) -> int:
+    from ..training.data import TrainingDataset, find_records
+    from ..training.distributed import init_distributed
+    from ..training.teacher import build_teacher
+    from ..training.teacher_cache import EmbeddingCache, precompute_embeddings
+
+    if cfg.teacher.kind == "none" or not cfg.teacher.cache_dir:
+        raise ValueError("precompute needs teacher.kind ('sam' or 'edgesam') and teacher.cache_dir")
+    info, device = init_distributed(cfg.run.device)
+    teacher = build_teacher(cfg.teacher, cfg.model.img_size, seed=cfg.run.seed + 1)
+    cache = EmbeddingCache(cfg.teacher.cache_dir, teacher.name, cfg.model.img_size, create=info.is_main)
+    data = TrainingDataset(find_records(cfg.data), cfg.data, cfg.model.img_size, cfg.run.seed, with_instances=False)
+    n = precompute_embeddings(
+        data, teacher, cache, batch_size=cfg.teacher.batch_size, info=info, device=device,
+        progress=cfg.run.progress, num_workers=cfg.data.num_workers,
+    )
+    print(f"rank {info.rank}: wrote {n} embeddings to {cache.root}")
+    return 0
+
+
+def _evaluate(argv: list[str]) -> int:
+    try:
+        from ..training import evaluate
+    except ImportError as err:
+        raise RuntimeError(f"evaluation is not available in this installation: {err}") from err
+    if not hasattr(evaluate, "main"):
+        raise RuntimeError("napari_edgesam.training.evaluate has no main(argv) entry point")
+    return int(evaluate.main(argv) or 0)
+
+
+def _is_main() -> bool:
+    return os.environ.get("RANK", "0") in ("", "0")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m napari_edgesam.training STEP ...`` (same as ``napari-edgesam train STEP ...``)."""
+    parser = argparse.ArgumentParser(prog="napari-edgesam train", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    level = logging.INFO if args.verbose or _is_main() else logging.WARNING
+    logging.basicConfig(level=level if args.verbose < 2 else logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return run(args)
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as err:
+        print(f"napari-edgesam train: error: {err}", file=sys.stderr)
+        return 1

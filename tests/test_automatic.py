@@ -1,0 +1,351 @@
+"""Automatic mode: the algorithm on a stub predictor with known instances, plumbing on the golden model.
+
+``LabelOraclePredictor`` (also imported by the tiling, batch and widget tests) plays EdgeSAM on
+images whose pixel values encode instance ids: for each point it returns the low-res logits of
+the instance under that point, built with the real ``ImageEmbedding`` and 1024/256 frame
+conventions, plus three decoys like SAM's multimask output (a soft dilated mask, the whole
+image, noise).
+"""
+
+from __future__ import annotations
+
+import threading
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage
+
+from napari_edgesam.constants import IMG_SIZE, LOW_RES_SIZE, token_slice
+from napari_edgesam.inference.automatic import (
+    AutomaticConfig,
+    Cancelled,
+    MaskCandidate,
+    _upscale_in_box,
+    clean_mask,
+    generate_masks,
+    masks_to_labels,
+    nms,
+    point_grid,
+    segment_automatic,
+    segment_automatic_3d,
+)
+from napari_edgesam.inference.postprocess import stability_score, upscale_logits
+from napari_edgesam.inference.predictor import ImageEmbedding, Prediction
+from napari_edgesam.inference.preprocess import resized_shape, to_rgb_uint8
+
+
+class LabelOraclePredictor:
+    """Predictor stub. Pixel value v > 0 of channel 0 means "instance of class v"; instances are
+    the connected components of each value inside the embedded image (or tile)."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.backend = SimpleNamespace(name="oracle", supports_mask_input=False, provides_iou_scores=False)
+        self.model_name = "oracle"
+        self.calls = 0
+        self.prompts = 0
+        self.embedded = 0
+        self._emb = None
+        self._rng = np.random.default_rng(seed)
+        self._cache: dict = {}
+
+    # image
+    def embed_rgb(self, rgb: np.ndarray) -> ImageEmbedding:
+        v = rgb[..., 0].astype(np.int64)
+        lab = np.zeros(v.shape, np.int64)
+        n = 0
+        for val in np.unique(v[v > 0]):
+            cc, k = ndimage.label(v == val)
+            lab[cc > 0] = cc[cc > 0] + n
+            n += k
+        self.embedded += 1
+        return ImageEmbedding(lab[None, None].astype(np.float32), tuple(v.shape), resized_shape(v.shape))
+
+    def compute_embedding(self, image, **norm) -> ImageEmbedding:
+        return self.embed_rgb(to_rgb_uint8(image, **norm))
+
+    def set_image(self, image, **norm):
+        self._emb = self.compute_embedding(image, **norm)
+        return self._emb
+
+    def set_embedding(self, emb):
+        self._emb = emb
+
+    def reset_image(self):
+        self._emb = None
+
+    @property
+    def is_image_set(self):
+        return self._emb is not None
+
+    @property
+    def embedding(self):
+        if self._emb is None:
+            raise RuntimeError("no image is set")
+        return self._emb
+
+    # masks
+    def _maps(self) -> tuple[np.ndarray, np.ndarray]:
+        """Instance labels and background components of the current embedding (cached)."""
+        key = id(self.embedding.features)
+        if key not in self._cache:
+            lab = np.asarray(self.embedding.features[0, 0], np.int64)
+            self._cache.clear()
+            self._cache[key] = (lab, ndimage.label(lab == 0)[0])
+        return self._cache[key]
+
+    def _to_low(self, mask: np.ndarray) -> np.ndarray:
+        ih, iw = self.embedding.input_size
+        img = Image.fromarray(mask.astype(np.float32)).resize((iw, ih), Image.BILINEAR)
+        frame = np.zeros((IMG_SIZE, IMG_SIZE), np.float32)
+        frame[:ih, :iw] = np.clip(np.asarray(img), 0, 1)
+        f = IMG_SIZE // LOW_RES_SIZE
+        return frame.reshape(LOW_RES_SIZE, f, LOW_RES_SIZE, f).mean((1, 3))
+
+    def _object(self, x: float, y: float) -> tuple[tuple, np.ndarray]:
+        lab, bg = self._maps()
+        r, c = int(y), int(x)
+        if lab[r, c] > 0:
+            return ("fg", int(lab[r, c])), lab == lab[r, c]
+        return ("bg", int(bg[r, c])), bg == bg[r, c]
+
+    def object_mask(self, x: float, y: float) -> np.ndarray:
+        return self._object(x, y)[1]
+
+    def _tokens(self, x: float, y: float) -> np.ndarray:
+        key, mask = self._object(x, y)
+        store = self._cache.setdefault("tokens", {})
+        if key not in store:
+            low = self._to_low(mask)
+            crisp = 20.0 * (low - 0.5)
+            soft = 8.0 * (ndimage.gaussian_filter(ndimage.maximum_filter(low, 5), 3) - 0.5)
+            store[key] = (crisp, soft, np.full_like(low, 10.0))
+        crisp, soft, whole = store[key]
+        noise = self._rng.normal(0, 0.5, crisp.shape).astype(np.float32)
+        return np.stack([crisp, soft, whole, noise]).astype(np.float32)
+
+    def predict_batch(self, point_coords=None, point_labels=None, boxes=None, mask_input=None,
+                      num_multimask_outputs=1, return_logits=False, use_stability_score=False,
+                      upscale=True) -> Prediction:
+        pc = np.asarray(point_coords, np.float32)
+        assert pc.ndim == 3 and pc.shape[2] == 2 and np.asarray(point_labels).shape == pc.shape[:2]
+        self.calls += 1
+        self.prompts += len(pc)
+        low = np.stack([self._tokens(*p[0]) for p in pc])[:, token_slice(num_multimask_outputs)]
+        scores = stability_score(low) if use_stability_score else np.full(low.shape[:2], 0.5, np.float32)
+        masks = None
+        if upscale:
+            masks = upscale_logits(low, self.embedding.input_size, self.embedding.original_size) > 0
+        return Prediction(masks, scores, low)
+
+    def segment(self, point_coords=None, point_labels=None, box=None, mask_input=None, candidate=None):
+        if box is not None:
+            x, y = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+        else:
+            pts = np.asarray(point_coords).reshape(-1, 2)
+            lab = np.asarray(point_labels).reshape(-1)
+            x, y = pts[lab == 1][0]
+        h, w = self.embedding.original_size
+        mask = self.object_mask(min(x, w - 1), min(y, h - 1))
+        return mask, 1.0, self._to_low(mask)
+
+
+def synthetic_instances(shape=(512, 512), n=14, rmin=12, rmax=30, seed=3, values=None):
+    """A uint8 image whose disks carry distinct values, and the true label image."""
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    yy, xx = np.mgrid[:h, :w]
+    truth = np.zeros(shape, np.int32)
+    placed = []
+    tries = 0
+    while len(placed) < n and tries < 5000:
+        tries += 1
+        r = rng.uniform(rmin, rmax)
+        cy, cx = rng.uniform(r + 2, h - r - 2), rng.uniform(r + 2, w - r - 2)
+        if any(np.hypot(cy - py, cx - px) < r + pr + 4 for py, px, pr in placed):
+            continue
+        placed.append((cy, cx, r))
+        truth[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = len(placed)
+    image = np.where(truth > 0, 40 + 7 * truth, 0).astype(np.uint8)
+    return image, truth
+
+
+def matched_ious(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """Best IoU of each true instance with any predicted label."""
+    out = []
+    for i in range(1, int(truth.max()) + 1):
+        t = truth == i
+        cand = np.unique(pred[t])
+        best = 0.0
+        for c in cand[cand > 0]:
+            p = pred == c
+            best = max(best, (t & p).sum() / (t | p).sum())
+        out.append(best)
+    return np.array(out)
+
+
+# -- the algorithm ----------------------------------------------------------------------------
+def test_automatic_finds_known_instances_with_batched_calls():
+    image, truth = synthetic_instances()
+    stub = LabelOraclePredictor()
+    cfg = AutomaticConfig(points_per_side=32, points_per_batch=64, skip_covered=False)
+    labels = segment_automatic(stub, image, cfg)
+    assert labels.shape == truth.shape and labels.dtype == np.uint32
+    ious = matched_ious(truth, labels)
+    assert (ious > 0.8).mean() >= 0.9, ious
+    # decoys (soft dilation, whole image, noise) must all have been filtered out
+    assert int(labels.max()) <= truth.max() + 1
+    assert np.unique(labels).tolist() == list(range(int(labels.max()) + 1))
+    assert stub.prompts == len(point_grid(image.shape, 32))
+    assert stub.calls == -(-stub.prompts // 64)
+    assert not stub.is_image_set  # predictor state restored
+
+
+def test_skip_covered_decodes_fewer_points_with_the_same_result():
+    image, truth = synthetic_instances(seed=5)
+    full, fast = LabelOraclePredictor(), LabelOraclePredictor()
+    a = segment_automatic(full, image, AutomaticConfig(skip_covered=False))
+    b = segment_automatic(fast, image, AutomaticConfig(skip_covered=True))
+    assert fast.prompts < 0.5 * full.prompts
+    ia, ib = matched_ious(truth, a), matched_ious(truth, b)
+    assert (ib > 0.8).mean() >= (ia > 0.8).mean() - 0.1
+
+
+def test_region_restricts_the_output_and_finds_objects_inside():
+    image, truth = synthetic_instances(seed=8)
+    region = (100, 50, 400, 300)
+    labels = segment_automatic(LabelOraclePredictor(), image, AutomaticConfig(), region=region)
+    outside = np.ones(image.shape, bool)
+    outside[50:300, 100:400] = False
+    assert not labels[outside].any()
+    inside_ids = [i for i in range(1, truth.max() + 1)
+                  if ((truth == i) & ~outside).sum() == (truth == i).sum()]
+    assert inside_ids
+    ious = matched_ious(np.where(np.isin(truth, inside_ids), truth, 0), labels)
+    assert (ious[np.array(inside_ids) - 1] > 0.8).all()
+
+
+def test_3d_per_slice_then_merged():
+    z, h, w = 6, 160, 160
+    zz, yy, xx = np.mgrid[:z, :h, :w]
+    truth = np.zeros((z, h, w), np.int32)
+    for i, (cz, cy, cx, r) in enumerate([(2.5, 50, 50, 22), (2.5, 110, 110, 20), (1.0, 40, 120, 15)], 1):
+        truth[((zz - cz) * 8) ** 2 + (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = i
+    vol = np.where(truth > 0, 60 + 20 * truth, 0).astype(np.uint8)
+    seen = []
+    labels = segment_automatic_3d(LabelOraclePredictor(), vol, AutomaticConfig(points_per_side=16, min_area=10),
+                                  progress=lambda d, t: seen.append((d, t)))
+    assert labels.shape == truth.shape
+    assert seen[-1] == (z, z)
+    assert int(labels.max()) == 3
+    ious = matched_ious(truth, labels)
+    assert (ious > 0.8).all(), ious
+
+
+def test_progress_and_cancel():
+    image, _ = synthetic_instances(seed=1)
+    seen = []
+    segment_automatic(LabelOraclePredictor(), image, AutomaticConfig(skip_covered=False, points_per_batch=128),
+                      progress=lambda d, t: seen.append((d, t)))
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen) and seen[-1][0] == seen[-1][1]
+    cancel = threading.Event()
+    stub = LabelOraclePredictor()
+
+    def stop_after_first(done, total):
+        cancel.set()
+
+    with pytest.raises(Cancelled):
+        segment_automatic(stub, image, AutomaticConfig(points_per_batch=16), progress=stop_after_first, cancel=cancel)
+    assert stub.calls == 1
+
+
+# -- pieces -----------------------------------------------------------------------------------
+def test_point_grid_is_isotropic_and_coarse_first():
+    pts = point_grid((100, 200), 8)
+    assert pts.shape == (4 * 8, 2)
+    assert pts[:, 0].min() > 0 and pts[:, 0].max() < 200 and pts[:, 1].max() < 100
+    first = pts[: 2 * 1]  # coarse level: rows 0 (and 4...), cols 0, 4
+    assert set(np.round(first[:, 0]).tolist()) == {12.0, 112.0}
+    assert len(np.unique(pts, axis=0)) == len(pts)
+
+
+def _cand(x0, y0, w, h, score, fill=True):
+    return MaskCandidate(y0, x0, np.full((h, w), fill), score, score, (x0, y0))
+
+
+def test_nms_keeps_best_of_overlapping_boxes():
+    a, b, c = _cand(0, 0, 10, 10, 0.9), _cand(0, 1, 10, 10, 0.95), _cand(30, 30, 5, 5, 0.5)
+    assert nms([a, b, c], 0.7) == [b, c]  # box IoU 90/110
+    assert nms([a, b, c], 0.85) == [b, a, c]
+    d = _cand(1, 1, 10, 10, 0.99)  # IoU with b 90/110 (dropped), with a 81/119 (kept)
+    assert nms([a, b, c, d], 0.7) == [d, a, c]
+    assert nms([], 0.5) == []
+
+
+def test_masks_to_labels_paints_nested_objects_on_top_and_drops_small():
+    big, small, tiny = _cand(0, 0, 40, 40, 0.9), _cand(10, 10, 10, 10, 0.9), _cand(60, 60, 2, 2, 0.9)
+    labels = masks_to_labels([small, big, tiny], (80, 80), min_area=5)
+    assert labels.max() == 2
+    assert (labels[10:20, 10:20] == 2).all() and labels[0, 0] == 1 and labels[61, 61] == 0
+    hidden = masks_to_labels([big, _cand(0, 0, 40, 39, 0.9)], (80, 80), min_visible_fraction=0.25)
+    assert hidden.max() == 1
+
+
+def test_clean_mask_removes_islands_and_fills_holes():
+    m = np.zeros((40, 40), bool)
+    m[5:30, 5:30] = True
+    m[15:17, 15:17] = False  # hole of 4
+    m[35:37, 35:37] = True  # island of 4
+    out = clean_mask(m, min_area=10, hole_area=10)
+    assert out[15:17, 15:17].all() and not out[35:37, 35:37].any()
+    assert out.sum() == 25 * 25
+    edge = np.zeros((10, 10), bool)
+    edge[:, :5] = True
+    assert (clean_mask(edge, 0, 100) == edge).all()  # background touching the border is no hole
+
+
+def test_config_validation_names_the_bad_value():
+    with pytest.raises(ValueError, match="num_multimask_outputs"):
+        AutomaticConfig(num_multimask_outputs=2)
+    with pytest.raises(ValueError, match="stability_thresh"):
+        AutomaticConfig(stability_thresh=1.5)
+    with pytest.raises(ValueError, match="region"):
+        segment_automatic(LabelOraclePredictor(), np.zeros((50, 50), np.uint8), region=(100, 100, 200, 200))
+
+
+# -- the real model ---------------------------------------------------------------------------
+def test_upscale_in_box_equals_full_upscaling(golden_predictor, make_golden_image):
+    img = make_golden_image(h=300, w=450)
+    emb = golden_predictor.compute_embedding(img)
+    golden_predictor.set_embedding(emb)
+    pred = golden_predictor.predict_batch(np.array([[[100.0, 80.0]], [[300.0, 200.0]]]), np.ones((2, 1)),
+                                          num_multimask_outputs=4, upscale=False)
+    golden_predictor.reset_image()
+    full = upscale_logits(pred.low_res_logits, emb.input_size, emb.original_size) > 0
+    checked = 0
+    for b in range(2):
+        for c in range(4):
+            got = _upscale_in_box(pred.low_res_logits[b, c], emb)
+            if got is None:
+                assert not full[b, c].any()
+                continue
+            y0, x0, crop = got
+            rebuilt = np.zeros(emb.original_size, bool)
+            rebuilt[y0 : y0 + crop.shape[0], x0 : x0 + crop.shape[1]] = crop
+            assert (rebuilt == full[b, c]).all()
+            checked += 1
+    assert checked > 0
+
+
+def test_golden_model_plumbing(golden_predictor, make_golden_image):
+    img = make_golden_image(h=256, w=320)
+    cfg = AutomaticConfig(points_per_side=4, points_per_batch=8, stability_thresh=0.0, min_area=0,
+                          hole_area=0, max_area_fraction=1.0, require_point_inside=False, skip_covered=False)
+    emb = golden_predictor.compute_embedding(img)
+    masks = generate_masks(golden_predictor, emb, cfg)
+    assert masks and all(m.mask.dtype == bool and m.area > 0 for m in masks)
+    assert all(0 <= m.y0 and m.y0 + m.mask.shape[0] <= 256 and m.x0 + m.mask.shape[1] <= 320 for m in masks)
+    labels = segment_automatic(golden_predictor, img, cfg, embedding=emb)
+    assert labels.shape == (256, 320) and labels.dtype == np.uint32 and labels.max() >= 1
+    assert not golden_predictor.is_image_set
