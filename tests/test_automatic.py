@@ -305,6 +305,18 @@ def test_clean_mask_removes_islands_and_fills_holes():
     assert (clean_mask(edge, 0, 100) == edge).all()  # background touching the border is no hole
 
 
+def test_default_points_per_batch_follows_the_device():
+    from napari_edgesam.inference.automatic import default_points_per_batch
+
+    def on(device):
+        return SimpleNamespace(backend=SimpleNamespace(device=device))
+
+    assert default_points_per_batch(LabelOraclePredictor()) == 4
+    assert default_points_per_batch(on(SimpleNamespace(type="cuda"))) == 64
+    assert default_points_per_batch(on("cuda:1")) == 64
+    assert default_points_per_batch(on(SimpleNamespace(type="cpu"))) == 4
+
+
 def test_config_validation_names_the_bad_value():
     with pytest.raises(ValueError, match="num_multimask_outputs"):
         AutomaticConfig(num_multimask_outputs=2)
@@ -349,3 +361,39 @@ def test_golden_model_plumbing(golden_predictor, make_golden_image):
     labels = segment_automatic(golden_predictor, img, cfg, embedding=emb)
     assert labels.shape == (256, 320) and labels.dtype == np.uint32 and labels.max() >= 1
     assert not golden_predictor.is_image_set
+
+
+# -- the 3D merge -----------------------------------------------------------------------------
+def test_merge_slices_links_tapering_objects_and_keeps_neighbours_apart():
+    from napari_edgesam.inference.merge3d import merge_slices
+
+    s = np.zeros((4, 40, 40), np.int32)
+    s[0, 15:19, 15:19] = 3  # a small cap (IoU with the next slice 16/196 but fully inside it)
+    s[1, 10:24, 10:24] = 1
+    s[2, 10:24, 10:24] = 2
+    s[1, 30:36, 30:36] = 2  # a separate object in slice 1
+    s[2, 30:36, 30:36] = 1
+    s[3, 30:36, 30:36] = 5
+    s[3, 0:5, 0:5] = 1  # appears in one slice only
+    out = merge_slices(s)
+    assert out.dtype == np.uint32 and out.max() == 3
+    assert len({out[0, 16, 16], out[1, 12, 12], out[2, 12, 12]}) == 1
+    assert len({out[1, 32, 32], out[2, 32, 32], out[3, 32, 32]}) == 1
+    assert out[1, 12, 12] != out[1, 32, 32] != out[3, 1, 1]
+    assert merge_slices(s, min_slices=2).max() == 2
+    strict = merge_slices(s, iou_threshold=0.5, overlap_threshold=1.0)
+    assert strict[0, 16, 16] == strict[1, 12, 12]  # complete containment still links
+    with pytest.raises(ValueError, match="iou_threshold"):
+        merge_slices(s, iou_threshold=0)
+
+
+def test_merge_slices_one_to_one_on_a_split():
+    from napari_edgesam.inference.merge3d import merge_slices
+
+    s = np.zeros((2, 20, 40), np.int32)
+    s[0, 5:15, 5:35] = 1  # one object splits into two halves in the next slice
+    s[1, 5:15, 5:19] = 1
+    s[1, 5:15, 21:35] = 2
+    out = merge_slices(s, iou_threshold=0.3, overlap_threshold=1.0)
+    assert out.max() == 2  # the larger-IoU half continues the object, the other is new
+    assert out[0, 10, 10] in (out[1, 10, 10], out[1, 10, 30])

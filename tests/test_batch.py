@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import tifffile
 from PIL import Image
-from test_automatic import LabelOraclePredictor, matched_ious, synthetic_instances
 
 from napari_edgesam.inference.automatic import AutomaticConfig
 from napari_edgesam.inference.batch import BatchConfig, process_one, run_batch
@@ -21,6 +20,7 @@ from napari_edgesam.inference.io import (
     read_prompt_csv,
     rowcol_to_xy,
 )
+from test_automatic import LabelOraclePredictor, matched_ious, synthetic_instances
 
 FAST = AutomaticConfig(points_per_side=16)
 

@@ -94,3 +94,32 @@ def test_write_labels_is_atomic(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["l.tif"]  # no temp file left
     with pytest.raises(TypeError, match="integers"):
         write_labels(path, np.ones((2, 2), np.float32))
+
+
+def test_segment_single_click_with_prior(tmp_path, image_file, golden_checkpoint, edge_golden):
+    """``--prior auto`` finds ``edge_sam.prior.pth`` beside the model; one click then goes
+    through the granularity rule (box proposal + point)."""
+    import shutil
+
+    import torch
+
+    from napari_edgesam.inference.api import load_model
+    from napari_edgesam.model import build_edge_sam
+    from napari_edgesam.model.box_head import BoxHead, encoder_signature, save_box_head
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    ckpt = shutil.copy(golden_checkpoint, model_dir / "edge_sam.pth")
+    torch.manual_seed(0)
+    enc = build_edge_sam(ckpt).image_encoder
+    save_box_head(BoxHead(), model_dir / "edge_sam.prior.pth",
+                  {"encoder": "golden", "encoder_signature": encoder_signature(enc)})
+    out = tmp_path / "labels.tif"
+    assert main(["segment", str(image_file), "--point", "200,150", "-o", str(out),
+                 "--model", str(ckpt), "--prior", "auto"]) == 0
+    predictor = load_model(ckpt, prior="auto")
+    assert predictor.prior is not None
+    predictor.set_image(edge_golden["image"])
+    assert predictor.proposals is not None
+    mask, _, _ = predictor.segment_click([200, 150])
+    np.testing.assert_array_equal(read_image(out) == 1, mask)

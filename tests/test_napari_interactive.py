@@ -259,6 +259,25 @@ def test_multichannel_layer_with_channel_choice(make_napari_viewer, predictor, q
     qtbot.waitUntil(lambda: not c._decode.busy and not c.embeddings.busy_embedding, timeout=TIMEOUT)
 
 
+def test_rgb_layer(make_napari_viewer, predictor, qtbot):
+    viewer = make_napari_viewer()
+    grey = make_nuclei_2d((64, 80), count=4, seed=2)
+    rgb = np.stack([grey // 256, grey // 512, np.zeros_like(grey)], -1).astype(np.uint8)
+    layer = viewer.add_image(rgb, name="rgb")
+    assert layer.rgb
+    w = InteractiveWidget(viewer)
+    w.set_predictor(predictor)
+    c = w.controller
+    assert w.channel.isEnabled() and w.channel.count() == 4  # composite + 3 channels
+    view = c.current_view()
+    assert view.image().shape == (64, 80, 3) and view.normalisation["channel_axis"] == -1
+    wait_embedded(qtbot, c)
+    add_point_and_wait(qtbot, c, (40, 30))
+    assert viewer.layers[names.PREVIEW_LAYER].data.shape == (64, 80)
+    c.close()
+    qtbot.waitUntil(lambda: not c._decode.busy and not c.embeddings.busy_embedding, timeout=TIMEOUT)
+
+
 def test_load_model_failure_is_reported(widget, qtbot, tmp_path):
     bad = tmp_path / "broken.pth"
     bad.write_bytes(b"not a checkpoint")

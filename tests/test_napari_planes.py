@@ -94,3 +94,4 @@ def test_summary_names_range_weakest_slice_and_stops():
                             scores={3: 0.8, 4: 1.0, 5: 0.7}, stopped={"forward": "low stability"}, seeded=(4,))
     text = summarise({1: res})
     assert "slices 3-5" in text and "0.70 at z=5" in text and "forward: low stability" in text
+    assert "per slice: 3:0.80 4:seed 5:0.70" in text

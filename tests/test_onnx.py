@@ -326,3 +326,21 @@ def test_cli_export_rejects_bad_model(tmp_path, capsys):
 
     assert main(["export", str(tmp_path / "model.onnx"), "-o", str(tmp_path)]) == 1
     assert "registered name" in capsys.readouterr().err
+
+
+def test_cli_resolves_registered_names(monkeypatch, golden_checkpoint):
+    from napari_edgesam.cli import export as cli_export
+    from napari_edgesam.inference import weights
+
+    calls = []
+
+    def fake_fetch(name, kind, **kwargs):
+        calls.append((name, kind))
+        return golden_checkpoint
+
+    monkeypatch.setattr(weights, "fetch_weight", fake_fetch)
+    assert cli_export._checkpoint("edgesam") == golden_checkpoint
+    assert calls == [("edgesam", "pth")]
+    assert cli_export._checkpoint(str(golden_checkpoint)) == golden_checkpoint
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        cli_export._checkpoint(str(golden_checkpoint.parent / "missing.pth"))

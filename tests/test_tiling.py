@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_automatic import LabelOraclePredictor, matched_ious
 
 from napari_edgesam.inference.automatic import AutomaticConfig, segment_automatic
 from napari_edgesam.inference.tiling import TiledImage, stitch_tiles, tile_grid
+from test_automatic import LabelOraclePredictor, matched_ious
 
 
 def _ellipse(shape, cy, cx, ry, rx):
@@ -28,7 +28,7 @@ def test_tile_grid_covers_the_image_and_cores_partition_it(shape, size, overlap)
     assert cover.min() >= 1 and (core == 1).all()
     if len(tiles) > 1:  # neighbours overlap by at least `overlap`
         xs = sorted({(t.x0, t.x1) for t in tiles})
-        assert all(a[1] - b[0] >= overlap for a, b in zip(xs, xs[1:]))
+        assert all(a[1] - b[0] >= overlap for a, b in zip(xs, xs[1:], strict=False))
 
 
 def test_tile_grid_rejects_bad_sizes():

@@ -97,6 +97,6 @@ def test_cosine_schedule_with_warmup():
     assert s(35) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.25)))
     assert s(110) == pytest.approx(0.1) and s(500) == pytest.approx(0.1)
     lrs = [s(i) for i in range(10, 111)]
-    assert all(a >= b for a, b in zip(lrs, lrs[1:]))  # monotone after warm-up
+    assert all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))  # monotone after warm-up
     with pytest.raises(ValueError):
         CosineSchedule(1.0, 0.1, total_steps=5, warmup_steps=6)

@@ -9,7 +9,12 @@ import pytest
 import tifffile
 import torch
 
-from napari_edgesam.inference.preprocess import normalize_and_pad, resize_longest_side, resized_shape, to_rgb_uint8
+from napari_edgesam.inference.preprocess import (
+    normalize_and_pad,
+    resize_longest_side,
+    resized_shape,
+    to_rgb_uint8,
+)
 from napari_edgesam.training.config import DataConfig
 from napari_edgesam.training.data import (
     TrainingDataset,
@@ -45,7 +50,7 @@ def test_prompts_agree_with_the_masks(folder):
     ds = TrainingDataset(find_records(folder), folder, img_size=128, seed=0, with_masks=True)
     for i in range(len(ds)):
         s = ds[i]
-        for box, pt, low in zip(s["boxes"], s["points"], s["masks"]):
+        for box, pt, low in zip(s["boxes"], s["points"], s["masks"], strict=True):
             x0, y0, x1, y1 = box.tolist()
             assert x0 <= pt[0] <= x1 and y0 <= pt[1] <= y1
             ys, xs = torch.nonzero(low, as_tuple=True)

@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_edgesam.training.rle import decode_counts, decode_rle, encode_counts, encode_rle, mask_to_runs, rle_area
+from napari_edgesam.training.rle import (
+    decode_counts,
+    decode_rle,
+    encode_counts,
+    encode_rle,
+    mask_to_runs,
+    rle_area,
+)
 
 
 def test_decode_hand_encoded_strings():

@@ -43,16 +43,25 @@ class Killed(Exception):
     pass
 
 
-def test_kill_and_resume_gives_identical_weights(tmp_path, blobs):
+@pytest.fixture()
+def one_thread():
+    """Multi-threaded CPU reductions may sum in a different order from run to run (~1e-5 apart
+    even without any interruption); bit-identical comparisons need one intra-op thread."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def test_kill_and_resume_gives_identical_weights(tmp_path, blobs, one_thread):
     images, labels = blobs
-    full = train(_cfg(tmp_path / "full", images, labels))
+    full = train(_cfg(tmp_path / "full", images, labels, run={"num_threads": 1}))
     assert (full.step, full.epoch, full.finished) == (6, 2, True)
 
     def kill_at_5(step, metrics):
         if step == 5:
             raise Killed
 
-    run = _cfg(tmp_path / "killed", images, labels, run={"checkpoint_every": 2})
+    run = _cfg(tmp_path / "killed", images, labels, run={"checkpoint_every": 2, "num_threads": 1})
     with pytest.raises(Killed):
         train(run, on_step=kill_at_5)
     ckpt = load_training_checkpoint(tmp_path / "killed" / "last.pt")
@@ -63,8 +72,6 @@ def test_kill_and_resume_gives_identical_weights(tmp_path, blobs):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    before = _weights(tmp_path / "killed" / "last.pt")
-    assert not all(torch.equal(before[k], a[k]) for k in a if a[k].is_floating_point()) or True
     log = [json.loads(line) for line in (tmp_path / "killed" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log][-2:] == [5, 6]
 
@@ -155,3 +162,20 @@ def test_phase2_with_a_sam_teacher_on_unlabelled_images(tmp_path, blobs):
     assert res.step == 2
     log = [json.loads(line) for line in (tmp_path / "p2" / "log.jsonl").read_text().splitlines()]
     assert all(np.isfinite(r["mask_loss"]) and "iou_last" in r for r in log)
+
+
+def test_phase2_on_sa1b_with_an_edgesam_teacher(tmp_path, golden_checkpoint):
+    from napari_edgesam.training.synthetic import write_sa1b_dataset
+
+    root = write_sa1b_dataset(tmp_path / "sa1b", n_images=2, shape=(48, 64), n_blobs=4, seed=4)
+    cfg = _cfg(
+        tmp_path / "p2sa", root, None, phase="phase2",
+        teacher={"kind": "edgesam", "checkpoint": str(golden_checkpoint)},
+        data={"kind": "sa1b", "max_instances": 3, "min_instance_area": 4},
+        loop={"prompt_types": ["point"], "num_refinements": 2},
+        optim={"epochs": 1}, run={"export_at_end": False},
+    )
+    res = train(cfg)
+    assert res.step == 2 and res.finished
+    log = [json.loads(line) for line in (tmp_path / "p2sa" / "log.jsonl").read_text().splitlines()]
+    assert all(r["box_mode"] == 0.0 and 0.0 <= r["refine_ignored"] <= 1.0 for r in log)

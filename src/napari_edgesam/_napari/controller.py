@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import weakref
 
 import numpy as np
 from napari.layers import Image, Labels
@@ -18,6 +17,7 @@ from qtpy.QtCore import QObject, QTimer, Signal
 from . import layers as L
 from . import names
 from .embedding import EmbeddingService, ImageView
+from .keys import ShortcutBinder
 from .planes import Plane
 from .propagate import PropagationRunner
 from .session import PlaneResult, Session, group_prompts
@@ -68,16 +68,18 @@ class InteractiveController(QObject):
         self.keep_ids: dict[int, int] = {}  # preview id -> target id (objects taken from the target)
         self._prompted: set = set()  # plane keys whose preview comes from prompts
         self._generation = 0
+        self._last_question: tuple | None = None
+        self._cycles = 0  # candidate changes so far
         self._muted = False
         self._points = self._boxes = None
-        self._bound: list = []
+        self._keys = ShortcutBinder(self)
         self._decode = LatestRunner(self._decode_job, self._apply_decode, "EdgeSAM decoder",
                                     min_interval_ms=DECODE_DEBOUNCE_MS, parent=self)
         self._contrast_timer = self._timer(CONTRAST_DEBOUNCE_MS, self.refresh)
         self._slice_timer = self._timer(SLICE_DEBOUNCE_MS, self.refresh)
         for ev in (viewer.dims.events.current_step, viewer.dims.events.order, viewer.dims.events.ndisplay):
             ev.connect(self._view_changed)
-        self._bind_keys(viewer)
+        self._keys.bind(viewer)
 
     def _view_changed(self, event=None) -> None:
         self._slice_timer.start()
@@ -95,6 +97,8 @@ class InteractiveController(QObject):
     # -- model -------------------------------------------------------------------------------
     def set_predictor(self, predictor) -> None:
         """Use an already-built predictor (e.g. from ``load_model``; tests pass their own)."""
+        if self.predictor is not None and predictor is not self.predictor:
+            self.embeddings.cache.clear()  # another model (perhaps under the same name)
         self.predictor = predictor
         self._decoder = copy.copy(predictor)  # own embedding state: decodes never disturb others
         self.embeddings.set_predictor(predictor)
@@ -138,6 +142,7 @@ class InteractiveController(QObject):
         self.keep_ids.clear()
         self._generation += 1
         if layer is not None:
+            self.preview_layer()  # created now, not on the first click (layer creation takes a while)
             self.prompt_layers()
         self.refresh()
 
@@ -148,7 +153,10 @@ class InteractiveController(QObject):
 
     def current_plane(self) -> Plane | None:
         """The displayed plane of the image layer (None without an image or in a 3D view)."""
-        if self.image_layer is None or self.viewer.dims.ndisplay != 2:
+        if self.image_layer is None:
+            return None
+        if self.viewer.dims.ndisplay != 2:
+            self.status.emit("switch to the 2D view to segment")
             return None
         try:
             return L.current_plane(self.viewer, self.image_layer, self.channel_axis)
@@ -157,21 +165,9 @@ class InteractiveController(QObject):
             return None
 
     def current_view(self) -> ImageView | None:
-        """What the model sees now: plane + normalisation from the layer's contrast and gamma."""
+        """What the model sees now: the plane, normalised with the layer's contrast and gamma."""
         plane = self.current_plane()
-        if plane is None:
-            return None
-        layer = self.image_layer
-        norm = {"contrast_limits": tuple(float(v) for v in layer.contrast_limits), "gamma": float(layer.gamma)}
-        extra: tuple[int, ...] = ()
-        if layer.rgb:
-            extra = (int(L.image_data(layer).shape[-1]),)
-        elif plane.channel_axis is not None:
-            extra = (plane.shape[plane.channel_axis],)
-        if extra:
-            norm["channel_axis"] = -1
-            norm["channel"] = self.channel
-        return ImageView(L.image_data(layer), plane, norm, extra)
+        return None if plane is None else L.image_view(self.image_layer, plane, self.channel)
 
     # -- layers ------------------------------------------------------------------------------
     def prompt_layers(self):
@@ -183,7 +179,7 @@ class InteractiveController(QObject):
         for old, new in ((self._points, points), (self._boxes, boxes)):
             if old is not new:
                 new.events.data.connect(self._prompts_changed)
-                self._bind_keys(new)
+                self._keys.bind(new)
         self._points, self._boxes = points, boxes
         return points, boxes
 
@@ -196,7 +192,7 @@ class InteractiveController(QObject):
             ok = isinstance(layer, Labels) and tuple(layer.data.shape) == L.spatial_shape(self.image_layer)
             return layer if ok else None
         layer = L.get_or_create_labels(self.viewer, names.PREVIEW_LAYER, self.image_layer, np.uint16)
-        self._bind_keys(layer)
+        self._keys.bind(layer)
         return layer
 
     def target_layer(self, create: bool = False) -> Labels | None:
@@ -210,19 +206,9 @@ class InteractiveController(QObject):
         self.target_changed.emit(layer)
         return layer
 
-    def _bind_keys(self, provider) -> None:
-        if any(p is provider for p in self._bound):
-            return
-        for sc in names.SHORTCUTS:
-            provider.bind_key(sc.key, _weak_action(getattr(self, sc.action)), overwrite=True)
-        self._bound.append(provider)
-
     def unbind_keys(self) -> None:
         """Remove the shortcuts from the viewer and the layers (on widget close)."""
-        for provider in self._bound:
-            for sc in names.SHORTCUTS:
-                provider.bind_key(sc.key, None)
-        self._bound.clear()
+        self._keys.unbind_all()
 
     # -- the loop ----------------------------------------------------------------------------
     def _prompts_changed(self, event=None) -> None:
@@ -238,33 +224,48 @@ class InteractiveController(QObject):
         view = self.current_view()
         if view is None:
             return
-        points, boxes = self.prompt_layers()
-        objects, ignored = group_prompts(*L.points_on_plane(points, view.plane), L.boxes_on_plane(boxes, view.plane))
+        objects, ignored = self._objects(view.plane)
         key = view.plane.key
         if not objects and key in self._prompted:
             self._clear_plane(view.plane)
-        emb = self.embeddings.lookup(view)
+        cache_key = self.embeddings.key(view)
+        emb = None if cache_key is None else self.embeddings.cache.get(cache_key)
         if emb is None:
             self.embeddings.request(view)
             return
+        self.embeddings.prefetch_around(view, cache_key)
         if objects:
-            self._decode.request(emb, view.plane, objects, ignored, self._generation)
+            question = self._question(view.plane, objects)
+            if (question, id(emb)) != self._last_question:  # the same question has the same answer
+                self._last_question = (question, id(emb))
+                self.embeddings.hold_prefetch()
+                self._decode.request(emb, view.plane, objects, ignored, question)
 
-    def _decode_job(self, emb, plane: Plane, objects, ignored: int, generation: int):
-        return generation, plane, self.session.decode(self._decoder, emb, plane.key, objects, ignored)
+    def _objects(self, plane: Plane):
+        points, boxes = self.prompt_layers()
+        return group_prompts(*L.points_on_plane(points, plane), L.boxes_on_plane(boxes, plane))
 
-    def _apply_decode(self, out: tuple[int, Plane, PlaneResult]) -> None:
-        generation, plane, result = out
-        if generation != self._generation:
-            return  # cleared, committed or another image since
+    def _question(self, plane: Plane, objects) -> tuple:
+        """What a decode answers: the prompts of ``plane`` now (and candidate choices)."""
+        return (self._generation, self._cycles, plane.key, tuple(o.signature for o in objects))
+
+    def _decode_job(self, emb, plane: Plane, objects, ignored: int, question: tuple):
+        return question, plane, self.session.decode(self._decoder, emb, plane.key, objects, ignored)
+
+    def _apply_decode(self, out: tuple[tuple, Plane, PlaneResult]) -> None:
+        question, plane, result = out
+        if self.image_layer is None or question != self._question(plane, self._objects(plane)[0]):
+            return  # the prompts changed (or were cleared, committed ...) meanwhile: not shown
         preview = self.preview_layer()
         plane.write(preview.data, result.labels)
         preview.refresh()
         self._prompted.add(plane.key)
         self.status.emit(_describe(result))
+        self.embeddings.hold_prefetch()
         self.preview_updated.emit(result)
 
     def _clear_plane(self, plane: Plane) -> None:
+        self._last_question = None
         self._prompted.discard(plane.key)
         self.session.forget(plane.key)
         preview = self.preview_layer(create=False)
@@ -288,6 +289,7 @@ class InteractiveController(QObject):
         if chosen is None:
             self.status.emit("candidates exist for point prompts only: click a point first")
         else:
+            self._cycles += 1
             self.refresh()
         return chosen
 
@@ -317,8 +319,13 @@ class InteractiveController(QObject):
             self.status.emit("nothing to commit: the preview is empty")
             return None
         target = self.target_layer(create=True)
-        record = self.session.commit(preview.data, target.data, handle=target,
-                                     overwrite=self.overwrite, keep_ids=self.keep_ids)
+        try:
+            record = self.session.commit(preview.data, target.data, handle=target,
+                                         overwrite=self.overwrite, keep_ids=self.keep_ids)
+        except (ValueError, TypeError) as err:
+            self.status.emit(f"cannot commit into '{target.name}': {err}")
+            error_reporter("EdgeSAM commit")(err)
+            return None
         target.refresh()
         if record.ids:
             target.selected_label = max(record.ids.values())
@@ -349,27 +356,17 @@ class InteractiveController(QObject):
             show_info(str(err))
 
     def close(self) -> None:
-        """Stop background work and remove the shortcuts."""
+        """Stop background work, disconnect from the viewer and remove the shortcuts."""
+        dims = self.viewer.dims.events
+        for ev in (dims.current_step, dims.order, dims.ndisplay):
+            ev.disconnect(self._view_changed)
+        self.set_image_layer(None)
         self.embeddings.cancel_background()
         self.propagation.cancel()
         self._decode.cancel_pending()
         self._slice_timer.stop()
         self._contrast_timer.stop()
         self.unbind_keys()
-
-
-def _weak_action(method):
-    """A key-binding callback that does not keep the controller alive (no reference cycle
-    between the viewer's keymap and the widget)."""
-    ref = weakref.WeakMethod(method)
-
-    def run(_owner) -> None:
-        bound = ref()
-        if bound is not None:
-            bound()
-
-    run.__name__ = method.__name__  # napari shows it in its shortcut list
-    return run
 
 
 def _describe(result: PlaneResult) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,9 @@ logger = logging.getLogger(__name__)
 
 #: How far (in slices) around the current one embeddings are prefetched.
 PREFETCH_RADIUS = 2
+#: Prefetching starts no encoder run until the user has been idle this long (seconds), so
+#: background encodes do not slow down the decoder while the user clicks.
+PREFETCH_HOLD_OFF_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -73,16 +77,21 @@ class EmbeddingService(QObject):
     def __init__(self, max_bytes: int = 1 << 30, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.max_bytes = int(max_bytes)
+        #: Neighbours (in slices) embedded in the background around the current slice.
+        self.prefetch_radius = PREFETCH_RADIUS
         self.cache = EmbeddingCache(self.max_bytes)
         self.embedder: SliceEmbedder | None = None
         self._signatures: dict[int, tuple[object, str]] = {}
         self._sig_lock = threading.Lock()
         self._prefetch_cancel = threading.Event()
+        self._quiet_after = 0.0
+        self._prefetched_for: str | None = None
         self._precompute_cancel = threading.Event()
         self.precomputing = False
         self._runner = LatestRunner(self._embed_job, self._embedded, "EdgeSAM embedding", parent=self)
         self._relay = Relay(self)
         self._relay.progressed.connect(self.precompute_progress)
+        self._runner.done.connect(lambda: self.busy.emit(False, ""))
 
     # -- configuration -----------------------------------------------------------------------
     def set_predictor(self, predictor) -> None:
@@ -152,6 +161,7 @@ class EmbeddingService(QObject):
         if self.embedder is None:
             raise RuntimeError("no model is loaded: load a model (or call set_predictor) first")
         self._prefetch_cancel.set()
+        self._prefetched_for = None
         self._runner.request(view)
 
     @property
@@ -172,17 +182,23 @@ class EmbeddingService(QObject):
         self.busy.emit(on, f"embedding {where}...")
 
     def _embedded(self, result: tuple[str, ImageView, bool]) -> None:
-        key, view, computed = result
-        if computed:
-            self._notify_busy(False, view)
+        key, view, _computed = result
+        if not self._runner.has_pending:
+            self.prefetch_around(view, key)
         self.ready.emit(key)
-        if not self._runner.busy:
+
+    def prefetch_around(self, view: ImageView, key: str) -> None:
+        """Prefetch the neighbours of the plane whose cache key is ``key``, unless that is
+        already under way (e.g. the user scrolled back to it)."""
+        if key != self._prefetched_for:
+            self._prefetched_for = key
             self.prefetch(view)
 
-    def prefetch(self, view: ImageView, radius: int = PREFETCH_RADIUS) -> None:
+    def prefetch(self, view: ImageView, radius: int | None = None) -> None:
         """Embed the neighbours of the view's plane along its stack axis (background)."""
         axis = view.plane.stack_axis
-        if axis is None or self.embedder is None or self.precomputing:
+        radius = self.prefetch_radius if radius is None else int(radius)
+        if axis is None or self.embedder is None or self.precomputing or radius < 1:
             return
         self._prefetch_cancel.set()
         cancel = self._prefetch_cancel = threading.Event()
@@ -190,9 +206,19 @@ class EmbeddingService(QObject):
         planes = [view.plane.at(axis, z) for z in order]
         start_worker(self._prefetch_job, view, planes, cancel, context="EdgeSAM prefetch")
 
+    def hold_prefetch(self, seconds: float = PREFETCH_HOLD_OFF_S) -> None:
+        """Keep prefetching from starting an encoder run for ``seconds`` (user activity)."""
+        self._quiet_after = max(self._quiet_after, time.monotonic() + seconds)
+
     def _prefetch_job(self, view: ImageView, planes: list[Plane], cancel: threading.Event) -> int:
-        items = [(self.key(view, p, compute=True), (lambda p=p: view.image(p)), view.normalisation) for p in planes]
-        return self.embedder.prefetch(items, cancel)
+        def items():
+            for p in planes:
+                while time.monotonic() < self._quiet_after:  # the user is busy: wait
+                    if cancel.wait(0.05):
+                        return
+                yield self.key(view, p, compute=True), (lambda p=p: view.image(p)), view.normalisation
+
+        return self.embedder.prefetch(items(), cancel)
 
     # -- whole stack -------------------------------------------------------------------------
     def precompute(self, view: ImageView) -> None:
@@ -234,5 +260,6 @@ class EmbeddingService(QObject):
     def cancel_background(self) -> None:
         """Stop prefetching and precomputing (after the slice being embedded)."""
         self._prefetch_cancel.set()
+        self._prefetched_for = None
         self._precompute_cancel.set()
         self._runner.cancel_pending()

@@ -12,6 +12,7 @@ import pandas as pd
 from napari.layers import Image, Labels, Layer, Points, Shapes
 
 from . import names
+from .embedding import ImageView
 from .planes import Plane
 
 
@@ -69,6 +70,21 @@ def current_plane(viewer, layer: Image, channel_axis: int | None = None) -> Plan
                            current_position(viewer, layer), channel_axis)
 
 
+def image_view(layer: Image, plane: Plane, channel: int | None = None) -> ImageView:
+    """What the encoder should see of ``plane``: the layer's data normalised with its current
+    contrast limits and gamma; channels (RGB or a channel axis) last, ``channel`` or a composite."""
+    norm = {"contrast_limits": tuple(float(v) for v in layer.contrast_limits), "gamma": float(layer.gamma)}
+    extra: tuple[int, ...] = ()
+    if layer.rgb:
+        extra = (int(image_data(layer).shape[-1]),)
+    elif plane.channel_axis is not None:
+        extra = (plane.shape[plane.channel_axis],)
+    if extra:
+        norm["channel_axis"] = -1
+        norm["channel"] = channel
+    return ImageView(image_data(layer), plane, norm, extra)
+
+
 # -- prompt layers ---------------------------------------------------------------------------
 def _same_frame(layer: Layer, like: Layer) -> bool:
     return layer.ndim == like.ndim and np.allclose(layer.scale, like.scale) and np.allclose(layer.translate, like.translate)
@@ -82,6 +98,15 @@ def _find(viewer, name: str, kind: type) -> Layer | None:
 def _replace(viewer, layer: Layer | None) -> None:
     if layer is not None:
         viewer.layers.remove(layer)
+
+
+def _add(viewer, layer: Layer, activate: bool) -> None:
+    """Add ``layer``; unless ``activate``, the active layer stays what it was (so a new
+    preview layer does not turn the next click into a paint stroke)."""
+    previous = viewer.layers.selection.active
+    viewer.add_layer(layer)
+    if not activate and previous is not None and previous in viewer.layers:
+        viewer.layers.selection.active = previous
 
 
 def get_or_create_points(viewer, like: Image) -> Points:
@@ -99,7 +124,8 @@ def get_or_create_points(viewer, like: Image) -> Points:
         border_color="white", size=names.POINT_SIZE,
     )
     layer.feature_defaults = {names.POSITIVE_FEATURE: True}
-    viewer.add_layer(layer)
+    _add(viewer, layer, activate=True)
+    layer.mode = "add"  # ready to click
     return layer
 
 
@@ -114,7 +140,8 @@ def get_or_create_boxes(viewer, like: Image) -> Shapes:
         shape_type="rectangle", edge_color=names.BOX_EDGE_COLOR, face_color="transparent",
         edge_width=2,
     )
-    viewer.add_layer(layer)
+    _add(viewer, layer, activate=False)
+    layer.mode = "add_rectangle"  # ready to drag a box once selected
     return layer
 
 
@@ -126,7 +153,7 @@ def get_or_create_labels(viewer, name: str, like: Image, dtype=np.uint32) -> Lab
         return layer
     _replace(viewer, layer)
     layer = Labels(np.zeros(shape, dtype), name=name, scale=like.scale, translate=like.translate)
-    viewer.add_layer(layer)
+    _add(viewer, layer, activate=False)
     return layer
 
 

@@ -7,7 +7,14 @@ import logging
 
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
-    QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton, QWidget,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QWidget,
 )
 
 from . import names
@@ -73,7 +80,8 @@ class ModelPanel(QWidget):
         form = QFormLayout(self)
         form.setContentsMargins(0, 0, 0, 0)
         form.addRow("Model", self.model)
-        form.addRow("File", path_row)
+        self._path_label = QLabel("File")
+        form.addRow(self._path_label, path_row)
         form.addRow("Backend", self.backend)
         form.addRow("Device", self.device)
         form.addRow(self.load)
@@ -96,7 +104,9 @@ class ModelPanel(QWidget):
             self.device.setCurrentText(current)
 
     def _model_changed(self, text: str) -> None:
-        self._path_row.setVisible(text == names.CUSTOM_MODEL_CHOICE)
+        custom = text == names.CUSTOM_MODEL_CHOICE
+        self._path_row.setVisible(custom)
+        self._path_label.setVisible(custom)
 
     def _browse(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "EdgeSAM model file", "", "Models (*.pth *.pt *.onnx)")

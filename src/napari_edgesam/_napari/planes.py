@@ -53,7 +53,7 @@ class Plane:
         """Build from napari-derived values: ``position`` may be fractional or out of range
         (it is rounded and clipped to the data)."""
         shape = tuple(int(s) for s in shape)
-        pos = tuple(int(np.clip(np.round(p), 0, s - 1)) for p, s in zip(position, shape))
+        pos = tuple(int(np.clip(np.round(p), 0, s - 1)) for p, s in zip(position, shape, strict=True))
         return cls(shape, (int(displayed[0]), int(displayed[1])), pos, channel_axis)
 
     # -- geometry ----------------------------------------------------------------------------

@@ -204,6 +204,10 @@ class Session:
             self._memory[plane_key] = memory
         return PlaneResult(plane_key, labels, results, ignored_points)
 
+    def forced_candidate(self, plane_key: Hashable) -> int | None:
+        """The candidate chosen with :meth:`cycle_candidate` for ``plane_key`` (or None)."""
+        return self._forced_candidate.get(plane_key)
+
     def cycle_candidate(self, plane_key: Hashable) -> int | None:
         """Choose the next of the 4 candidates for the point-only object of ``plane_key``;
         returns it, or None if that plane has no point-only object. Decode again to see it."""
@@ -241,7 +245,7 @@ class Session:
         """
         if preview.shape != target.shape:
             raise ValueError(f"the preview has shape {preview.shape} but the target labels have {target.shape}")
-        if not np.issubdtype(np.asarray(target[:0]).dtype, np.integer):
+        if not np.issubdtype(target.dtype, np.integer):
             raise TypeError(f"target labels must be integers, got dtype {target.dtype}")
         present = preview != 0
         if not present.any():

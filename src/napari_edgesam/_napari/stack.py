@@ -67,9 +67,10 @@ def write_object(labels: np.ndarray, plane: Plane, axis: int, obj: int, z: int, 
     target.write(labels, lab)
 
 
-def summarise(results: Mapping[int, object]) -> str:
-    """A few lines describing ``{obj: PropagationResult}``: slice range, weakest slice and
-    why each direction stopped."""
+def summarise(results: Mapping[int, object], max_slices: int = 40) -> str:
+    """A few lines describing ``{obj: PropagationResult}``: slice range, weakest slice, the
+    stability of each slice (``z:score``, at most ``max_slices`` shown) and why each
+    direction stopped."""
     lines = []
     for obj in sorted(results):
         res = results[obj]
@@ -83,6 +84,10 @@ def summarise(results: Mapping[int, object]) -> str:
             weakest = min(found, key=found.get)
             head += f", lowest stability {found[weakest]:.2f} at z={weakest}"
         lines.append(head)
+        per_slice = [f"{z}:{'seed' if z in res.seeded else format(res.scores.get(z, float('nan')), '.2f')}" for z in zs]
+        if len(per_slice) > max_slices:
+            per_slice = per_slice[: max_slices // 2] + ["..."] + per_slice[-max_slices // 2 :]
+        lines.append("  per slice: " + " ".join(per_slice))
         if res.stopped:
             lines.append("  stopped: " + "; ".join(f"{d}: {r}" for d, r in sorted(res.stopped.items())))
     return "\n".join(lines)

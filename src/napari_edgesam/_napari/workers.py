@@ -8,7 +8,6 @@ shown as napari notifications.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 
 from napari.qt.threading import FunctionWorker
@@ -86,8 +85,6 @@ class LatestRunner(QObject):
         self._fn, self._on_result, self._context = fn, on_result, context
         self._pending: tuple | None = None
         self._worker: FunctionWorker | None = None
-        self._idle = threading.Event()
-        self._idle.set()
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.setInterval(int(min_interval_ms))
@@ -97,6 +94,11 @@ class LatestRunner(QObject):
     def busy(self) -> bool:
         """A run is in flight or waiting."""
         return self._worker is not None or self._pending is not None
+
+    @property
+    def has_pending(self) -> bool:
+        """A newer request waits for the running one."""
+        return self._pending is not None
 
     def request(self, *args) -> None:
         """Ask for ``fn(*args)``; replaces any request that has not started yet."""
@@ -112,7 +114,6 @@ class LatestRunner(QObject):
         if self._pending is None or self._worker is not None:
             return
         args, self._pending = self._pending, None
-        self._idle.clear()
         self._worker = start_worker(
             self._fn, *args, on_result=self._on_result, on_error=error_reporter(self._context),
             on_finished=self._finished,
@@ -122,7 +123,6 @@ class LatestRunner(QObject):
 
     def _finished(self) -> None:
         self._worker = None
-        self._idle.set()
         self.done.emit()
         if self._pending is not None and not self._timer.isActive():
             self._start_pending()

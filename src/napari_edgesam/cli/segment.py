@@ -29,6 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="auto", help="model name or .pth/.onnx path (default: best available)")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime"])
     p.add_argument("--device", default="auto")
+    p.add_argument("--prior", default=None, metavar="PATH|auto",
+                   help="granularity prior (box head) so that one click takes the whole object; "
+                        "'auto' uses the prior stored beside the model file")
     p.add_argument("--channel", type=int, default=None, help="channel to segment (multi-channel images)")
     p.add_argument("--contrast-limits", default=None, metavar="LOW,HIGH",
                    type=lambda s: _floats(s, (2,), "--contrast-limits"),
@@ -46,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     if args.point and len(args.box) > 1:
         raise ValueError("points describe one object and go with at most one --box")
     image = read_image(args.image)
-    predictor = load_model(args.model, backend=args.backend, device=args.device)
+    predictor = load_model(args.model, backend=args.backend, device=args.device, prior=args.prior)
     t0 = time.perf_counter()
     predictor.set_image(image, channel=args.channel, contrast_limits=args.contrast_limits)
     t1 = time.perf_counter()
@@ -61,7 +64,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         objects += [(None, None, np.array(b, np.float32)) for b in args.box]
     for k, (coords, point_labels, box) in enumerate(objects, start=1):
-        mask, score, _ = predictor.segment(coords, point_labels, box)
+        single_click = coords is not None and box is None and len(coords) == 1 and point_labels[0] == 1
+        if single_click and predictor.prior is not None:
+            mask, score, _ = predictor.segment_click(coords[0])
+        else:
+            mask, score, _ = predictor.segment(coords, point_labels, box)
         labels[mask & (labels == 0)] = k
     t2 = time.perf_counter()
     write_labels(args.output, labels)

@@ -41,7 +41,6 @@ from ..constants import (
     LOW_RES_SIZE,
     STABILITY_OFFSET,
 )
-from ..model.common import LayerNorm2d
 from ..model.edge_sam import EdgeSam
 from ..model.repvit import SqueezeExcite
 
@@ -75,29 +74,11 @@ class SqueezeExciteForExport(nn.Module):
         return x * torch.sigmoid(self.fc2(F.relu(self.fc1(gate))))
 
 
-class LayerNorm2dForExport(nn.Module):
-    """:class:`LayerNorm2d` with a constant normalised shape (traceable to ONNX
-    ``LayerNormalization`` whatever form the model's own forward takes)."""
-
-    def __init__(self, norm: LayerNorm2d) -> None:
-        super().__init__()
-        self.weight = norm.weight
-        self.bias = norm.bias
-        self.eps = float(norm.eps)
-        self.channels = int(norm.weight.shape[0])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.layer_norm(x.permute(0, 2, 3, 1), (self.channels,), self.weight, self.bias, self.eps)
-        return y.permute(0, 3, 1, 2)
-
-
 def make_exportable(module: nn.Module) -> nn.Module:
     """Swap, in place, the sub-modules whose export needs a different (equivalent) form."""
     for name, child in module.named_children():
         if isinstance(child, SqueezeExcite):
             setattr(module, name, SqueezeExciteForExport(child))
-        elif isinstance(child, LayerNorm2d):
-            setattr(module, name, LayerNorm2dForExport(child))
         else:
             make_exportable(child)
     return module

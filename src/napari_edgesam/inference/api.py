@@ -96,6 +96,7 @@ def load_model(
     decoder: str | os.PathLike | None = None,
     allow_download: bool = True,
     allow_unsafe: bool = False,
+    prior: str | os.PathLike | None = None,
     **backend_options,
 ) -> EdgeSamPredictor:
     """Return a ready :class:`EdgeSamPredictor`.
@@ -108,8 +109,32 @@ def load_model(
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"mps"``.
         allow_download: fetch registered weights into the cache if missing.
         allow_unsafe: permit full unpickling of a trusted ``.pth`` file.
+        prior: a granularity prior (box head): a ``.prior.pth``/``.prior.onnx`` path, or
+            ``"auto"`` to use the one stored beside the model file if there is one.
         backend_options: passed to the backend (e.g. ``num_threads``).
     """
+    predictor = _load_predictor(
+        name_or_path, backend, device, decoder, allow_download, allow_unsafe, backend_options
+    )
+    if prior is not None:
+        _attach_prior(predictor, prior, device)
+    return predictor
+
+
+def _attach_prior(predictor: EdgeSamPredictor, prior: str | os.PathLike, device: str) -> None:
+    from .prior import find_prior, load_prior
+
+    path = Path(prior) if os.fspath(prior) != "auto" else None
+    if path is None:
+        source = predictor.source_path
+        path = find_prior(source) if source is not None else None
+        if path is None:
+            logger.info("no granularity prior stored beside %s", source)
+            return
+    predictor.prior = load_prior(path, predictor, device=device)
+
+
+def _load_predictor(name_or_path, backend, device, decoder, allow_download, allow_unsafe, backend_options):
     _register_packaged_models()
     key = os.fspath(name_or_path)
     if key == "auto":
@@ -151,10 +176,14 @@ def _torch_predictor(path: Path, device: str, name: str, allow_unsafe: bool, opt
     from .backends.torch_backend import TorchBackend
 
     model = build_edge_sam(path, allow_unsafe=allow_unsafe)
-    return EdgeSamPredictor(TorchBackend(model, device, **options), model_name=name)
+    predictor = EdgeSamPredictor(TorchBackend(model, device, **options), model_name=name)
+    predictor.source_path = Path(path)
+    return predictor
 
 
 def _onnx_predictor(encoder: Path, decoder: Path, device: str, name: str, options: dict) -> EdgeSamPredictor:
     from .backends.onnx_backend import OnnxBackend
 
-    return EdgeSamPredictor(OnnxBackend(encoder, decoder, device=device, **options), model_name=name)
+    predictor = EdgeSamPredictor(OnnxBackend(encoder, decoder, device=device, **options), model_name=name)
+    predictor.source_path = Path(encoder)
+    return predictor

@@ -5,8 +5,8 @@ Pipeline for one 2D image (or one tile of a large image):
 1. A regular grid of points (isotropic spacing, ``points_per_side`` along the longest side),
    ordered coarse to fine.
 2. Chunks of ``points_per_batch`` points go through ONE decoder call each
-   (:meth:`EdgeSamPredictor.predict_batch`, ``upscale=False``); every point yields 4 (or 3)
-   candidate masks, like SAM's multimask output.
+   (:meth:`EdgeSamPredictor.predict_batch`, ``upscale=False``; 64 per call on a GPU, 4 on a
+   CPU by default); every point yields 4 (or 3) candidate masks, like SAM's multimask output.
 3. Candidates are filtered on the 256 x 256 low-res logits: stability score (EdgeSAM's IoU head
    was never distilled, so it is off by default), the prompt point must lie inside its mask, and
    masks larger than ``max_area_fraction`` of the image are background. With ``skip_covered``
@@ -37,7 +37,7 @@ from ..constants import IMG_SIZE, LOW_RES_SIZE, MASK_THRESHOLD
 from .merge3d import merge_slices
 from .postprocess import bilinear_matrix, stability_score
 from .predictor import ImageEmbedding
-from .preprocess import to_rgb_uint8
+from .preprocess import DEFAULT_PERCENTILES, to_rgb_uint8
 from .tiling import stitch_tiles, tile_grid
 
 logger = logging.getLogger(__name__)
@@ -56,7 +56,9 @@ class AutomaticConfig:
 
     Attributes:
         points_per_side: grid points along the longest side of the image (or tile).
-        points_per_batch: prompts per decoder call.
+        points_per_batch: prompts per decoder call; None picks by device: 64 on a GPU, 4 on a
+            CPU, where larger batches measured slower per prompt (their activations no longer
+            fit in the cache; see ``benchmarks/bench_automatic.py``).
         num_multimask_outputs: candidates per point: 4 (all tokens) or 3 (tokens 1-3).
         stability_thresh: minimum stability score (IoU of the masks at logit > +offset and > -offset).
         stability_offset: the logit offset of the stability score.
@@ -76,7 +78,7 @@ class AutomaticConfig:
     """
 
     points_per_side: int = 32
-    points_per_batch: int = 64
+    points_per_batch: int | None = None
     num_multimask_outputs: int = 4
     stability_thresh: float = 0.9
     stability_offset: float = 1.0
@@ -97,7 +99,8 @@ class AutomaticConfig:
                 raise ValueError(f"{name}={getattr(self, name)!r} is invalid: must be {allowed}")
 
         need(int(self.points_per_side) >= 1, "points_per_side", ">= 1")
-        need(int(self.points_per_batch) >= 1, "points_per_batch", ">= 1")
+        need(self.points_per_batch is None or int(self.points_per_batch) >= 1, "points_per_batch",
+             "None (auto) or >= 1")
         need(self.num_multimask_outputs in (3, 4), "num_multimask_outputs", "3 or 4")
         need(0.0 <= self.stability_thresh <= 1.0, "stability_thresh", "in [0, 1]")
         need(self.stability_offset > 0, "stability_offset", "> 0")
@@ -172,7 +175,7 @@ def _axis_matrix(original: int, resized: int) -> tuple[np.ndarray, np.ndarray, n
     return m.astype(np.float32), first, last
 
 
-def _upscale_in_box(low: np.ndarray, emb: ImageEmbedding) -> tuple[int, int, np.ndarray] | None:
+def upscale_in_box(low: np.ndarray, emb: ImageEmbedding) -> tuple[int, int, np.ndarray] | None:
     """Full-size mask of one ``256 x 256`` logit map, computed only where it can be positive.
 
     Returns ``(y0, x0, mask crop)`` with the crop tight around the mask, or None if empty.
@@ -203,6 +206,9 @@ def _upscale_in_box(low: np.ndarray, emb: ImageEmbedding) -> tuple[int, int, np.
 def _has_holes(mask: np.ndarray) -> bool:
     """Whether ``mask`` encloses regions not in it (e.g. background around objects)."""
     return bool((ndimage.binary_fill_holes(mask) & ~mask).any())
+
+
+_upscale_in_box = upscale_in_box  # the name used by automatic_boxes
 
 
 def clean_mask(mask: np.ndarray, min_area: int, hole_area: int) -> np.ndarray:
@@ -251,14 +257,14 @@ def _filter_chunk(
     background = keep & (frac > cfg.max_area_fraction)
     keep &= ~background
     if cfg.skip_covered:
-        for b, c in zip(*np.nonzero(keep)):
+        for b, c in zip(*np.nonzero(keep), strict=True):
             covered |= pos[b, c]
-        for b, c in zip(*np.nonzero(background)):
+        for b, c in zip(*np.nonzero(background), strict=True):
             if _has_holes(pos[b, c]):  # background around objects, not "the whole image"
                 covered |= pos[b, c]
     out = []
-    for b, c in zip(*np.nonzero(keep)):
-        up = _upscale_in_box(pred.low_res_logits[b, c], emb)
+    for b, c in zip(*np.nonzero(keep), strict=True):
+        up = upscale_in_box(pred.low_res_logits[b, c], emb)
         if up is None:
             continue
         y0, x0, crop = up
@@ -302,8 +308,20 @@ def generate_masks(
             predictor.reset_image()
 
 
+#: Prompts per decoder call when ``points_per_batch`` is None.
+GPU_POINTS_PER_BATCH, CPU_POINTS_PER_BATCH = 64, 4
+
+
+def default_points_per_batch(predictor) -> int:
+    """64 when the predictor's backend runs on a GPU (cuda/mps), else 4."""
+    device = getattr(getattr(predictor, "backend", None), "device", None)
+    kind = getattr(device, "type", None) or str(device or "cpu")
+    return GPU_POINTS_PER_BATCH if kind.split(":")[0] in ("cuda", "mps") else CPU_POINTS_PER_BATCH
+
+
 def _generate(predictor, emb, cfg, progress, cancel) -> list[MaskCandidate]:
     pts = point_grid(emb.original_size, cfg.points_per_side)
+    per_call = cfg.points_per_batch or default_points_per_batch(predictor)
     ih, iw = emb.input_size
     covered = np.zeros((-(-ih // 4), -(-iw // 4)), bool)
     sy, sx = ih / emb.original_size[0] / 4, iw / emb.original_size[1] / 4
@@ -319,7 +337,7 @@ def _generate(predictor, emb, cfg, progress, cancel) -> list[MaskCandidate]:
             remaining = remaining[free]
             if not len(remaining):
                 break
-        chunk, remaining = remaining[: cfg.points_per_batch], remaining[cfg.points_per_batch :]
+        chunk, remaining = remaining[:per_call], remaining[per_call:]
         pred = predictor.predict_batch(
             point_coords=chunk[:, None, :], point_labels=np.ones((len(chunk), 1), np.float32),
             num_multimask_outputs=cfg.num_multimask_outputs,
@@ -452,7 +470,7 @@ def _segment_tiled(predictor, rgb, cfg, progress, cancel) -> np.ndarray:
     per_tile = [len(point_grid(t.shape, cfg.points_per_side)) for t in tiles]
     total, offset = sum(per_tile), 0
     results = []
-    for tile, n in zip(tiles, per_tile):
+    for tile, n in zip(tiles, per_tile, strict=True):
         if cancel is not None and cancel.is_set():
             raise Cancelled("automatic segmentation was cancelled")
         report = None if progress is None else (lambda d, _t, o=offset: progress(o + d, total))
@@ -462,6 +480,20 @@ def _segment_tiled(predictor, rgb, cfg, progress, cancel) -> np.ndarray:
         offset += n
         logger.debug("tile %s: %d objects", tile, len(masks))
     return stitch_tiles(tiles, results, rgb.shape[:2], min_area=cfg.min_area)
+
+
+def volume_normalisation(volume: np.ndarray, normalisation: dict | None = None) -> dict:
+    """Normalisation shared by all slices of a single-channel stack: without contrast limits,
+    non-uint8 data gets the percentiles of the whole volume (not of each slice), so every
+    slice is seen with the same contrast."""
+    norm = dict(normalisation or {})
+    if volume.ndim == 3 and volume.dtype != np.uint8 and norm.get("contrast_limits") is None:
+        sample = volume[:, ::4, ::4].astype(np.float32)
+        sample = sample[np.isfinite(sample)]
+        if sample.size:
+            lo, hi = np.percentile(sample, norm.get("percentiles", DEFAULT_PERCENTILES))
+            norm["contrast_limits"] = (float(lo), float(hi))
+    return norm
 
 
 def segment_automatic_3d(
@@ -484,12 +516,13 @@ def segment_automatic_3d(
     vol = np.asarray(volume)
     if vol.ndim not in (3, 4):
         raise ValueError(f"volume must be Z x H x W or Z x H x W x C; got shape {vol.shape}")
+    norm = volume_normalisation(vol, normalisation)
     slices = []
     for z in range(vol.shape[0]):
         if cancel is not None and cancel.is_set():
             raise Cancelled("automatic segmentation was cancelled")
         slices.append(segment_automatic(predictor, vol[z], config, region=region,
-                                        normalisation=normalisation, cancel=cancel))
+                                        normalisation=norm, cancel=cancel))
         if progress is not None:
             progress(z + 1, vol.shape[0])
     return merge_slices(np.stack(slices), iou_threshold=merge_iou, overlap_threshold=merge_overlap)

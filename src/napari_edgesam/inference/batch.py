@@ -312,7 +312,7 @@ def run_batch(
         if progress is not None:
             progress(done, len(paths), record)
 
-    for i, (p, key) in enumerate(zip(paths, keys)):
+    for i, (p, key) in enumerate(zip(paths, keys, strict=True)):
         old = None if config.overwrite else previous_record(out, key)
         if old is not None:
             finish(i, {"input": str(p), "key": key, "status": "skipped", "error": None,

@@ -101,7 +101,7 @@ def output_keys(paths: Sequence[Path]) -> list[str]:
         counts = defaultdict(int)
         for k in keys:
             counts[k] += 1
-        keys = [attempt(p) if counts[k] > 1 else k for p, k in zip(paths, keys)]
+        keys = [attempt(p) if counts[k] > 1 else k for p, k in zip(paths, keys, strict=False)]
     if len(set(keys)) != len(keys):
         raise ValueError("input images have clashing names; rename them or process them separately")
     return keys

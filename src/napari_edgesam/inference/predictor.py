@@ -72,6 +72,12 @@ class EdgeSamPredictor:
         self.model_name = model_name
         self._embedding: ImageEmbedding | None = None
         self._warned_scores = False
+        #: Optional granularity prior (a box head, see :mod:`napari_edgesam.inference.prior`):
+        #: when set, ``set_image`` also computes box proposals used by :meth:`segment_click`.
+        self.prior = None
+        self._proposals = None
+        #: The weights file the model came from, if any (set by ``load_model``).
+        self.source_path = None
 
     # -- image -------------------------------------------------------------------------------
     def compute_embedding(
@@ -103,18 +109,33 @@ class EdgeSamPredictor:
         return ImageEmbedding(features, tuple(rgb.shape[:2]), tuple(input_size))
 
     def set_image(self, image: np.ndarray, **normalisation) -> ImageEmbedding:
-        """Embed ``image`` and make it the current image; returns the embedding."""
-        self._embedding = self.compute_embedding(image, **normalisation)
+        """Embed ``image`` and make it the current image; returns the embedding.
+
+        With a :attr:`prior`, box proposals are computed too (in the same encoder pass when
+        the prior shares the torch encoder).
+        """
+        if self.prior is not None:
+            from .prior import embed_with_proposals
+
+            self._embedding, self._proposals = embed_with_proposals(self, self.prior, image, **normalisation)
+        else:
+            self._embedding, self._proposals = self.compute_embedding(image, **normalisation), None
         return self._embedding
 
-    def set_embedding(self, embedding: ImageEmbedding) -> None:
-        """Make a previously computed (e.g. cached) embedding current."""
+    def set_embedding(self, embedding: ImageEmbedding, proposals=None) -> None:
+        """Make a previously computed (e.g. cached) embedding current, optionally with the
+        prior's :class:`~napari_edgesam.inference.prior.ProposalSet` for it."""
         if not isinstance(embedding, ImageEmbedding):
             raise TypeError(f"expected an ImageEmbedding, got {type(embedding).__name__}")
-        self._embedding = embedding
+        self._embedding, self._proposals = embedding, proposals
 
     def reset_image(self) -> None:
-        self._embedding = None
+        self._embedding, self._proposals = None, None
+
+    @property
+    def proposals(self):
+        """The prior's box proposals for the current image (None without a prior)."""
+        return self._proposals
 
     @property
     def is_image_set(self) -> bool:
@@ -273,3 +294,16 @@ class EdgeSamPredictor:
         stab = stability_score(low)
         i = 0 if n == 1 else (int(candidate) % 4 if candidate is not None else int(np.argmax(stab)))
         return masks[i], float(stab[i]), low[i]
+
+    def segment_click(self, point: Sequence[float], k_nearest: int = 5) -> tuple[np.ndarray, float, np.ndarray]:
+        """Segment the whole object under one positive click ``(x, y)``.
+
+        With a prior and proposals for the current image, EdgeSAM's granularity rule picks a
+        box (proposals containing the point, the ``k_nearest`` by centre, the best score)
+        that joins the point; otherwise this is ``segment([point], [1])``.
+        """
+        if self._proposals is not None:
+            from .prior import segment_click_with_prior
+
+            return segment_click_with_prior(self, self._proposals, point, k_nearest=k_nearest)
+        return self.segment(np.asarray(point, np.float32).reshape(1, 2), np.ones(1, np.float32))

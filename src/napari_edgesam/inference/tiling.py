@@ -148,13 +148,13 @@ def stitch_tiles(
         raise ValueError(f"got {len(tiles)} tiles but {len(tile_labels)} label images")
     canvas = np.zeros(shape, np.int64)
     offsets, next_id = [], 1
-    for t, lab in zip(tiles, tile_labels):
+    for t, lab in zip(tiles, tile_labels, strict=True):
         if lab.shape != t.shape:
             raise ValueError(f"tile {t.index} labels have shape {lab.shape}, expected {t.shape}")
         offsets.append(next_id)
         next_id += int(lab.max()) if lab.size else 0
     uf = UnionFind(next_id)
-    for t, lab, off in zip(tiles, tile_labels, offsets):
+    for t, lab, off in zip(tiles, tile_labels, offsets, strict=True):
         lab = lab.astype(np.int64)
         glob = np.where(lab > 0, lab + off - 1, 0)
         seen = canvas[t.slices]
@@ -164,7 +164,7 @@ def stitch_tiles(
             # areas inside the already-written zone only
             area_b = np.bincount(glob[zone].ravel(), minlength=next_id)[lb]
             iou = n / np.maximum(area_a + area_b - n, 1)
-            for a, b in zip(la[iou >= iou_threshold], lb[iou >= iou_threshold]):
+            for a, b in zip(la[iou >= iou_threshold], lb[iou >= iou_threshold], strict=True):
                 uf.union(int(a), int(b))
         core = (slice(t.cy0 - t.y0, t.cy1 - t.y0), slice(t.cx0 - t.x0, t.cx1 - t.x0))
         canvas[t.cy0 : t.cy1, t.cx0 : t.cx1] = glob[core]

@@ -141,7 +141,7 @@ class FPN(nn.Module):
         for i in range(len(feats) - 2, -1, -1):
             top = self.lateral[i](feats[i]) + F.interpolate(top, size=feats[i].shape[-2:], mode="nearest")
             merged.insert(0, top)
-        return [conv(x) for conv, x in zip(self.output, merged)]
+        return [conv(x) for conv, x in zip(self.output, merged, strict=True)]
 
 
 class BoxHead(nn.Module):
@@ -176,7 +176,7 @@ class BoxHead(nn.Module):
     def _as_list(self, features: Mapping[str, torch.Tensor] | Sequence[torch.Tensor]) -> list[torch.Tensor]:
         feats = [features[k] for k in STAGES] if isinstance(features, Mapping) else list(features)
         expected = self.config.in_channels
-        if len(feats) != len(expected) or any(f.ndim != 4 or f.shape[1] != c for f, c in zip(feats, expected)):
+        if len(feats) != len(expected) or any(f.ndim != 4 or f.shape[1] != c for f, c in zip(feats, expected, strict=True)):
             got = [tuple(f.shape) for f in feats]
             raise ValueError(f"box head expects {len(expected)} B x C x H x W features with C = {expected}; got {got}")
         return feats
@@ -184,7 +184,7 @@ class BoxHead(nn.Module):
     def forward(self, features: Mapping[str, torch.Tensor] | Sequence[torch.Tensor]) -> HeadOutput:
         feats = self._as_list(features)
         logits, ltrb, ctr, sizes = [], [], [], []
-        for level, (p, stride) in enumerate(zip(self.fpn(feats), self.config.strides)):
+        for level, (p, stride) in enumerate(zip(self.fpn(feats), self.config.strides, strict=True)):
             b, _, h, w = p.shape
             sizes.append((int(h), int(w)))
             cls_feat, reg_feat = self.cls_tower(p), self.reg_tower(p)
@@ -233,7 +233,7 @@ class BoxHead(nn.Module):
                 pre_nms_top_k=cfg.pre_nms_top_k,
                 max_detections=cfg.max_detections if max_detections is None else max_detections,
             )
-            for b, s, v in zip(boxes, scores, valid_sizes)
+            for b, s, v in zip(boxes, scores, valid_sizes, strict=True)
         ]
 
 
@@ -243,7 +243,7 @@ def locations(
 ) -> torch.Tensor:
     """Centres ``N x 2`` (x, y) of all locations of levels with ``sizes`` (h, w) and ``strides``."""
     out = []
-    for (h, w), s in zip(sizes, strides):
+    for (h, w), s in zip(sizes, strides, strict=True):
         ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) * s
         xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) * s
         yy, xx = torch.meshgrid(ys, xs, indexing="ij")

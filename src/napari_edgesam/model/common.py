@@ -14,11 +14,12 @@ class LayerNorm2d(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(num_channels))
         self.bias = nn.Parameter(torch.zeros(num_channels))
+        self.num_channels = num_channels
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # (x - mean_c) / sqrt(var_c + eps) * weight + bias, over channels
-        y = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, self.eps)
+        y = F.layer_norm(x.permute(0, 2, 3, 1), (self.num_channels,), self.weight, self.bias, self.eps)
         return y.permute(0, 3, 1, 2)
 
 

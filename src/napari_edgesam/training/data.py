@@ -22,7 +22,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..inference.preprocess import normalize_and_pad, resize_longest_side, resized_shape, to_rgb_uint8
+from ..inference.preprocess import (
+    normalize_and_pad,
+    resize_longest_side,
+    to_rgb_uint8,
+)
 from .config import DataConfig
 from .prompts import mask_to_box, random_box_around, random_point_prompt, sample_point_in_mask
 from .sa1b import annotation_area, decode_annotations, find_sa1b, read_annotations

@@ -6,7 +6,6 @@ import logging
 import os
 from collections.abc import Iterator
 
-import torch
 from torch import nn
 
 from ..model.build import extract_state_dict, load_state_dict_strict, read_checkpoint

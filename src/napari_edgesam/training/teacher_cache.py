@@ -3,7 +3,7 @@
 Layout of a cache folder::
 
     manifest.json            {"format": 1, "teacher": <identity>, "img_size": S, "shape": [256, g, g], "dtype": "float16"}
-    <key with "/" -> "__">.npy   256 x g x g float16
+    <key>.<hash>.npy         256 x g x g float16 (key: the image path relative to the data root)
 
 Every file is written atomically, so an interrupted run leaves only complete files and the
 next run skips them. With several processes (torchrun) each rank embeds a disjoint share of
@@ -12,9 +12,11 @@ the images and writes its own files; rank 0 writes the manifest.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -75,8 +77,10 @@ class EmbeddingCache:
             )
 
     def path(self, key: str) -> Path:
-        safe = key.replace("\\", "/").replace("/", "__")
-        return self.root / f"{safe}.npy"
+        """``<readable key>.<8 hex of sha256(key)>.npy`` (the hash keeps distinct keys apart)."""
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", key)[-80:]
+        tag = hashlib.sha256(key.encode("utf-8")).hexdigest()[:8]
+        return self.root / f"{safe}.{tag}.npy"
 
     def has(self, key: str) -> bool:
         return self.path(key).is_file()

@@ -81,6 +81,10 @@ class Trainer:
     def setup(self) -> None:
         cfg = self.cfg
         self.info, self.device = init_distributed(cfg.run.device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input sizes
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         if cfg.run.num_threads:
             torch.set_num_threads(cfg.run.num_threads)
         resume_path = find_resume_checkpoint(self.out_dir) if cfg.run.resume else None
@@ -308,7 +312,7 @@ class Trainer:
         cfg = self.cfg
         logger_ = _RunLogger(self.out_dir, enabled=self.info.is_main, tensorboard=cfg.run.tensorboard)
         last = None
-        stopped = False
+        stopped = cfg.run.max_steps is not None and self.step >= cfg.run.max_steps
         try:
             while self.epoch < cfg.optim.epochs and not stopped:
                 loader = self._loader(self.epoch, self.step_in_epoch)

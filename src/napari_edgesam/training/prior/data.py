@@ -93,8 +93,9 @@ class FeatureStore:
             self.folder.mkdir(parents=True, exist_ok=True)
 
     def _path(self, key: str) -> Path:
-        safe = re.sub(r"[^A-Za-z0-9._-]", "_", key)
-        return self.folder / f"{safe}.{self.digest}.pt"
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", key)[-80:]
+        tag = hashlib.sha256(key.encode()).hexdigest()[:8]  # keys differing only in odd characters
+        return self.folder / f"{safe}.{tag}.{self.digest}.pt"
 
     def __contains__(self, key: str) -> bool:
         return key in self._memory or (self.folder is not None and self._path(key).is_file())

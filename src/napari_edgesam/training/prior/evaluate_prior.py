@@ -19,19 +19,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ...inference.prior import box_iou as box_iou_np
+
 logger = logging.getLogger(__name__)
-
-
-def box_iou_np(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of ``N x 4`` and ``M x 4`` boxes (x0, y0, x1, y1) -> ``N x M`` float64."""
-    a = np.asarray(a, np.float64).reshape(-1, 4)
-    b = np.asarray(b, np.float64).reshape(-1, 4)
-    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
-    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-    iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    ih = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
-    inter = iw * ih
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
 
 
 def box_recall(
@@ -41,7 +31,7 @@ def box_recall(
     if len(predictions) != len(truths):
         raise ValueError(f"{len(predictions)} prediction sets for {len(truths)} images")
     hit = total = 0
-    for pred, gt in zip(predictions, truths):
+    for pred, gt in zip(predictions, truths, strict=True):
         gt = np.asarray(gt).reshape(-1, 4)
         total += len(gt)
         if len(gt) and len(pred):
@@ -57,7 +47,7 @@ def average_precision(
         raise ValueError(f"{len(predictions)} prediction sets for {len(truths)} images")
     scores, tps = [], []
     n_gt = 0
-    for (boxes, sc), gt in zip(predictions, truths):
+    for (boxes, sc), gt in zip(predictions, truths, strict=True):
         boxes, sc = np.asarray(boxes).reshape(-1, 4), np.asarray(sc).reshape(-1)
         gt = np.asarray(gt).reshape(-1, 4)
         n_gt += len(gt)
@@ -120,7 +110,11 @@ def click_miou(predictor, prior, pairs: Sequence[tuple[np.ndarray, np.ndarray]],
     "instances", "box_used" (fraction of clicks that found a proposal), "seconds_without",
     "seconds_with" (mean per click, decoding only), "seconds_proposals" (per image)}``.
     """
-    from ...inference.prior import choose_box_for_click, embed_with_proposals, segment_click_with_prior
+    from ...inference.prior import (
+        choose_box_for_click,
+        embed_with_proposals,
+        segment_click_with_prior,
+    )
     from ..evaluate import interior_point, iou
 
     without, with_prior, used = [], [], 0

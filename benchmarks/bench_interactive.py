@@ -1,0 +1,242 @@
+"""Interactive latency of the napari plugin, measured through a real viewer.
+
+Prints a table:
+  - click-to-mask: a point (or box) is added to the prompt layer -> the preview layer holds the
+    new mask (embedding cached; includes the decoder, mask upscaling and the layer update);
+  - first mask on a new slice: point on a slice that is not embedded yet -> preview
+    (encoder + decoder), and on a neighbour that prefetch already embedded;
+  - 3D propagation speed in slices/s, with embeddings computed on the way (cold) and
+    precomputed (warm).
+
+The default model has the golden weights (``tests/data/golden``: the official EdgeSAM
+architecture and cost with deterministic weights); ``--model`` takes a registered name or a
+.pth/.onnx file. Needs a display: run under ``xvfb-run`` on a headless machine::
+
+    xvfb-run -a python benchmarks/bench_interactive.py --device cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGETS = {"click-to-mask (point)": 0.100, "click-to-mask (box)": 0.100, "first mask on a new slice": 0.600}
+
+
+def golden_predictor(device: str, threads: int | None):
+    """EdgeSAM with the golden weights, built like the official checkpoint would be."""
+    import torch
+
+    from napari_edgesam.inference.backends.torch_backend import TorchBackend
+    from napari_edgesam.inference.predictor import EdgeSamPredictor
+    from napari_edgesam.model import build_edge_sam
+
+    golden = ROOT / "tests" / "data" / "golden"
+    spec = importlib.util.spec_from_file_location("golden_weights", golden / "golden_weights.py")
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    layout = json.loads((golden / "edge_sam_state_dict.json").read_text())
+    state = recipe.fill_state_dict({k: v["shape"] for k, v in layout.items()},
+                                   {k: getattr(torch, v["dtype"]) for k, v in layout.items()})
+    return EdgeSamPredictor(TorchBackend(build_edge_sam(state), device, num_threads=threads), "golden")
+
+
+def wait(app, condition, timeout: float = 600.0) -> float:
+    start = time.perf_counter()
+    while not condition():
+        if time.perf_counter() - start > timeout:
+            raise TimeoutError("the plugin did not answer in time")
+        app.processEvents()
+        time.sleep(0.0005)
+    return time.perf_counter() - start
+
+
+class Bench:
+    def __init__(self, predictor, size: int, slices: int) -> None:
+        import napari
+        from qtpy.QtWidgets import QApplication
+
+        from napari_edgesam._napari.interactive_widget import InteractiveWidget
+
+        self.viewer = napari.Viewer(show=True)
+        self.app = QApplication.instance()
+        self.widget = InteractiveWidget(self.viewer)
+        self.viewer.window.add_dock_widget(self.widget)
+        self.c = self.widget.controller
+        self.predictor = predictor
+        self.size, self.slices = size, slices
+        self.results: list[tuple[str, list[float], str]] = []
+        self._updates: list = []
+        self.c.preview_updated.connect(self._updates.append)
+
+    def _prompt_and_wait(self, add) -> float:
+        self._updates.clear()
+        start = time.perf_counter()
+        add()
+        wait(self.app, lambda: bool(self._updates))
+        return time.perf_counter() - start
+
+    def _use_image(self, data, name):
+        from napari_edgesam._napari import layers as L
+
+        for layer in list(self.viewer.layers):
+            self.viewer.layers.remove(layer)
+        self.viewer.add_image(data, name=name)
+        self.widget.set_predictor(self.predictor)
+        return L
+
+    def clicks(self, repeats: int) -> None:
+        from napari_edgesam._napari.samples import make_nuclei_2d
+
+        L = self._use_image(make_nuclei_2d((self.size, self.size), count=60), "nuclei")
+        c = self.c
+        wait(self.app, lambda: c.embeddings.lookup(c.current_view()) is not None)
+        points, boxes = c.prompt_layers()
+        rng = np.random.default_rng(0)
+        for kind in ("point", "box"):
+            times = []
+            for i in range(repeats + 2):
+                x, y = rng.uniform(0.2, 0.8, 2) * self.size
+                if kind == "point":
+                    t = self._prompt_and_wait(lambda x=x, y=y: L.add_point(points, c.current_plane(), (x, y)))
+                else:
+                    t = self._prompt_and_wait(lambda x=x, y=y: L.add_box(boxes, c.current_plane(), (x - 20, y - 15, x + 20, y + 15)))
+                c.clear()
+                if i >= 2:  # the first two warm up torch and create the preview layer
+                    times.append(t)
+            self.results.append((f"click-to-mask ({kind})", times, f"{self.size}x{self.size}, cached embedding"))
+
+    def new_slices(self, repeats: int) -> None:
+        from napari_edgesam._napari import embedding
+        from napari_edgesam._napari.samples import make_nuclei_3d
+
+        stack = make_nuclei_3d((self.slices, self.size, self.size), count=40)
+        L = self._use_image(stack, "stack")
+        c = self.c
+        wait(self.app, lambda: c.embeddings.lookup(c.current_view()) is not None)
+        points, _ = c.prompt_layers()
+        c.embeddings.prefetch_radius = 0
+        cold, warm = [], []
+        try:
+            for z in np.linspace(1, self.slices - 2, repeats + 1).astype(int)[1:]:
+                self.viewer.dims.set_current_step(0, int(z))
+                cold.append(self._prompt_and_wait(lambda: L.add_point(points, c.current_plane(), (self.size / 2, self.size / 2))))
+                c.clear()
+        finally:
+            c.embeddings.prefetch_radius = embedding.PREFETCH_RADIUS
+        for z in range(2, min(self.slices - 1, 2 + repeats)):
+            self.viewer.dims.set_current_step(0, z - 1)
+            wait(self.app, lambda: c.embeddings.lookup(c.current_view()) is not None)
+            view = c.current_view()
+            wait(self.app, lambda view=view, z=z: c.embeddings.key(view, view.plane.at(0, z)) in c.embeddings.cache)
+            self.viewer.dims.set_current_step(0, z)
+            warm.append(self._prompt_and_wait(lambda: L.add_point(points, c.current_plane(), (self.size / 2, self.size / 2))))
+            c.clear()
+        self.results.append(("first mask on a new slice", cold, "encoder + decoder, slice not embedded"))
+        self.results.append(("mask on a prefetched slice", warm, "neighbour embedded in the background"))
+
+    def propagation(self) -> None:
+        from napari_edgesam._napari.samples import make_nuclei_3d
+
+        stack = make_nuclei_3d((self.slices, self.size, self.size), count=40)
+        L = self._use_image(stack, "stack")
+        c = self.c
+        self.viewer.dims.set_current_step(0, self.slices // 2)
+        wait(self.app, lambda: c.embeddings.lookup(c.current_view()) is not None)
+        _, boxes = c.prompt_layers()
+        s = self.size
+        self._prompt_and_wait(lambda: L.add_box(boxes, c.current_plane(), (0.4 * s, 0.4 * s, 0.6 * s, 0.6 * s)))
+        c.propagation.options = {"min_stability": 0.0, "min_overlap": 0.0, "min_area": 1}  # walk every slice
+        for label in ("cold", "warm"):
+            if label == "warm":
+                done = []
+                c.embeddings.precompute_finished.connect(done.append)
+                c.precompute()
+                wait(self.app, lambda done=done: bool(done))
+            finished = []
+            c.propagation.finished.connect(finished.append)
+            start = time.perf_counter()
+            c.propagation.start("both")
+            wait(self.app, lambda finished=finished: bool(finished))
+            elapsed = time.perf_counter() - start
+            c.propagation.finished.disconnect(finished.append)
+            visited = sum(len(r.masks) - len(r.seeded) for r in finished[0].values())
+            self.results.append((f"propagation ({label})", [visited / elapsed],
+                                 f"{visited} slices in {elapsed:.2f} s ({'embeddings computed on the way' if label == 'cold' else 'precomputed'})"))
+
+    def close(self) -> None:
+        from napari_edgesam._napari.workers import wait_for_workers
+
+        self.c.close()
+        wait_for_workers()
+        self.viewer.close()
+
+
+def report(results, predictor, args) -> str:
+    backend = predictor.backend
+    device = getattr(backend, "device", "?")
+    try:
+        import torch
+
+        threads = torch.get_num_threads()
+    except ImportError:
+        threads = "-"
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    lines = [
+        f"model {predictor.model_name} ({backend.name} on {device}), {os.cpu_count()} CPUs, "
+        f"torch threads {threads}, load average {load:.1f}, {platform.processor() or platform.machine()}",
+        "",
+        f"| {'measure':<28} | {'median':>9} | {'p90':>9} | {'n':>3} | {'target':>8} | notes",
+        f"|{'-' * 30}|{'-' * 11}|{'-' * 11}|{'-' * 5}|{'-' * 10}|------",
+    ]
+    for name, values, notes in results:
+        if name.startswith("propagation"):
+            lines.append(f"| {name:<28} | {values[0]:>6.1f}/s | {'':>9} | {1:>3} | {'':>8} | {notes}")
+            continue
+        med = statistics.median(values)
+        p90 = float(np.percentile(values, 90))
+        target = TARGETS.get(name)
+        mark = "" if target is None else (f"{target * 1000:.0f} ms " + ("ok" if med <= target else "MISS"))
+        lines.append(f"| {name:<28} | {med * 1000:>6.0f} ms | {p90 * 1000:>6.0f} ms | {len(values):>3} | {mark:>8} | {notes}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="registered name or .pth/.onnx (default: golden weights)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--size", type=int, default=512, help="image side in pixels")
+    parser.add_argument("--slices", type=int, default=16, help="slices of the 3D stack")
+    parser.add_argument("--repeats", type=int, default=20)
+    args = parser.parse_args(argv)
+
+    if args.model:
+        from napari_edgesam.inference.api import load_model
+
+        predictor = load_model(args.model, device=args.device, **({"num_threads": args.threads} if args.threads else {}))
+    else:
+        predictor = golden_predictor(args.device, args.threads)
+    bench = Bench(predictor, args.size, args.slices)
+    try:
+        bench.clicks(args.repeats)
+        bench.new_slices(max(3, args.repeats // 4))
+        bench.propagation()
+    finally:
+        bench.close()
+    print(report(bench.results, predictor, args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,301 @@
+"""Automatic segmentation widget: every object of an image (or of the visible area, or of a
+box), in a background thread with progress and cancel; the result goes into a labels layer.
+
+The widget only reads layers into an :class:`AutomaticRequest` (a plain object), runs
+:func:`run_request` (no Qt) in a worker thread and writes the labels back on the main thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+from magicgui.widgets import (
+    ComboBox,
+    Container,
+    FloatSpinBox,
+    Label,
+    LineEdit,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+)
+from qtpy.QtCore import QObject, Signal
+from qtpy.QtWidgets import QVBoxLayout, QWidget
+
+from ..inference.automatic import (
+    AutomaticConfig,
+    Cancelled,
+    segment_automatic,
+    segment_automatic_3d,
+)
+from ..inference.io import rowcol_to_xy
+
+logger = logging.getLogger(__name__)
+
+LABELS_LAYER = "EdgeSAM automatic"
+REGION_WHOLE, REGION_VISIBLE, REGION_BOX = "whole image", "visible area", "box (Shapes layer)"
+STACK_SLICE, STACK_ALL = "current slice", "all slices (merged in 3D)"
+
+
+@dataclass
+class AutomaticRequest:
+    """What one run needs, read from the viewer.
+
+    ``image``: ``H x W [x C]`` (one plane) or ``Z x H x W [x C]`` when ``all_slices``;
+    ``region``: ``(x0, y0, x1, y1)`` pixels or None; ``z``: the slice index for a single plane of
+    a stack (where to write the result), else None.
+    """
+
+    image: np.ndarray
+    config: AutomaticConfig
+    all_slices: bool = False
+    region: tuple[float, float, float, float] | None = None
+    z: int | None = None
+    normalisation: dict = field(default_factory=dict)
+
+
+def run_request(predictor, request: AutomaticRequest, progress=None, cancel=None) -> np.ndarray:
+    """Labels for ``request``: ``H x W`` for one plane, ``Z x H x W`` for all slices."""
+    if request.all_slices:
+        return segment_automatic_3d(predictor, request.image, request.config, region=request.region,
+                                    normalisation=request.normalisation, progress=progress, cancel=cancel)
+    return segment_automatic(predictor, request.image, request.config, region=request.region,
+                             normalisation=request.normalisation, progress=progress, cancel=cancel)
+
+
+def region_from_corners(corners: np.ndarray) -> tuple[float, float, float, float] | None:
+    """napari ``corner_pixels`` of the two displayed (row, column) axes -> ``(x0, y0, x1, y1)``."""
+    c = np.asarray(corners, np.float64)[:, -2:]
+    if not np.isfinite(c).all() or (c[1] - c[0]).min() < 2:
+        return None
+    (x0, y0), (x1, y1) = rowcol_to_xy(c)
+    return x0, y0, x1 + 1, y1 + 1
+
+
+def region_from_shape(vertices: np.ndarray) -> tuple[float, float, float, float]:
+    """Bounding box ``(x0, y0, x1, y1)`` of a napari shape's ``N x D`` (…, row, column) vertices."""
+    xy = rowcol_to_xy(np.asarray(vertices, np.float64)[:, -2:])
+    return (*xy.min(0), *xy.max(0))
+
+
+class _Bridge(QObject):
+    """Carries progress from the worker thread to the main thread."""
+
+    progress = Signal(int, int)
+
+
+class AutomaticWidget(QWidget):
+    """Automatic segmentation of the selected image layer.
+
+    Args:
+        napari_viewer: the viewer.
+        predictor: use this predictor instead of loading the model named in the widget.
+    """
+
+    def __init__(self, napari_viewer, predictor=None, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self._predictor = predictor
+        self._loaded: dict[str, object] = {}
+        self._cancel = threading.Event()
+        self._worker = None
+        self._bridge = _Bridge()
+        self._bridge.progress.connect(self._on_progress)
+
+        d = AutomaticConfig()
+        self.image_layer = ComboBox(label="image", choices=self._image_layers, nullable=True)
+        self.model = LineEdit(label="model", value="edgesam", tooltip="model name or .pth/.onnx path")
+        self.points_per_side = SpinBox(label="points per side", value=d.points_per_side, min=1, max=256)
+        self.stability = FloatSpinBox(label="stability ≥", value=d.stability_thresh, min=0, max=1, step=0.01)
+        self.min_area = SpinBox(label="min area (px)", value=d.min_area, min=0, max=10**7)
+        self.max_area = FloatSpinBox(label="max area (fraction)", value=d.max_area_fraction, min=0.01, max=1, step=0.05)
+        self.nms = FloatSpinBox(label="NMS box IoU", value=d.nms_thresh, min=0.05, max=1, step=0.05)
+        self.region = ComboBox(label="region", choices=[REGION_WHOLE, REGION_VISIBLE, REGION_BOX], value=REGION_WHOLE)
+        self.box_layer = ComboBox(label="box layer", choices=self._shapes_layers, nullable=True)
+        self.stack = ComboBox(label="stack", choices=[STACK_SLICE, STACK_ALL], value=STACK_SLICE)
+        self.run_button = PushButton(text="Run")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
+        self.status = Label(value="")
+        self.form = Container(widgets=[
+            self.image_layer, self.model, self.points_per_side, self.stability, self.min_area,
+            self.max_area, self.nms, self.region, self.box_layer, self.stack,
+            Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
+            self.progress, self.status,
+        ])
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.form.native)
+        layout.addStretch()
+
+        self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+        self.region.changed.connect(self._update_visibility)
+        self.image_layer.changed.connect(self._update_visibility)
+        for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
+            event.connect(self._refresh_layers)
+        self._refresh_layers()
+
+    # -- layers ----------------------------------------------------------------------------
+    def _image_layers(self, _=None) -> list:
+        from napari.layers import Image
+
+        return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Image)]
+
+    def _shapes_layers(self, _=None) -> list:
+        from napari.layers import Shapes
+
+        return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Shapes)]
+
+    def _refresh_layers(self, _event=None) -> None:
+        self.image_layer.reset_choices()
+        self.box_layer.reset_choices()
+        for combo in (self.image_layer, self.box_layer):
+            choices = [c for c in combo.choices if c is not None]
+            if combo.value is None and choices:
+                combo.value = choices[-1]
+        self._update_visibility()
+
+    def _is_stack(self, layer) -> bool:
+        return layer is not None and layer.ndim - (1 if layer.rgb else 0) >= 3
+
+    def _update_visibility(self, _=None) -> None:
+        self.box_layer.visible = self.region.value == REGION_BOX
+        self.stack.visible = self._is_stack(self.image_layer.value)
+
+    # -- the request -------------------------------------------------------------------------
+    def config(self) -> AutomaticConfig:
+        return AutomaticConfig(
+            points_per_side=int(self.points_per_side.value), stability_thresh=float(self.stability.value),
+            min_area=int(self.min_area.value), hole_area=int(self.min_area.value),
+            max_area_fraction=float(self.max_area.value), nms_thresh=float(self.nms.value),
+        )
+
+    def request(self) -> AutomaticRequest:
+        """Read the selected layer, region and parameters (main thread)."""
+        layer = self.image_layer.value
+        if layer is None:
+            raise ValueError("choose an image layer first")
+        stack = self._is_stack(layer)
+        if stack and layer.ndim - (1 if layer.rgb else 0) > 3:
+            raise ValueError(f"layer {layer.name!r} has {layer.ndim} dimensions; only 2D images and 3D stacks are supported")
+        norm = {} if layer.rgb else {"contrast_limits": tuple(float(v) for v in layer.contrast_limits)}
+        all_slices = stack and self.stack.value == STACK_ALL
+        data = layer.data[0] if layer.multiscale else layer.data  # full resolution
+        z = None
+        if stack and not all_slices:
+            z = int(round(float(layer.world_to_data(self.viewer.dims.point)[0])))
+            z = min(max(z, 0), data.shape[0] - 1)
+            image = np.asarray(data[z])
+        else:
+            image = np.asarray(data)
+        return AutomaticRequest(image, self.config(), all_slices, self._region(layer), z, norm)
+
+    def _region(self, layer):
+        if self.region.value == REGION_VISIBLE:
+            return region_from_corners(layer.corner_pixels)
+        if self.region.value == REGION_BOX:
+            shapes = self.box_layer.value
+            if shapes is None or not len(shapes.data):
+                raise ValueError("draw a box in a Shapes layer and choose it as the box layer")
+            selected = sorted(shapes.selected_data) or [len(shapes.data) - 1]
+            return region_from_shape(shapes.data[selected[0]])
+        return None
+
+    # -- running -----------------------------------------------------------------------------
+    def _get_predictor(self):
+        if self._predictor is not None:
+            return self._predictor
+        name = self.model.value.strip() or "edgesam"
+        if name not in self._loaded:
+            from ..inference.api import load_model
+
+            self._loaded[name] = load_model(name)
+        return self._loaded[name]
+
+    def run(self, _=None):
+        """Start a run in a worker thread; returns the worker (or None if the input is invalid)."""
+        from napari.qt.threading import create_worker
+        from napari.utils.notifications import show_error
+
+        if self._worker is not None:
+            return self._worker
+        try:
+            request = self.request()
+        except ValueError as err:
+            show_error(str(err))
+            self.status.value = str(err)
+            return None
+        layer = self.image_layer.value
+        self._cancel.clear()
+        cancel, bridge = self._cancel, self._bridge
+
+        def work():
+            predictor = self._get_predictor()
+            return run_request(predictor, request, lambda d, t: bridge.progress.emit(d, t), cancel)
+
+        worker = create_worker(work, _start_thread=False, _ignore_errors=True)
+        worker.returned.connect(lambda labels: self._write_result(layer, request, labels))
+        worker.errored.connect(self._on_error)
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        self.run_button.enabled, self.cancel_button.enabled = False, True
+        self.progress.value = 0
+        self.status.value = "running…"
+        worker.start()
+        return worker
+
+    def cancel(self, _=None) -> None:
+        self._cancel.set()
+        self.status.value = "cancelling…"
+
+    def _on_progress(self, done: int, total: int) -> None:
+        self.progress.max = max(total, 1)
+        self.progress.value = min(done, total)
+
+    def _on_error(self, err: Exception) -> None:
+        from napari.utils.notifications import show_error
+
+        if isinstance(err, Cancelled):
+            self.status.value = "cancelled"
+            return
+        logger.exception("automatic segmentation failed", exc_info=err)
+        self.status.value = f"failed: {err}"
+        show_error(f"EdgeSAM automatic segmentation failed: {err}")
+
+    def _on_finished(self) -> None:
+        self._worker = None
+        self.run_button.enabled, self.cancel_button.enabled = True, False
+
+    def _write_result(self, image_layer, request: AutomaticRequest, labels: np.ndarray) -> None:
+        """Put ``labels`` into the result layer: the whole plane/volume, or only the region
+        (objects elsewhere are kept; new ids follow the existing ones)."""
+        data0 = image_layer.data[0] if image_layer.multiscale else image_layer.data
+        shape = tuple(data0.shape[: image_layer.ndim])
+        existing = self.viewer.layers[LABELS_LAYER] if LABELS_LAYER in self.viewer.layers else None
+        if existing is not None and tuple(existing.data.shape) == shape:
+            data = np.asarray(existing.data)
+        else:
+            if existing is not None:  # a result of another image: replace it
+                self.viewer.layers.remove(existing)
+                existing = None
+            data = np.zeros(shape, np.uint32)
+        target = data[request.z] if request.z is not None else data
+        if request.region is not None:
+            x0, y0, x1, y1 = (int(round(v)) for v in request.region)
+            window = (..., slice(max(y0, 0), y1), slice(max(x0, 0), x1))
+            offset = int(data.max())
+            target[window] = np.where(labels[window] > 0, labels[window] + offset, 0)
+        else:
+            target[...] = labels
+        if existing is not None:
+            existing.data = data
+            existing.refresh()
+        else:
+            self.viewer.add_labels(data, name=LABELS_LAYER, scale=image_layer.scale[: len(shape)],
+                                   translate=image_layer.translate[: len(shape)])
+        n = int(len(np.unique(labels)) - (labels == 0).any())
+        self.progress.value = self.progress.max
+        self.status.value = f"{n} objects"

@@ -1,0 +1,195 @@
+"""Batch processing widget: a folder of images -> label TIFFs + JSON records + a run report.
+
+A thin front end to :func:`napari_edgesam.inference.batch.run_batch` (the same engine as the
+``napari-edgesam batch`` CLI): the widget's values become ``(inputs, out_dir, BatchConfig,
+pattern)`` in :meth:`BatchWidget.arguments`, the run happens in a worker thread, and each
+finished image appears in the report table with its status or error.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    Label,
+    LineEdit,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+    Table,
+)
+from qtpy.QtCore import QObject, Signal
+from qtpy.QtWidgets import QVBoxLayout, QWidget
+
+from ..inference.automatic import AutomaticConfig
+from ..inference.batch import BatchConfig, BatchReport, run_batch
+
+logger = logging.getLogger(__name__)
+
+MODE_AUTO, MODE_PROMPTS = "automatic", "prompts from CSV"
+REPORT_COLUMNS = ("status", "objects", "seconds", "error")
+
+
+class _Bridge(QObject):
+    """Carries per-image records from the worker thread to the main thread."""
+
+    record = Signal(int, int, object)
+
+
+class BatchWidget(QWidget):
+    """Segment every image of a folder (automatic mode, or prompts from CSV files).
+
+    Args:
+        napari_viewer: the viewer (used for notifications only).
+        predictor: use this predictor instead of loading the model named in the widget.
+    """
+
+    def __init__(self, napari_viewer, predictor=None, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self._predictor = predictor
+        self._cancel = threading.Event()
+        self._worker = None
+        self._rows: list[tuple[str, list]] = []
+        self.last_report: BatchReport | None = None
+        self._bridge = _Bridge()
+        self._bridge.record.connect(self._on_record)
+
+        self.folder = FileEdit(label="input folder", mode="d")
+        self.pattern = LineEdit(label="pattern", value="*", tooltip="e.g. *.tif; .tif .tiff .png .jpg .zarr are read")
+        self.mode = ComboBox(label="mode", choices=[MODE_AUTO, MODE_PROMPTS], value=MODE_AUTO)
+        self.prompts = FileEdit(label="prompts", mode="r", filter="*.csv",
+                                tooltip="a prompt CSV (napari-edgesam format, or a napari Points/Shapes "
+                                        "CSV export), or a folder of <image stem>.csv files")
+        self.output = FileEdit(label="output folder", mode="d")
+        self.model = LineEdit(label="model", value="edgesam", tooltip="model name or .pth/.onnx path")
+        self.points_per_side = SpinBox(label="points per side", value=AutomaticConfig().points_per_side, min=1, max=256)
+        self.overwrite = CheckBox(label="overwrite", value=False, tooltip="redo images whose outputs exist")
+        self.run_button = PushButton(text="Run")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
+        self.status = Label(value="")
+        self.report = Table(value=[], columns=list(REPORT_COLUMNS))
+        self.form = Container(widgets=[
+            self.folder, self.pattern, self.mode, self.prompts, self.output, self.model,
+            self.points_per_side, self.overwrite,
+            Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
+            self.progress, self.status, self.report,
+        ])
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.form.native)
+
+        self.mode.changed.connect(self._update_visibility)
+        self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+        self._update_visibility()
+
+    def _update_visibility(self, _=None) -> None:
+        prompts = self.mode.value == MODE_PROMPTS
+        self.prompts.visible = prompts
+        self.points_per_side.visible = not prompts
+
+    # -- the core arguments --------------------------------------------------------------------
+    @staticmethod
+    def _path(edit: FileEdit) -> Path | None:
+        value = edit.value
+        return None if value is None or str(value) in ("", ".") else Path(value)
+
+    def arguments(self) -> tuple[list[Path], Path, BatchConfig, str]:
+        """``(inputs, out_dir, config, pattern)`` for :func:`run_batch`; ValueError if incomplete."""
+        folder, out = self._path(self.folder), self._path(self.output)
+        if folder is None or not folder.exists():
+            raise ValueError(f"choose an existing input folder (got {str(folder or '') or 'nothing'})")
+        if out is None:
+            raise ValueError("choose an output folder")
+        prompts = None
+        if self.mode.value == MODE_PROMPTS:
+            prompts = self._path(self.prompts)
+            if prompts is None or not prompts.exists():
+                raise ValueError("choose a prompt CSV file (or a folder of per-image CSV files)")
+        config = BatchConfig(
+            mode="prompts" if prompts else "auto", prompts=None if prompts is None else str(prompts),
+            model=self.model.value.strip() or "edgesam",
+            automatic=AutomaticConfig(points_per_side=int(self.points_per_side.value)),
+            overwrite=bool(self.overwrite.value),
+        )
+        return [folder], out, config, self.pattern.value.strip() or "*"
+
+    # -- running -------------------------------------------------------------------------------
+    def run(self, _=None):
+        """Start the batch in a worker thread; returns the worker (None if the input is invalid)."""
+        from napari.qt.threading import create_worker
+        from napari.utils.notifications import show_error
+
+        if self._worker is not None:
+            return self._worker
+        try:
+            inputs, out, config, pattern = self.arguments()
+        except ValueError as err:
+            show_error(str(err))
+            self.status.value = str(err)
+            return None
+        self._cancel.clear()
+        self._rows = []
+        self.report.value = {"data": [], "index": [], "columns": list(REPORT_COLUMNS)}
+        cancel, bridge, predictor = self._cancel, self._bridge, self._predictor
+
+        def work() -> BatchReport:
+            return run_batch(inputs, out, config, pattern=pattern, cancel=cancel, predictor=predictor,
+                             progress=lambda d, t, r: bridge.record.emit(d, t, r))
+
+        worker = create_worker(work, _start_thread=False, _ignore_errors=True)
+        worker.returned.connect(self._on_done)
+        worker.errored.connect(self._on_error)
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        self.run_button.enabled, self.cancel_button.enabled = False, True
+        self.progress.value = 0
+        self.status.value = "running…"
+        worker.start()
+        return worker
+
+    def cancel(self, _=None) -> None:
+        """Stop after the image being processed."""
+        self._cancel.set()
+        self.status.value = "cancelling after the current image…"
+
+    def _on_record(self, done: int, total: int, record: dict) -> None:
+        self.progress.max = max(total, 1)
+        self.progress.value = done
+        seconds = record.get("seconds")
+        self._rows.append((Path(record["input"]).name, [
+            record["status"], record.get("n_objects", 0),
+            "" if seconds is None else f"{float(seconds):.2f}", record.get("error") or "",
+        ]))
+        self.report.value = {"data": [r for _, r in self._rows], "index": [n for n, _ in self._rows],
+                             "columns": list(REPORT_COLUMNS)}
+        self.status.value = f"{done}/{total}: {Path(record['input']).name} {record['status']}"
+
+    def _on_done(self, report: BatchReport) -> None:
+        self.last_report = report
+        s = report.summary
+        self.status.value = (f"{s['ok']} ok, {s['skipped']} skipped, {s['error']} failed"
+                             + (f", {s['cancelled']} cancelled" if s["cancelled"] else "")
+                             + f" — report in {report.out_dir}")
+        if s["error"]:
+            from napari.utils.notifications import show_warning
+
+            show_warning(f"EdgeSAM batch: {s['error']} image(s) failed; see {report.out_dir / 'report.csv'}")
+
+    def _on_error(self, err: Exception) -> None:
+        from napari.utils.notifications import show_error
+
+        logger.error("batch run failed: %s", err)
+        self.status.value = f"failed: {err}"
+        show_error(f"EdgeSAM batch failed: {err}")
+
+    def _on_finished(self) -> None:
+        self._worker = None
+        self.run_button.enabled, self.cancel_button.enabled = True, False

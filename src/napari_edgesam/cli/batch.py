@@ -1,0 +1,112 @@
+"""``napari-edgesam batch INPUT... -o OUTDIR (--auto | --prompts FILE)``.
+
+Segments many images with the same engine as the napari batch widget: labels as TIFF plus a
+JSON record per image, ``report.json``/``report.csv`` for the run, images already done are
+skipped (``--overwrite`` redoes them). ``--scheduler tcp://host:8786`` runs one task per image on
+an existing Dask cluster instead of this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+
+EPILOG = """prompt CSV formats (--prompts FILE or FOLDER):
+  napari-edgesam: image,object,kind,x,y,label,x0,y0,x1,y1[,z]  (x, y in pixels;
+                  kind point|box; rows sharing image+object form one object)
+  napari Points export: index,axis-0,axis-1   (one object per point)
+  napari Shapes export: index,shape-type,vertex-index,axis-0,axis-1  (one box per shape)
+  in a FILE, rows without an image column (and napari exports) apply to every input;
+  a FOLDER holds per-image files <stem>.csv, <stem>_points.csv or <stem>_shapes.csv
+
+exit status: 0 all images ok or skipped, 1 some images failed, 130 cancelled"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = EPILOG
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="image files (.tif .tiff .png .jpg .jpeg), .zarr/OME-Zarr stores, or folders")
+    parser.add_argument("-o", "--out-dir", required=True, metavar="OUTDIR", help="output folder")
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--auto", action="store_true", help="automatic segmentation of every object")
+    mode.add_argument("--prompts", metavar="FILE", help="prompt CSV file or folder of per-image CSVs")
+    parser.add_argument("--pattern", default="*", help="file pattern inside input folders (default: *)")
+    parser.add_argument("--model", default="edgesam", help="model name or .pth/.onnx path (default: edgesam)")
+    parser.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime"))
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    parser.add_argument("--channel", type=int, default=None, help="segment this channel of multi-channel images")
+    parser.add_argument("--overwrite", action="store_true", help="redo images whose outputs exist")
+    parser.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                        help="Dask scheduler address (e.g. tcp://host:8786): one task per image")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per worker")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    auto = parser.add_argument_group("automatic mode")
+    auto.add_argument("--points-per-side", type=int, default=32)
+    auto.add_argument("--points-per-batch", type=int, default=None,
+                      help="prompts per decoder call (default: 64 on a GPU, 4 on a CPU)")
+    auto.add_argument("--stability-thresh", type=float, default=0.9)
+    auto.add_argument("--iou-thresh", type=float, default=0.0, help="IoU-head threshold (0: off)")
+    auto.add_argument("--nms-thresh", type=float, default=0.7)
+    auto.add_argument("--min-area", type=int, default=25, help="smallest object/island in pixels")
+    auto.add_argument("--max-area-fraction", type=float, default=0.3,
+                      help="masks larger than this fraction of the image are background")
+    auto.add_argument("--no-skip-covered", action="store_true",
+                      help="decode every grid point, even those inside found objects")
+    auto.add_argument("--tile-size", type=int, default=1024, help="tile larger images (0: never)")
+    auto.add_argument("--tile-overlap", type=int, default=128)
+
+
+def config_from_args(args: argparse.Namespace):
+    """The :class:`BatchConfig` described by parsed arguments."""
+    from ..inference.automatic import AutomaticConfig
+    from ..inference.batch import BatchConfig
+
+    automatic = AutomaticConfig(
+        points_per_side=args.points_per_side, points_per_batch=args.points_per_batch,
+        stability_thresh=args.stability_thresh, iou_thresh=args.iou_thresh, nms_thresh=args.nms_thresh,
+        min_area=args.min_area, hole_area=args.min_area, max_area_fraction=args.max_area_fraction,
+        skip_covered=not args.no_skip_covered, tile_size=args.tile_size, tile_overlap=args.tile_overlap,
+    )
+    return BatchConfig(
+        mode="prompts" if args.prompts else "auto", prompts=args.prompts, model=args.model,
+        backend=args.backend, device=args.device, automatic=automatic, channel=args.channel,
+        overwrite=args.overwrite, num_threads=args.threads,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ..inference.batch import run_batch
+
+    config = config_from_args(args)
+    cancel = threading.Event()
+    bar = None if args.no_progress else tqdm(total=0, unit="image", file=sys.stderr, dynamic_ncols=True)
+
+    def progress(done: int, total: int, record: dict) -> None:
+        if bar is None:
+            return
+        bar.total = total
+        bar.set_postfix_str(f"{record['key']}: {record['status']}", refresh=False)
+        bar.update(done - bar.n)
+        if record["status"] == "error":
+            bar.write(f"{record['input']}: {record['error']}")
+
+    try:
+        report = run_batch(args.inputs, args.out_dir, config, pattern=args.pattern,
+                           progress=progress, cancel=cancel, scheduler=args.scheduler)
+    except KeyboardInterrupt:
+        cancel.set()
+        print("napari-edgesam batch: cancelled", file=sys.stderr)
+        return 130
+    finally:
+        if bar is not None:
+            bar.close()
+    s = report.summary
+    print(f"{s['total']} images: {s['ok']} ok, {s['skipped']} skipped, {s['error']} failed, "
+          f"{s['cancelled']} cancelled in {s['seconds']:.1f} s; report: {report.out_dir / 'report.csv'}")
+    if report.cancelled:
+        return 130
+    return 1 if s["error"] else 0

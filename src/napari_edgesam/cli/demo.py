@@ -1,0 +1,136 @@
+"""``napari-edgesam demo``: napari with a sample image, the interactive widget docked and one
+nucleus already segmented from a box prompt.
+
+Model: ``--model`` if given; otherwise the official EdgeSAM weights (cached or downloaded),
+else the packaged ``edgesam-nuclei`` model if installed, else a message saying what to do
+(exit status 1). ``--screenshot PATH`` saves the window and exits (works under ``xvfb-run``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+
+logger = logging.getLogger(__name__)
+
+SAMPLES = ("nuclei_2d", "nuclei_3d", "cell")
+FALLBACK_MODELS = ("edgesam", "edgesam-nuclei")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None,
+                   help="registered model name or .pth/.onnx file (default: the best available)")
+    p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime"))
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--sample", default="nuclei_2d", choices=SAMPLES, help="sample image to open")
+    p.add_argument("--screenshot", metavar="PATH", default=None,
+                   help="save a PNG of the window once the object is segmented, then exit")
+    p.add_argument("--timeout", type=float, default=600.0,
+                   help="seconds to wait for the segmentation before giving up (with --screenshot)")
+
+
+def choose_model(name: str | None, backend: str = "auto", device: str = "auto"):
+    """Load ``name``, or the first loadable of :data:`FALLBACK_MODELS`.
+
+    Raises RuntimeError listing what was tried and what to do when nothing loads.
+    """
+    from ..inference.api import list_models, load_model
+
+    if name:
+        return load_model(name, backend=backend, device=device)
+    registered = {m["name"] for m in list_models()}
+    failures = []
+    for candidate in FALLBACK_MODELS:
+        if candidate not in registered:
+            failures.append(f"  {candidate}: not installed")
+            continue
+        try:
+            return load_model(candidate, backend=backend, device=device)
+        except Exception as err:  # offline, missing file, bad checksum ...: try the next one
+            logger.info("cannot load %s: %s", candidate, err)
+            failures.append(f"  {candidate}: {err}")
+    raise RuntimeError(
+        "no EdgeSAM model could be loaded:\n" + "\n".join(failures) + "\n"
+        "What to do: connect to the internet once so the official weights are downloaded "
+        "(napari-edgesam info shows the cache folder), put edge_sam.pth into that folder by hand, "
+        "or pass --model PATH to a .pth / encoder .onnx file."
+    )
+
+
+def demo_box(image, margin: int = 4) -> tuple[float, float, float, float]:
+    """A box ``(x0, y0, x1, y1)`` around the bright object nearest the image centre."""
+    import numpy as np
+    from scipy import ndimage
+
+    plane = np.asarray(image, np.float32)
+    smooth = ndimage.gaussian_filter(plane, 2)
+    labels, n = ndimage.label(smooth > (np.percentile(smooth, 50) + np.percentile(smooth, 99)) / 2)
+    if n == 0:
+        h, w = plane.shape
+        return (w * 0.35, h * 0.35, w * 0.65, h * 0.65)
+    sizes = ndimage.sum_labels(np.ones_like(labels), labels, range(1, n + 1))
+    centres = ndimage.center_of_mass(np.ones_like(labels), labels, range(1, n + 1))
+    mid = np.array(plane.shape) / 2
+    ok = [i for i in range(n) if sizes[i] >= 50] or list(range(n))
+    best = min(ok, key=lambda i: np.hypot(*(np.array(centres[i]) - mid)))
+    rows, cols = ndimage.find_objects(labels)[best]
+    h, w = plane.shape
+    return (max(cols.start - margin, 0), max(rows.start - margin, 0),
+            min(cols.stop - 1 + margin, w - 1), min(rows.stop - 1 + margin, h - 1))
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        predictor = choose_model(args.model, args.backend, args.device)
+    except RuntimeError as err:
+        print(f"napari-edgesam demo: {err}", file=sys.stderr)
+        return 1
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    from .._napari import layers as L
+    from .._napari import samples
+    from .._napari.interactive_widget import InteractiveWidget
+    from .._napari.workers import wait_for_workers
+
+    viewer = napari.Viewer(title="napari-edgesam demo")
+    viewer.window.resize(1500, 950)
+    for data, meta, _ in getattr(samples, args.sample)():
+        image = viewer.add_image(data, **meta)
+    widget = InteractiveWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="EdgeSAM interactive", area="right")
+    widget.set_predictor(predictor)
+    c = widget.controller
+    done: list = []
+    c.preview_updated.connect(done.append)
+    plane = c.current_plane()
+    points, boxes = c.prompt_layers()
+    pixels = plane.take(L.image_data(image))
+    L.add_box(boxes, plane, demo_box(pixels.mean(-1) if pixels.ndim == 3 else pixels))
+    viewer.layers.selection.active = points
+    points.mode = "add"
+    print(f"napari-edgesam demo: model {predictor.model_name}; click to add points "
+          f"({widget.shortcuts.text().splitlines()[0]})")
+    if not args.screenshot:
+        napari.run()
+        return 0
+
+    app = QApplication.instance()
+    start = time.monotonic()
+    while not done and time.monotonic() - start < args.timeout:
+        app.processEvents()
+        time.sleep(0.01)
+    if not done:
+        print(f"napari-edgesam demo: no segmentation after {args.timeout:.0f} s", file=sys.stderr)
+        return 1
+    for _ in range(20):  # let napari draw the preview
+        app.processEvents()
+        time.sleep(0.02)
+    viewer.screenshot(args.screenshot, canvas_only=False, flash=False)
+    c.close()
+    wait_for_workers()
+    viewer.close()
+    print(f"napari-edgesam demo: saved {args.screenshot}")
+    return 0

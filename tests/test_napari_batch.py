@@ -1,0 +1,107 @@
+"""The batch widget: folder in, labels + records + report out, through the shared engine."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+import tifffile
+
+from test_automatic import LabelOraclePredictor, matched_ious, synthetic_instances
+
+pytest.importorskip("napari")
+from napari_edgesam._napari.batch_widget import MODE_PROMPTS, BatchWidget  # noqa: E402
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture()
+def folder(tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    truths = {}
+    for i in range(3):
+        image, truth = synthetic_instances((160, 160), n=4, rmin=12, rmax=20, seed=20 + i)
+        tifffile.imwrite(d / f"img{i}.tif", image)
+        truths[f"img{i}"] = truth
+    return d, truths
+
+
+@pytest.fixture()
+def widget(make_napari_viewer, qtbot):
+    w = BatchWidget(make_napari_viewer(), predictor=LabelOraclePredictor())
+    w.points_per_side.value = 12
+    qtbot.addWidget(w)
+    return w
+
+
+def _run(widget, qtbot):
+    worker = widget.run()
+    assert worker is not None
+    with qtbot.waitSignal(worker.finished, timeout=60_000):
+        pass
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=5000)
+
+
+def test_batch_widget_runs_skips_and_reports_errors(widget, folder, tmp_path, qtbot):
+    d, truths = folder
+    out = tmp_path / "out"
+    widget.folder.value, widget.output.value = d, out
+    inputs, out_dir, config, pattern = widget.arguments()
+    assert inputs == [d] and out_dir == out and config.mode == "auto" and config.automatic.points_per_side == 12
+    _run(widget, qtbot)
+    assert widget.report.shape == (3, 4) and widget.report.row_headers == ("img0.tif", "img1.tif", "img2.tif")
+    assert [row[0] for row in widget.report.data.to_list()] == ["ok"] * 3
+    assert widget.progress.value == 3 and "3 ok" in widget.status.value
+    for key, truth in truths.items():
+        assert (matched_ious(truth, tifffile.imread(out / f"{key}_labels.tif")) > 0.8).all()
+        assert json.loads((out / f"{key}.json").read_text())["status"] == "ok"
+    (d / "img3.tif").write_bytes(b"not a tiff")
+    _run(widget, qtbot)
+    assert [row[0] for row in widget.report.data.to_list()] == ["skipped"] * 3 + ["error"]
+    assert "1 failed" in widget.status.value and widget.last_report.count("error") == 1
+    assert json.loads((out / "report.json").read_text())["summary"]["skipped"] == 3
+
+
+def test_batch_widget_prompt_mode_with_napari_points_csv(widget, folder, tmp_path, qtbot):
+    d, truths = folder
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    for key, truth in truths.items():
+        r, c = np.argwhere(truth == 1).mean(0)
+        (prompts / f"{key}_points.csv").write_text(f"index,axis-0,axis-1\n0,{r},{c}\n")
+    widget.folder.value, widget.output.value = d, tmp_path / "out"
+    widget.mode.value = MODE_PROMPTS
+    assert not widget.prompts.native.isHidden() and widget.points_per_side.native.isHidden()
+    with pytest.raises(ValueError, match="prompt"):
+        widget.arguments()
+    widget.prompts.value = prompts
+    _run(widget, qtbot)
+    for key, truth in truths.items():
+        labels = tifffile.imread(tmp_path / "out" / f"{key}_labels.tif")
+        assert ((labels == 1) == (truth == 1)).all()
+
+
+class SlowOracle(LabelOraclePredictor):
+    def embed_rgb(self, rgb):
+        time.sleep(0.3)
+        return super().embed_rgb(rgb)
+
+
+def test_batch_widget_cancel_and_validation(widget, folder, tmp_path, qtbot):
+    d, _ = folder
+    assert widget.run() is None and "input folder" in widget.status.value
+    widget.folder.value = d
+    with pytest.raises(ValueError, match="output"):
+        widget.arguments()
+    widget.output.value = tmp_path / "out"
+    widget._predictor = SlowOracle()
+    worker = widget.run()
+    widget.cancel()
+    with qtbot.waitSignal(worker.finished, timeout=60_000):
+        pass
+    statuses = [r["status"] for r in widget.last_report.records]
+    assert statuses.count("cancelled") >= 2 and widget.last_report.cancelled
+    assert "cancelled" in widget.status.value
