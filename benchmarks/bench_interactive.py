@@ -1,8 +1,9 @@
 """Interactive latency of the napari plugin, measured through a real viewer.
 
-Prints a table:
-  - click-to-mask: a point (or box) is added to the prompt layer -> the preview layer holds the
-    new mask (embedding cached; includes the decoder, mask upscaling and the layer update);
+Prints a table (latencies run from the prompt layer's data event, i.e. after napari has
+added the point or box, to the preview layer holding the new mask):
+  - click-to-mask with a cached embedding (decoder, mask upscaling, layer update), and the
+    plugin's own share of it (everything but the decoder job);
   - first mask on a new slice: point on a slice that is not embedded yet -> preview
     (encoder + decoder), and on a neighbour that prefetch already embedded;
   - 3D propagation speed in slices/s, with embeddings computed on the way (cold) and
@@ -77,14 +78,27 @@ class Bench:
         self.size, self.slices = size, slices
         self.results: list[tuple[str, list[float], str]] = []
         self._updates: list = []
+        self._watched: list = []
+        self._event_time: float | None = None
         self.c.preview_updated.connect(self._updates.append)
 
+    def _watch(self, layer) -> None:
+        """Time-stamp the data events of a prompt layer (before the plugin sees them)."""
+        if layer not in self._watched:
+            layer.events.data.connect(self._stamp, position="first")
+            self._watched.append(layer)
+
+    def _stamp(self, event) -> None:
+        if str(event.action).lower().rsplit(".", 1)[-1] in ("added", "changed", "removed"):
+            self._event_time = time.perf_counter()
+
     def _prompt_and_wait(self, add) -> float:
+        """Seconds from the prompt layer's data event to the updated preview."""
         self._updates.clear()
-        start = time.perf_counter()
+        self._event_time = None
         add()
         wait(self.app, lambda: bool(self._updates))
-        return time.perf_counter() - start
+        return time.perf_counter() - self._event_time
 
     def _use_image(self, data, name):
         from napari_edgesam._napari import layers as L
@@ -102,7 +116,19 @@ class Bench:
         c = self.c
         wait(self.app, lambda: c.embeddings.lookup(c.current_view()) is not None)
         points, boxes = c.prompt_layers()
+        self._watch(points)
+        self._watch(boxes)
         rng = np.random.default_rng(0)
+        decode_job, jobs = c._decode._fn, []
+
+        def timed_job(*args):  # the decoder's share of each click, measured in the worker
+            start = time.perf_counter()
+            out = decode_job(*args)
+            jobs.append(time.perf_counter() - start)
+            return out
+
+        c._decode._fn = timed_job
+        overhead = []
         for kind in ("point", "box"):
             times = []
             for i in range(repeats + 2):
@@ -112,9 +138,35 @@ class Bench:
                 else:
                     t = self._prompt_and_wait(lambda x=x, y=y: L.add_box(boxes, c.current_plane(), (x - 20, y - 15, x + 20, y + 15)))
                 c.clear()
-                if i >= 2:  # the first two warm up torch and create the preview layer
+                if i >= 2:  # the first two warm up torch
                     times.append(t)
+                    overhead.append(t - jobs[-1])
             self.results.append((f"click-to-mask ({kind})", times, f"{self.size}x{self.size}, cached embedding"))
+        c._decode._fn = decode_job
+        self.results.append(("plugin overhead per click", overhead,
+                             "click-to-mask minus the decoder job (threads, preview layer update)"))
+
+    def model_only(self, repeats: int) -> None:
+        """The predictor alone (no napari), as the floor of the numbers above."""
+        import copy
+
+        from napari_edgesam._napari.samples import make_nuclei_2d
+
+        p = copy.copy(self.predictor)
+        image = make_nuclei_2d((self.size, self.size), count=60)
+        encode = []
+        for _ in range(3):
+            start = time.perf_counter()
+            emb = p.compute_embedding(image)
+            encode.append(time.perf_counter() - start)
+        p.set_embedding(emb.astype(np.float16))
+        decode = []
+        for i in range(repeats + 2):
+            start = time.perf_counter()
+            p.segment(np.array([[self.size / 2 + i, self.size / 2]]), np.array([1]))
+            decode.append(time.perf_counter() - start)
+        self.results.append(("model only: encoder", encode, "compute_embedding, no napari"))
+        self.results.append(("model only: segment (point)", decode[2:], "predictor.segment (4 masks upscaled), no napari"))
 
     def new_slices(self, repeats: int) -> None:
         from napari_edgesam._napari import embedding
@@ -125,6 +177,7 @@ class Bench:
         c = self.c
         wait(self.app, lambda: c.embeddings.lookup(c.current_view()) is not None)
         points, _ = c.prompt_layers()
+        self._watch(points)
         c.embeddings.prefetch_radius = 0
         cold, warm = [], []
         try:
@@ -154,6 +207,7 @@ class Bench:
         self.viewer.dims.set_current_step(0, self.slices // 2)
         wait(self.app, lambda: c.embeddings.lookup(c.current_view()) is not None)
         _, boxes = c.prompt_layers()
+        self._watch(boxes)
         s = self.size
         self._prompt_and_wait(lambda: L.add_box(boxes, c.current_plane(), (0.4 * s, 0.4 * s, 0.6 * s, 0.6 * s)))
         c.propagation.options = {"min_stability": 0.0, "min_overlap": 0.0, "min_area": 1}  # walk every slice
@@ -229,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         predictor = golden_predictor(args.device, args.threads)
     bench = Bench(predictor, args.size, args.slices)
     try:
+        bench.model_only(args.repeats)
         bench.clicks(args.repeats)
         bench.new_slices(max(3, args.repeats // 4))
         bench.propagation()

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-image0 libxcb-render-util0
-  libxcb-xinerama0 libxcb-randr0 libxcb-shape0 libxcb-cursor0 libxkbcommon-x11-0
+  libxcb-xinerama0 libxcb-randr0 libxcb-shape0 libxcb-cursor0 libxcb-xkb1 libxkbcommon-x11-0
   libgl1 libegl1 libdbus-1-3 libfontconfig1 libglib2.0-0)
 TORCH_SPEC="${NAPARI_EDGESAM_TORCH:-torch==2.13.0}"
 PYTHON="${PYTHON:-python3}"

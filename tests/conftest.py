@@ -68,3 +68,17 @@ def golden_predictor(golden_state_dict):
 @pytest.fixture()
 def make_golden_image():
     return _golden_module().make_image
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_weights_cache(tmp_path_factory):
+    """Tests never see (or write) a developer's cached weights."""
+    import os
+
+    old = os.environ.get("NAPARI_EDGESAM_CACHE")
+    os.environ["NAPARI_EDGESAM_CACHE"] = str(tmp_path_factory.mktemp("weights_cache"))
+    yield
+    if old is None:
+        os.environ.pop("NAPARI_EDGESAM_CACHE", None)
+    else:
+        os.environ["NAPARI_EDGESAM_CACHE"] = old

@@ -88,12 +88,11 @@ class LabelOraclePredictor:
     # masks
     def _maps(self) -> tuple[np.ndarray, np.ndarray]:
         """Instance labels and background components of the current embedding (cached)."""
-        key = id(self.embedding.features)
-        if key not in self._cache:
-            lab = np.asarray(self.embedding.features[0, 0], np.int64)
-            self._cache.clear()
-            self._cache[key] = (lab, ndimage.label(lab == 0)[0])
-        return self._cache[key]
+        features = self.embedding.features
+        if self._cache.get("features") is not features:  # identity, not id(): ids get reused
+            lab = np.asarray(features[0, 0], np.int64)
+            self._cache = {"features": features, "maps": (lab, ndimage.label(lab == 0)[0])}
+        return self._cache["maps"]
 
     def _to_low(self, mask: np.ndarray) -> np.ndarray:
         ih, iw = self.embedding.input_size
@@ -246,7 +245,7 @@ def test_3d_per_slice_then_merged():
 def test_progress_and_cancel():
     image, _ = synthetic_instances(seed=1)
     seen = []
-    segment_automatic(LabelOraclePredictor(), image, AutomaticConfig(skip_covered=False, points_per_batch=128),
+    segment_automatic(LabelOraclePredictor(), image, AutomaticConfig(points_per_side=16, skip_covered=False, points_per_batch=32),
                       progress=lambda d, t: seen.append((d, t)))
     assert [d for d, _ in seen] == sorted(d for d, _ in seen) and seen[-1][0] == seen[-1][1]
     cancel = threading.Event()
@@ -305,16 +304,33 @@ def test_clean_mask_removes_islands_and_fills_holes():
     assert (clean_mask(edge, 0, 100) == edge).all()  # background touching the border is no hole
 
 
-def test_default_points_per_batch_follows_the_device():
-    from napari_edgesam.inference.automatic import default_points_per_batch
+def test_chunk_size_fixed_on_gpu_and_probed_on_cpu():
+    from napari_edgesam.inference.automatic import ChunkSizer, on_gpu
 
     def on(device):
         return SimpleNamespace(backend=SimpleNamespace(device=device))
 
-    assert default_points_per_batch(LabelOraclePredictor()) == 4
-    assert default_points_per_batch(on(SimpleNamespace(type="cuda"))) == 64
-    assert default_points_per_batch(on("cuda:1")) == 64
-    assert default_points_per_batch(on(SimpleNamespace(type="cpu"))) == 4
+    assert not on_gpu(LabelOraclePredictor()) and not on_gpu(on(SimpleNamespace(type="cpu")))
+    assert on_gpu(on(SimpleNamespace(type="cuda"))) and on_gpu(on("cuda:1")) and on_gpu(on("mps"))
+    assert ChunkSizer(32).next() == 32
+    sizer = ChunkSizer(None, probe=(64, 16, 4))
+    for size, seconds in ((64, 6.4), (16, 0.8), (4, 0.3)):  # 0.1, 0.05, 0.075 s per prompt
+        assert sizer.next() == size
+        sizer.record(size, size, seconds)
+    assert sizer.next() == 16
+    sizer.record(16, 16, 100.0)  # later chunks do not re-time
+    assert sizer.next() == 16
+    partial = ChunkSizer(None, probe=(8, 2))
+    partial.record(8, 3, 0.1)  # a short last chunk is no measurement
+    assert partial.next() == 8
+
+
+def test_auto_chunking_decodes_every_point_once():
+    image, truth = synthetic_instances(seed=9)
+    stub = LabelOraclePredictor()
+    labels = segment_automatic(stub, image, AutomaticConfig(points_per_side=16, skip_covered=False))
+    assert stub.prompts == 256 and stub.calls >= 6  # 3 probes (64 + 16 + 4), then 172 points
+    assert (matched_ious(truth, labels) > 0.8).mean() >= 0.9
 
 
 def test_config_validation_names_the_bad_value():

@@ -301,3 +301,34 @@ def test_load_model_from_a_checkpoint(widget, golden_checkpoint, qtbot):
         panel.load.click()
     assert widget.predictor.model_name == "edge_sam"
     assert "ready" in panel.message.text()
+
+
+@pytest.fixture()
+def cached_golden_model(monkeypatch, golden_checkpoint):
+    """A registered model whose weights are on this machine (the golden checkpoint)."""
+    from napari_edgesam.inference import weights
+
+    spec = weights.ModelSpec("test-golden", "golden weights", {"pth": weights.WeightFile(
+        golden_checkpoint.name, local_path=golden_checkpoint)})
+    monkeypatch.setitem(weights.MODEL_REGISTRY, "test-golden", spec)
+    return spec
+
+
+def test_a_cached_registered_model_loads_at_start(make_napari_viewer, cached_golden_model, qtbot):
+    viewer = make_napari_viewer()
+    w = InteractiveWidget(viewer)
+    assert w.model_panel.model.currentText() == "test-golden"
+    qtbot.waitUntil(lambda: w.predictor is not None, timeout=TIMEOUT)
+    assert w.predictor.model_name == "test-golden"
+    qtbot.waitUntil(lambda: "ready" in w.model_panel.message.text(), timeout=TIMEOUT)
+
+
+def test_start_up_loading_never_replaces_a_chosen_model(make_napari_viewer, cached_golden_model, predictor, qtbot):
+    from napari_edgesam._napari.workers import wait_for_workers
+
+    viewer = make_napari_viewer()
+    w = InteractiveWidget(viewer)  # starts loading test-golden in the background
+    w.set_predictor(predictor)
+    assert wait_for_workers(TIMEOUT)
+    qtbot.wait(500)  # deliver the loader's result
+    assert w.predictor is predictor

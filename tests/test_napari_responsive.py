@@ -84,12 +84,13 @@ def test_event_loop_runs_while_encoding_and_decoding(make_napari_viewer, golden_
     assert rec.max_gap < MAX_GAP_S, f"the Qt thread was blocked for {rec.max_gap:.3f} s while encoding"
 
     points, _ = c.prompt_layers()
+    updates: list = []
+    c.preview_updated.connect(updates.append)
+    start = time.perf_counter()
+    L.add_point(points, c.current_plane(), (50, 40))  # napari's own work + our refresh
+    assert time.perf_counter() - start < DECODE_S / 2, "adding a point waited for the decoder"
     with TickRecorder() as rec:
-        qtbot.waitUntil(lambda: len(rec.ticks) > 1, timeout=1000)
-        start = time.perf_counter()
-        with qtbot.waitSignal(c.preview_updated, timeout=30_000):
-            L.add_point(points, c.current_plane(), (50, 40))
-            assert time.perf_counter() - start < MAX_GAP_S, "adding a point waited for the decoder"
+        qtbot.waitUntil(lambda: bool(updates), timeout=30_000)
     assert time.perf_counter() - start >= DECODE_S
     assert rec.max_gap < MAX_GAP_S, f"the Qt thread was blocked for {rec.max_gap:.3f} s while decoding"
     c.close()

@@ -248,3 +248,39 @@ def test_propagation_can_be_cancelled(widget, qtbot):
     assert not c.propagation.running
     assert "cancelled" in widget.quality.text() and "cancelled" in widget.status.text()
     assert (widget.viewer.layers[names.PREVIEW_LAYER].data[4] > 0).any()
+
+
+class _SleepyEncoder:
+    """Encodes in 0.3 s with fixed features (for cancelling mid-way)."""
+
+    name = "sleepy"
+    provides_iou_scores = True
+    supports_mask_input = True
+
+    def encode(self, image):
+        import time
+
+        time.sleep(0.3)
+        return np.zeros((1, 256, 64, 64), np.float32)
+
+    def decode(self, *args, **kwargs):  # pragma: no cover - not used
+        raise AssertionError("no decoding in this test")
+
+
+def test_precompute_can_be_cancelled(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.default_rng(0).integers(0, 4000, (20, 32, 32)).astype(np.uint16), name="stack")
+    w = InteractiveWidget(viewer)
+    c = w.controller
+    c.embeddings.prefetch_radius = 0
+    w.set_predictor(EdgeSamPredictor(_SleepyEncoder(), "sleepy"))
+    qtbot.waitUntil(lambda: not c.embeddings.busy_embedding, timeout=TIMEOUT)
+    progress = []
+    c.embeddings.precompute_progress.connect(lambda done, total: progress.append(done))
+    with qtbot.waitSignal(c.embeddings.precompute_finished, timeout=TIMEOUT) as blocker:
+        w.precompute.click()
+        qtbot.waitUntil(lambda: len(progress) >= 2, timeout=TIMEOUT)
+        w.cancel_precompute.click()
+    assert 0 < blocker.args[0] < 19
+    assert max(progress) < 20
+    c.close()

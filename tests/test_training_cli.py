@@ -14,6 +14,16 @@ from napari_edgesam.cli.train import main
 from napari_edgesam.training.synthetic import write_folder_dataset
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors gain nothing from threads, and on a busy machine OpenMP barriers make them
+    very slow; one intra-op thread also makes CPU reductions bit-reproducible."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def config_file(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")

@@ -28,6 +28,16 @@ from napari_edgesam.training.rle import decode_rle
 from napari_edgesam.training.synthetic import write_folder_dataset, write_sa1b_dataset
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors gain nothing from threads, and on a busy machine OpenMP barriers make them
+    very slow; one intra-op thread also makes CPU reductions bit-reproducible."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture()
 def folder(tmp_path):
     images, labels = write_folder_dataset(tmp_path, n_images=3, shape=(96, 128), n_blobs=5, seed=1)

@@ -12,11 +12,22 @@ from napari_edgesam.training.loop import (
     TeacherTargets,
     initial_prompts,
     prompt_loop,
+    scaled_min_error_pixels,
 )
 from napari_edgesam.training.losses import mask_loss
 from napari_edgesam.training.prompts import low_res_to_input
 from napari_edgesam.training.student import build_student, configure_trainable
 from napari_edgesam.training.teacher import decode_prompts
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors gain nothing from threads, and on a busy machine OpenMP barriers make them
+    very slow; one intra-op thread also makes CPU reductions bit-reproducible."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 S = 64  # input size: 4 x 4 embeddings, 16 x 16 low-res masks
 
@@ -149,3 +160,10 @@ def test_gradients_reach_encoder_and_decoder_but_not_the_prompt_encoder(tmp_path
     empty = dict(batch, boxes=torch.zeros(0, 4), points=torch.zeros(0, 2), masks=gt[:0], instance_image=torch.zeros(0, dtype=torch.long))
     loss0, _ = objective(empty, step=1)
     assert loss0.item() == 0.0 and loss0.requires_grad
+
+
+def test_min_error_pixels_scale_with_the_low_res_grid():
+    assert scaled_min_error_pixels(10, 256) == 10  # EdgeSAM at 1024
+    assert scaled_min_error_pixels(10, 128) == 2  # 512 input: a quarter of the area
+    assert scaled_min_error_pixels(10, 16) == 1  # never below one pixel
+    assert scaled_min_error_pixels(0, 256) == 1

@@ -15,6 +15,16 @@ from napari_edgesam.training.teacher import Teacher, build_teacher, decode_promp
 from napari_edgesam.training.teacher_cache import EmbeddingCache, precompute_embeddings
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors gain nothing from threads, and on a busy machine OpenMP barriers make them
+    very slow; one intra-op thread also makes CPU reductions bit-reproducible."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def golden_model(golden_state_dict):
     return build_edge_sam(golden_state_dict)

@@ -15,6 +15,16 @@ from napari_edgesam.training.synthetic import blob_image, write_folder_dataset
 from napari_edgesam.training.trainer import Trainer, train
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors gain nothing from threads, and on a busy machine OpenMP barriers make them
+    very slow; one intra-op thread also makes CPU reductions bit-reproducible."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def blobs(tmp_path_factory):
     root = tmp_path_factory.mktemp("blobs")
@@ -43,16 +53,9 @@ class Killed(Exception):
     pass
 
 
-@pytest.fixture()
-def one_thread():
-    """Multi-threaded CPU reductions may sum in a different order from run to run (~1e-5 apart
-    even without any interruption); bit-identical comparisons need one intra-op thread."""
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
-def test_kill_and_resume_gives_identical_weights(tmp_path, blobs, one_thread):
+def test_kill_and_resume_gives_identical_weights(tmp_path, blobs):
+    # run.num_threads=1: multi-threaded CPU reductions may sum in another order from run to run
+    # (~1e-5 apart even without an interruption); bit-identical weights need one thread.
     images, labels = blobs
     full = train(_cfg(tmp_path / "full", images, labels, run={"num_threads": 1}))
     assert (full.step, full.epoch, full.finished) == (6, 2, True)
@@ -179,3 +182,26 @@ def test_phase2_on_sa1b_with_an_edgesam_teacher(tmp_path, golden_checkpoint):
     assert res.step == 2 and res.finished
     log = [json.loads(line) for line in (tmp_path / "p2sa" / "log.jsonl").read_text().splitlines()]
     assert all(r["box_mode"] == 0.0 and 0.0 <= r["refine_ignored"] <= 1.0 for r in log)
+
+
+@pytest.mark.slow
+def test_onnx_export_round_trip(tmp_path, blobs):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from napari_edgesam.inference.api import load_model
+    from napari_edgesam.training.export import export_checkpoint, onnx_exporter_available
+
+    if not onnx_exporter_available():
+        pytest.skip("napari_edgesam.export.onnx_export is not installed")
+    images, labels = blobs
+    res = train(_cfg(tmp_path / "onnx", images, labels, run={"max_steps": 1, "export_at_end": False}))
+    paths = export_checkpoint(res.checkpoint, tmp_path / "out" / "student.pth", onnx_dir=tmp_path / "out")
+    assert paths["onnx_encoder"].name == "student_encoder.onnx" and paths["onnx_decoder"].is_file()
+    assert oct(paths["pth"].stat().st_mode & 0o777) == "0o644"
+    image, _ = blob_image((60, 80), 3, np.random.default_rng(2))
+    lows = []
+    for path, backend in ((paths["pth"], "torch"), (paths["onnx_encoder"], "onnxruntime")):
+        predictor = load_model(path, backend=backend, device="cpu")
+        predictor.set_image(image)
+        lows.append(predictor.predict(point_coords=np.array([[30.0, 20.0]]), point_labels=np.array([1]))[2])
+    np.testing.assert_allclose(lows[0], lows[1], rtol=1e-3, atol=2e-3)

@@ -70,6 +70,7 @@ class InteractiveController(QObject):
         self._generation = 0
         self._last_question: tuple | None = None
         self._cycles = 0  # candidate changes so far
+        self.closed = False
         self._muted = False
         self._points = self._boxes = None
         self._keys = ShortcutBinder(self)
@@ -109,13 +110,22 @@ class InteractiveController(QObject):
         self.status.emit(f"model {name} ready")
         self.refresh()
 
-    def load_model(self, name_or_path: str, backend: str = "auto", device: str = "auto"):
-        """Load a model in a worker; ``model_changed`` or an error message follows."""
+    def load_model(self, name_or_path: str, backend: str = "auto", device: str = "auto",
+                   *, only_if_none: bool = False):
+        """Load a model in a worker; ``model_changed`` or an error message follows.
+
+        With ``only_if_none`` the loaded model is dropped if a predictor was set meanwhile
+        (automatic loading at start-up must not replace the user's or a test's choice).
+        """
         from ..inference.api import load_model
+
+        def loaded(predictor) -> None:
+            if not (only_if_none and self.predictor is not None):
+                self.set_predictor(predictor)
 
         self.status.emit(f"loading {name_or_path}...")
         return start_worker(load_model, name_or_path, backend=backend, device=device,
-                            on_result=self.set_predictor, on_error=self._load_failed)
+                            allow_download=not only_if_none, on_result=loaded, on_error=self._load_failed)
 
     def _load_failed(self, err: BaseException) -> None:
         self.status.emit(f"could not load the model: {err}")
@@ -125,6 +135,8 @@ class InteractiveController(QObject):
     def set_image_layer(self, layer: Image | None, channel_axis: int | None = None,
                         channel: int | None = None) -> None:
         """Segment ``layer`` (its displayed plane); ``channel_axis``/``channel`` pick channels."""
+        if self.closed:
+            return
         if layer is self.image_layer and (channel_axis, channel) == (self.channel_axis, self.channel):
             return
         if self.image_layer is not None and layer is not self.image_layer:
@@ -219,7 +231,7 @@ class InteractiveController(QObject):
     def refresh(self) -> None:
         """Bring the preview of the current plane up to date with its prompts (and make sure
         its embedding exists). Cheap; all heavy work is sent to workers."""
-        if self.predictor is None or self._muted:
+        if self.predictor is None or self._muted or self.closed:
             return
         view = self.current_view()
         if view is None:
@@ -357,10 +369,13 @@ class InteractiveController(QObject):
 
     def close(self) -> None:
         """Stop background work, disconnect from the viewer and remove the shortcuts."""
+        if self.closed:
+            return
         dims = self.viewer.dims.events
         for ev in (dims.current_step, dims.order, dims.ndisplay):
             ev.disconnect(self._view_changed)
         self.set_image_layer(None)
+        self.closed = True
         self.embeddings.cancel_background()
         self.propagation.cancel()
         self._decode.cancel_pending()

@@ -30,6 +30,7 @@ PREFETCH_RADIUS = 2
 #: Prefetching starts no encoder run until the user has been idle this long (seconds), so
 #: background encodes do not slow down the decoder while the user clicks.
 PREFETCH_HOLD_OFF_S = 0.5
+_MAX_SIGNATURES = 4
 
 
 @dataclass(frozen=True)
@@ -106,10 +107,6 @@ class EmbeddingService(QObject):
         if self.embedder is not None:
             self.embedder = SliceEmbedder(self.embedder.predictor, self.cache)
 
-    @property
-    def ready_to_embed(self) -> bool:
-        return self.embedder is not None
-
     # -- keys --------------------------------------------------------------------------------
     def signature(self, data: object, compute: bool = False) -> str | None:
         """Content signature of ``data`` (memoised per array object; None if not yet known
@@ -123,6 +120,8 @@ class EmbeddingService(QObject):
         sig = data_signature(data)
         with self._sig_lock:
             self._signatures[id(data)] = (data, sig)
+            while len(self._signatures) > _MAX_SIGNATURES:  # do not keep old arrays alive
+                self._signatures.pop(next(iter(self._signatures)))
         return sig
 
     def forget_data(self, data: object) -> None:
@@ -172,14 +171,14 @@ class EmbeddingService(QObject):
         key = self.key(view, compute=True)
         if key in self.cache:
             return key, view, False
-        self._notify_busy(True, view)
+        self._notify_busy(view)
         self.embedder.embed(view.image(), key, **view.normalisation)
         return key, view, True
 
-    def _notify_busy(self, on: bool, view: ImageView) -> None:
+    def _notify_busy(self, view: ImageView) -> None:
         axis = view.plane.stack_axis
-        where = f"slice {view.plane.position[axis]}" if axis is not None else "image"
-        self.busy.emit(on, f"embedding {where}...")
+        where = f"slice {view.plane.position[axis]}" if axis is not None else "the image"
+        self.busy.emit(True, f"embedding {where}...")
 
     def _embedded(self, result: tuple[str, ImageView, bool]) -> None:
         key, view, _computed = result
@@ -192,6 +191,7 @@ class EmbeddingService(QObject):
         already under way (e.g. the user scrolled back to it)."""
         if key != self._prefetched_for:
             self._prefetched_for = key
+            self.hold_prefetch()  # the user just arrived here and may click right away
             self.prefetch(view)
 
     def prefetch(self, view: ImageView, radius: int | None = None) -> None:

@@ -20,6 +20,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from . import layers as L
 from . import names
 from .controller import InteractiveController
 from .model_panel import ModelPanel
@@ -58,6 +59,7 @@ class InteractiveWidget(QWidget):
         self._build()
         self._connect()
         self._refresh_layer_choices()
+        self.model_panel.autoload()  # a cached registered model starts without a click
 
     # -- public API --------------------------------------------------------------------------
     def set_predictor(self, predictor) -> None:
@@ -137,6 +139,7 @@ class InteractiveWidget(QWidget):
     def _connect(self) -> None:
         c = self.controller
         self.model_panel.load_requested.connect(c.load_model)
+        self.model_panel.autoload_requested.connect(lambda name: c.load_model(name, only_if_none=True))
         c.model_changed.connect(lambda name: self.model_panel.set_message(f"model '{name}' ready"))
         c.status.connect(self._status)
         c.polarity_changed.connect(self._show_polarity)
@@ -197,6 +200,8 @@ class InteractiveWidget(QWidget):
         return [layer for layer in self.viewer.layers if isinstance(layer, kind)]
 
     def _refresh_layer_choices(self, event=None) -> None:
+        if self.controller.closed:
+            return
         self._updating = True
         try:
             images = [layer for layer in self._layers(Image)]
@@ -233,7 +238,7 @@ class InteractiveWidget(QWidget):
             self.channel_axis.addItem(names.NO_CHANNEL_AXIS)
             if layer is not None and not layer.rgb and layer.ndim > 2:
                 for axis in range(layer.ndim - 2):
-                    self.channel_axis.addItem(f"axis {axis} ({layer.data.shape[axis]})")
+                    self.channel_axis.addItem(f"axis {axis} ({L.image_data(layer).shape[axis]})")
             self.channel_axis.setCurrentText(previous)
         finally:
             self._updating = False
@@ -248,7 +253,8 @@ class InteractiveWidget(QWidget):
         axis = None if axis_text in ("", names.NO_CHANNEL_AXIS) else int(axis_text.split()[1])
         n_channels = 0
         if layer is not None:
-            n_channels = int(layer.data.shape[-1]) if layer.rgb else (layer.data.shape[axis] if axis is not None else 0)
+            shape = L.image_data(layer).shape
+            n_channels = int(shape[-1]) if layer.rgb else (int(shape[axis]) if axis is not None else 0)
         self._updating = True
         try:
             previous = self.channel.currentText()
@@ -275,4 +281,7 @@ class InteractiveWidget(QWidget):
 
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt API)
         self.controller.close()
+        events = self.viewer.layers.events
+        for ev in (events.inserted, events.removed, events.moved):
+            ev.disconnect(self._refresh_layer_choices)
         super().closeEvent(event)

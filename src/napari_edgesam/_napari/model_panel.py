@@ -30,6 +30,20 @@ def registered_models() -> list[str]:
     return [m["name"] for m in list_models()]
 
 
+def cached_models() -> list[str]:
+    """Registered models whose weights are already on this machine (no network)."""
+    from ..inference.api import list_models
+
+    out = []
+    for m in list_models():
+        files = m["files"]
+        torch_ready = files.get("pth", {}).get("cached", False)
+        onnx_ready = all(files.get(k, {}).get("cached", False) for k in ("onnx_encoder", "onnx_decoder"))
+        if torch_ready or onnx_ready:
+            out.append(m["name"])
+    return out
+
+
 def available_devices() -> list[str]:
     """``auto`` and ``cpu``, plus ``cuda`` / ``mps`` when torch sees them (imports torch)."""
     devices = ["auto", "cpu"]
@@ -46,9 +60,11 @@ def available_devices() -> list[str]:
 
 
 class ModelPanel(QWidget):
-    """Emits ``load_requested(name_or_path, backend, device)`` when Load is pressed."""
+    """Emits ``load_requested(name_or_path, backend, device)`` when Load is pressed, and
+    ``autoload_requested(name)`` from :meth:`autoload` when a registered model is cached."""
 
     load_requested = Signal(str, str, str)
+    autoload_requested = Signal(str)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -95,6 +111,23 @@ class ModelPanel(QWidget):
         self.load.clicked.connect(self._load_clicked)
         self._model_changed(self.model.currentText())
         start_worker(available_devices, on_result=self._set_devices, context="EdgeSAM device check")
+
+    def autoload(self) -> str | None:
+        """Select the first registered model whose weights are cached and ask to load it
+        (never downloads). Returns its name, or None."""
+        try:
+            cached = cached_models()
+        except Exception as err:
+            logger.warning("could not check the model cache: %s", err)
+            return None
+        if not cached:
+            self.message.setText("no model loaded: choose one and press Load model "
+                                 "(registered models are downloaded once)")
+            return None
+        self.model.setCurrentText(cached[0])
+        self.message.setText(f"loading {cached[0]} (cached)...")
+        self.autoload_requested.emit(cached[0])
+        return cached[0]
 
     def _set_devices(self, devices: list[str]) -> None:
         current = self.device.currentText()

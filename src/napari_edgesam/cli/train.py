@@ -99,9 +99,13 @@ def _run_phase(cmd: str, args: argparse.Namespace) -> int:
         return 0
     if cmd == "precompute":
         return _precompute(cfg)
+    from ..training.distributed import shutdown_distributed
     from ..training.trainer import train
 
-    result = train(cfg)
+    try:
+        result = train(cfg)
+    finally:
+        shutdown_distributed()
     if _is_main():
         state = "finished" if result.finished else "stopped"
         print(f"{state} at step {result.step} (epoch {result.epoch}); checkpoint: {result.checkpoint}")
@@ -112,20 +116,26 @@ def _run_phase(cmd: str, args: argparse.Namespace) -> int:
 
 def _precompute(cfg) -> int:
     from ..training.data import TrainingDataset, find_records
-    from ..training.distributed import init_distributed
+    from ..training.distributed import barrier, init_distributed, shutdown_distributed
     from ..training.teacher import build_teacher
     from ..training.teacher_cache import EmbeddingCache, precompute_embeddings
 
     if cfg.teacher.kind == "none" or not cfg.teacher.cache_dir:
         raise ValueError("precompute needs teacher.kind ('sam' or 'edgesam') and teacher.cache_dir")
     info, device = init_distributed(cfg.run.device)
-    teacher = build_teacher(cfg.teacher, cfg.model.img_size, seed=cfg.run.seed + 1)
-    cache = EmbeddingCache(cfg.teacher.cache_dir, teacher.name, cfg.model.img_size, create=info.is_main)
-    data = TrainingDataset(find_records(cfg.data), cfg.data, cfg.model.img_size, cfg.run.seed, with_instances=False)
-    n = precompute_embeddings(
-        data, teacher, cache, batch_size=cfg.teacher.batch_size, info=info, device=device,
-        progress=cfg.run.progress, num_workers=cfg.data.num_workers,
-    )
+    try:
+        teacher = build_teacher(cfg.teacher, cfg.model.img_size, seed=cfg.run.seed + 1)
+        if info.is_main:  # rank 0 writes the manifest, the others wait for it
+            EmbeddingCache(cfg.teacher.cache_dir, teacher.name, cfg.model.img_size, create=True)
+        barrier()
+        cache = EmbeddingCache(cfg.teacher.cache_dir, teacher.name, cfg.model.img_size)
+        data = TrainingDataset(find_records(cfg.data), cfg.data, cfg.model.img_size, cfg.run.seed, with_instances=False)
+        n = precompute_embeddings(
+            data, teacher, cache, batch_size=cfg.teacher.batch_size, info=info, device=device,
+            progress=cfg.run.progress, num_workers=cfg.data.num_workers,
+        )
+    finally:
+        shutdown_distributed()
     print(f"rank {info.rank}: wrote {n} embeddings to {cache.root}")
     return 0
 

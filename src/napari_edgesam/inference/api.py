@@ -154,17 +154,18 @@ def _load_predictor(name_or_path, backend, device, decoder, allow_download, allo
         dec = weights.fetch_weight(key, "onnx_decoder", allow_download=allow_download)
         return _onnx_predictor(enc, dec, device, key, backend_options)
     if path.suffix.lower() in (".pth", ".pt"):
-        weights.verify_weight_file(path)
+        sha = weights.verify_weight_file(path)
         if _resolve_backend("torch" if backend == "auto" else backend) != "torch":
             raise ValueError(f"{path} is a PyTorch checkpoint: use backend='torch' or an .onnx file")
-        return _torch_predictor(path, device, path.stem, allow_unsafe, backend_options)
+        # the hash in the name keeps caches of different files with the same name apart
+        return _torch_predictor(path, device, f"{path.stem}-{sha[:8]}", allow_unsafe, backend_options)
     if path.suffix.lower() == ".onnx":
         weights.verify_weight_file(path)
         if backend not in ("auto", "onnxruntime"):
             raise ValueError(f"{path} is an ONNX file: use backend='onnxruntime'")
         dec = Path(decoder) if decoder is not None else _onnx_decoder_for(path)
-        weights.verify_weight_file(dec)
-        return _onnx_predictor(path, dec, device, path.stem.replace("_encoder", ""), backend_options)
+        sha = weights.verify_weight_file(dec)[:4] + weights.verify_weight_file(path)[:4]
+        return _onnx_predictor(path, dec, device, f"{path.stem.replace('_encoder', '')}-{sha}", backend_options)
     if path.suffix:
         raise ValueError(f"unsupported model file {path}: expected .pth, .pt or .onnx")
     known = ", ".join(sorted(weights.MODEL_REGISTRY))

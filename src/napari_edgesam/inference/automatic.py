@@ -5,8 +5,9 @@ Pipeline for one 2D image (or one tile of a large image):
 1. A regular grid of points (isotropic spacing, ``points_per_side`` along the longest side),
    ordered coarse to fine.
 2. Chunks of ``points_per_batch`` points go through ONE decoder call each
-   (:meth:`EdgeSamPredictor.predict_batch`, ``upscale=False``; 64 per call on a GPU, 4 on a
-   CPU by default); every point yields 4 (or 3) candidate masks, like SAM's multimask output.
+   (:meth:`EdgeSamPredictor.predict_batch`, ``upscale=False``; by default 64 per call on a
+   GPU, and on a CPU the fastest of 64/16/4 as timed on the first chunks); every point yields
+   4 (or 3) candidate masks, like SAM's multimask output.
 3. Candidates are filtered on the 256 x 256 low-res logits: stability score (EdgeSAM's IoU head
    was never distilled, so it is off by default), the prompt point must lie inside its mask, and
    masks larger than ``max_area_fraction`` of the image are background. With ``skip_covered``
@@ -26,6 +27,7 @@ segments each slice and links the slices with :func:`~napari_edgesam.inference.m
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -56,9 +58,8 @@ class AutomaticConfig:
 
     Attributes:
         points_per_side: grid points along the longest side of the image (or tile).
-        points_per_batch: prompts per decoder call; None picks by device: 64 on a GPU, 4 on a
-            CPU, where larger batches measured slower per prompt (their activations no longer
-            fit in the cache; see ``benchmarks/bench_automatic.py``).
+        points_per_batch: prompts per decoder call; None: 64 on a GPU, and on a CPU the
+            fastest of 64/16/4, timed on the first chunks (see :class:`ChunkSizer`).
         num_multimask_outputs: candidates per point: 4 (all tokens) or 3 (tokens 1-3).
         stability_thresh: minimum stability score (IoU of the masks at logit > +offset and > -offset).
         stability_offset: the logit offset of the stability score.
@@ -203,6 +204,17 @@ def upscale_in_box(low: np.ndarray, emb: ImageEmbedding) -> tuple[int, int, np.n
     return int(y0 + rr[0]), int(x0 + cc[0]), crop
 
 
+#: Low-res pixels (4 px of the 1024 frame each) next to a mask's edge that still get decoded.
+COVER_MARGIN = 2
+
+
+def _interior(mask: np.ndarray) -> np.ndarray:
+    """``mask`` without a band of ``COVER_MARGIN`` pixels along its edges: grid points near the
+    edge of a found mask are still decoded (a mask that bleeds over a neighbour's edge must not
+    hide that neighbour)."""
+    return ndimage.binary_erosion(mask, iterations=COVER_MARGIN, border_value=1)
+
+
 def _has_holes(mask: np.ndarray) -> bool:
     """Whether ``mask`` encloses regions not in it (e.g. background around objects)."""
     return bool((ndimage.binary_fill_holes(mask) & ~mask).any())
@@ -258,10 +270,10 @@ def _filter_chunk(
     keep &= ~background
     if cfg.skip_covered:
         for b, c in zip(*np.nonzero(keep), strict=True):
-            covered |= pos[b, c]
+            covered |= _interior(pos[b, c])
         for b, c in zip(*np.nonzero(background), strict=True):
             if _has_holes(pos[b, c]):  # background around objects, not "the whole image"
-                covered |= pos[b, c]
+                covered |= _interior(pos[b, c])
     out = []
     for b, c in zip(*np.nonzero(keep), strict=True):
         up = upscale_in_box(pred.low_res_logits[b, c], emb)
@@ -308,20 +320,47 @@ def generate_masks(
             predictor.reset_image()
 
 
-#: Prompts per decoder call when ``points_per_batch`` is None.
-GPU_POINTS_PER_BATCH, CPU_POINTS_PER_BATCH = 64, 4
+#: Prompts per decoder call when ``points_per_batch`` is None: fixed on a GPU; on a CPU each
+#: size is timed once on real chunks (largest first) and the fastest per prompt is kept.
+GPU_POINTS_PER_BATCH = 64
+CPU_PROBE_SIZES = (64, 16, 4)
 
 
-def default_points_per_batch(predictor) -> int:
-    """64 when the predictor's backend runs on a GPU (cuda/mps), else 4."""
+def on_gpu(predictor) -> bool:
+    """Whether the predictor's backend runs on a GPU (cuda or mps)."""
     device = getattr(getattr(predictor, "backend", None), "device", None)
     kind = getattr(device, "type", None) or str(device or "cpu")
-    return GPU_POINTS_PER_BATCH if kind.split(":")[0] in ("cuda", "mps") else CPU_POINTS_PER_BATCH
+    return kind.split(":")[0] in ("cuda", "mps")
+
+
+class ChunkSizer:
+    """Prompts per decoder call. ``fixed`` is used as is; otherwise (CPU) every size in
+    ``probe`` is tried once and the one with the lowest measured time per prompt is kept:
+    on CPUs the best size depends on cache size and load (on the 2-core test machine 1-4
+    prompts per call were fastest when it was idle, 64 when it was busy)."""
+
+    def __init__(self, fixed: int | None = None, probe: Sequence[int] = CPU_PROBE_SIZES) -> None:
+        self.fixed = fixed
+        self.per_prompt: dict[int, float] = {}
+        self._probe = [int(p) for p in probe]
+
+    def next(self) -> int:
+        if self.fixed:
+            return self.fixed
+        for size in self._probe:
+            if size not in self.per_prompt:
+                return size
+        return min(self.per_prompt, key=self.per_prompt.get)
+
+    def record(self, size: int, prompts: int, seconds: float) -> None:
+        if not self.fixed and prompts == size and size not in self.per_prompt:
+            self.per_prompt[size] = seconds / prompts
 
 
 def _generate(predictor, emb, cfg, progress, cancel) -> list[MaskCandidate]:
     pts = point_grid(emb.original_size, cfg.points_per_side)
-    per_call = cfg.points_per_batch or default_points_per_batch(predictor)
+    fixed = cfg.points_per_batch or (GPU_POINTS_PER_BATCH if on_gpu(predictor) else None)
+    sizer = ChunkSizer(fixed)
     ih, iw = emb.input_size
     covered = np.zeros((-(-ih // 4), -(-iw // 4)), bool)
     sy, sx = ih / emb.original_size[0] / 4, iw / emb.original_size[1] / 4
@@ -337,12 +376,15 @@ def _generate(predictor, emb, cfg, progress, cancel) -> list[MaskCandidate]:
             remaining = remaining[free]
             if not len(remaining):
                 break
-        chunk, remaining = remaining[:per_call], remaining[per_call:]
+        size = sizer.next()
+        chunk, remaining = remaining[:size], remaining[size:]
+        t0 = time.perf_counter()
         pred = predictor.predict_batch(
             point_coords=chunk[:, None, :], point_labels=np.ones((len(chunk), 1), np.float32),
             num_multimask_outputs=cfg.num_multimask_outputs,
             use_stability_score=cfg.iou_thresh == 0, upscale=False,
         )
+        sizer.record(size, len(chunk), time.perf_counter() - t0)
         calls += 1
         candidates += _filter_chunk(chunk, pred, emb, cfg, covered)
         done += len(chunk)
@@ -354,30 +396,25 @@ def _generate(predictor, emb, cfg, progress, cancel) -> list[MaskCandidate]:
     return kept
 
 
-def box_iou_matrix(boxes: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of ``N x 4`` boxes ``(x0, y0, x1, y1)`` (end-exclusive) -> ``N x N``."""
-    b = np.asarray(boxes, np.float64)
-    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    iw = np.clip(np.minimum(b[:, None, 2], b[None, :, 2]) - np.maximum(b[:, None, 0], b[None, :, 0]), 0, None)
-    ih = np.clip(np.minimum(b[:, None, 3], b[None, :, 3]) - np.maximum(b[:, None, 1], b[None, :, 1]), 0, None)
-    inter = iw * ih
-    return inter / np.maximum(area[:, None] + area[None, :] - inter, 1e-9)
-
-
 def nms(candidates: Sequence[MaskCandidate], iou_thresh: float) -> list[MaskCandidate]:
     """Greedy box NMS: keep masks by descending score, dropping any whose box overlaps a kept
-    one with IoU > ``iou_thresh``. Ties are broken by larger area, then input order."""
+    one with IoU > ``iou_thresh``. Ties are broken by larger area, then input order.
+    Memory is linear in the number of candidates (one IoU row per kept mask)."""
     if not candidates:
         return []
     order = sorted(range(len(candidates)), key=lambda i: (-candidates[i].score, -candidates[i].area, i))
-    iou = box_iou_matrix(np.array([candidates[i].box for i in order]))
+    b = np.array([candidates[i].box for i in order], np.float64)
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     alive = np.ones(len(order), bool)
     kept = []
     for k in range(len(order)):
         if not alive[k]:
             continue
         kept.append(candidates[order[k]])
-        alive &= iou[k] <= iou_thresh
+        iw = np.clip(np.minimum(b[k, 2], b[:, 2]) - np.maximum(b[k, 0], b[:, 0]), 0, None)
+        ih = np.clip(np.minimum(b[k, 3], b[:, 3]) - np.maximum(b[k, 1], b[:, 1]), 0, None)
+        inter = iw * ih
+        alive &= inter / np.maximum(area[k] + area - inter, 1e-9) <= iou_thresh
     return kept
 
 

@@ -28,11 +28,18 @@ LAST_NAME = "last.pt"
 REQUIRED_KEYS = ("format", "model", "model_config", "step", "epoch", "step_in_epoch")
 
 
+def make_readable(fd: int) -> None:
+    """``mkstemp`` creates owner-only files; give the file the usual 0644 (POSIX only)."""
+    if hasattr(os, "fchmod"):
+        os.fchmod(fd, 0o644)
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` to a temporary file in the same folder, then ``os.replace`` onto ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    make_readable(fd)
     try:
         with os.fdopen(fd, "wb") as fh:
             torch.save(obj, fh)
@@ -50,6 +57,7 @@ def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    make_readable(fd)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)

@@ -140,6 +140,8 @@ class LoopConfig:
     #: Refinement rounds; each adds one FP/FN point (1 refinement = 2 decode iterations).
     num_refinements: int = 1
     #: Fewer disagreeing pixels than this: the refinement point is labelled -2 (ignored).
+    #: Counted on the 256 x 256 low-res grid of a 1024 input; scaled with the grid area at
+    #: other input sizes (e.g. 10 -> 2.5, rounded to 2, at 512).
     min_error_pixels: int = 10
     bce_weight: float = 5.0
     dice_weight: float = 5.0

@@ -227,3 +227,35 @@ def load_pairs(pairs: Sequence[tuple[str, str]]) -> list[tuple[np.ndarray, np.nd
         return tifffile.imread(p) if p.lower().endswith((".tif", ".tiff")) else np.asarray(Image.open(p))
 
     return [(read(i), read(m)) for i, m in pairs]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``napari-edgesam train evaluate --model M --images DIR --labels DIR [--out-json F]``."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="napari-edgesam train evaluate", description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True, help="model name or .pth/.onnx path")
+    ap.add_argument("--images", required=True, help="folder of images")
+    ap.add_argument("--labels", required=True, help="folder of instance label images (same file names)")
+    ap.add_argument("--backend", default="auto")
+    ap.add_argument("--max-instances", type=int, default=None)
+    ap.add_argument("--out-json", default=None)
+    args = ap.parse_args(argv)
+    from ..inference.api import load_model
+
+    images = sorted(p for p in Path(args.images).iterdir() if p.suffix.lower() in (".tif", ".tiff", ".png", ".jpg"))
+    if not images:
+        raise ValueError(f"no images in {args.images}")
+    pairs = []
+    for p in images:
+        lab = Path(args.labels) / p.name
+        if not lab.is_file():
+            raise ValueError(f"no label image {lab} for {p}")
+        pairs.append((str(p), str(lab)))
+    predictor = load_model(args.model, backend=args.backend)
+    summary = evaluate(predictor, load_pairs(pairs), max_instances=args.max_instances).summary()
+    summary["images"] = [p.name for p in images]
+    if args.out_json:
+        write_json_atomic(summary, args.out_json)
+    print(format_table(summary, f"{args.model} on {len(images)} image(s)"))
+    return 0

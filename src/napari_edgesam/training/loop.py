@@ -79,6 +79,12 @@ class GroundTruthTargets:
 # ---------------------------------------------------------------------------------------------
 
 
+def scaled_min_error_pixels(min_error_pixels: int, low_res_size: int) -> int:
+    """The -2 threshold on a ``low_res_size`` grid: ``min_error_pixels`` is counted on EdgeSAM's
+    256 x 256 grid (1024 input) and scaled with the grid's area (at least 1)."""
+    return max(1, round(min_error_pixels * (low_res_size / 256) ** 2))
+
+
 def initial_prompts(
     mode: str, boxes: torch.Tensor, points: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,6 +132,7 @@ def prompt_loop(
     num_outputs = 1 if has_box else 4
     token = slice(0, 1) if has_box else slice(0, 4)
     n_iters = cfg.num_refinements + 1
+    min_error = scaled_min_error_pixels(cfg.min_error_pixels, valid.shape[-1])
     valid4 = valid[:, None]
     total = embeddings.new_zeros(())
     metrics: dict[str, torch.Tensor] = {}
@@ -137,7 +144,7 @@ def prompt_loop(
                 rows = torch.arange(logits.shape[0], device=logits.device)
                 pred = ((logits.detach() > 0) & valid4)[rows, pick]
                 tgt = (target & valid4)[rows, pick]
-                pts, lab = sample_refinement_points(pred, tgt, generator, cfg.min_error_pixels)
+                pts, lab = sample_refinement_points(pred, tgt, generator, min_error)
                 pts = low_res_to_input(pts, img_size / pred.shape[-1])
                 ignored.append((lab < 0).float().mean())
             coords = torch.cat([coords, pts[:, None].to(coords.dtype)], dim=1)

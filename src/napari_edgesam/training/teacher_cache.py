@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import atomic_write_text
+from .checkpoint import atomic_write_text, make_readable
 from .distributed import DistInfo, barrier
 
 logger = logging.getLogger(__name__)
@@ -109,6 +109,7 @@ class EmbeddingCache:
             raise ValueError(f"embedding for {key!r} is {arr.shape}, expected {self.shape}")
         path = self.path(key)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=self.root)
+        make_readable(fd)
         try:
             with os.fdopen(fd, "wb") as fh:
                 np.save(fh, arr, allow_pickle=False)

@@ -35,6 +35,7 @@ from .data import TrainingDataset, collate, epoch_batches, find_records
 from .distributed import DistInfo, barrier, broadcast_buffers, init_distributed
 from .export import export_official
 from .loop import Objective
+from .runlog import RunLogger, progress_bar
 from .schedule import CosineSchedule, set_lr
 from .student import (
     build_student,
@@ -310,14 +311,14 @@ class Trainer:
         if not hasattr(self, "objective"):
             self.setup()
         cfg = self.cfg
-        logger_ = _RunLogger(self.out_dir, enabled=self.info.is_main, tensorboard=cfg.run.tensorboard)
+        logger_ = RunLogger(self.out_dir, enabled=self.info.is_main, tensorboard=cfg.run.tensorboard)
         last = None
         stopped = cfg.run.max_steps is not None and self.step >= cfg.run.max_steps
         try:
             while self.epoch < cfg.optim.epochs and not stopped:
                 loader = self._loader(self.epoch, self.step_in_epoch)
                 set_train_mode(self.student, self.train_encoder, self.train_decoder, cfg.model.freeze_bn)
-                bar = _progress(cfg.run.progress and self.info.is_main, self.steps_per_epoch, self.step_in_epoch, self.epoch)
+                bar = progress_bar(cfg.run.progress and self.info.is_main, self.steps_per_epoch, self.step_in_epoch, self.epoch)
                 tic = time.perf_counter()
                 for batch in loader:
                     grad_norm, metrics = self.train_step(batch)
@@ -342,7 +343,8 @@ class Trainer:
                 if bar is not None:
                     bar.close()
                 if self.step_in_epoch == 0 and not stopped:
-                    last = self.save()
+                    if getattr(self, "_saved_step", None) != self.step:
+                        last = self.save()
                     if cfg.run.keep_epoch_checkpoints:
                         self.save(f"epoch_{self.epoch - 1:03d}.pt")
             broadcast_buffers(self.student)
@@ -370,46 +372,6 @@ def _adamw(groups: list[dict], lr: float, betas: tuple[float, float], device: to
         except (RuntimeError, TypeError, ValueError):
             pass
     return torch.optim.AdamW(groups, lr=lr, betas=betas)
-
-
-def _progress(enabled: bool, total: int, initial: int, epoch: int):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc=f"epoch {epoch}", unit="step", dynamic_ncols=True)
-
-
-class _RunLogger:
-    """``log.jsonl`` lines and, if installed and wanted, TensorBoard scalars (rank 0 only)."""
-
-    def __init__(self, out_dir: Path, enabled: bool, tensorboard: bool) -> None:
-        self.enabled = enabled
-        self.path = out_dir / "log.jsonl"
-        self.writer = None
-        if enabled and tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                logger.debug("tensorboard is not installed: logging to %s only", self.path)
-            else:
-                self.writer = SummaryWriter(str(out_dir / "tensorboard"))
-
-    def log(self, step: int, epoch: int, lr: float, grad_norm: float, seconds: float, metrics: dict) -> None:
-        if not self.enabled:
-            return
-        record = {"step": step, "epoch": epoch, "lr": lr, "grad_norm": grad_norm, "sec_per_step": seconds, **metrics}
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record) + "\n")
-        logger.info("step %d: %s", step, ", ".join(f"{k} {v:.4g}" for k, v in record.items() if isinstance(v, float)))
-        if self.writer is not None:
-            for k, v in record.items():
-                if k not in ("step", "epoch"):
-                    self.writer.add_scalar(f"train/{k}", v, step)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
 
 
 def train(cfg: TrainConfig, on_step: Callable[[int, dict], None] | None = None) -> TrainResult:
