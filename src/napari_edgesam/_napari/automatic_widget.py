@@ -31,7 +31,7 @@ from ..inference.automatic import (
     segment_automatic,
     segment_automatic_3d,
 )
-from ..inference.io import rowcol_to_xy
+from .layers import rectangle_to_box, rows_cols_to_xy
 
 logger = logging.getLogger(__name__)
 
@@ -71,14 +71,13 @@ def region_from_corners(corners: np.ndarray) -> tuple[float, float, float, float
     c = np.asarray(corners, np.float64)[:, -2:]
     if not np.isfinite(c).all() or (c[1] - c[0]).min() < 2:
         return None
-    (x0, y0), (x1, y1) = rowcol_to_xy(c)
+    (x0, y0), (x1, y1) = rows_cols_to_xy(c).astype(float)
     return x0, y0, x1 + 1, y1 + 1
 
 
 def region_from_shape(vertices: np.ndarray) -> tuple[float, float, float, float]:
     """Bounding box ``(x0, y0, x1, y1)`` of a napari shape's ``N x D`` (…, row, column) vertices."""
-    xy = rowcol_to_xy(np.asarray(vertices, np.float64)[:, -2:])
-    return (*xy.min(0), *xy.max(0))
+    return tuple(float(v) for v in rectangle_to_box(np.asarray(vertices)[:, -2:]))
 
 
 class _Bridge(QObject):
