@@ -10,7 +10,6 @@ exports, and the fp32 floor (FLOPs / measured matmul peak).
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 import tempfile
 from pathlib import Path

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 from napari.layers import Image, Labels, Layer, Points, Shapes
 
+from ..inference.io import rowcol_to_xy
 from . import names
 from .embedding import ImageView
 from .planes import Plane
@@ -18,9 +19,8 @@ from .planes import Plane
 
 # -- coordinates -----------------------------------------------------------------------------
 def rows_cols_to_xy(rows_cols: np.ndarray) -> np.ndarray:
-    """``N x 2`` (row, col) -> ``N x 2`` (x, y) float32."""
-    rc = np.asarray(rows_cols, np.float32).reshape(-1, 2)
-    return np.ascontiguousarray(rc[:, ::-1])
+    """``N x 2`` (row, col) -> ``N x 2`` (x, y) float32 (via the core's one conversion)."""
+    return rowcol_to_xy(np.asarray(rows_cols, np.float32).reshape(-1, 2)).astype(np.float32)
 
 
 def xy_to_rows_cols(xy: np.ndarray) -> np.ndarray:

@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mode.add_argument("--auto", action="store_true", help="automatic segmentation of every object")
     mode.add_argument("--prompts", metavar="FILE", help="prompt CSV file or folder of per-image CSVs")
     parser.add_argument("--pattern", default="*", help="file pattern inside input folders (default: *)")
-    parser.add_argument("--model", default="edgesam", help="model name or .pth/.onnx path (default: edgesam)")
+    parser.add_argument("--model", default="auto", help="model name or .pth/.onnx path (default: the best available)")
     parser.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime"))
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     parser.add_argument("--channel", type=int, default=None, help="segment this channel of multi-channel images")

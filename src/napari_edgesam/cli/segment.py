@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 
 def _floats(text: str, n: tuple[int, ...], what: str) -> list[float]:
@@ -41,14 +42,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..inference.image_io import read_image, write_labels
     from ..inference.api import load_model
+    from ..inference.io import read_image, write_labels
 
     if not args.box and not args.point:
         raise ValueError("give at least one --box or --point")
     if args.point and len(args.box) > 1:
         raise ValueError("points describe one object and go with at most one --box")
-    image = read_image(args.image)
+    if not Path(args.image).exists():
+        raise FileNotFoundError(f"image not found: {args.image}")
+    img = read_image(args.image)
+    if img.is_stack:
+        raise ValueError(
+            f"{args.image} is a stack of shape {img.data.shape}; segment handles 2D images "
+            "(use napari-edgesam batch, or the napari plugin for stacks)"
+        )
+    image = img.data
     predictor = load_model(args.model, backend=args.backend, device=args.device, prior=args.prior)
     t0 = time.perf_counter()
     predictor.set_image(image, channel=args.channel, contrast_limits=args.contrast_limits)

@@ -11,7 +11,6 @@ from .prompt_encoder import PromptEncoder
 from .repvit import RepViTEncoder
 
 
-
 def stability_score(logits: torch.Tensor, threshold: float = 0.0, offset: float = 1.0) -> torch.Tensor:
     """IoU between ``logits > threshold + offset`` and ``logits > threshold - offset``.
 

@@ -10,7 +10,6 @@ from .common import MLP, LayerNorm2d
 from .transformer import TwoWayTransformer
 
 
-
 class MaskDecoder(nn.Module):
     """Predicts masks and IoU scores from image and prompt embeddings.
 

@@ -11,7 +11,6 @@ from ..constants import LABEL_BOX_BOTTOM_RIGHT, LABEL_BOX_TOP_LEFT, LABEL_IGNORE
 from .common import LayerNorm2d
 
 
-
 class PositionEmbeddingRandom(nn.Module):
     """Random-Fourier positional encoding of normalised ``(x, y)`` coordinates."""
 

@@ -97,7 +97,6 @@ def evaluate_heldout(model: str, data: str | Path, out_json: str | Path | None =
 
 def package(checkpoint: str, dest: str | Path) -> Path:
     """Write the shipped model: a float16 official-layout state dict (small, strict-loadable)."""
-    import torch
 
     from ..checkpoint import atomic_torch_save
     from ..export import load_trained_model, official_state_dict
