@@ -65,12 +65,12 @@ def main() -> None:
 
     enc = {
         "unfolded eager (official compute)": eager_encode,
-        "default torch (folded, channels-last)": lambda: default.encode(xn),
+        "default torch (folded, channels-last, jit)": lambda: default.encode(xn),
         "torch bf16 encoder": lambda: bf16.encode(xn),
     }
     dec = {
         "unfolded eager (official compute)": eager_decode,
-        "default torch (folded, channels-last)": lambda: default.decode(emb, coords, labels),
+        "default torch (folded, channels-last, jit)": lambda: default.decode(emb, coords, labels),
     }
     tmp = tempfile.TemporaryDirectory()
     if not args.no_onnx:
