@@ -223,10 +223,10 @@ def test_unknown_model_and_kind(cache):
 def test_local_model_needs_no_download(cache, tmp_path):
     local = tmp_path / "nuclei.pth"
     local.write_bytes(_payload())
-    w.register_model(w.ModelSpec("edgesam-nuclei", "packaged", {
+    w.register_model(w.ModelSpec("local-test-model", "packaged", {
         "pth": w.WeightFile("nuclei.pth", SIZE, local_path=local)}))
-    assert w.fetch_weight("edgesam-nuclei", "pth") == local
-    entry = next(m for m in w.list_models() if m["name"] == "edgesam-nuclei")
+    assert w.fetch_weight("local-test-model", "pth") == local
+    entry = next(m for m in w.list_models() if m["name"] == "local-test-model")
     assert entry["files"]["pth"] == {"filename": "nuclei.pth", "size": SIZE,
                                      "cached": True, "path": str(local)}
 

@@ -31,8 +31,10 @@ def registered_models() -> list[str]:
 
 
 def cached_models() -> list[str]:
-    """Registered models whose weights are already on this machine (no network)."""
+    """Registered models whose weights are already on this machine (no network); the shipped
+    fallback models (e.g. ``edgesam-nuclei``) come after downloaded or user-registered ones."""
     from ..inference.api import list_models
+    from ..models import PACKAGED
 
     out = []
     for m in list_models():
@@ -41,7 +43,7 @@ def cached_models() -> list[str]:
         onnx_ready = all(files.get(k, {}).get("cached", False) for k in ("onnx_encoder", "onnx_decoder"))
         if torch_ready or onnx_ready:
             out.append(m["name"])
-    return out
+    return sorted(out, key=lambda name: name in PACKAGED)
 
 
 def available_devices() -> list[str]:
