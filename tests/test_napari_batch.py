@@ -40,9 +40,8 @@ def widget(make_napari_viewer, qtbot):
 def _run(widget, qtbot):
     worker = widget.run()
     assert worker is not None
-    with qtbot.waitSignal(worker.finished, timeout=60_000):
-        pass
-    qtbot.waitUntil(lambda: widget._worker is None, timeout=5000)
+    # poll instead of waiting for ``finished``: a fast worker may emit it before a late connect
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
 
 
 def test_batch_widget_runs_skips_and_reports_errors(widget, folder, tmp_path, qtbot):
@@ -100,8 +99,8 @@ def test_batch_widget_cancel_and_validation(widget, folder, tmp_path, qtbot):
     widget._predictor = SlowOracle()
     worker = widget.run()
     widget.cancel()
-    with qtbot.waitSignal(worker.finished, timeout=60_000):
-        pass
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
+    assert worker is not None
     statuses = [r["status"] for r in widget.last_report.records]
     assert statuses.count("cancelled") >= 2 and widget.last_report.cancelled
     assert "cancelled" in widget.status.value

@@ -120,8 +120,14 @@ class InteractiveController(QObject):
         from ..inference.api import load_model
 
         def loaded(predictor) -> None:
-            if not (only_if_none and self.predictor is not None):
+            if self.closed or (only_if_none and self.predictor is not None):
+                return
+            try:
                 self.set_predictor(predictor)
+            except RuntimeError as err:  # the widget was destroyed while the model loaded
+                if "deleted" not in str(err):
+                    raise
+                logger.debug("model %s loaded after its widget was closed", name_or_path)
 
         self.status.emit(f"loading {name_or_path}...")
         return start_worker(load_model, name_or_path, backend=backend, device=device,
