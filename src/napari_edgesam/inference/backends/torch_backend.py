@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import weakref
 
 import numpy as np
 import torch
 
 from ...model.edge_sam import EdgeSam
+from ...model.fast_decoder import decode_tokens, to_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +40,9 @@ class TorchBackend:
         channels_last: run the encoder in channels-last memory format (faster on CPU).
         encoder_dtype: ``torch.float32`` or ``torch.bfloat16`` (autocast on the encoder only).
         num_threads: torch intra-op threads (default: leave torch's choice).
+        fast_decoder: decode with :func:`~napari_edgesam.model.fast_decoder.predict_masks_fast`
+            (the same maths with ~2.5x fewer operations; agrees to ~1e-6) instead of the
+            module-by-module ``predict_masks``.
         jit: on CPU, trace the folded encoder once (at the first 1024x1024 encode), freeze it and
             let ``torch.jit.optimize_for_inference`` fuse it with oneDNN (same results to ~2e-5,
             ~15-20% faster than eager channels-last here).
@@ -57,6 +62,7 @@ class TorchBackend:
         encoder_dtype: torch.dtype = torch.float32,
         num_threads: int | None = None,
         jit: bool = True,
+        fast_decoder: bool = True,
     ) -> None:
         self.device = resolve_device(device)
         if num_threads is not None:
@@ -71,6 +77,9 @@ class TorchBackend:
         self.encoder_dtype = encoder_dtype
         self.jit = jit and fuse and self.device.type == "cpu" and encoder_dtype == torch.float32
         self._jit_encoder = None
+        self.fast_decoder = fast_decoder
+        self._pe_tok: torch.Tensor | None = None
+        self._last_tokens: tuple | None = None
         self._dense_pe: torch.Tensor | None = None
         logger.debug("torch backend on %s (fuse=%s, threads=%d)", self.device, fuse, torch.get_num_threads())
 
@@ -115,18 +124,46 @@ class TorchBackend:
     ) -> tuple[np.ndarray, np.ndarray]:
         dev = self.device
         with torch.inference_mode():
-            emb = _tensor(embeddings, dev)
             coords = _tensor(point_coords, dev)
             labels = torch.as_tensor(np.asarray(point_labels), device=dev).round().to(torch.int64)
             pe = self.model.prompt_encoder
             sparse = pe.embed_points(coords, labels, pad=False)
-            if mask_input is not None:
-                dense = pe.embed_masks(_tensor(mask_input, dev))
-            else:
+            if self.fast_decoder:
+                src = self._image_tokens(embeddings)
+                if mask_input is not None:
+                    src = src + to_tokens(pe.embed_masks(_tensor(mask_input, dev)))
+                else:  # shared by the whole batch
+                    src = src + pe.no_mask_embed.weight.reshape(1, 1, -1)
                 h, w = pe.image_embedding_size
-                dense = pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(coords.shape[0], -1, h, w)
-            masks, iou = self.model.mask_decoder.predict_masks(emb, self.dense_pe, sparse, dense)
+                masks, iou = decode_tokens(self.model.mask_decoder, src, self._pe_tokens(), sparse, (h, w))
+            else:
+                emb = _tensor(embeddings, dev)
+                if mask_input is not None:
+                    dense = pe.embed_masks(_tensor(mask_input, dev))
+                else:
+                    h, w = pe.image_embedding_size
+                    dense = pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(coords.shape[0], -1, h, w)
+                masks, iou = self.model.mask_decoder.predict_masks(emb, self.dense_pe, sparse, dense)
         return masks.cpu().numpy(), iou.cpu().numpy()
+
+    def _pe_tokens(self) -> torch.Tensor:
+        if self._pe_tok is None:
+            self._pe_tok = to_tokens(self.dense_pe)
+        return self._pe_tok
+
+    def _image_tokens(self, embeddings: np.ndarray) -> torch.Tensor:
+        """The embedding in token layout (float32 on the device), kept for the most recent
+        embedding array: repeated clicks on one image skip the conversion (embedding arrays
+        are never modified in place once computed)."""
+        last = self._last_tokens
+        if last is not None and last[0]() is embeddings:
+            return last[1]
+        tokens = to_tokens(_tensor(embeddings, self.device))
+        try:
+            self._last_tokens = (weakref.ref(embeddings), tokens)
+        except TypeError:  # not weak-referenceable: no reuse
+            self._last_tokens = None
+        return tokens
 
 
 def _tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:

@@ -1,0 +1,83 @@
+"""The rewritten decoder (`model.fast_decoder`) computes what `MaskDecoder.predict_masks` computes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_edgesam.inference.backends.torch_backend import TorchBackend
+from napari_edgesam.model import build_edge_sam
+from napari_edgesam.model.fast_decoder import UPSCALE_CHUNK, _upscaled_masks, predict_masks_fast
+
+
+@pytest.fixture(scope="module")
+def model(golden_state_dict):
+    return build_edge_sam(golden_state_dict)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+@pytest.mark.parametrize(
+    ("batch", "n_points", "mask", "shared_dense"),
+    [(1, 2, False, False), (1, 2, False, True), (3, 4, False, True), (3, 1, True, False), (2, 3, False, False)],
+)
+def test_fast_decoder_matches_reference(model, batch, n_points, mask, shared_dense):
+    gen = torch.Generator().manual_seed(batch * 10 + n_points)
+    pe = model.prompt_encoder
+    emb = torch.randn(1, 256, 64, 64, generator=gen)
+    coords = torch.rand(batch, n_points, 2, generator=gen) * 1024
+    labels = torch.randint(-1, 4, (batch, n_points), generator=gen)
+    with torch.inference_mode():
+        sparse = pe.embed_points(coords, labels, pad=False)
+        if mask:
+            dense = pe.embed_masks(torch.randn(batch, 1, 256, 256, generator=gen) * 5)
+        else:
+            dense = pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(batch, -1, 64, 64)
+        ref_masks, ref_iou = model.mask_decoder.predict_masks(emb, pe.get_dense_pe(), sparse, dense)
+        if shared_dense:
+            dense = pe.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        masks, iou = predict_masks_fast(model.mask_decoder, emb, pe.get_dense_pe(), sparse, dense)
+    assert masks.shape == ref_masks.shape == (batch, 4, 256, 256)
+    assert iou.shape == ref_iou.shape == (batch, 4)
+    assert _rel(masks, ref_masks) < 1e-5
+    assert _rel(iou, ref_iou) < 1e-5
+    # the same binary masks, apart from pixels within rounding of the threshold
+    differ = (masks > 0) != (ref_masks > 0)
+    assert np.all(ref_masks.abs()[differ].numpy() < 1e-4)
+
+
+def test_upscaling_layout_matches_transposed_convolutions(model):
+    """The cell-major matrix form of the two ConvTranspose2d layers puts every logit at the
+    pixel the convolutions put it (a wrong permutation would still give the right values)."""
+    dec = model.mask_decoder
+    gen = torch.Generator().manual_seed(3)
+    keys = torch.randn(2, 64 * 64, 256, generator=gen)
+    hyper = torch.randn(2, 4, 32, generator=gen)
+    with torch.inference_mode():
+        grid = keys.transpose(1, 2).reshape(2, 256, 64, 64)
+        up = dec.output_upscaling(grid)
+        ref = (hyper @ up.reshape(2, 32, -1)).reshape(2, 4, 256, 256)
+        out = _upscaled_masks(dec, keys, hyper, 64, 64)
+    assert _rel(out, ref) < 1e-5
+    assert 64 * 64 % UPSCALE_CHUNK == 0 or UPSCALE_CHUNK > 64 * 64
+
+
+def test_backend_fast_and_reference_paths_agree(golden_state_dict, golden_cases):
+    fast = TorchBackend(build_edge_sam(golden_state_dict), "cpu", jit=False)
+    ref = TorchBackend(build_edge_sam(golden_state_dict), "cpu", jit=False, fast_decoder=False)
+    rng = np.random.default_rng(0)
+    embs = [rng.standard_normal((1, 256, 64, 64)).astype(np.float32) for _ in range(2)]
+    embs.append(embs[0].astype(np.float16))  # cached embeddings are fp16
+    coords = np.array([[[300.0, 200.0], [700.0, 650.0]], [[20.0, 1000.0], [0.0, 0.0]]], np.float32)
+    labels = np.array([[1, 0], [1, -1]], np.float32)
+    mask = rng.standard_normal((2, 1, 256, 256)).astype(np.float32) * 4
+    # alternate between embeddings: the backend's token cache must follow the array passed
+    for emb in embs + embs[::-1]:
+        for m in (None, mask):
+            got, want = fast.decode(emb, coords, labels, m), ref.decode(emb, coords, labels, m)
+            for g, w in zip(got, want):
+                assert g.shape == w.shape
+                assert np.abs(g - w).max() / np.abs(w).max() < 1e-5
