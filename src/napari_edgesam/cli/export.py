@@ -1,24 +1,33 @@
-"""``napari-edgesam export MODEL -o OUTDIR``: write an encoder/decoder pair of ONNX files.
+"""``napari-edgesam export MODEL -o OUTDIR [--prior PATH|auto]``: write ONNX files.
 
-MODEL is a registered model name (its ``.pth`` is fetched into the cache) or a ``.pth`` path.
-The files are ``{prefix}_encoder.onnx`` and ``{prefix}_decoder.onnx``; load them with
-``napari_edgesam.load_model("OUTDIR/{prefix}_encoder.onnx")`` (no torch needed).
-Needs torch (``pip install 'napari-edgesam[torch]'``); imported only when the command runs.
+MODEL is a registered model name (its ``.pth`` is fetched into the cache, or taken from the
+package for shipped models such as ``edgesam-nuclei``) or a ``.pth`` path. The files are
+``{prefix}_encoder.onnx`` and ``{prefix}_decoder.onnx``, and with ``--prior`` also
+``{prefix}.prior.onnx`` (the granularity prior: image -> box proposals, with the encoder
+inside); load them with ``napari_edgesam.load_model("OUTDIR/{prefix}_encoder.onnx",
+prior="auto")`` (no torch needed). Needs torch (``pip install 'napari-edgesam[torch]'``);
+imported only when the command runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import sys
 from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="registered model name (e.g. edgesam) or a .pth checkpoint")
+    parser.add_argument("model", help="registered model name (e.g. edgesam, edgesam-nuclei) or a .pth checkpoint")
     parser.add_argument("-o", "--output", required=True, type=Path, help="output directory")
     parser.add_argument(
         "--prefix", default=None,
         help="file-name prefix (default: the checkpoint's stem, e.g. edge_sam)",
+    )
+    parser.add_argument(
+        "--prior", default=None, metavar="PATH|auto",
+        help="also export this granularity prior (box head .pth) as {prefix}.prior.onnx; "
+             "'auto' uses the .prior.pth stored beside the checkpoint",
     )
     parser.add_argument(
         "--official-decoder", action="store_true",
@@ -36,9 +45,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _checkpoint(model: str) -> Path:
+    """The ``.pth`` of a registered (downloaded or shipped) model name, or the given path."""
     from ..inference import weights
+    from ..inference.api import _register_packaged_models
 
+    _register_packaged_models()
     if model in weights.MODEL_REGISTRY:
+        if "pth" not in weights.MODEL_REGISTRY[model].files:
+            raise ValueError(f"model {model!r} has no PyTorch checkpoint to export (its files: "
+                             f"{sorted(weights.MODEL_REGISTRY[model].files)})")
         return weights.fetch_weight(model, "pth")
     path = Path(model)
     if path.suffix.lower() not in (".pth", ".pt"):
@@ -49,6 +64,42 @@ def _checkpoint(model: str) -> Path:
     return path
 
 
+def _prior_file(prior: str, checkpoint: Path) -> Path:
+    """The box-head ``.pth`` named by ``--prior`` (``"auto"``: the one beside ``checkpoint``)."""
+    from ..inference.prior import find_prior
+
+    if prior == "auto":
+        found = find_prior(checkpoint)
+        if found is None:
+            expected = checkpoint.with_name(f"{checkpoint.stem}.prior.pth")
+            raise FileNotFoundError(
+                f"--prior auto: no granularity prior beside {checkpoint} (expected {expected}); train one "
+                "with 'napari-edgesam train prior' or pass --prior PATH")
+        return found
+    path = Path(prior)
+    if path.suffix.lower() not in (".pth", ".pt"):
+        raise ValueError(f"--prior must be 'auto' or a box head .pth/.pt file (from 'napari-edgesam train prior'), "
+                         f"got {prior!r}")
+    if not path.is_file():
+        raise FileNotFoundError(f"--prior: box head file not found: {path}")
+    return path
+
+
+def _load_head(path: Path, encoder):
+    """The head and its meta; ``ValueError`` if it was trained on another encoder."""
+    from ..model.box_head import encoder_signature, load_box_head, signatures_match
+
+    head, meta = load_box_head(path)
+    expected = meta.get("encoder_signature")
+    if expected and not signatures_match(encoder_signature(encoder), expected):
+        raise ValueError(f"the prior {path} was trained on another encoder ({meta.get('encoder', 'unknown')!r}), "
+                         "not this model's: export the prior trained for this model")
+    if meta.get("img_size", 1024) != 1024:
+        print(f"warning: the prior was trained at input size {meta['img_size']}, the model uses 1024: "
+              "proposals will be poor", file=sys.stderr)
+    return head, meta
+
+
 def run(args: argparse.Namespace) -> int:
     if importlib.util.find_spec("torch") is None:
         raise RuntimeError("export needs PyTorch: pip install 'napari-edgesam[torch]'")
@@ -56,15 +107,26 @@ def run(args: argparse.Namespace) -> int:
     from ..model.build import build_edge_sam
 
     checkpoint = _checkpoint(args.model)
+    prior = _prior_file(args.prior, checkpoint) if args.prior is not None else None
     model = build_edge_sam(checkpoint, allow_unsafe=args.allow_unsafe)
+    head, meta = _load_head(prior, model.image_encoder) if prior is not None else (None, None)
     prefix = args.prefix or checkpoint.stem
+    upsample_mode = "bilinear" if args.bilinear else None
     encoder, decoder = export_onnx(
         model, args.output, prefix,
         official_decoder=args.official_decoder,
-        upsample_mode="bilinear" if args.bilinear else None,
+        upsample_mode=upsample_mode,
         opset=args.opset,
     )
     kind = "official" if args.official_decoder else "extended (mask input, IoU scores)"
     print(f"encoder: {encoder}")
     print(f"decoder: {decoder} [{kind}]")
+    if head is not None:
+        from ..export.box_head_onnx import export_box_head
+
+        if upsample_mode is not None:  # the prior's embedding output then equals the encoder file's
+            model.image_encoder.upsample_mode = upsample_mode
+        path = export_box_head(head, args.output / f"{prefix}.prior.onnx", encoder=model.image_encoder,
+                               with_embedding=True, meta=meta, opset=args.opset)
+        print(f"prior:   {path} (from {prior})")
     return 0

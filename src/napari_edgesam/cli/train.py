@@ -6,21 +6,32 @@
     napari-edgesam train precompute --config FILE [...]
     napari-edgesam train export     --checkpoint last.pt --output model.pth [--onnx DIR]
     napari-edgesam train evaluate   ...   (options of napari_edgesam.training.evaluate)
+    napari-edgesam train prior      --images DIR --labels DIR --model M --output X.prior.pth [...]
+    napari-edgesam train prior-evaluate --images DIR --labels DIR --model M --prior X.prior.pth [--clicks]
 
 ``FILE`` is a JSON/TOML/YAML file or the name of a shipped config (``napari-edgesam train
 configs`` lists them). Multi-process: ``torchrun --nproc_per_node N -m napari_edgesam.training
-phase2 --config FILE``. This module imports torch only when a command runs.
+phase2 --config FILE``. ``prior`` and ``prior-evaluate`` train and evaluate the granularity
+prior (box head; :mod:`napari_edgesam.training.prior`). This module imports torch only when a
+command runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
 from pathlib import Path
 
 PHASE_COMMANDS = ("phase1", "phase2", "finetune", "precompute")
+#: step -> module with ``add_arguments(parser)`` and ``run(args)`` (imported when the step is used)
+PRIOR_COMMANDS = {
+    "prior": "napari_edgesam.training.prior.train_prior",
+    "prior-evaluate": "napari_edgesam.training.prior.evaluate_prior",
+}
+STEPS = (*PHASE_COMMANDS, "export", "configs", "evaluate", *PRIOR_COMMANDS)
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "training" / "configs"
 
 
@@ -42,8 +53,29 @@ def resolve_config(name: str) -> Path:
     raise FileNotFoundError(f"config {name!r} is neither a file nor a shipped config ({sorted(shipped)})")
 
 
+class _StepParser(argparse.ArgumentParser):
+    """A step's parser whose arguments are added only when the step is parsed, so that building
+    the CLI imports no torch: ``arguments_from`` names a module with ``add_arguments(parser)``;
+    ``forward_to`` stores all the step's arguments, unparsed, in that namespace attribute."""
+
+    def __init__(self, *args, arguments_from: str | None = None, forward_to: str | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._arguments_from = arguments_from
+        self._forward_to = forward_to
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._forward_to is not None:
+            namespace = argparse.Namespace() if namespace is None else namespace
+            setattr(namespace, self._forward_to, list(sys.argv[1:] if args is None else args))
+            return namespace, []
+        if self._arguments_from is not None:
+            importlib.import_module(self._arguments_from).add_arguments(self)
+            self._arguments_from = None
+        return super().parse_known_args(args, namespace)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="train_command", metavar="STEP")
+    sub = parser.add_subparsers(dest="train_command", metavar="STEP", parser_class=_StepParser)
     helps = {
         "phase1": "encoder distillation (MSE to the teacher's embeddings)",
         "phase2": "prompt-in-the-loop distillation (boxes/points + refinement)",
@@ -60,15 +92,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--output", required=True, help="output .pth (official layout; a .json is written beside it)")
     p.add_argument("--onnx", metavar="DIR", default=None, help="also write encoder/decoder ONNX files into DIR")
     sub.add_parser("configs", help="list the shipped configs")
-    p = sub.add_parser("evaluate", help="evaluate a model (mIoU with boxes / points)", add_help=False)
-    p.add_argument("evaluate_args", nargs=argparse.REMAINDER)
+    sub.add_parser("evaluate", help="evaluate a model (mIoU with boxes / points)", add_help=False,
+                   forward_to="evaluate_args")
+    sub.add_parser("prior", arguments_from=PRIOR_COMMANDS["prior"],
+                   help="train the granularity prior (box head on the frozen encoder)",
+                   description="train the granularity prior (box head on the frozen encoder); writes X.prior.pth")
+    sub.add_parser("prior-evaluate", arguments_from=PRIOR_COMMANDS["prior-evaluate"],
+                   help="box recall/AP50 (and single-click mIoU) of a granularity prior",
+                   description="box recall@0.5 and AP50 (and, with --clicks, single-click mIoU) of a prior")
 
 
 def run(args: argparse.Namespace) -> int:
     cmd = getattr(args, "train_command", None)
     if cmd is None:
-        print("usage: napari-edgesam train {phase1,phase2,finetune,precompute,export,configs,evaluate} ...", file=sys.stderr)
+        print(f"usage: napari-edgesam train {{{','.join(STEPS)}}} ...", file=sys.stderr)
         return 2
+    if cmd in PRIOR_COMMANDS:
+        return int(importlib.import_module(PRIOR_COMMANDS[cmd]).run(args) or 0)
     if cmd == "configs":
         for name, path in shipped_configs().items():
             print(f"{name:28s} {path}")
