@@ -18,9 +18,10 @@ from . import layers as L
 from . import names
 from .embedding import EmbeddingService, ImageView
 from .keys import ShortcutBinder
+from .model_panel import NO_PRIOR_REASON, load_predictor
 from .planes import Plane
 from .propagate import PropagationRunner
-from .session import PlaneResult, Session, group_prompts
+from .session import PlaneResult, Session, group_prompts, is_single_click
 from .workers import LatestRunner, error_reporter, start_worker
 
 logger = logging.getLogger(__name__)
@@ -39,7 +40,8 @@ class InteractiveController(QObject):
 
     Signals: ``preview_updated(PlaneResult)``, ``status(str)``, ``model_changed(str)``,
     ``committed(CommitRecord)``, ``target_changed(object)``, ``polarity_changed(bool)``,
-    ``embedding_busy(bool, str)``.
+    ``embedding_busy(bool, str)``, ``prior_changed(available, reason)`` (whether the model has
+    a usable granularity prior, and if not why).
     """
 
     preview_updated = Signal(object)
@@ -49,6 +51,7 @@ class InteractiveController(QObject):
     target_changed = Signal(object)
     polarity_changed = Signal(bool)
     embedding_busy = Signal(bool, str)
+    prior_changed = Signal(bool, str)
 
     def __init__(self, viewer, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -57,6 +60,7 @@ class InteractiveController(QObject):
         self.embeddings = EmbeddingService(parent=self)
         self.embeddings.ready.connect(lambda _key: self.refresh())
         self.embeddings.busy.connect(self.embedding_busy)
+        self.embeddings.prior_failed.connect(self._prior_failed)
         self.propagation = PropagationRunner(self, parent=self)
         self.predictor = None
         self._decoder = None
@@ -65,6 +69,11 @@ class InteractiveController(QObject):
         self.channel: int | None = None
         self.target: Labels | None = None  # None: a new "EdgeSAM labels" layer
         self.overwrite = False
+        #: The user's choice: a single positive click takes the whole object (granularity
+        #: prior) when the model has one; see :meth:`set_use_prior`.
+        self.use_prior = True
+        #: Why the model has no usable prior ("" when it has one).
+        self.prior_reason = NO_PRIOR_REASON
         self.keep_ids: dict[int, int] = {}  # preview id -> target id (objects taken from the target)
         self._prompted: set = set()  # plane keys whose preview comes from prompts
         self._generation = 0
@@ -96,41 +105,81 @@ class InteractiveController(QObject):
         return timer
 
     # -- model -------------------------------------------------------------------------------
-    def set_predictor(self, predictor) -> None:
-        """Use an already-built predictor (e.g. from ``load_model``; tests pass their own)."""
+    def set_predictor(self, predictor, prior_reason: str | None = None) -> None:
+        """Use an already-built predictor (e.g. from ``load_model``; tests pass their own).
+
+        Its granularity prior (``predictor.prior``), if any, serves single clicks while
+        :attr:`use_prior` is on; ``prior_reason`` says why it has none (default
+        :data:`~napari_edgesam._napari.model_panel.NO_PRIOR_REASON`).
+        """
         if self.predictor is not None and predictor is not self.predictor:
-            self.embeddings.cache.clear()  # another model (perhaps under the same name)
+            self.embeddings.clear()  # another model (perhaps under the same name)
         self.predictor = predictor
         self._decoder = copy.copy(predictor)  # own embedding state: decodes never disturb others
         self.embeddings.set_predictor(predictor)
+        has_prior = getattr(predictor, "prior", None) is not None
+        self.prior_reason = "" if has_prior else (prior_reason or NO_PRIOR_REASON)
+        self.embeddings.set_prior(self._prior_to_use())
         self.session.forget()
         self._generation += 1
         name = getattr(predictor, "model_name", "model")
+        self.prior_changed.emit(has_prior, self.prior_reason)
         self.model_changed.emit(name)
-        self.status.emit(f"model {name} ready")
+        self.status.emit(f"model {name} ready" + (" (with its granularity prior)" if has_prior else ""))
+        self.refresh()
+
+    # -- granularity prior -------------------------------------------------------------------
+    @property
+    def prior_available(self) -> bool:
+        """The model has a granularity prior that works."""
+        return self.predictor is not None and getattr(self.predictor, "prior", None) is not None \
+            and not self.prior_reason
+
+    @property
+    def prior_on(self) -> bool:
+        """Single positive clicks are segmented with the prior now."""
+        return self.predictor is not None and self.embeddings.prior is not None
+
+    def _prior_to_use(self):
+        return self.predictor.prior if self.use_prior and self.prior_available else None
+
+    def set_use_prior(self, on: bool) -> None:
+        """Let a single positive click take the whole object with the model's granularity
+        prior (when it has one). Planes embedded from now on get their box proposals in the
+        same encoder pass; cached planes get them in a worker when shown."""
+        self.use_prior = bool(on)
+        if self.predictor is not None:
+            self.embeddings.set_prior(self._prior_to_use())
+        self.refresh()
+
+    def _prior_failed(self, message: str) -> None:
+        self.prior_reason = f"the granularity prior failed and was switched off: {message}"
+        self.embeddings.set_prior(None)
+        self.prior_changed.emit(False, self.prior_reason)
         self.refresh()
 
     def load_model(self, name_or_path: str, backend: str = "auto", device: str = "auto",
                    *, only_if_none: bool = False):
-        """Load a model in a worker; ``model_changed`` or an error message follows.
+        """Load a model and the granularity prior stored beside it in a worker;
+        ``model_changed`` or an error message follows.
 
         With ``only_if_none`` the loaded model is dropped if a predictor was set meanwhile
         (automatic loading at start-up must not replace the user's or a test's choice).
         """
-        from ..inference.api import load_model
 
-        def loaded(predictor) -> None:
+        def loaded(result) -> None:
+            predictor, prior_reason = result
             if self.closed or (only_if_none and self.predictor is not None):
                 return
             try:
-                self.set_predictor(predictor)
+                self.set_predictor(predictor, prior_reason)
             except RuntimeError as err:  # the widget was destroyed while the model loaded
                 if "deleted" not in str(err):
                     raise
                 logger.debug("model %s loaded after its widget was closed", name_or_path)
 
         self.status.emit(f"loading {name_or_path}...")
-        return start_worker(load_model, name_or_path, backend=backend, device=device,
+        return start_worker(load_predictor, name_or_path, backend=backend, device=device,
                             allow_download=not only_if_none, on_result=loaded, on_error=self._load_failed)
 
     def _load_failed(self, err: BaseException) -> None:
@@ -251,13 +300,20 @@ class InteractiveController(QObject):
         if emb is None:
             self.embeddings.request(view)
             return
-        self.embeddings.prefetch_around(view, cache_key)
+        proposals = self.embeddings.proposals.get(cache_key) if self.prior_on else None
+        if self.prior_on and proposals is None:  # cached without them: found in a worker
+            self.embeddings.request(view)
+            if is_single_click(objects):
+                return  # its answer needs them; ``ready`` comes back here
+        else:
+            self.embeddings.prefetch_around(view, cache_key)
         if objects:
             question = self._question(view.plane, objects)
-            if (question, id(emb)) != self._last_question:  # the same question has the same answer
-                self._last_question = (question, id(emb))
+            use = proposals if is_single_click(objects) else None
+            if (question, id(emb), id(use)) != self._last_question:  # the same question has the same answer
+                self._last_question = (question, id(emb), id(use))
                 self.embeddings.hold_prefetch()
-                self._decode.request(emb, view.plane, objects, ignored, question)
+                self._decode.request(emb, view.plane, objects, ignored, question, use)
 
     def _objects(self, plane: Plane):
         points, boxes = self.prompt_layers()
@@ -265,10 +321,10 @@ class InteractiveController(QObject):
 
     def _question(self, plane: Plane, objects) -> tuple:
         """What a decode answers: the prompts of ``plane`` now (and candidate choices)."""
-        return (self._generation, self._cycles, plane.key, tuple(o.signature for o in objects))
+        return (self._generation, self._cycles, self.prior_on, plane.key, tuple(o.signature for o in objects))
 
-    def _decode_job(self, emb, plane: Plane, objects, ignored: int, question: tuple):
-        return question, plane, self.session.decode(self._decoder, emb, plane.key, objects, ignored)
+    def _decode_job(self, emb, plane: Plane, objects, ignored: int, question: tuple, proposals=None):
+        return question, plane, self.session.decode(self._decoder, emb, plane.key, objects, ignored, proposals)
 
     def _apply_decode(self, out: tuple[tuple, Plane, PlaneResult]) -> None:
         question, plane, result = out
@@ -301,7 +357,9 @@ class InteractiveController(QObject):
         return positive
 
     def cycle_candidate(self) -> int | None:
-        """Show the next candidate mask of the point prompt on the current plane."""
+        """Show the next candidate mask of the point prompt on the current plane (after a
+        click the prior took, the 4 candidates, then the prior's whole object again:
+        :data:`~napari_edgesam._napari.session.PRIOR_CHOICE`)."""
         plane = self.current_plane()
         chosen = None if plane is None else self.session.cycle_candidate(plane.key)
         if chosen is None:
@@ -396,6 +454,8 @@ def _describe(result: PlaneResult) -> str:
         text = f"object {i}: stability {obj.score:.2f}"
         if obj.candidate is not None:
             text += f" (candidate {obj.candidate + 1} of 4)"
+        elif obj.prior_box is not None:
+            text += " (whole object: granularity prior)"
         parts.append(text)
     if result.ignored_points:
         parts.append(f"{result.ignored_points} point(s) outside every box ignored")

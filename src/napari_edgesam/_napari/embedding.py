@@ -4,6 +4,11 @@
 :class:`EmbeddingService` owns the :class:`~napari_edgesam.inference.embedding_cache.EmbeddingCache`
 and the :class:`~napari_edgesam.inference.slices.SliceEmbedder`, embeds the current plane in a
 worker, then prefetches its neighbours along the stack axis, and precomputes whole stacks.
+
+With a granularity prior switched on (:meth:`EmbeddingService.set_prior`) every plane embedded
+from then on also gets its box proposals in the same encoder pass, kept in a small
+:class:`~napari_edgesam._napari.proposals.ProposalStore` under the plane's cache key; a plane whose embedding was cached without
+them (from disk, or before the prior was on) gets them in a worker when it is requested.
 """
 
 from __future__ import annotations
@@ -19,8 +24,10 @@ from qtpy.QtCore import QObject, Signal
 
 from ..inference.embedding_cache import EmbeddingCache, data_signature
 from ..inference.predictor import ImageEmbedding
+from ..inference.prior import ProposalSet
 from ..inference.slices import SliceEmbedder, neighbour_order
 from .planes import Plane
+from .proposals import ProposalStore, _CacheWithProposals, _ProposingPredictor
 from .workers import LatestRunner, Relay, error_reporter, start_worker
 
 logger = logging.getLogger(__name__)
@@ -65,15 +72,17 @@ class _Stack:
 class EmbeddingService(QObject):
     """Embeds planes of the current image in the background through a shared cache.
 
-    Signals (main thread): ``ready(key)`` when a requested plane is embedded; ``busy(bool, text)``
-    when the current-plane encoder starts/stops; ``precompute_progress(done, total)`` and
-    ``precompute_finished(count)``.
+    Signals (main thread): ``ready(key)`` when a requested plane is embedded (with its
+    proposals when a prior is on); ``busy(bool, text)`` when the current-plane encoder
+    starts/stops; ``precompute_progress(done, total)`` and ``precompute_finished(count)``;
+    ``prior_failed(message)`` when the prior raised (it is switched off).
     """
 
     ready = Signal(str)
     busy = Signal(bool, str)
     precompute_progress = Signal(int, int)
     precompute_finished = Signal(int)
+    prior_failed = Signal(str)
 
     def __init__(self, max_bytes: int = 1 << 30, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -81,7 +90,10 @@ class EmbeddingService(QObject):
         #: Neighbours (in slices) embedded in the background around the current slice.
         self.prefetch_radius = PREFETCH_RADIUS
         self.cache = EmbeddingCache(self.max_bytes)
+        #: The prior's proposals by the same keys as :attr:`cache`.
+        self.proposals = ProposalStore()
         self.embedder: SliceEmbedder | None = None
+        self._encoder: _ProposingPredictor | None = None
         self._signatures: dict[int, tuple[object, str]] = {}
         self._sig_lock = threading.Lock()
         self._prefetch_cancel = threading.Event()
@@ -93,19 +105,47 @@ class EmbeddingService(QObject):
         self._relay = Relay(self)
         self._relay.progressed.connect(self.precompute_progress)
         self._runner.done.connect(lambda: self.busy.emit(False, ""))
+        self._failures = Relay(self)
+        self._failures.itemed.connect(self._prior_broke)
 
     # -- configuration -----------------------------------------------------------------------
     def set_predictor(self, predictor) -> None:
-        """Use ``predictor`` (its ``compute_embedding``) from now on."""
+        """Use ``predictor`` (its ``compute_embedding``) from now on, without a prior (see
+        :meth:`set_prior`)."""
         self.cancel_background()
-        self.embedder = SliceEmbedder(predictor, self.cache)
+        self._encoder = _ProposingPredictor(predictor, self._failures.item)
+        self._build_embedder()
+
+    def _build_embedder(self) -> None:
+        self.embedder = SliceEmbedder(self._encoder, _CacheWithProposals(self.cache, self.proposals, self._encoder))
+
+    def set_prior(self, prior) -> None:
+        """Propose boxes with ``prior`` (the predictor's granularity prior) for every plane
+        embedded or requested from now on; None: no proposals."""
+        if self._encoder is None:
+            raise RuntimeError("no model is loaded: load a model (or call set_predictor) first")
+        self._encoder.prior = prior
+
+    @property
+    def prior(self):
+        """The prior in use, or None."""
+        return None if self._encoder is None else self._encoder.prior
+
+    def _prior_broke(self, err: BaseException) -> None:
+        error_reporter("EdgeSAM granularity prior (switched off)")(err)
+        self.prior_failed.emit(str(err))
 
     def set_cache_dir(self, directory: str | Path | None) -> None:
         """Keep embeddings also on disk in ``directory`` (None: memory only)."""
         self.cancel_background()
         self.cache = EmbeddingCache(self.max_bytes, disk_dir=directory or None)
-        if self.embedder is not None:
-            self.embedder = SliceEmbedder(self.embedder.predictor, self.cache)
+        if self._encoder is not None:
+            self._build_embedder()
+
+    def clear(self) -> None:
+        """Forget the embeddings held in memory and all proposals (another model)."""
+        self.cache.clear()
+        self.proposals.clear()
 
     # -- keys --------------------------------------------------------------------------------
     def signature(self, data: object, compute: bool = False) -> str | None:
@@ -148,6 +188,11 @@ class EmbeddingService(QObject):
         key = self.key(view)
         return None if key is None else self.cache.get(key)
 
+    def lookup_proposals(self, view: ImageView) -> ProposalSet | None:
+        """The stored proposals of the view's plane, or None (fast; main thread)."""
+        key = self.key(view)
+        return None if key is None else self.proposals.get(key)
+
     def embed_now(self, view: ImageView, plane: Plane | None = None) -> ImageEmbedding:
         """Embed (or fetch) a plane in the calling thread: for workers only."""
         key = self.key(view, plane, compute=True)
@@ -169,16 +214,22 @@ class EmbeddingService(QObject):
 
     def _embed_job(self, view: ImageView) -> tuple[str, ImageView, bool]:
         key = self.key(view, compute=True)
-        if key in self.cache:
-            return key, view, False
-        self._notify_busy(view)
-        self.embedder.embed(view.image(), key, **view.normalisation)
-        return key, view, True
+        computed = key not in self.cache
+        if computed:
+            self._notify_busy(view)
+            self.embedder.embed(view.image(), key, **view.normalisation)  # with proposals if on
+        encoder = self._encoder
+        if encoder.prior is not None and key not in self.proposals:  # cached without them
+            self._notify_busy(view, "finding the objects of")
+            found = encoder.propose(view.image(), **view.normalisation)
+            if found is not None:
+                self.proposals.put(key, found)
+        return key, view, computed
 
-    def _notify_busy(self, view: ImageView) -> None:
+    def _notify_busy(self, view: ImageView, doing: str = "embedding") -> None:
         axis = view.plane.stack_axis
         where = f"slice {view.plane.position[axis]}" if axis is not None else "the image"
-        self.busy.emit(True, f"embedding {where}...")
+        self.busy.emit(True, f"{doing} {where}...")
 
     def _embedded(self, result: tuple[str, ImageView, bool]) -> None:
         key, view, _computed = result

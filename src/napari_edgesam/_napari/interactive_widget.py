@@ -28,6 +28,7 @@ from .model_panel import ModelPanel
 logger = logging.getLogger(__name__)
 
 
+
 def _row(*widgets: QWidget) -> QWidget:
     box = QWidget()
     lay = QHBoxLayout(box)
@@ -77,6 +78,9 @@ class InteractiveWidget(QWidget):
         self.channel = QComboBox()
         self.target = QComboBox()
         self.overwrite = QCheckBox("overwrite existing labels")
+        self.whole_object = QCheckBox(names.WHOLE_OBJECT_TEXT)
+        self.whole_object.setEnabled(False)
+        self.whole_object.setToolTip(names.NO_MODEL_TIP)
         self.polarity = _button("New points: positive", "polarity")
         self.candidate = _button("Next candidate", "candidate")
         self.commit = _button("Commit", "commit")
@@ -116,6 +120,7 @@ class InteractiveWidget(QWidget):
         form.addRow("Channel", self.channel)
         form.addRow("Target", self.target)
         form.addRow(self.overwrite)
+        form.addRow(self.whole_object)
         form.addRow(_row(self.polarity, self.candidate))
         form.addRow(_row(self.commit, self.clear, self.undo))
         form.addRow(self.embed_bar)
@@ -140,7 +145,9 @@ class InteractiveWidget(QWidget):
         c = self.controller
         self.model_panel.load_requested.connect(c.load_model)
         self.model_panel.autoload_requested.connect(lambda name: c.load_model(name, only_if_none=True))
-        c.model_changed.connect(lambda name: self.model_panel.set_message(f"model '{name}' ready"))
+        c.model_changed.connect(self._model_ready)
+        c.prior_changed.connect(self._show_prior)
+        self.whole_object.toggled.connect(c.set_use_prior)
         c.status.connect(self._status)
         c.polarity_changed.connect(self._show_polarity)
         c.target_changed.connect(self._target_created)
@@ -173,6 +180,20 @@ class InteractiveWidget(QWidget):
         self.status.setText(text)
         if text.startswith("could not load"):
             self.model_panel.set_message(text)
+
+    def _model_ready(self, name: str) -> None:
+        prior = ", with its granularity prior" if self.controller.prior_available else ""
+        self.model_panel.set_message(f"model '{name}' ready{prior}")
+
+    def _show_prior(self, available: bool, reason: str) -> None:
+        """Enable the whole-object option when the model has a prior; otherwise say why not."""
+        self.whole_object.blockSignals(True)  # showing the state is not the user's choice
+        try:
+            self.whole_object.setEnabled(available)
+            self.whole_object.setChecked(available and self.controller.use_prior)
+            self.whole_object.setToolTip(names.WHOLE_OBJECT_TIP if available else reason)
+        finally:
+            self.whole_object.blockSignals(False)
 
     def _show_polarity(self, positive: bool) -> None:
         self.polarity.setText(f"New points: {'positive' if positive else 'negative'}")

@@ -51,7 +51,8 @@ class Shortcut:
 SHORTCUTS: tuple[Shortcut, ...] = (
     Shortcut("commit", "Shift-C", "commit the preview into the target labels"),
     Shortcut("toggle_polarity", "Shift-N", "toggle positive / negative for new points"),
-    Shortcut("cycle_candidate", "Shift-M", "next of the 4 candidate masks (point prompts)"),
+    Shortcut("cycle_candidate", "Shift-M",
+             "next candidate mask (after a whole-object click: the 4 candidates, then the whole object again)"),
     Shortcut("clear", "Shift-X", "clear prompts and preview"),
     Shortcut("undo_commit", "Shift-U", "undo the last commit"),
 )
@@ -85,7 +86,8 @@ TOOLTIPS: dict[str, str] = {
     "clear": f"Remove all prompts and the preview ({shortcut_for('clear').key}).",
     "undo": f"Restore the target labels as they were before the last commit ({shortcut_for('undo_commit').key}).",
     "polarity": f"Whether new points are positive or negative ({shortcut_for('toggle_polarity').key}).",
-    "candidate": f"Show the next of the 4 masks a point prompt yields ({shortcut_for('cycle_candidate').key}).",
+    "candidate": ("Next candidate mask (after a whole-object click: the 4 candidates, then the whole object "
+                  f"again) ({shortcut_for('cycle_candidate').key})."),
     "precompute": "Embed every slice of the stack now (cached), so any slice answers at once.",
     "cancel_precompute": "Stop embedding the stack after the current slice.",
     "cache_dir": "Optional folder that keeps embeddings on disk between sessions.",
@@ -93,3 +95,16 @@ TOOLTIPS: dict[str, str] = {
     "direction": "Which way to propagate beyond the annotated slices.",
     "cancel_propagation": "Stop propagating; the slices found so far are kept in the preview.",
 }
+
+# -- granularity prior -----------------------------------------------------------------------
+#: The checkbox of the whole-object click.
+WHOLE_OBJECT_TEXT = "A click takes the whole object (granularity prior)"
+WHOLE_OBJECT_TIP = ("One positive click (no other point, no box) segments the whole object under it: the "
+                    "model's granularity prior proposes boxes and EdgeSAM's rule joins the best nearby box "
+                    "to the click. More points, negative points or a box refine as usual; "
+                    "'Next candidate' shows the 4 plain candidates.")
+NO_MODEL_TIP = "load a model first"
+
+#: Why a model has no granularity prior, when nothing is stored beside it.
+NO_PRIOR_REASON = ("no granularity prior beside this model; train one with "
+                   "`python -m napari_edgesam.training.prior train` (or `napari-edgesam train prior`)")

@@ -7,6 +7,11 @@ preview labels into target labels with an exact undo.
 Prompts per plane: without boxes all points form one object; with boxes every box is one
 object together with the points inside it (points in no box are ignored).
 Coordinates are ``(x, y)`` pixels of the plane, boxes ``(x0, y0, x1, y1)``.
+
+With the box proposals of a granularity prior, a single positive click (the ambiguous case,
+:func:`is_single_click`) takes the whole object by EdgeSAM's rule
+(:func:`~napari_edgesam.inference.prior.segment_click_with_prior`); more points, negative
+points or a box refine as usual.
 """
 
 from __future__ import annotations
@@ -20,8 +25,12 @@ import numpy as np
 
 from ..constants import MASK_THRESHOLD
 from ..inference.postprocess import stability_score, upscale_logits
+from ..inference.prior import ProposalSet, choose_box_for_click, segment_click_with_prior
 
 logger = logging.getLogger(__name__)
+
+#: What :meth:`Session.cycle_candidate` returns when it goes back to the prior's whole object.
+PRIOR_CHOICE = -1
 
 
 @dataclass(frozen=True)
@@ -80,15 +89,24 @@ def group_prompts(
     return objects, int(np.count_nonzero(owner < 0))
 
 
+def is_single_click(objects: list[ObjectPrompt]) -> bool:
+    """Whether the prompts of a plane are exactly one positive point and no box: the case
+    the granularity prior disambiguates."""
+    return (len(objects) == 1 and objects[0].box is None and len(objects[0].points) == 1
+            and int(objects[0].labels[0]) == 1)
+
+
 @dataclass
 class ObjectResult:
     """The decoded mask of one object (``H x W`` bool), its stability score, the low-res
-    logits (``256 x 256``) and, for point-only objects, which of the 4 candidates it is."""
+    logits (``256 x 256``), for point-only objects which of the 4 candidates it is, and for
+    a click the granularity prior took, the proposal box ``(x0, y0, x1, y1)`` joined to it."""
 
     mask: np.ndarray
     score: float
     low_res: np.ndarray
     candidate: int | None
+    prior_box: np.ndarray | None = None
 
 
 @dataclass
@@ -106,6 +124,7 @@ class _Memory:
     prompt: ObjectPrompt
     mask_input: np.ndarray | None  # what the decode used
     result: ObjectResult
+    prior_box: np.ndarray | None = None  # what the prior's rule picks (shown or not)
 
 
 @dataclass
@@ -168,12 +187,17 @@ class Session:
         return None
 
     def decode(self, predictor, embedding, plane_key: Hashable, objects: list[ObjectPrompt],
-               ignored_points: int = 0) -> PlaneResult:
+               ignored_points: int = 0, proposals: ProposalSet | None = None,
+               k_nearest: int = 5) -> PlaneResult:
         """Segment ``objects`` on the plane whose embedding is ``embedding``.
 
         Box objects use ``predictor.segment`` (token 0); point-only objects the most stable of
-        the 4 masks, or the candidate chosen with :meth:`cycle_candidate`. Asking the same
-        question twice gives the same answer. Call it from one thread at a time per predictor.
+        the 4 masks, or the candidate chosen with :meth:`cycle_candidate`. With ``proposals``
+        (the prior's boxes for this plane) a single positive click (:func:`is_single_click`)
+        takes the whole object: the proposal EdgeSAM's rule picks (``k_nearest``) joins the
+        point, as ``predictor.segment_click``; with no proposal around the point, or after
+        :meth:`cycle_candidate`, it falls back to the 4 candidates. Asking the same question
+        twice gives the same answer. Call it from one thread at a time per predictor.
         """
         forced = self._forced_candidate.get(plane_key)
         with self._lock:
@@ -181,13 +205,23 @@ class Session:
         if forced is not None and (not objects or not previous or previous[0].prompt.anchor != objects[0].anchor):
             forced = None  # a new object: back to the most stable candidate
             self._forced_candidate.pop(plane_key, None)
-        predictor.set_embedding(embedding)
+        if proposals is None:
+            predictor.set_embedding(embedding)
+        else:
+            predictor.set_embedding(embedding, proposals)
         h, w = embedding.original_size
         labels = np.zeros((h, w), np.uint16)
         results, memory = [], []
+        single = proposals is not None and is_single_click(objects)
         for i, obj in enumerate(objects):
             mask_input = self.mask_input_for(plane_key, i, obj)
-            if obj.box is None:
+            prior_box = shown_box = None
+            if single:
+                prior_box = choose_box_for_click(obj.points[0], proposals.boxes, proposals.scores, k_nearest)
+            if prior_box is not None and forced is None:
+                mask, score, low = segment_click_with_prior(predictor, proposals, obj.points[0], k_nearest=k_nearest)
+                chosen, shown_box = None, prior_box
+            elif obj.box is None:
                 mask, score, low, chosen = _segment_points(predictor, obj, mask_input, forced)
             else:
                 points = obj.points if len(obj.points) else None
@@ -196,9 +230,9 @@ class Session:
                 )
                 chosen = None
             mask = np.asarray(mask, bool)
-            result = ObjectResult(mask, float(score), np.asarray(low, np.float32), chosen)
+            result = ObjectResult(mask, float(score), np.asarray(low, np.float32), chosen, shown_box)
             results.append(result)
-            memory.append(_Memory(obj, mask_input, result))
+            memory.append(_Memory(obj, None if shown_box is not None else mask_input, result, prior_box))
             labels[mask & (labels == 0)] = i + 1
         with self._lock:
             self._memory[plane_key] = memory
@@ -210,13 +244,24 @@ class Session:
 
     def cycle_candidate(self, plane_key: Hashable) -> int | None:
         """Choose the next of the 4 candidates for the point-only object of ``plane_key``;
-        returns it, or None if that plane has no point-only object. Decode again to see it."""
+        returns it, or None if that plane has no point-only object. Decode again to see it.
+
+        A click the granularity prior took cycles ``prior -> 0 -> 1 -> 2 -> 3 -> prior``
+        (returning :data:`PRIOR_CHOICE` for the way back); other clicks start from the most
+        stable candidate and wrap around the 4."""
         with self._lock:
-            mem = self._memory.get(plane_key, [])
-            current = next((m.result.candidate for m in mem if m.result.candidate is not None), None)
-            if current is None:
+            mem = next((m for m in self._memory.get(plane_key, [])
+                        if m.result.candidate is not None or m.result.prior_box is not None), None)
+            if mem is None:
                 return None
-            nxt = (current + 1) % 4
+            current = mem.result.candidate
+            if current is None:  # the prior's whole object is shown
+                nxt = 0
+            elif current == 3 and mem.prior_box is not None:
+                self._forced_candidate.pop(plane_key, None)
+                return PRIOR_CHOICE
+            else:
+                nxt = (current + 1) % 4
             self._forced_candidate[plane_key] = nxt
             return nxt
 

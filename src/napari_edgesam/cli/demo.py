@@ -34,9 +34,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def choose_model(name: str | None, backend: str = "auto", device: str = "auto"):
     """Load ``name``, or the first loadable of :data:`FALLBACK_MODELS`.
 
-    Raises RuntimeError listing what was tried and what to do when nothing loads.
+    The granularity prior stored beside the model file, if any, is attached (so one click
+    takes the whole object). Raises RuntimeError listing what was tried and what to do when
+    nothing loads.
     """
-    from ..inference.api import list_models, load_model
+    from .._napari.model_panel import load_predictor
+    from ..inference.api import list_models
+
+    def load_model(name, backend, device):
+        return load_predictor(name, backend, device)[0]
 
     if name:
         return load_model(name, backend=backend, device=device)
@@ -111,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
     L.add_box(boxes, plane, demo_box(pixels.mean(-1) if pixels.ndim == 3 else pixels))
     viewer.layers.selection.active = points
     points.mode = "add"
-    print(f"napari-edgesam demo: model {predictor.model_name}; click to add points "
+    prior = "with its granularity prior" if getattr(predictor, "prior", None) is not None else "no granularity prior"
+    print(f"napari-edgesam demo: model {predictor.model_name} ({prior}); click to add points "
           f"({widget.shortcuts.text().splitlines()[0]})")
     if not args.screenshot:
         napari.run()
