@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -247,3 +249,37 @@ def test_clear_disk(tmp_path):
     assert "a" in cache  # still on disk
     cache.clear(disk=True)
     assert "a" not in cache and not list(tmp_path.iterdir())
+
+
+def test_disk_layer_is_bounded_and_evicts_least_recently_used(tmp_path):
+    cache = EmbeddingCache(max_bytes=0, disk_dir=tmp_path)
+    cache.put("k0", make_embedding(0))
+    file_bytes = cache.disk_bytes()
+    assert file_bytes > EMB_BYTES_FP16  # features plus a little metadata
+    budget = int(3.5 * file_bytes)  # room for 3 files
+    cache = EmbeddingCache(max_bytes=0, disk_dir=tmp_path, max_disk_bytes=budget)
+    for i in (1, 2):
+        cache.put(f"k{i}", make_embedding(i))
+    # make the order of use unambiguous (file times have a coarse resolution on some systems)
+    for age, key in ((30, "k0"), (20, "k1"), (10, "k2")):
+        t = time.time() - age
+        os.utime(cache.disk_path(key), (t, t))
+    assert cache.get("k0") is not None  # a read makes k0 the most recently used
+    cache.put("k3", make_embedding(3))  # over budget: the least recently used (k1) goes
+    assert not cache.disk_path("k1").exists()
+    assert all(cache.disk_path(k).exists() for k in ("k0", "k2", "k3"))
+    assert cache.disk_bytes() <= budget
+    # another process sharing the folder sees the same bound
+    other = EmbeddingCache(max_bytes=0, disk_dir=tmp_path, max_disk_bytes=budget)
+    other.put("k4", make_embedding(4))
+    assert other.disk_bytes() <= budget and other.disk_path("k4").exists()
+    assert not cache.disk_path("k2").exists()  # the oldest then
+
+
+def test_disk_budget_smaller_than_one_file_keeps_the_newest(tmp_path):
+    cache = EmbeddingCache(max_bytes=0, disk_dir=tmp_path, max_disk_bytes=1000)
+    cache.put("a", make_embedding(0))
+    cache.put("b", make_embedding(1))
+    assert not cache.disk_path("a").exists() and cache.get("b") is not None
+    with pytest.raises(ValueError, match="max_disk_bytes"):
+        EmbeddingCache(disk_dir=tmp_path, max_disk_bytes=-1)

@@ -90,7 +90,8 @@ TOOLTIPS: dict[str, str] = {
                   f"again) ({shortcut_for('cycle_candidate').key})."),
     "precompute": "Embed every slice of the stack now (cached), so any slice answers at once.",
     "cancel_precompute": "Stop embedding the stack after the current slice.",
-    "cache_dir": "Optional folder that keeps embeddings on disk between sessions.",
+    "cache_dir": ("Optional folder that keeps embeddings on disk between sessions (at most 10 GiB: the "
+                  "least recently used slices are deleted first)."),
     "propagate": "Follow the preview objects (or the target's selected label) through the stack.",
     "direction": "Which way to propagate beyond the annotated slices.",
     "cancel_propagation": "Stop propagating; the slices found so far are kept in the preview.",

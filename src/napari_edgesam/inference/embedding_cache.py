@@ -7,7 +7,9 @@ normalisation, so a changed image, plane or contrast never reuses a stale embedd
 Embeddings are stored in ``dtype`` (float16 by default: 2 MiB per slice instead of 4 MiB);
 :meth:`EmbeddingCache.get` returns them in that dtype (read-only), which the predictor
 accepts as is. With ``disk_dir`` every entry is also written to one ``.npz`` file per key,
-atomically, and a memory miss falls back to disk.
+atomically, and a memory miss falls back to disk. The disk layer is bounded too
+(``max_disk_bytes``, 10 GiB by default): after a write, the least recently used files (by
+modification time; a read refreshes it) are deleted until the folder fits.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ _SAMPLE_PLANES = 32
 _SAMPLE_ELEMENTS_PER_PLANE = 1 << 16
 _KEY_SEPARATOR = "|"
 _PARTIAL_SUFFIX = ".part"  # files being written; never matched by "*.npz"
+#: Default budget of the disk layer (~5000 fp16 slices).
+DEFAULT_MAX_DISK_BYTES = 10 << 30
 
 
 # -- keys ------------------------------------------------------------------------------------
@@ -146,6 +150,8 @@ class EmbeddingCache:
         disk_dir: optional folder for a persistent layer: one ``.npz`` per key (features in
             float16, sizes, the key and a format version), written atomically; memory misses
             are read from there; unreadable files are deleted with a warning.
+        max_disk_bytes: budget of the disk layer; least recently used files beyond it are
+            deleted after each write (the file just written is always kept).
 
     All methods are safe to call from several threads.
     """
@@ -155,9 +161,14 @@ class EmbeddingCache:
         max_bytes: int = 1 << 30,
         dtype: np.dtype | type = np.float16,
         disk_dir: str | Path | None = None,
+        max_disk_bytes: int = DEFAULT_MAX_DISK_BYTES,
     ) -> None:
         if int(max_bytes) < 0:
             raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
+        if int(max_disk_bytes) < 0:
+            raise ValueError(f"max_disk_bytes must be >= 0, got {max_disk_bytes}")
+        self.max_disk_bytes = int(max_disk_bytes)
+        self._disk_bytes: int | None = None  # measured at the first write
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.dtype(np.float16), np.dtype(np.float32)):
             raise ValueError(f"dtype must be float16 or float32, got {self.dtype}")
@@ -248,6 +259,7 @@ class EmbeddingCache:
             self._entries.clear()
             self._nbytes = 0
         if disk and self.disk_dir is not None:
+            self._disk_bytes = None
             for path in self.disk_dir.glob("*.npz"):
                 path.unlink(missing_ok=True)
             for path in self.disk_dir.glob(f".*{_PARTIAL_SUFFIX}"):  # left by a crash
@@ -264,6 +276,7 @@ class EmbeddingCache:
             for k in doomed:
                 self._nbytes -= self._entries.pop(k).nbytes
         if disk and self.disk_dir is not None:
+            self._disk_bytes = None
             for path in self.disk_dir.glob("*.npz"):
                 try:
                     with np.load(path, allow_pickle=False) as z:
@@ -294,10 +307,50 @@ class EmbeddingCache:
                     original_size=np.asarray(emb.original_size, np.int64),
                     input_size=np.asarray(emb.input_size, np.int64),
                 )
+            size_before = path.stat().st_size if path.exists() else 0
             os.replace(tmp, path)
         except OSError as err:
             logger.warning("could not write the embedding cache file %s: %s", path, err)
             Path(tmp).unlink(missing_ok=True)
+            return
+        self._account_disk(path, size_before)
+
+    def _account_disk(self, written: Path, replaced_bytes: int) -> None:
+        """Keep the disk layer within ``max_disk_bytes`` after writing ``written``."""
+        with self._lock:
+            if self._disk_bytes is None:
+                self._disk_bytes = self.disk_bytes()
+            else:
+                self._disk_bytes += _size(written) - replaced_bytes
+            if self._disk_bytes <= self.max_disk_bytes:
+                return
+            # over budget: measure again (other processes may share the folder) and evict
+            files = []
+            for path in self.disk_dir.glob("*.npz"):
+                try:
+                    st = path.stat()
+                except OSError:
+                    continue
+                files.append((st.st_mtime, st.st_size, path))
+            total = sum(size for _, size, _ in files)
+            for _, size, path in sorted(files, key=lambda f: f[0]):
+                if total <= self.max_disk_bytes:
+                    break
+                if path == written:
+                    continue
+                try:
+                    path.unlink()
+                except OSError:
+                    continue
+                total -= size
+                logger.debug("embedding cache: evicted %s from disk", path.name)
+            self._disk_bytes = total
+
+    def disk_bytes(self) -> int:
+        """Bytes of the ``.npz`` files in the disk layer (0 without one)."""
+        if self.disk_dir is None:
+            return 0
+        return sum(_size(p) for p in self.disk_dir.glob("*.npz"))
 
     def _read_disk(self, key: str) -> ImageEmbedding | None:
         if self.disk_dir is None:
@@ -323,4 +376,15 @@ class EmbeddingCache:
             logger.warning("ignoring and deleting unreadable embedding cache file %s: %s", path, err)
             path.unlink(missing_ok=True)
             return None
+        try:
+            os.utime(path)  # recently used: evicted last
+        except OSError:  # e.g. a read-only folder: the order of eviction is all that suffers
+            pass
         return self._frozen(ImageEmbedding(features, original_size, input_size))
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
