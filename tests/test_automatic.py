@@ -1,11 +1,5 @@
-"""Automatic mode: the algorithm on a stub predictor with known instances, plumbing on the golden model.
-
-``LabelOraclePredictor`` (also imported by the tiling, batch and widget tests) plays EdgeSAM on
-images whose pixel values encode instance ids: for each point it returns the low-res logits of
-the instance under that point, built with the real ``ImageEmbedding`` and 1024/256 frame
-conventions, plus three decoys like SAM's multimask output (a soft dilated mask, the whole
-image, noise).
-"""
+"""Automatic mode (point grid): the algorithm on a stub predictor with known instances
+(``LabelOraclePredictor``, see ``_helpers``), plumbing on the golden model."""
 
 from __future__ import annotations
 
@@ -14,15 +8,12 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from PIL import Image
-from scipy import ndimage
 
-from napari_edgesam.constants import IMG_SIZE, LOW_RES_SIZE, token_slice
+from _helpers import LabelOraclePredictor, matched_ious, synthetic_instances
 from napari_edgesam.inference.automatic import (
     AutomaticConfig,
     Cancelled,
     MaskCandidate,
-    _upscale_in_box,
     clean_mask,
     generate_masks,
     masks_to_labels,
@@ -30,158 +21,11 @@ from napari_edgesam.inference.automatic import (
     point_grid,
     segment_automatic,
     segment_automatic_3d,
+    upscale_in_box,
 )
-from napari_edgesam.inference.postprocess import stability_score, upscale_logits
-from napari_edgesam.inference.predictor import ImageEmbedding, Prediction
-from napari_edgesam.inference.preprocess import resized_shape, to_rgb_uint8
+from napari_edgesam.inference.postprocess import upscale_logits
 
-
-class LabelOraclePredictor:
-    """Predictor stub. Pixel value v > 0 of channel 0 means "instance of class v"; instances are
-    the connected components of each value inside the embedded image (or tile)."""
-
-    def __init__(self, seed: int = 0) -> None:
-        self.backend = SimpleNamespace(name="oracle", supports_mask_input=False, provides_iou_scores=False)
-        self.model_name = "oracle"
-        self.calls = 0
-        self.prompts = 0
-        self.embedded = 0
-        self._emb = None
-        self._rng = np.random.default_rng(seed)
-        self._cache: dict = {}
-
-    # image
-    def embed_rgb(self, rgb: np.ndarray) -> ImageEmbedding:
-        v = rgb[..., 0].astype(np.int64)
-        lab = np.zeros(v.shape, np.int64)
-        n = 0
-        for val in np.unique(v[v > 0]):
-            cc, k = ndimage.label(v == val)
-            lab[cc > 0] = cc[cc > 0] + n
-            n += k
-        self.embedded += 1
-        return ImageEmbedding(lab[None, None].astype(np.float32), tuple(v.shape), resized_shape(v.shape))
-
-    def compute_embedding(self, image, **norm) -> ImageEmbedding:
-        return self.embed_rgb(to_rgb_uint8(image, **norm))
-
-    def set_image(self, image, **norm):
-        self._emb = self.compute_embedding(image, **norm)
-        return self._emb
-
-    def set_embedding(self, emb):
-        self._emb = emb
-
-    def reset_image(self):
-        self._emb = None
-
-    @property
-    def is_image_set(self):
-        return self._emb is not None
-
-    @property
-    def embedding(self):
-        if self._emb is None:
-            raise RuntimeError("no image is set")
-        return self._emb
-
-    # masks
-    def _maps(self) -> tuple[np.ndarray, np.ndarray]:
-        """Instance labels and background components of the current embedding (cached)."""
-        features = self.embedding.features
-        if self._cache.get("features") is not features:  # identity, not id(): ids get reused
-            lab = np.asarray(features[0, 0], np.int64)
-            self._cache = {"features": features, "maps": (lab, ndimage.label(lab == 0)[0])}
-        return self._cache["maps"]
-
-    def _to_low(self, mask: np.ndarray) -> np.ndarray:
-        ih, iw = self.embedding.input_size
-        img = Image.fromarray(mask.astype(np.float32)).resize((iw, ih), Image.BILINEAR)
-        frame = np.zeros((IMG_SIZE, IMG_SIZE), np.float32)
-        frame[:ih, :iw] = np.clip(np.asarray(img), 0, 1)
-        f = IMG_SIZE // LOW_RES_SIZE
-        return frame.reshape(LOW_RES_SIZE, f, LOW_RES_SIZE, f).mean((1, 3))
-
-    def _object(self, x: float, y: float) -> tuple[tuple, np.ndarray]:
-        lab, bg = self._maps()
-        r, c = int(y), int(x)
-        if lab[r, c] > 0:
-            return ("fg", int(lab[r, c])), lab == lab[r, c]
-        return ("bg", int(bg[r, c])), bg == bg[r, c]
-
-    def object_mask(self, x: float, y: float) -> np.ndarray:
-        return self._object(x, y)[1]
-
-    def _tokens(self, x: float, y: float) -> np.ndarray:
-        key, mask = self._object(x, y)
-        store = self._cache.setdefault("tokens", {})
-        if key not in store:
-            low = self._to_low(mask)
-            crisp = 20.0 * (low - 0.5)
-            soft = 8.0 * (ndimage.gaussian_filter(ndimage.maximum_filter(low, 5), 3) - 0.5)
-            store[key] = (crisp, soft, np.full_like(low, 10.0))
-        crisp, soft, whole = store[key]
-        noise = self._rng.normal(0, 0.5, crisp.shape).astype(np.float32)
-        return np.stack([crisp, soft, whole, noise]).astype(np.float32)
-
-    def predict_batch(self, point_coords=None, point_labels=None, boxes=None, mask_input=None,
-                      num_multimask_outputs=1, return_logits=False, use_stability_score=False,
-                      upscale=True) -> Prediction:
-        pc = np.asarray(point_coords, np.float32)
-        assert pc.ndim == 3 and pc.shape[2] == 2 and np.asarray(point_labels).shape == pc.shape[:2]
-        self.calls += 1
-        self.prompts += len(pc)
-        low = np.stack([self._tokens(*p[0]) for p in pc])[:, token_slice(num_multimask_outputs)]
-        scores = stability_score(low) if use_stability_score else np.full(low.shape[:2], 0.5, np.float32)
-        masks = None
-        if upscale:
-            masks = upscale_logits(low, self.embedding.input_size, self.embedding.original_size) > 0
-        return Prediction(masks, scores, low)
-
-    def segment(self, point_coords=None, point_labels=None, box=None, mask_input=None, candidate=None):
-        if box is not None:
-            x, y = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-        else:
-            pts = np.asarray(point_coords).reshape(-1, 2)
-            lab = np.asarray(point_labels).reshape(-1)
-            x, y = pts[lab == 1][0]
-        h, w = self.embedding.original_size
-        mask = self.object_mask(min(x, w - 1), min(y, h - 1))
-        return mask, 1.0, self._to_low(mask)
-
-
-def synthetic_instances(shape=(512, 512), n=14, rmin=12, rmax=30, seed=3, values=None):
-    """A uint8 image whose disks carry distinct values, and the true label image."""
-    rng = np.random.default_rng(seed)
-    h, w = shape
-    yy, xx = np.mgrid[:h, :w]
-    truth = np.zeros(shape, np.int32)
-    placed = []
-    tries = 0
-    while len(placed) < n and tries < 5000:
-        tries += 1
-        r = rng.uniform(rmin, rmax)
-        cy, cx = rng.uniform(r + 2, h - r - 2), rng.uniform(r + 2, w - r - 2)
-        if any(np.hypot(cy - py, cx - px) < r + pr + 4 for py, px, pr in placed):
-            continue
-        placed.append((cy, cx, r))
-        truth[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = len(placed)
-    image = np.where(truth > 0, 40 + 7 * truth, 0).astype(np.uint8)
-    return image, truth
-
-
-def matched_ious(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
-    """Best IoU of each true instance with any predicted label."""
-    out = []
-    for i in range(1, int(truth.max()) + 1):
-        t = truth == i
-        cand = np.unique(pred[t])
-        best = 0.0
-        for c in cand[cand > 0]:
-            p = pred == c
-            best = max(best, (t & p).sum() / (t | p).sum())
-        out.append(best)
-    return np.array(out)
+__all__ = ["LabelOraclePredictor", "matched_ious", "synthetic_instances"]  # older tests import them from here
 
 
 # -- the algorithm ----------------------------------------------------------------------------
@@ -354,7 +198,7 @@ def test_upscale_in_box_equals_full_upscaling(golden_predictor, make_golden_imag
     checked = 0
     for b in range(2):
         for c in range(4):
-            got = _upscale_in_box(pred.low_res_logits[b, c], emb)
+            got = upscale_in_box(pred.low_res_logits[b, c], emb)
             if got is None:
                 assert not full[b, c].any()
                 continue

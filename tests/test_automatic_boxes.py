@@ -1,163 +1,40 @@
 """Box-prompted automatic mode: the algorithm on stubs with known instances, plumbing on the golden model.
 
-``BoxOraclePredictor`` plays EdgeSAM for box prompts on images whose pixel values encode instance
-ids (the embedding carries the label image, with the real 1024/256 frame conventions): a box
-returns crisp low-res logits of the instance that fills most of it, and unstable noise when no
-instance does. ``ThresholdPrior`` plays the box head: connected components of the prepared
-input above background, as boxes in the 1024 frame.
+``BoxOraclePredictor`` plays EdgeSAM for box prompts and ``ThresholdPrior`` the box head (see
+``_helpers``).
 """
 
 from __future__ import annotations
 
 import threading
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from PIL import Image
-from scipy import ndimage
 
-from napari_edgesam.constants import IMG_SIZE, LOW_RES_SIZE
-from napari_edgesam.inference.automatic import Cancelled
+from _helpers import (
+    BoxOraclePredictor,
+    ThresholdPrior,
+    matched_ious,
+    one_thread,  # noqa: F401 - a fixture, used below
+    synthetic_instances,
+    truth_boxes,
+)
+from napari_edgesam.inference.automatic import Cancelled, masks_to_labels
 from napari_edgesam.inference.automatic_boxes import (
     BoxAutomaticConfig,
     generate_masks_from_boxes,
     prompt_boxes,
     segment_automatic_boxes,
 )
-from napari_edgesam.inference.postprocess import stability_score
-from napari_edgesam.inference.predictor import ImageEmbedding, Prediction
-from napari_edgesam.inference.preprocess import resized_shape
+from napari_edgesam.inference.automatic_modes import segment_automatic_any
 from napari_edgesam.inference.prior import ProposalSet
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small convolutions: one thread is faster, and far faster on a shared, busy CPU."""
-    torch = pytest.importorskip("torch")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-class BoxOraclePredictor:
-    def __init__(self, seed: int = 0) -> None:
-        self.backend = SimpleNamespace(name="oracle", supports_mask_input=False, provides_iou_scores=False)
-        self.calls = 0
-        self.prompts = 0
-        self.upscaled = False
-        self._emb = None
-        self._rng = np.random.default_rng(seed)
-
-    def embed_rgb(self, rgb):
-        v = rgb[..., 0].astype(np.int64)
-        lab = np.zeros(v.shape, np.int64)
-        n = 0
-        for val in np.unique(v[v > 0]):
-            cc, k = ndimage.label(v == val)
-            lab[cc > 0] = cc[cc > 0] + n
-            n += k
-        return ImageEmbedding(lab[None, None].astype(np.float32), tuple(v.shape), resized_shape(v.shape))
-
-    def set_embedding(self, emb):
-        self._emb = emb
-
-    def reset_image(self):
-        self._emb = None
-
-    @property
-    def is_image_set(self):
-        return self._emb is not None
-
-    @property
-    def embedding(self):
-        if self._emb is None:
-            raise RuntimeError("no image is set")
-        return self._emb
-
-    def _to_low(self, mask):
-        ih, iw = self.embedding.input_size
-        img = Image.fromarray(mask.astype(np.float32)).resize((iw, ih), Image.BILINEAR)
-        frame = np.zeros((IMG_SIZE, IMG_SIZE), np.float32)
-        frame[:ih, :iw] = np.clip(np.asarray(img), 0, 1)
-        f = IMG_SIZE // LOW_RES_SIZE
-        return frame.reshape(LOW_RES_SIZE, f, LOW_RES_SIZE, f).mean((1, 3))
-
-    def _answer(self, box):
-        lab = np.asarray(self.embedding.features[0, 0], np.int64)
-        x0, y0, x1, y1 = (int(round(v)) for v in box)
-        inside = lab[max(y0, 0):y1, max(x0, 0):x1]
-        ids, counts = np.unique(inside[inside > 0], return_counts=True)
-        if len(ids) and counts.max() >= 0.3 * inside.size:
-            return 20.0 * (self._to_low(lab == ids[np.argmax(counts)]) - 0.5)
-        return self._rng.normal(0, 0.5, (LOW_RES_SIZE, LOW_RES_SIZE)).astype(np.float32)
-
-    def predict_batch(self, point_coords=None, point_labels=None, boxes=None, mask_input=None,
-                      num_multimask_outputs=1, return_logits=False, use_stability_score=False, upscale=True):
-        assert point_coords is None and num_multimask_outputs == 1
-        b = np.asarray(boxes, np.float32)
-        assert b.ndim == 2 and b.shape[1] == 4
-        h, w = self.embedding.original_size
-        assert (b >= -0.5).all() and (b[:, [0, 2]] <= w + 0.5).all() and (b[:, [1, 3]] <= h + 0.5).all()
-        self.calls += 1
-        self.prompts += len(b)
-        self.upscaled |= upscale
-        low = np.stack([self._answer(x) for x in b])[:, None]
-        return Prediction(None, stability_score(low), low)
-
-
-class ThresholdPrior:
-    """Boxes of the connected foreground components of the prepared input (1024 frame)."""
-
-    def __init__(self, extra=()):
-        self.extra = list(extra)
-        self.calls = 0
-
-    def shares_encoder_with(self, backend):
-        return False
-
-    def propose(self, image, input_size):
-        self.calls += 1
-        fg = image[0, 0] > -1.9  # background pixels (value 0) normalise to -2.12
-        lab, n = ndimage.label(fg)
-        boxes = [(s[1].start, s[0].start, s[1].stop, s[0].stop) for s in ndimage.find_objects(lab)]
-        boxes = np.asarray(boxes + self.extra, np.float32).reshape(-1, 4)
-        scores = np.linspace(0.95, 0.5, len(boxes)).astype(np.float32)
-        return boxes, scores
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def instances(shape=(400, 560), n=12, seed=3):
-    rng = np.random.default_rng(seed)
-    h, w = shape
-    yy, xx = np.mgrid[:h, :w]
-    truth = np.zeros(shape, np.int32)
-    placed = []
-    while len(placed) < n:
-        r = rng.uniform(12, 28)
-        cy, cx = rng.uniform(r + 2, h - r - 2), rng.uniform(r + 2, w - r - 2)
-        if any(np.hypot(cy - py, cx - px) < r + pr + 6 for py, px, pr in placed):
-            continue
-        placed.append((cy, cx, r))
-        truth[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = len(placed)
-    return np.where(truth > 0, 40 + 7 * truth, 0).astype(np.uint8), truth
-
-
-def truth_boxes(truth):
-    return np.asarray([(s[1].start, s[0].start, s[1].stop, s[0].stop) for s in ndimage.find_objects(truth)], np.float32)
-
-
-def matched_ious(truth, pred):
-    out = []
-    for i in range(1, int(truth.max()) + 1):
-        t = truth == i
-        best = 0.0
-        for c in np.unique(pred[t]):
-            if c:
-                p = pred == c
-                best = max(best, (t & p).sum() / (t | p).sum())
-        out.append(best)
-    return np.array(out)
+    """Disks 6 px apart at least (instance ``i`` has value ``40 + 7 i``) and their labels."""
+    return synthetic_instances(shape, n=n, rmin=12, rmax=28, seed=seed, gap=6)
 
 
 # -- the algorithm ----------------------------------------------------------------------------
@@ -180,8 +57,6 @@ def test_boxes_become_instances_with_few_batched_calls():
     assert stub.prompts == len(decoded) and stub.calls == -(-len(decoded) // 5)
     assert not stub.upscaled and not stub.is_image_set  # previous (no) image restored
     assert len(masks) == len(tb)
-    from napari_edgesam.inference.automatic import masks_to_labels
-
     labels = masks_to_labels(masks, truth.shape)
     ious = matched_ious(truth, labels)
     assert (ious > 0.85).all(), ious
@@ -245,6 +120,67 @@ def test_cancel_and_validation():
             BoxAutomaticConfig(**bad)
 
 
+def test_3d_boxes_per_slice_then_merged():
+    z, h, w = 5, 120, 150
+    zz, yy, xx = np.mgrid[:z, :h, :w]
+    truth = np.zeros((z, h, w), np.int32)
+    for i, (cz, cy, cx, r) in enumerate([(2.0, 40, 45, 22), (2.0, 80, 110, 20)], 1):
+        truth[((zz - cz) * 8) ** 2 + (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = i
+    vol = np.where(truth > 0, 60 + 20 * truth, 0).astype(np.uint8)
+    seen = []
+    prior = ThresholdPrior()
+    labels = segment_automatic_any(BoxOraclePredictor(prior=prior), vol, BoxAutomaticConfig(min_area=10),
+                                   stack=True, progress=lambda d, t: seen.append((d, t)))
+    assert labels.shape == truth.shape and seen[-1] == (z, z) and prior.calls == z
+    assert int(labels.max()) == 2
+    assert (matched_ious(truth, labels) > 0.8).all()
+
+
+def test_one_call_for_both_modes():
+    from napari_edgesam.inference.automatic import AutomaticConfig
+
+    image, truth = instances(shape=(200, 260), n=5, seed=2)
+    with_prior = BoxOraclePredictor(prior=ThresholdPrior())
+    labels = segment_automatic_any(with_prior, image, BoxAutomaticConfig())
+    assert with_prior.calls >= 1 and (matched_ious(truth, labels) > 0.85).all()
+    stack = segment_automatic_any(with_prior, np.stack([image, image]), BoxAutomaticConfig(), stack=True)
+    assert stack.shape == (2, *image.shape) and int(stack.max()) == truth.max()
+    with pytest.raises(RuntimeError, match="prior="):
+        segment_automatic_any(BoxOraclePredictor(), image, BoxAutomaticConfig())
+    with pytest.raises(TypeError, match="BoxAutomaticConfig"):
+        segment_automatic_any(with_prior, image, {"points_per_side": 8})
+    from _helpers import LabelOraclePredictor
+
+    grid = segment_automatic_any(LabelOraclePredictor(), image, AutomaticConfig(points_per_side=16))
+    assert (matched_ious(truth, grid) > 0.8).all()
+
+
+def test_where_a_models_prior_is(tmp_path):
+    from napari_edgesam.inference.automatic_modes import find_model_prior, missing_prior_message
+
+    shipped = find_model_prior("edgesam-nuclei")
+    assert shipped is not None and shipped.name == "edge_sam_nuclei.prior.pth"
+    model = tmp_path / "lab_model.pth"
+    model.write_bytes(b"not loaded")
+    assert find_model_prior(model) is None and find_model_prior("no-such-model") is None
+    message = missing_prior_message(model)
+    assert str(tmp_path / "lab_model.prior.pth") in message and "training.prior train" in message
+    assert "edgesam-nuclei" in message
+    (tmp_path / "lab_model.prior.pth").write_bytes(b"x")
+    assert find_model_prior(str(model)) == tmp_path / "lab_model.prior.pth"
+
+
+def test_shared_settings_are_validated_in_both_modes():
+    from napari_edgesam.inference.automatic import AutomaticConfig
+
+    for config in (AutomaticConfig, BoxAutomaticConfig):
+        for bad in ({"nms_thresh": 0.0}, {"min_visible_fraction": 2.0}, {"tile_size": 10}):
+            with pytest.raises(ValueError, match=next(iter(bad))):
+                config(**bad)
+    assert BoxAutomaticConfig().stability_thresh == 0.85 and AutomaticConfig().stability_thresh == 0.9
+    assert set(BoxAutomaticConfig().to_dict()) >= {"score_thresh", "max_proposals", "tile_size", "min_area"}
+
+
 # -- plumbing on the golden model -------------------------------------------------------------
 def test_golden_model_box_mode_runs_in_one_encoder_pass(golden_predictor, make_golden_image):
     torch = pytest.importorskip("torch")
@@ -265,3 +201,21 @@ def test_golden_model_box_mode_runs_in_one_encoder_pass(golden_predictor, make_g
     assert encodes == []  # the embedding came from the prior's pass
     assert labels.shape == (200, 260) and labels.dtype == np.uint32
     assert np.unique(labels).tolist() == list(range(int(labels.max()) + 1))
+
+
+def test_the_current_image_and_its_proposals_are_restored(golden_predictor, make_golden_image):
+    from napari_edgesam.inference.automatic_common import embedding_set
+
+    emb = golden_predictor.compute_embedding(make_golden_image(seed=3, h=64, w=80))
+    other = golden_predictor.compute_embedding(make_golden_image(seed=4, h=64, w=96))
+    props = ProposalSet(np.float32([[1, 2, 30, 40]]), np.float32([0.9]), (64, 80))
+    golden_predictor.set_embedding(emb, props)
+    try:
+        with embedding_set(golden_predictor, other):
+            assert golden_predictor.embedding is other and golden_predictor.proposals is None
+        assert golden_predictor.embedding is emb and golden_predictor.proposals is props
+    finally:
+        golden_predictor.reset_image()
+    with embedding_set(golden_predictor, other):
+        pass
+    assert not golden_predictor.is_image_set

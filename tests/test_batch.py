@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 
@@ -10,7 +11,15 @@ import pytest
 import tifffile
 from PIL import Image
 
+from _helpers import (
+    BoxOraclePredictor,
+    LabelOraclePredictor,
+    ThresholdPrior,
+    matched_ious,
+    synthetic_instances,
+)
 from napari_edgesam.inference.automatic import AutomaticConfig
+from napari_edgesam.inference.automatic_boxes import BoxAutomaticConfig
 from napari_edgesam.inference.batch import BatchConfig, process_one, run_batch
 from napari_edgesam.inference.io import (
     discover_inputs,
@@ -20,7 +29,6 @@ from napari_edgesam.inference.io import (
     read_prompt_csv,
     rowcol_to_xy,
 )
-from test_automatic import LabelOraclePredictor, matched_ious, synthetic_instances
 
 FAST = AutomaticConfig(points_per_side=16)
 
@@ -198,6 +206,17 @@ def test_skip_resume_and_error_report(image_folder, tmp_path):
     # an error record is retried on the next run; ok ones are skipped
     report = run_batch([folder], out, BatchConfig(automatic=FAST), predictor=LabelOraclePredictor())
     assert [r["status"] for r in report.records] == ["skipped", "skipped", "skipped", "error"]
+    # other threads or backend: same result, still skipped
+    report = run_batch([folder], out, BatchConfig(automatic=FAST, num_threads=1, backend="torch"),
+                       predictor=LabelOraclePredictor())
+    assert [r["status"] for r in report.records][:3] == ["skipped"] * 3
+    # other result-relevant parameters (here the point grid): everything is redone, not skipped
+    other = BatchConfig(automatic=dataclasses.replace(FAST, points_per_side=FAST.points_per_side + 2))
+    stub = LabelOraclePredictor()
+    report = run_batch([folder], out, other, predictor=stub)
+    assert [r["status"] for r in report.records][:3] == ["ok"] * 3 and stub.embedded == 3
+    assert json.loads((out / "a.json").read_text())["parameters"]["automatic"]["points_per_side"] == \
+        FAST.points_per_side + 2
 
 
 def test_cancel_stops_after_current_image(image_folder, tmp_path):
@@ -244,6 +263,54 @@ def test_stack_gives_3d_labels(tmp_path):
     assert labels.shape == (z, h, w) and ((labels > 0) == (truth > 0)).all()
 
 
+def test_boxes_mode_with_the_prior(image_folder, tmp_path):
+    folder, truths = image_folder
+    out = tmp_path / "out"
+    prior = ThresholdPrior()
+    stub = BoxOraclePredictor(prior=prior)
+    config = BatchConfig(mode="boxes", boxes=BoxAutomaticConfig(max_proposals=100))
+    assert config.prior == "auto"  # the default of mode boxes
+    report = run_batch([folder], out, config, predictor=stub)
+    assert report.summary["ok"] == 3 and prior.calls == 3 and stub.calls >= 3
+    for key, truth in truths.items():
+        labels = tifffile.imread(out / f"{key}_labels.tif")
+        assert (matched_ious(truth, labels) > 0.85).all() and labels.max() == truth.max()
+        rec = json.loads((out / f"{key}.json").read_text())
+        assert rec["mode"] == "boxes" and rec["prior"] == "auto" and rec["prior_path"] is None  # 'edgesam' has none
+        assert rec["parameters"]["boxes"]["max_proposals"] == 100 and "automatic" not in rec["parameters"]
+    # the point-grid records keep their parameters and have no prior
+    grid = process_one(folder / "a.tif", BatchConfig(automatic=FAST, out_dir=str(tmp_path / "grid")),
+                       predictor=LabelOraclePredictor())
+    assert grid["mode"] == "auto" and "prior" not in grid and "boxes" not in grid["parameters"]
+
+
+def test_boxes_mode_stack_is_merged_in_3d(tmp_path):
+    z, h, w = 4, 96, 96
+    zz, yy, xx = np.mgrid[:z, :h, :w]
+    truth = (((zz - 1.5) * 6) ** 2 + (yy - 48) ** 2 + (xx - 40) ** 2 <= 25**2).astype(np.int32)
+    tifffile.imwrite(tmp_path / "vol.tif", (truth * 120).astype(np.uint8), metadata={"axes": "ZYX"})
+    prior = ThresholdPrior()
+    record = process_one(tmp_path / "vol.tif", BatchConfig(mode="boxes", out_dir=str(tmp_path / "o")),
+                         predictor=BoxOraclePredictor(prior=prior))
+    assert record["status"] == "ok" and record["shape"] == [z, h, w] and record["n_objects"] == 1
+    assert prior.calls == z
+    labels = tifffile.imread(tmp_path / "o" / "vol_labels.tif")
+    assert ((labels > 0) == (truth > 0)).all()
+
+
+def test_boxes_mode_without_a_prior_fails_clearly(image_folder, tmp_path):
+    folder, _ = image_folder
+    config = BatchConfig(mode="boxes", model="my-model.pth")
+    with pytest.raises(ValueError, match=r"'my-model.pth' has no granularity prior.*training\.prior train"):
+        run_batch([folder], tmp_path / "out", config, predictor=BoxOraclePredictor())  # no prior attached
+    record = process_one(folder / "a.tif", BatchConfig(mode="boxes", out_dir=str(tmp_path / "o")),
+                         predictor=BoxOraclePredictor())
+    assert record["status"] == "error" and "no granularity prior" in record["error"]
+    missing = BatchConfig(mode="boxes", model="edgesam-nuclei", prior=str(tmp_path / "nope.prior.pth"))
+    with pytest.raises(FileNotFoundError, match="nope.prior.pth"):
+        run_batch([folder], tmp_path / "out2", missing)
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="mode"):
         BatchConfig(mode="everything")
@@ -251,3 +318,7 @@ def test_config_validation():
         BatchConfig(mode="prompts")
     with pytest.raises(ValueError, match="out_dir"):
         process_one("x.tif", BatchConfig())
+    with pytest.raises(ValueError, match="prior"):
+        BatchConfig(mode="auto", prior="auto")
+    with pytest.raises(TypeError, match="BoxAutomaticConfig"):
+        BatchConfig(mode="boxes", boxes=AutomaticConfig())

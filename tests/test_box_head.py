@@ -7,6 +7,8 @@ import math
 import numpy as np
 import pytest
 
+from _helpers import one_thread  # noqa: F401
+
 torch = pytest.importorskip("torch")
 
 from napari_edgesam.inference.prior import nms_boxes, select_proposals  # noqa: E402
@@ -26,15 +28,7 @@ from napari_edgesam.model.box_head import (  # noqa: E402
     signatures_match,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small convolutions: one thread is faster, and far faster on a shared, busy CPU."""
-    torch = pytest.importorskip("torch")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def features(batch: int, size: int, seed: int = 0, scale: float = 1.0) -> dict:

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from _helpers import one_thread  # noqa: F401
 from napari_edgesam.inference.predictor import ImageEmbedding
 from napari_edgesam.inference.prior import (
     ProposalSet,
@@ -15,15 +16,7 @@ from napari_edgesam.inference.prior import (
     segment_click_with_prior,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small convolutions: one thread is faster, and far faster on a shared, busy CPU."""
-    torch = pytest.importorskip("torch")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # -- the rule ---------------------------------------------------------------------------------

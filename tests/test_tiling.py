@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from _helpers import LabelOraclePredictor, matched_ious
 from napari_edgesam.inference.automatic import AutomaticConfig, segment_automatic
 from napari_edgesam.inference.tiling import TiledImage, stitch_tiles, tile_grid
-from test_automatic import LabelOraclePredictor, matched_ious
 
 
 def _ellipse(shape, cy, cx, ry, rx):

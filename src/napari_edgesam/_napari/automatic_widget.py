@@ -1,14 +1,17 @@
 """Automatic segmentation widget: every object of an image (or of the visible area, or of a
 box), in a background thread with progress and cancel; the result goes into a labels layer.
 
+Two modes: a grid of point prompts (any model), or the boxes of the model's granularity prior
+("prior boxes": offered only when the model has a prior beside its weights).
+
 The widget only reads layers into an :class:`AutomaticRequest` (a plain object), runs
 :func:`run_request` (no Qt) in a worker thread and writes the labels back on the main thread.
+The mode choice (:class:`PriorModeChoice`) is shared with the batch widget.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,22 +25,80 @@ from magicgui.widgets import (
     PushButton,
     SpinBox,
 )
-from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
-from ..inference.automatic import (
-    AutomaticConfig,
-    Cancelled,
-    segment_automatic,
-    segment_automatic_3d,
+from ..inference.automatic import AutomaticConfig
+from ..inference.automatic_boxes import BoxAutomaticConfig
+from ..inference.automatic_common import Cancelled
+from ..inference.automatic_modes import (
+    AnyAutomaticConfig,
+    find_model_prior,
+    missing_prior_message,
+    segment_automatic_any,
 )
 from .layers import rectangle_to_box, rows_cols_to_xy
+from .workers import CancellableRunner
 
 logger = logging.getLogger(__name__)
 
 LABELS_LAYER = "EdgeSAM automatic"
 REGION_WHOLE, REGION_VISIBLE, REGION_BOX = "whole image", "visible area", "box (Shapes layer)"
 STACK_SLICE, STACK_ALL = "current slice", "all slices (merged in 3D)"
+MODE_GRID, MODE_BOXES = "point grid", "prior boxes"
+MODE_TOOLTIP = ("point grid: a grid of point prompts, works with any model; prior boxes: the boxes "
+                "proposed by the model's granularity prior (box head), far fewer decoder calls")
+
+
+# -- the mode choice (shared with the batch widget) ----------------------------------------------
+def prior_available(predictor, model: str) -> bool:
+    """Whether prior-box mode can run: the given predictor carries a prior, or (no predictor)
+    the named model has a prior beside its weights."""
+    if predictor is not None:
+        return getattr(predictor, "prior", None) is not None
+    return find_model_prior(model) is not None
+
+
+class PriorModeChoice:
+    """Keeps the :data:`MODE_BOXES` entry of a mode combo box in step with the model: enabled
+    only when the model (or the widget's injected predictor) has a granularity prior; otherwise
+    disabled, with a tooltip saying how to get one, and the choice falls back to :data:`MODE_GRID`.
+
+    Args:
+        mode: the mode combo box (with a :data:`MODE_BOXES` entry).
+        model: the model name/path line edit (re-checked when it changes).
+        predictor: returns the injected predictor, or None when the model is loaded by name.
+        on_update: called after every check (e.g. to update the visible parameters).
+    """
+
+    def __init__(self, mode: ComboBox, model: LineEdit, predictor, on_update=None) -> None:
+        self.mode, self.model, self._predictor, self._on_update = mode, model, predictor, on_update
+        model.changed.connect(self.update)
+        self.update()
+
+    @property
+    def model_name(self) -> str:
+        return self.model.value.strip() or "edgesam"
+
+    @property
+    def available(self) -> bool:
+        return prior_available(self._predictor(), self.model_name)
+
+    def check(self) -> None:
+        """ValueError saying how to get a prior when prior boxes are chosen without one."""
+        if self.mode.value == MODE_BOXES and not self.available:
+            raise ValueError(missing_prior_message(self.model_name))
+
+    def update(self, _=None) -> None:
+        available = self.available
+        index = self.mode.native.findText(MODE_BOXES)
+        item = self.mode.native.model().item(index) if index >= 0 else None
+        if item is not None:
+            item.setEnabled(available)
+            item.setToolTip("" if available else missing_prior_message(self.model_name))
+        if not available and self.mode.value == MODE_BOXES:
+            self.mode.value = MODE_GRID
+        if self._on_update is not None:
+            self._on_update()
 
 
 @dataclass
@@ -50,7 +111,7 @@ class AutomaticRequest:
     """
 
     image: np.ndarray
-    config: AutomaticConfig
+    config: AnyAutomaticConfig
     all_slices: bool = False
     region: tuple[float, float, float, float] | None = None
     z: int | None = None
@@ -58,12 +119,11 @@ class AutomaticRequest:
 
 
 def run_request(predictor, request: AutomaticRequest, progress=None, cancel=None) -> np.ndarray:
-    """Labels for ``request``: ``H x W`` for one plane, ``Z x H x W`` for all slices."""
-    if request.all_slices:
-        return segment_automatic_3d(predictor, request.image, request.config, region=request.region,
-                                    normalisation=request.normalisation, progress=progress, cancel=cancel)
-    return segment_automatic(predictor, request.image, request.config, region=request.region,
-                             normalisation=request.normalisation, progress=progress, cancel=cancel)
+    """Labels for ``request`` in its config's mode: ``H x W`` for one plane, ``Z x H x W`` for
+    all slices (prior boxes: ``predictor.prior`` must be set)."""
+    return segment_automatic_any(predictor, request.image, request.config, stack=request.all_slices,
+                                 region=request.region, normalisation=request.normalisation,
+                                 progress=progress, cancel=cancel)
 
 
 def region_from_corners(corners: np.ndarray) -> tuple[float, float, float, float] | None:
@@ -80,12 +140,6 @@ def region_from_shape(vertices: np.ndarray) -> tuple[float, float, float, float]
     return tuple(float(v) for v in rectangle_to_box(np.asarray(vertices)[:, -2:]))
 
 
-class _Bridge(QObject):
-    """Carries progress from the worker thread to the main thread."""
-
-    progress = Signal(int, int)
-
-
 class AutomaticWidget(QWidget):
     """Automatic segmentation of the selected image layer.
 
@@ -98,16 +152,17 @@ class AutomaticWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self._predictor = predictor
-        self._loaded: dict[str, object] = {}
-        self._cancel = threading.Event()
-        self._worker = None
-        self._bridge = _Bridge()
-        self._bridge.progress.connect(self._on_progress)
+        self._loaded: dict[tuple[str, bool], object] = {}
 
-        d = AutomaticConfig()
+        d, b = AutomaticConfig(), BoxAutomaticConfig()
         self.image_layer = ComboBox(label="image", choices=self._image_layers, nullable=True)
         self.model = LineEdit(label="model", value="edgesam", tooltip="model name or .pth/.onnx path")
+        self.mode = ComboBox(label="mode", choices=[MODE_GRID, MODE_BOXES], value=MODE_GRID, tooltip=MODE_TOOLTIP)
         self.points_per_side = SpinBox(label="points per side", value=d.points_per_side, min=1, max=256)
+        self.score = FloatSpinBox(label="box score ≥", value=b.score_thresh, min=0, max=1, step=0.05,
+                                  tooltip="minimum proposal score of a prior box")
+        self.max_proposals = SpinBox(label="max boxes", value=b.max_proposals, min=1, max=100_000,
+                                     tooltip="decode at most this many boxes per image (or tile)")
         self.stability = FloatSpinBox(label="stability ≥", value=d.stability_thresh, min=0, max=1, step=0.01)
         self.min_area = SpinBox(label="min area (px)", value=d.min_area, min=0, max=10**7)
         self.max_area = FloatSpinBox(label="max area (fraction)", value=d.max_area_fraction, min=0.01, max=1, step=0.05)
@@ -120,22 +175,38 @@ class AutomaticWidget(QWidget):
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
         self.status = Label(value="")
         self.form = Container(widgets=[
-            self.image_layer, self.model, self.points_per_side, self.stability, self.min_area,
-            self.max_area, self.nms, self.region, self.box_layer, self.stack,
+            self.image_layer, self.model, self.mode, self.points_per_side, self.score, self.max_proposals,
+            self.stability, self.min_area, self.max_area, self.nms, self.region, self.box_layer, self.stack,
             Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
             self.progress, self.status,
         ])
         layout = QVBoxLayout(self)
         layout.addWidget(self.form.native)
         layout.addStretch()
+        self._runner = CancellableRunner(self.run_button, self.cancel_button, self.progress, self.status,
+                                         on_result=self._write_result, on_error=self._on_error,
+                                         on_progress=self._on_progress, parent=self)
 
         self.run_button.changed.connect(self.run)
+        self.mode.changed.connect(self._on_mode)
         self.cancel_button.changed.connect(self.cancel)
         self.region.changed.connect(self._update_visibility)
         self.image_layer.changed.connect(self._update_visibility)
         for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             event.connect(self._refresh_layers)
         self._refresh_layers()
+        self.mode_choice = PriorModeChoice(self.mode, self.model, lambda: self._predictor, self._update_visibility)
+
+    @property
+    def _worker(self):
+        """The running worker, None when idle."""
+        return self._runner.worker
+
+    # -- mode ------------------------------------------------------------------------------------
+    def _on_mode(self, _=None) -> None:
+        default = BoxAutomaticConfig() if self.mode.value == MODE_BOXES else AutomaticConfig()
+        self.stability.value = default.stability_thresh
+        self._update_visibility()
 
     # -- layers ----------------------------------------------------------------------------
     def _image_layers(self, _=None) -> list:
@@ -163,20 +234,28 @@ class AutomaticWidget(QWidget):
     def _update_visibility(self, _=None) -> None:
         self.box_layer.visible = self.region.value == REGION_BOX
         self.stack.visible = self._is_stack(self.image_layer.value)
+        boxes = self.mode.value == MODE_BOXES
+        for widget, visible in ((self.points_per_side, not boxes), (self.max_area, not boxes),
+                                (self.score, boxes), (self.max_proposals, boxes)):
+            widget.visible = visible
 
     # -- the request -------------------------------------------------------------------------
-    def config(self) -> AutomaticConfig:
-        return AutomaticConfig(
-            points_per_side=int(self.points_per_side.value), stability_thresh=float(self.stability.value),
-            min_area=int(self.min_area.value), hole_area=int(self.min_area.value),
-            max_area_fraction=float(self.max_area.value), nms_thresh=float(self.nms.value),
-        )
+    def config(self) -> AnyAutomaticConfig:
+        """The selected mode's configuration (:class:`AutomaticConfig` or :class:`BoxAutomaticConfig`)."""
+        shared = {"stability_thresh": float(self.stability.value), "min_area": int(self.min_area.value),
+                  "hole_area": int(self.min_area.value), "nms_thresh": float(self.nms.value)}
+        if self.mode.value == MODE_BOXES:
+            return BoxAutomaticConfig(score_thresh=float(self.score.value),
+                                      max_proposals=int(self.max_proposals.value), **shared)
+        return AutomaticConfig(points_per_side=int(self.points_per_side.value),
+                               max_area_fraction=float(self.max_area.value), **shared)
 
     def request(self) -> AutomaticRequest:
         """Read the selected layer, region and parameters (main thread)."""
         layer = self.image_layer.value
         if layer is None:
             raise ValueError("choose an image layer first")
+        self.mode_choice.check()
         stack = self._is_stack(layer)
         if stack and layer.ndim - (1 if layer.rgb else 0) > 3:
             raise ValueError(f"layer {layer.name!r} has {layer.ndim} dimensions; only 2D images and 3D stacks are supported")
@@ -204,51 +283,38 @@ class AutomaticWidget(QWidget):
         return None
 
     # -- running -----------------------------------------------------------------------------
-    def _get_predictor(self):
+    def _get_predictor(self, boxes: bool):
+        """The injected predictor, or the named model (with its prior in prior-box mode),
+        loaded once (worker thread)."""
         if self._predictor is not None:
             return self._predictor
-        name = self.model.value.strip() or "edgesam"
-        if name not in self._loaded:
+        name = self.mode_choice.model_name
+        if (name, boxes) not in self._loaded:
             from ..inference.api import load_model
 
-            self._loaded[name] = load_model(name)
-        return self._loaded[name]
+            predictor = load_model(name, prior="auto" if boxes else None)
+            if boxes and predictor.prior is None:
+                raise ValueError(missing_prior_message(name))
+            self._loaded[(name, boxes)] = predictor
+        return self._loaded[(name, boxes)]
 
     def run(self, _=None):
         """Start a run in a worker thread; returns the worker (or None if the input is invalid)."""
-        from napari.qt.threading import create_worker
-        from napari.utils.notifications import show_error
+        return self._runner.start_from(self.request, self._task)
 
-        if self._worker is not None:
-            return self._worker
-        try:
-            request = self.request()
-        except ValueError as err:
-            show_error(str(err))
-            self.status.value = str(err)
-            return None
+    def _task(self, request: AutomaticRequest):
+        """The worker function for ``request``."""
         layer = self.image_layer.value
-        self._cancel.clear()
-        cancel, bridge = self._cancel, self._bridge
+        boxes = isinstance(request.config, BoxAutomaticConfig)
 
-        def work():
-            predictor = self._get_predictor()
-            return run_request(predictor, request, lambda d, t: bridge.progress.emit(d, t), cancel)
+        def work(relay, cancel):
+            labels = run_request(self._get_predictor(boxes), request, relay.progress, cancel)
+            return layer, request, labels
 
-        worker = create_worker(work, _start_thread=False, _ignore_errors=True)
-        worker.returned.connect(lambda labels: self._write_result(layer, request, labels))
-        worker.errored.connect(self._on_error)
-        worker.finished.connect(self._on_finished)
-        self._worker = worker
-        self.run_button.enabled, self.cancel_button.enabled = False, True
-        self.progress.value = 0
-        self.status.value = "running…"
-        worker.start()
-        return worker
+        return work
 
     def cancel(self, _=None) -> None:
-        self._cancel.set()
-        self.status.value = "cancelling…"
+        self._runner.cancel()
 
     def _on_progress(self, done: int, total: int) -> None:
         self.progress.max = max(total, 1)
@@ -264,13 +330,11 @@ class AutomaticWidget(QWidget):
         self.status.value = f"failed: {err}"
         show_error(f"EdgeSAM automatic segmentation failed: {err}")
 
-    def _on_finished(self) -> None:
-        self._worker = None
-        self.run_button.enabled, self.cancel_button.enabled = True, False
-
-    def _write_result(self, image_layer, request: AutomaticRequest, labels: np.ndarray) -> None:
-        """Put ``labels`` into the result layer: the whole plane/volume, or only the region
-        (objects elsewhere are kept; new ids follow the existing ones)."""
+    def _write_result(self, result: tuple) -> None:
+        """Put the labels of ``(image layer, request, labels)`` into the result layer: the whole
+        plane/volume, or only the region (objects elsewhere are kept; new ids follow the
+        existing ones)."""
+        image_layer, request, labels = result
         data0 = image_layer.data[0] if image_layer.multiscale else image_layer.data
         shape = tuple(data0.shape[: image_layer.ndim])
         existing = self.viewer.layers[LABELS_LAYER] if LABELS_LAYER in self.viewer.layers else None

@@ -3,13 +3,14 @@
 A thin front end to :func:`napari_edgesam.inference.batch.run_batch` (the same engine as the
 ``napari-edgesam batch`` CLI): the widget's values become ``(inputs, out_dir, BatchConfig,
 pattern)`` in :meth:`BatchWidget.arguments`, the run happens in a worker thread, and each
-finished image appears in the report table with its status or error.
+finished image appears in the report table with its status or error. Modes: automatic from a
+point grid, automatic from the model's prior boxes (offered only when the model has a prior
+beside its weights), or prompts from CSV files.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from pathlib import Path
 
 from magicgui.widgets import (
@@ -24,26 +25,25 @@ from magicgui.widgets import (
     SpinBox,
     Table,
 )
-from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from ..inference.automatic import AutomaticConfig
+from ..inference.automatic_boxes import BoxAutomaticConfig
 from ..inference.batch import BatchConfig, BatchReport, run_batch
+from .automatic_widget import MODE_BOXES, MODE_GRID, MODE_TOOLTIP, PriorModeChoice
+from .workers import CancellableRunner
 
 logger = logging.getLogger(__name__)
 
-MODE_AUTO, MODE_PROMPTS = "automatic", "prompts from CSV"
+MODE_AUTO, MODE_PROMPTS = MODE_GRID, "prompts from CSV"
+#: widget mode -> ``BatchConfig.mode``
+CONFIG_MODES = {MODE_GRID: "auto", MODE_BOXES: "boxes", MODE_PROMPTS: "prompts"}
 REPORT_COLUMNS = ("status", "objects", "seconds", "error")
 
 
-class _Bridge(QObject):
-    """Carries per-image records from the worker thread to the main thread."""
-
-    record = Signal(int, int, object)
-
-
 class BatchWidget(QWidget):
-    """Segment every image of a folder (automatic mode, or prompts from CSV files).
+    """Segment every image of a folder (automatic from a point grid or prior boxes, or prompts
+    from CSV files).
 
     Args:
         napari_viewer: the viewer (used for notifications only).
@@ -54,22 +54,21 @@ class BatchWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self._predictor = predictor
-        self._cancel = threading.Event()
-        self._worker = None
         self._rows: list[tuple[str, list]] = []
         self.last_report: BatchReport | None = None
-        self._bridge = _Bridge()
-        self._bridge.record.connect(self._on_record)
 
         self.folder = FileEdit(label="input folder", mode="d")
         self.pattern = LineEdit(label="pattern", value="*", tooltip="e.g. *.tif; .tif .tiff .png .jpg .zarr are read")
-        self.mode = ComboBox(label="mode", choices=[MODE_AUTO, MODE_PROMPTS], value=MODE_AUTO)
+        self.mode = ComboBox(label="mode", choices=list(CONFIG_MODES), value=MODE_GRID,
+                             tooltip=MODE_TOOLTIP + "; prompts from CSV: the objects given in prompt files")
         self.prompts = FileEdit(label="prompts", mode="r", filter="*.csv",
                                 tooltip="a prompt CSV (napari-edgesam format, or a napari Points/Shapes "
                                         "CSV export), or a folder of <image stem>.csv files")
         self.output = FileEdit(label="output folder", mode="d")
         self.model = LineEdit(label="model", value="edgesam", tooltip="model name or .pth/.onnx path")
         self.points_per_side = SpinBox(label="points per side", value=AutomaticConfig().points_per_side, min=1, max=256)
+        self.max_proposals = SpinBox(label="max boxes", value=BoxAutomaticConfig().max_proposals, min=1,
+                                     max=100_000, tooltip="decode at most this many prior boxes per image (or tile)")
         self.overwrite = CheckBox(label="overwrite", value=False, tooltip="redo images whose outputs exist")
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
@@ -78,22 +77,30 @@ class BatchWidget(QWidget):
         self.report = Table(value=[], columns=list(REPORT_COLUMNS))
         self.form = Container(widgets=[
             self.folder, self.pattern, self.mode, self.prompts, self.output, self.model,
-            self.points_per_side, self.overwrite,
+            self.points_per_side, self.max_proposals, self.overwrite,
             Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
             self.progress, self.status, self.report,
         ])
         layout = QVBoxLayout(self)
         layout.addWidget(self.form.native)
+        self._runner = CancellableRunner(self.run_button, self.cancel_button, self.progress, self.status,
+                                         on_result=self._on_done, on_error=self._on_error,
+                                         on_item=self._on_record, parent=self)
 
         self.mode.changed.connect(self._update_visibility)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
-        self._update_visibility()
+        self.mode_choice = PriorModeChoice(self.mode, self.model, lambda: self._predictor, self._update_visibility)
+
+    @property
+    def _worker(self):
+        """The running worker, None when idle."""
+        return self._runner.worker
 
     def _update_visibility(self, _=None) -> None:
-        prompts = self.mode.value == MODE_PROMPTS
-        self.prompts.visible = prompts
-        self.points_per_side.visible = not prompts
+        self.prompts.visible = self.mode.value == MODE_PROMPTS
+        self.points_per_side.visible = self.mode.value == MODE_GRID
+        self.max_proposals.visible = self.mode.value == MODE_BOXES
 
     # -- the core arguments --------------------------------------------------------------------
     @staticmethod
@@ -108,59 +115,46 @@ class BatchWidget(QWidget):
             raise ValueError(f"choose an existing input folder (got {str(folder or '') or 'nothing'})")
         if out is None:
             raise ValueError("choose an output folder")
+        mode = CONFIG_MODES[self.mode.value]
         prompts = None
-        if self.mode.value == MODE_PROMPTS:
+        if mode == "prompts":
             prompts = self._path(self.prompts)
             if prompts is None or not prompts.exists():
                 raise ValueError("choose a prompt CSV file (or a folder of per-image CSV files)")
+        self.mode_choice.check()
         config = BatchConfig(
-            mode="prompts" if prompts else "auto", prompts=None if prompts is None else str(prompts),
-            model=self.model.value.strip() or "edgesam",
+            mode=mode, prompts=None if prompts is None else str(prompts), model=self.mode_choice.model_name,
             automatic=AutomaticConfig(points_per_side=int(self.points_per_side.value)),
-            overwrite=bool(self.overwrite.value),
+            boxes=BoxAutomaticConfig(max_proposals=int(self.max_proposals.value)),
+            prior="auto" if mode == "boxes" else None, overwrite=bool(self.overwrite.value),
         )
         return [folder], out, config, self.pattern.value.strip() or "*"
 
     # -- running -------------------------------------------------------------------------------
     def run(self, _=None):
         """Start the batch in a worker thread; returns the worker (None if the input is invalid)."""
-        from napari.qt.threading import create_worker
-        from napari.utils.notifications import show_error
+        return self._runner.start_from(self.arguments, self._task)
 
-        if self._worker is not None:
-            return self._worker
-        try:
-            inputs, out, config, pattern = self.arguments()
-        except ValueError as err:
-            show_error(str(err))
-            self.status.value = str(err)
-            return None
-        self._cancel.clear()
+    def _task(self, arguments: tuple):
+        """The worker function running :func:`run_batch` on ``arguments`` (main thread: also
+        clears the report table)."""
+        inputs, out, config, pattern = arguments
+        predictor = self._predictor
         self._rows = []
         self.report.value = {"data": [], "index": [], "columns": list(REPORT_COLUMNS)}
-        cancel, bridge, predictor = self._cancel, self._bridge, self._predictor
 
-        def work() -> BatchReport:
+        def work(relay, cancel) -> BatchReport:
             return run_batch(inputs, out, config, pattern=pattern, cancel=cancel, predictor=predictor,
-                             progress=lambda d, t, r: bridge.record.emit(d, t, r))
+                             progress=lambda d, t, r: relay.item((d, t, r)))
 
-        worker = create_worker(work, _start_thread=False, _ignore_errors=True)
-        worker.returned.connect(self._on_done)
-        worker.errored.connect(self._on_error)
-        worker.finished.connect(self._on_finished)
-        self._worker = worker
-        self.run_button.enabled, self.cancel_button.enabled = False, True
-        self.progress.value = 0
-        self.status.value = "running…"
-        worker.start()
-        return worker
+        return work
 
     def cancel(self, _=None) -> None:
         """Stop after the image being processed."""
-        self._cancel.set()
-        self.status.value = "cancelling after the current image…"
+        self._runner.cancel("cancelling after the current image…")
 
-    def _on_record(self, done: int, total: int, record: dict) -> None:
+    def _on_record(self, item: tuple[int, int, dict]) -> None:
+        done, total, record = item
         self.progress.max = max(total, 1)
         self.progress.value = done
         seconds = record.get("seconds")
@@ -189,7 +183,3 @@ class BatchWidget(QWidget):
         logger.error("batch run failed: %s", err)
         self.status.value = f"failed: {err}"
         show_error(f"EdgeSAM batch failed: {err}")
-
-    def _on_finished(self) -> None:
-        self._worker = None
-        self.run_button.enabled, self.cancel_button.enabled = True, False

@@ -8,13 +8,17 @@ shown as napari notifications.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
+from typing import TypeVar
 
 from napari.qt.threading import FunctionWorker
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QObject, QThreadPool, QTimer, Signal
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def error_reporter(context: str) -> Callable[[BaseException], None]:
@@ -126,6 +130,86 @@ class LatestRunner(QObject):
         self.done.emit()
         if self._pending is not None and not self._timer.isActive():
             self._start_pending()
+
+
+class CancellableRunner(QObject):
+    """One cancellable run at a time for a widget with Run and Cancel buttons (automatic
+    segmentation, batch processing).
+
+    :meth:`start` runs ``fn(relay, cancel)`` in a worker thread: ``relay`` (a :class:`Relay`)
+    carries ``progress(done, total)`` and ``item(value)`` calls to ``on_progress`` /
+    ``on_item`` on the main thread, ``cancel`` is a ``threading.Event`` set by :meth:`cancel`.
+    While it runs the Run button is disabled and the Cancel button enabled; ``on_result`` or
+    ``on_error`` gets the outcome on the main thread, then the buttons are restored and
+    :attr:`worker` is None again.
+
+    Args:
+        run_button, cancel_button: anything with an ``enabled`` attribute (magicgui buttons).
+        progress_bar, status: anything with a ``value`` (magicgui ProgressBar, Label): reset to
+            0 and "running…" when a run starts; ``status`` also shows input errors and cancelling.
+    """
+
+    def __init__(self, run_button, cancel_button, progress_bar, status, *, on_result: Callable,
+                 on_error: Callable[[BaseException], None], on_progress: Callable[[int, int], None] | None = None,
+                 on_item: Callable | None = None, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._buttons = (run_button, cancel_button)
+        self._progress_bar, self._status = progress_bar, status
+        self._on_result, self._on_error = on_result, on_error
+        self.relay = Relay(self)
+        if on_progress is not None:
+            self.relay.progressed.connect(on_progress)
+        if on_item is not None:
+            self.relay.itemed.connect(on_item)
+        self.cancel_event = threading.Event()
+        self.worker: FunctionWorker | None = None
+        self._set_running(False)
+
+    @property
+    def busy(self) -> bool:
+        return self.worker is not None
+
+    def start(self, fn: Callable) -> FunctionWorker:
+        """Run ``fn(relay, cancel)`` unless a run is in flight (then that run's worker is returned)."""
+        if self.worker is not None:
+            return self.worker
+        self.cancel_event.clear()
+        self._set_running(True)
+        self._progress_bar.value = 0
+        self._status.value = "running…"
+        self.worker = start_worker(fn, self.relay, self.cancel_event, on_result=self._on_result,
+                                   on_error=self._on_error, on_finished=self._finished)
+        return self.worker
+
+    def start_from(self, read: Callable[[], T], make_task: Callable[[T], Callable]) -> FunctionWorker | None:
+        """Read a widget's inputs and start the task they describe.
+
+        Returns the running worker if a run is in flight; None (after showing the error as a
+        napari notification and in ``status``) if ``read()`` raises ``ValueError``; else the
+        worker of ``make_task(inputs)`` (a ``fn(relay, cancel)``).
+        """
+        if self.worker is not None:
+            return self.worker
+        try:
+            inputs = read()
+        except ValueError as err:
+            show_error(str(err))
+            self._status.value = str(err)
+            return None
+        return self.start(make_task(inputs))
+
+    def cancel(self, message: str = "cancelling…") -> None:
+        """Ask the running ``fn`` to stop (it checks the event) and say so in ``status``."""
+        self.cancel_event.set()
+        self._status.value = message
+
+    def _set_running(self, running: bool) -> None:
+        run, cancel = self._buttons
+        run.enabled, cancel.enabled = not running, running
+
+    def _finished(self) -> None:
+        self.worker = None
+        self._set_running(False)
 
 
 def wait_for_workers(timeout_ms: int = 30_000) -> bool:

@@ -1,4 +1,4 @@
-"""``napari-edgesam batch INPUT... -o OUTDIR (--auto | --prompts FILE)``.
+"""``napari-edgesam batch INPUT... -o OUTDIR (--auto | --mode boxes [--prior PATH|auto] | --prompts FILE)``.
 
 Segments many images with the same engine as the napari batch widget: labels as TIFF plus a
 JSON record per image, ``report.json``/``report.csv`` for the run, images already done are
@@ -12,7 +12,17 @@ import argparse
 import sys
 import threading
 
-EPILOG = """prompt CSV formats (--prompts FILE or FOLDER):
+EPILOG = """modes:
+  --auto (= --mode auto)  automatic segmentation from a grid of point prompts (any model)
+  --mode boxes            automatic segmentation from the boxes of the model's granularity
+                          prior (box head): few decoder calls instead of ~1000 points; needs a
+                          prior (--prior auto finds <model>.prior.pth beside the model file,
+                          e.g. the shipped edgesam-nuclei; train one with
+                          python -m napari_edgesam.training.prior train ...)
+  --prompts FILE|FOLDER   the objects given in prompt CSV files
+  stacks are segmented per slice and merged in 3D; images larger than --tile-size are tiled
+
+prompt CSV formats (--prompts FILE or FOLDER):
   napari-edgesam: image,object,kind,x,y,label,x0,y0,x1,y1[,z]  (x, y in pixels;
                   kind point|box; rows sharing image+object form one object)
   napari Points export: index,axis-0,axis-1   (one object per point)
@@ -30,10 +40,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="image files (.tif .tiff .png .jpg .jpeg), .zarr/OME-Zarr stores, or folders")
     parser.add_argument("-o", "--out-dir", required=True, metavar="OUTDIR", help="output folder")
     mode = parser.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--auto", action="store_true", help="automatic segmentation of every object")
+    mode.add_argument("--auto", action="store_true", help="automatic segmentation of every object (point grid)")
+    mode.add_argument("--mode", choices=("auto", "boxes"), default=None,
+                      help="automatic segmentation from a point grid (auto, like --auto) or from the "
+                           "granularity prior's boxes (boxes)")
     mode.add_argument("--prompts", metavar="FILE", help="prompt CSV file or folder of per-image CSVs")
     parser.add_argument("--pattern", default="*", help="file pattern inside input folders (default: *)")
     parser.add_argument("--model", default="auto", help="model name or .pth/.onnx path (default: the best available)")
+    parser.add_argument("--prior", default=None, metavar="PATH|auto",
+                        help="--mode boxes: the granularity prior, a .prior.pth/.prior.onnx file, or "
+                             "'auto' (default) for the one stored beside the model file")
     parser.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime"))
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     parser.add_argument("--channel", type=int, default=None, help="segment this channel of multi-channel images")
@@ -42,37 +58,53 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Dask scheduler address (e.g. tcp://host:8786): one task per image")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per worker")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    auto = parser.add_argument_group("automatic mode")
+    shared = parser.add_argument_group("both automatic modes")
+    shared.add_argument("--stability-thresh", type=float, default=None,
+                        help="minimum mask stability score (default: 0.9 point grid, 0.85 boxes)")
+    shared.add_argument("--nms-thresh", type=float, default=0.7, help="box IoU above which duplicate masks are dropped")
+    shared.add_argument("--min-area", type=int, default=25, help="smallest object/island in pixels")
+    shared.add_argument("--tile-size", type=int, default=1024, help="tile larger images (0: never)")
+    shared.add_argument("--tile-overlap", type=int, default=128)
+    auto = parser.add_argument_group("point-grid mode (--auto)")
     auto.add_argument("--points-per-side", type=int, default=32)
     auto.add_argument("--points-per-batch", type=int, default=None,
                       help="prompts per decoder call (default: 64 on a GPU; on a CPU the fastest of "
                            "64/16/4, timed on the first chunks)")
-    auto.add_argument("--stability-thresh", type=float, default=0.9)
     auto.add_argument("--iou-thresh", type=float, default=0.0, help="IoU-head threshold (0: off)")
-    auto.add_argument("--nms-thresh", type=float, default=0.7)
-    auto.add_argument("--min-area", type=int, default=25, help="smallest object/island in pixels")
     auto.add_argument("--max-area-fraction", type=float, default=0.3,
                       help="masks larger than this fraction of the image are background")
     auto.add_argument("--no-skip-covered", action="store_true",
                       help="decode every grid point, even those inside found objects")
-    auto.add_argument("--tile-size", type=int, default=1024, help="tile larger images (0: never)")
-    auto.add_argument("--tile-overlap", type=int, default=128)
+    boxes = parser.add_argument_group("prior-box mode (--mode boxes)")
+    boxes.add_argument("--score-thresh", type=float, default=0.3, help="minimum proposal score of a box to decode")
+    boxes.add_argument("--max-proposals", type=int, default=500, help="decode at most this many boxes per image (or tile)")
+    boxes.add_argument("--min-box-iou", type=float, default=0.5,
+                       help="minimum IoU of a mask's bounding box with its prompt box (0: off)")
 
 
 def config_from_args(args: argparse.Namespace):
     """The :class:`BatchConfig` described by parsed arguments."""
     from ..inference.automatic import AutomaticConfig
+    from ..inference.automatic_boxes import BoxAutomaticConfig
     from ..inference.batch import BatchConfig
 
+    mode = "prompts" if args.prompts else (args.mode or "auto")
+    shared = {"nms_thresh": args.nms_thresh, "min_area": args.min_area, "hole_area": args.min_area,
+              "tile_size": args.tile_size, "tile_overlap": args.tile_overlap}
+    if args.stability_thresh is not None:
+        shared["stability_thresh"] = args.stability_thresh
     automatic = AutomaticConfig(
         points_per_side=args.points_per_side, points_per_batch=args.points_per_batch,
-        stability_thresh=args.stability_thresh, iou_thresh=args.iou_thresh, nms_thresh=args.nms_thresh,
-        min_area=args.min_area, hole_area=args.min_area, max_area_fraction=args.max_area_fraction,
-        skip_covered=not args.no_skip_covered, tile_size=args.tile_size, tile_overlap=args.tile_overlap,
+        iou_thresh=args.iou_thresh, max_area_fraction=args.max_area_fraction,
+        skip_covered=not args.no_skip_covered, **shared,
     )
+    boxes = BoxAutomaticConfig(score_thresh=args.score_thresh, max_proposals=args.max_proposals,
+                               min_box_iou=args.min_box_iou, **shared)
+    if args.prior is not None and mode != "boxes":
+        raise ValueError(f"--prior is used with --mode boxes only (mode is {mode!r})")
     return BatchConfig(
-        mode="prompts" if args.prompts else "auto", prompts=args.prompts, model=args.model,
-        backend=args.backend, device=args.device, automatic=automatic, channel=args.channel,
+        mode=mode, prompts=args.prompts, model=args.model, backend=args.backend, device=args.device,
+        automatic=automatic, boxes=boxes, prior=args.prior, channel=args.channel,
         overwrite=args.overwrite, num_threads=args.threads,
     )
 

@@ -5,7 +5,13 @@ this process, or one task per image on a Dask cluster) and writes a run report. 
 gives, in ``out_dir``:
 
 * ``<key>_labels.tif``: the instance labels (``Y x X``, or ``Z x Y x X`` for stacks);
-* ``<key>.json``: the record (input, status, model, parameters, timing, number of objects).
+* ``<key>.json``: the record (input, status, mode, model, prior, parameters, timing, number of
+  objects).
+
+Modes: ``"auto"`` (automatic segmentation from a point grid), ``"boxes"`` (automatic
+segmentation from the boxes of the model's granularity prior), ``"prompts"`` (prompts from CSV
+files). Stacks are segmented per slice and merged in 3D in both automatic modes; large images
+are tiled.
 
 Files are written atomically, the label image first, so a record saying ``"ok"`` always has its
 label image; an image is skipped when both exist and the record says ``"ok"`` (unless
@@ -30,7 +36,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .automatic import AutomaticConfig, Cancelled, segment_automatic, segment_automatic_3d
+from .automatic import AutomaticConfig
+from .automatic_boxes import BoxAutomaticConfig
+from .automatic_common import Cancelled
+from .automatic_modes import (
+    AnyAutomaticConfig,
+    find_model_prior,
+    missing_prior_message,
+    segment_automatic_any,
+)
 from .io import (
     ImageData,
     ObjectPrompt,
@@ -46,7 +60,7 @@ from .tiling import TiledImage
 
 logger = logging.getLogger(__name__)
 
-MODES = ("auto", "prompts")
+MODES = ("auto", "boxes", "prompts")
 REPORT_COLUMNS = ("input", "key", "status", "n_objects", "seconds", "error")
 
 #: ``progress(done, total, record)`` after every image (skipped ones included).
@@ -58,12 +72,16 @@ class BatchConfig:
     """Everything a worker needs to process one image (picklable).
 
     Attributes:
-        mode: ``"auto"`` (automatic segmentation) or ``"prompts"`` (prompts from CSV files).
+        mode: ``"auto"`` (automatic segmentation from a point grid), ``"boxes"`` (automatic
+            segmentation from the granularity prior's boxes) or ``"prompts"`` (prompts from CSV files).
         prompts: a prompt CSV, or a folder of per-image CSVs (mode ``"prompts"``); see
             :mod:`napari_edgesam.inference.io` for the formats.
         model: a registered model name or a ``.pth``/``.onnx`` path (see ``load_model``).
         backend / device: passed to ``load_model``.
-        automatic: automatic-mode parameters (also used for tiling in prompt mode).
+        automatic: point-grid parameters (mode ``"auto"``; also used for tiling in prompt mode).
+        boxes: prior-box parameters (mode ``"boxes"``).
+        prior: mode ``"boxes"``: a ``.prior.pth``/``.prior.onnx`` path, or ``"auto"`` (the
+            default there) for the prior stored beside the model file; must be None otherwise.
         channel: segment this channel of multi-channel images (default: composite/RGB).
         merge_iou: IoU linking per-slice objects of stacks into 3D objects (automatic mode).
         overwrite: process images even if their outputs exist.
@@ -77,6 +95,8 @@ class BatchConfig:
     backend: str = "auto"
     device: str = "auto"
     automatic: AutomaticConfig = field(default_factory=AutomaticConfig)
+    boxes: BoxAutomaticConfig = field(default_factory=BoxAutomaticConfig)
+    prior: str | None = None
     channel: int | None = None
     merge_iou: float = 0.3
     overwrite: bool = False
@@ -90,14 +110,37 @@ class BatchConfig:
             raise ValueError("mode 'prompts' needs a prompt CSV file or folder (prompts=...)")
         if not isinstance(self.automatic, AutomaticConfig):
             raise TypeError(f"automatic must be an AutomaticConfig, got {type(self.automatic).__name__}")
+        if not isinstance(self.boxes, BoxAutomaticConfig):
+            raise TypeError(f"boxes must be a BoxAutomaticConfig, got {type(self.boxes).__name__}")
+        if self.mode == "boxes":
+            object.__setattr__(self, "prior", os.fspath(self.prior) if self.prior is not None else "auto")
+        elif self.prior is not None:
+            raise ValueError(f"prior={self.prior!r} is only used by mode 'boxes' (mode is {self.mode!r})")
         if not 0.0 < self.merge_iou <= 1.0:
             raise ValueError(f"merge_iou must be in (0, 1], got {self.merge_iou}")
 
+    @property
+    def automatic_config(self) -> AnyAutomaticConfig:
+        """The configuration of this mode's automatic segmentation (``boxes`` or ``automatic``)."""
+        return self.boxes if self.mode == "boxes" else self.automatic
+
     def parameters(self) -> dict:
-        """What the record stores as the run's parameters."""
+        """What the record stores as the run's parameters (without the other mode's)."""
         d = asdict(self)
         d.pop("out_dir")
+        if self.mode == "boxes":
+            d.pop("automatic")
+        else:
+            d.pop("boxes")
+            d.pop("prior")
         return d
+
+    def prior_path(self) -> str | None:
+        """The prior file mode ``"boxes"`` uses (``"auto"`` resolved beside the model), if known."""
+        if self.mode != "boxes":
+            return None
+        path = find_model_prior(self.model) if self.prior == "auto" else self.prior
+        return None if path is None else str(path)
 
 
 @dataclass
@@ -125,16 +168,29 @@ _MODELS_LOCK = threading.Lock()
 
 
 def get_predictor(config: BatchConfig):
-    """The predictor for ``config`` (loaded once per process and reused by later tasks)."""
-    key = (config.model, config.backend, config.device, config.num_threads)
+    """The predictor for ``config`` (loaded once per process and reused by later tasks); in
+    mode ``"boxes"`` with its granularity prior (ValueError saying how to get one if missing)."""
+    prior = config.prior if config.mode == "boxes" else None
+    key = (config.model, config.backend, config.device, config.num_threads, prior)
     with _MODELS_LOCK:
         if key not in _MODELS:
             from .api import load_model
 
+            if prior not in (None, "auto") and not Path(prior).is_file():
+                raise FileNotFoundError(f"prior file {prior} not found (model {config.model!r})")
             options = {} if config.num_threads is None else {"num_threads": config.num_threads}
-            _MODELS[key] = load_model(config.model, backend=config.backend, device=config.device, **options)
-            logger.info("loaded model %s (%s)", config.model, _MODELS[key].backend.name)
+            predictor = load_model(config.model, backend=config.backend, device=config.device, prior=prior,
+                                   **options)
+            check_predictor(predictor, config)
+            _MODELS[key] = predictor
+            logger.info("loaded model %s (%s)", config.model, predictor.backend.name)
         return _MODELS[key]
+
+
+def check_predictor(predictor, config: BatchConfig) -> None:
+    """ValueError if mode ``"boxes"`` gets a predictor without a granularity prior."""
+    if config.mode == "boxes" and getattr(predictor, "prior", None) is None:
+        raise ValueError(f"mode 'boxes': {missing_prior_message(config.model)}")
 
 
 # -- one image --------------------------------------------------------------------------------
@@ -144,8 +200,33 @@ def output_paths(out_dir: str | os.PathLike, key: str) -> tuple[Path, Path]:
     return out / f"{key}_labels.tif", out / f"{key}.json"
 
 
-def previous_record(out_dir: str | os.PathLike, key: str) -> dict | None:
-    """The record of an earlier successful run of ``key``, or None if it must be (re)done."""
+#: Parameters that do not change the result: a record made with other values still counts.
+_RESULT_NEUTRAL = ("overwrite", "num_threads", "backend", "device")
+
+
+def same_result_parameters(old: dict | None, new: dict) -> bool:
+    """Whether a record's ``parameters`` would give the same labels as ``new`` (both from
+    :meth:`BatchConfig.parameters`; thread count, backend, device and overwrite are ignored)."""
+    if not isinstance(old, dict):
+        return False
+    strip = lambda d: {k: v for k, v in d.items() if k not in _RESULT_NEUTRAL}  # noqa: E731
+    return strip(json_round_trip(old)) == strip(json_round_trip(new))
+
+
+def json_round_trip(d: dict) -> dict:
+    """``d`` as it reads back from a JSON record (tuples become lists)."""
+    import json
+
+    return json.loads(json.dumps(d, default=str))
+
+
+def previous_record(out_dir: str | os.PathLike, key: str, parameters: dict | None = None) -> dict | None:
+    """The record of an earlier successful run of ``key``, or None if it must be (re)done.
+
+    With ``parameters`` (:meth:`BatchConfig.parameters` of this run), a record made with
+    other result-relevant parameters (another mode, model, prior, thresholds...) does not count:
+    the image is processed again and its outputs replaced.
+    """
     import json
 
     labels, record = output_paths(out_dir, key)
@@ -155,7 +236,12 @@ def previous_record(out_dir: str | os.PathLike, key: str) -> dict | None:
         data = json.loads(record.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return data if data.get("status") == "ok" else None
+    if data.get("status") != "ok":
+        return None
+    if parameters is not None and not same_result_parameters(data.get("parameters"), parameters):
+        logger.info("%s: the earlier outputs were made with other parameters; processing it again", key)
+        return None
+    return data
 
 
 def _normalisation(image: ImageData, config: BatchConfig) -> dict:
@@ -200,11 +286,9 @@ def _segment(predictor, image: ImageData, path: Path, config: BatchConfig, cance
         if not prompts:
             raise ValueError(f"no prompts for {path.name} in {config.prompts}")
         return segment_prompts(predictor, image, prompts, config)
-    norm = _normalisation(image, config)
-    if image.is_stack:
-        return segment_automatic_3d(predictor, image.data, config.automatic, normalisation=norm,
-                                    merge_iou=config.merge_iou, cancel=cancel)
-    return segment_automatic(predictor, image.data, config.automatic, normalisation=norm, cancel=cancel)
+    return segment_automatic_any(predictor, image.data, config.automatic_config, stack=image.is_stack,
+                                 normalisation=_normalisation(image, config), merge_iou=config.merge_iou,
+                                 cancel=cancel)
 
 
 def process_one(path: str | os.PathLike, config: BatchConfig, key: str | None = None, *,
@@ -230,12 +314,15 @@ def process_one(path: str | os.PathLike, config: BatchConfig, key: str | None = 
     labels_path, record_path = output_paths(config.out_dir, key)
     record = {"input": str(p), "key": key, "status": "ok", "error": None, "n_objects": 0,
               "labels": labels_path.name, "mode": config.mode, "model": config.model}
-    if not config.overwrite and (old := previous_record(config.out_dir, key)) is not None:
+    if config.mode == "boxes":
+        record |= {"prior": config.prior, "prior_path": config.prior_path()}
+    if not config.overwrite and (old := previous_record(config.out_dir, key, config.parameters())) is not None:
         return record | {"status": "skipped", "n_objects": old.get("n_objects", 0), "seconds": 0.0}
     t0 = time.perf_counter()
     timing = {}
     try:
         predictor = predictor if predictor is not None else get_predictor(config)
+        check_predictor(predictor, config)
         timing["model_s"] = time.perf_counter() - t0
         image = read_image(p)
         timing["read_s"] = time.perf_counter() - t0 - timing["model_s"]
@@ -312,8 +399,9 @@ def run_batch(
         if progress is not None:
             progress(done, len(paths), record)
 
+    params = config.parameters()
     for i, (p, key) in enumerate(zip(paths, keys, strict=True)):
-        old = None if config.overwrite else previous_record(out, key)
+        old = None if config.overwrite else previous_record(out, key, params)
         if old is not None:
             finish(i, {"input": str(p), "key": key, "status": "skipped", "error": None,
                        "n_objects": old.get("n_objects", 0), "seconds": 0.0})
@@ -336,8 +424,9 @@ def run_batch(
 
 
 def _run_here(todo, config, predictor, cancel, finish) -> bool:
-    if todo and predictor is None:
-        predictor = get_predictor(config)  # fail early (bad model path) rather than per image
+    if todo:  # fail early (bad model path, no prior) rather than per image
+        predictor = predictor if predictor is not None else get_predictor(config)
+        check_predictor(predictor, config)
     for i, p, key in todo:
         if cancel is not None and cancel.is_set():
             return True

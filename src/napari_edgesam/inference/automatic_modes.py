@@ -1,0 +1,116 @@
+"""The two automatic modes behind one call, for the batch engine, the CLI and the widgets.
+
+* point grid (:class:`~napari_edgesam.inference.automatic.AutomaticConfig`): works with any model;
+* prior boxes (:class:`~napari_edgesam.inference.automatic_boxes.BoxAutomaticConfig`): the
+  model's granularity prior (box head) proposes the boxes to decode; the predictor must carry
+  the prior (``load_model(..., prior="auto" | path)``).
+
+The mode is chosen by the type of the configuration given to :func:`segment_automatic_any`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .automatic import AutomaticConfig, segment_automatic
+from .automatic_boxes import BoxAutomaticConfig, segment_automatic_boxes
+from .automatic_common import ProgressFn, segment_volume
+
+#: Either mode's configuration.
+AnyAutomaticConfig = AutomaticConfig | BoxAutomaticConfig
+
+
+def segment_automatic_any(
+    predictor,
+    image: np.ndarray,
+    config: AnyAutomaticConfig,
+    *,
+    stack: bool = False,
+    region: Sequence[float] | None = None,
+    normalisation: dict | None = None,
+    merge_iou: float = 0.3,
+    progress: ProgressFn | None = None,
+    cancel=None,
+) -> np.ndarray:
+    """Automatic segmentation in the mode of ``config``.
+
+    Args:
+        image: ``H x W [x C]``, or ``Z x H x W [x C]`` when ``stack`` (per slice with the
+            stack's normalisation, merged in 3D with ``merge_iou``; ``progress`` counts slices).
+        config: :class:`AutomaticConfig` (point grid) or :class:`BoxAutomaticConfig` (prior
+            boxes: ``predictor.prior`` must be set).
+        region, normalisation, progress, cancel: as in
+            :func:`~napari_edgesam.inference.automatic.segment_automatic`.
+    Returns:
+        ``[Z x] H x W`` uint32 labels.
+    """
+    if isinstance(config, BoxAutomaticConfig):
+        prior = getattr(predictor, "prior", None)
+        if prior is None:
+            raise RuntimeError(
+                "prior-box automatic mode needs a predictor with a granularity prior: load the model "
+                "with load_model(..., prior='auto' or a .prior.pth/.prior.onnx path) first"
+            )
+
+        def plane(img: np.ndarray, norm: dict | None, report: ProgressFn | None = None) -> np.ndarray:
+            return segment_automatic_boxes(predictor, prior, img, config, region=region, normalisation=norm,
+                                           progress=report, cancel=cancel)
+    elif isinstance(config, AutomaticConfig):
+
+        def plane(img: np.ndarray, norm: dict | None, report: ProgressFn | None = None) -> np.ndarray:
+            return segment_automatic(predictor, img, config, region=region, normalisation=norm,
+                                     progress=report, cancel=cancel)
+    else:
+        raise TypeError(f"config must be an AutomaticConfig or a BoxAutomaticConfig, got {type(config).__name__}")
+    if stack:
+        return segment_volume(image, plane, normalisation=normalisation, merge_iou=merge_iou,
+                              progress=progress, cancel=cancel)
+    return plane(image, normalisation, progress)
+
+
+# -- where a model's prior is -----------------------------------------------------------------
+def model_files(name_or_path: str | os.PathLike) -> list[Path]:
+    """The local weight files of a registered model name (``"auto"``: the one ``load_model``
+    would pick), or ``[path]`` for a model file; nothing is loaded or downloaded."""
+    from . import api
+
+    key = os.fspath(name_or_path).strip()
+    if key == "auto":
+        try:
+            key = api.best_available_model(allow_download=False)
+        except RuntimeError:
+            return []
+    for model in api.list_models():
+        if model["name"] == key:
+            return [Path(f["path"]) for f in model["files"].values() if f["path"]]
+    return [Path(key)] if Path(key).suffix else []
+
+
+def find_model_prior(name_or_path: str | os.PathLike) -> Path | None:
+    """The granularity prior stored beside a model's weights (what ``prior="auto"`` loads),
+    or None; nothing is loaded or downloaded."""
+    from .prior import find_prior
+
+    for path in model_files(name_or_path):
+        found = find_prior(path)
+        if found is not None:
+            return found
+    return None
+
+
+def missing_prior_message(model: str | os.PathLike) -> str:
+    """Why prior-box mode cannot run with ``model`` and how to get a prior."""
+    files = [p for p in model_files(model) if p.suffix != ".onnx" or "decoder" not in p.stem]
+    beside = files[0].with_name(files[0].stem.replace("_encoder", "") + ".prior.pth") if files else None
+    where = f" (looked for {beside})" if beside is not None else ""
+    return (
+        f"model {os.fspath(model)!r} has no granularity prior beside its weights{where}. Train one with "
+        f"'python -m napari_edgesam.training.prior train --model {os.fspath(model)} --images DIR --labels DIR "
+        f"--output {beside or 'MODEL_STEM.prior.pth'}' (saved beside the model, it is found automatically), "
+        "pass a .prior.pth/.prior.onnx path instead of 'auto', or use the shipped model "
+        "'edgesam-nuclei', which has one"
+    )
