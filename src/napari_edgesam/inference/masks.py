@@ -17,7 +17,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..constants import IMG_SIZE, LOW_RES_SIZE, MASK_THRESHOLD
-from .postprocess import bilinear_matrix
+from .postprocess import bilinear_matrix, matmul
 from .predictor import ImageEmbedding
 
 
@@ -88,7 +88,7 @@ def upscale_in_box(low: np.ndarray, emb: ImageEmbedding) -> tuple[int, int, np.n
     y0, y1, x0, x1 = ys[0], ys[-1] + 1, xs[0], xs[-1] + 1
     a0, a1 = fr[y0], lr[y1 - 1] + 1
     b0, b1 = fc[x0], lc[x1 - 1] + 1
-    crop = (mr[y0:y1, a0:a1] @ low[a0:a1, b0:b1].astype(np.float32) @ mc[x0:x1, b0:b1].T) > MASK_THRESHOLD
+    crop = matmul(matmul(mr[y0:y1, a0:a1], low[a0:a1, b0:b1].astype(np.float32)), mc[x0:x1, b0:b1].T) > MASK_THRESHOLD
     tight = _tight(crop)
     if tight is None:
         return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from functools import lru_cache
 
 import numpy as np
@@ -50,7 +51,24 @@ def upscale_logits(
         ``... x H x W`` float32 logits.
     """
     rows, cols_t = _upscale_matrices(tuple(low_res.shape[-2:]), tuple(input_size), tuple(original_size))
-    return np.matmul(np.matmul(rows, low_res.astype(np.float32, copy=False)), cols_t)
+    return matmul(matmul(rows, low_res.astype(np.float32, copy=False)), cols_t)
+
+
+def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` in float32 (numpy broadcasting rules), through torch's thread pool when torch
+    is loaded.
+
+    numpy's OpenBLAS threads busy-wait for a while after each product; on a few cores they
+    then slow down the next torch operation (measured here: a decoder call after a numpy
+    upscale took 2.5x longer). Without torch (onnxruntime installs) numpy does it.
+    """
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return np.matmul(a, b)
+    ta = torch.from_numpy(a if a.flags.writeable else a.copy())
+    tb = torch.from_numpy(b if b.flags.writeable else b.copy())
+    return torch.matmul(ta, tb).numpy()
 
 
 def stability_score(

@@ -30,6 +30,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..constants import IMG_SIZE, LOW_RES_SIZE
+from .postprocess import matmul
 from .predictor import ImageEmbedding
 from .preprocess import resized_shape
 
@@ -116,7 +117,7 @@ def mask_to_low_res_logits(
     frame_per_cell = IMG_SIZE / LOW_RES_SIZE
     rows = _area_matrix(LOW_RES_SIZE, original_size[0], frame_per_cell * original_size[0] / input_size[0])
     cols = _area_matrix(LOW_RES_SIZE, original_size[1], frame_per_cell * original_size[1] / input_size[1])
-    frac = rows @ mask.astype(np.float32) @ cols.T
+    frac = matmul(matmul(rows, mask.astype(np.float32)), cols.T)
     return (strength * (2.0 * frac - 1.0)).astype(np.float32)
 
 
