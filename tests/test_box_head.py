@@ -234,10 +234,13 @@ def test_load_rejects_other_files(tmp_path, golden_checkpoint):
 
 
 def test_official_checkpoint_still_loads_strictly_beside_a_head(tmp_path, golden_checkpoint, head):
+    import shutil
+
     from napari_edgesam.model import build_edge_sam
 
-    save_box_head(head, prior_path_for(golden_checkpoint))
-    model = build_edge_sam(golden_checkpoint)  # strict load of the official layout
+    checkpoint = shutil.copy(golden_checkpoint, tmp_path / "edge_sam.pth")  # the shared one stays prior-free
+    save_box_head(head, prior_path_for(checkpoint))
+    model = build_edge_sam(checkpoint)  # strict load of the official layout
     assert not any(k.startswith(("fpn", "cls_tower")) for k in model.state_dict())
 
 

@@ -174,10 +174,13 @@ def _load_predictor(name_or_path, backend, device, decoder, allow_download, allo
 
 def _torch_predictor(path: Path, device: str, name: str, allow_unsafe: bool, options: dict) -> EdgeSamPredictor:
     from ..model.build import build_edge_sam
+    from .backends import compute_thread
     from .backends.torch_backend import TorchBackend
 
-    model = build_edge_sam(path, allow_unsafe=allow_unsafe)
-    predictor = EdgeSamPredictor(TorchBackend(model, device, **options), model_name=name)
+    def build() -> TorchBackend:
+        return TorchBackend(build_edge_sam(path, allow_unsafe=allow_unsafe), device, **options)
+
+    predictor = EdgeSamPredictor(compute_thread.run(build), model_name=name)
     predictor.source_path = Path(path)
     return predictor
 

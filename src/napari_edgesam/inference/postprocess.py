@@ -60,15 +60,19 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
     numpy's OpenBLAS threads busy-wait for a while after each product; on a few cores they
     then slow down the next torch operation (measured here: a decoder call after a numpy
-    upscale took 2.5x longer). Without torch (onnxruntime installs) numpy does it.
+    upscale took 2.5x longer). It runs on torch's compute thread
+    (:mod:`~napari_edgesam.inference.backends.compute_thread`). Without torch (onnxruntime
+    installs) numpy does it.
     """
     a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
     torch = sys.modules.get("torch")
     if torch is None:
         return np.matmul(a, b)
+    from .backends import compute_thread
+
     ta = torch.from_numpy(a if a.flags.writeable else a.copy())
     tb = torch.from_numpy(b if b.flags.writeable else b.copy())
-    return torch.matmul(ta, tb).numpy()
+    return compute_thread.run(lambda: torch.matmul(ta, tb).numpy())
 
 
 def stability_score(

@@ -276,6 +276,11 @@ class TorchBoxPrior:
         return boxes.cpu().numpy(), scores.cpu().numpy()
 
     def propose(self, image: np.ndarray, input_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        from .backends import compute_thread
+
+        return compute_thread.run(self._propose, image, input_size)
+
+    def _propose(self, image: np.ndarray, input_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
         with torch.inference_mode():
@@ -283,7 +288,12 @@ class TorchBoxPrior:
 
     def embed_and_propose(self, image: np.ndarray, input_size: tuple[int, int]):
         """One encoder pass -> (embedding ``1 x 256 x 64 x 64`` float32, boxes, scores); the
-        embedding equals the backend's ``encode(image)``."""
+        embedding equals the backend's ``encode(image)``. Runs on the torch compute thread."""
+        from .backends import compute_thread
+
+        return compute_thread.run(self._embed_and_propose, image, input_size)
+
+    def _embed_and_propose(self, image: np.ndarray, input_size: tuple[int, int]):
         import torch
 
         with torch.inference_mode():
@@ -386,9 +396,13 @@ def load_prior(path: str | os.PathLike, predictor=None, *, device: str = "auto",
     if predictor is None:
         raise ValueError("a .pth prior shares the predictor's torch encoder: pass predictor=...")
     from ..model.box_head import load_box_head
+    from .backends import compute_thread
 
-    head, meta = load_box_head(path)
-    return TorchBoxPrior.from_backend(predictor.backend, head, meta, check_encoder=check_encoder)
+    def build() -> TorchBoxPrior:
+        head, meta = load_box_head(path)
+        return TorchBoxPrior.from_backend(predictor.backend, head, meta, check_encoder=check_encoder)
+
+    return compute_thread.run(build)
 
 
 def embed_rgb_with_proposals(predictor, prior, rgb: np.ndarray) -> tuple[ImageEmbedding, ProposalSet]:

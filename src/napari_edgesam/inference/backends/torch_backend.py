@@ -10,6 +10,7 @@ import torch
 
 from ...model.edge_sam import EdgeSam
 from ...model.fast_decoder import decode_tokens, to_tokens
+from . import compute_thread
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +114,10 @@ class TorchBackend:
         return torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
 
     def encode(self, image: np.ndarray) -> np.ndarray:
+        """``1 x 3 x 1024 x 1024`` float32 -> ``1 x 256 x 64 x 64`` (on the compute thread)."""
+        return compute_thread.run(self._encode, image)
+
+    def _encode(self, image: np.ndarray) -> np.ndarray:
         return self.encode_tensor(torch.from_numpy(np.ascontiguousarray(image, np.float32))).cpu().numpy()
 
     def decode(
@@ -122,6 +127,10 @@ class TorchBackend:
         point_labels: np.ndarray,
         mask_input: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
+        """Low-res logits ``B x 4 x 256 x 256`` and IoU scores ``B x 4`` (on the compute thread)."""
+        return compute_thread.run(self._decode, embeddings, point_coords, point_labels, mask_input)
+
+    def _decode(self, embeddings, point_coords, point_labels, mask_input):
         dev = self.device
         with torch.inference_mode():
             coords = _tensor(point_coords, dev)
