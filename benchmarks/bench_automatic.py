@@ -29,6 +29,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import golden_state_dict, table  # noqa: E402
 
+from napari_edgesam.inference.backends import compute_thread  # noqa: E402
+
+# A single-threaded script that also runs torch on its main thread (the reference rows, the
+# golden weights): keep all torch work on that thread, as NAPARI_EDGESAM_TORCH_THREAD=0 does.
+compute_thread.ENABLED = False
+
 
 def nuclei_image(seed: int, size: int = 1024) -> np.ndarray:
     """A uint16 fluorescence-like image: ~120 blurred bright ellipses on a dim, noisy background."""

@@ -21,7 +21,12 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import golden_state_dict, interleaved, matmul_peak_gflops, table  # noqa: E402
 
+from napari_edgesam.inference.backends import compute_thread  # noqa: E402
 from napari_edgesam.inference.backends.torch_backend import TorchBackend  # noqa: E402
+
+# A single-threaded script that also runs torch on its main thread (the reference rows, the
+# golden weights): keep all torch work on that thread, as NAPARI_EDGESAM_TORCH_THREAD=0 does.
+compute_thread.ENABLED = False
 from napari_edgesam.model import build_edge_sam  # noqa: E402
 
 

@@ -6,10 +6,15 @@ from several threads, the teams compete for the same cores: measured on 2 cores,
 call took 30 ms from a second thread against 21 ms when one thread makes all the calls.
 :func:`run` therefore hands torch work to one long-lived thread and waits for the result;
 calls made on that thread (nested ones included) run directly.
+
+A script that runs all its torch work on one thread anyway (e.g. its own torch code on the main
+thread next to ours) can keep everything there: set ``NAPARI_EDGESAM_TORCH_THREAD=0`` or
+:data:`ENABLED` to False.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -17,8 +22,8 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-#: Set to False to run torch calls on the calling thread (e.g. in a process that has only one).
-ENABLED = True
+#: False: torch calls run on the calling thread (env ``NAPARI_EDGESAM_TORCH_THREAD=0``).
+ENABLED = os.environ.get("NAPARI_EDGESAM_TORCH_THREAD", "1") != "0"
 
 _lock = threading.Lock()
 _executor: ThreadPoolExecutor | None = None
