@@ -259,3 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         write_json_atomic(summary, args.out_json)
     print(format_table(summary, f"{args.model} on {len(images)} image(s)"))
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
