@@ -382,3 +382,24 @@ def test_more_prompts_bypass_the_prior_and_candidates_cycle(make_widget, predict
     np.testing.assert_array_equal(preview_mask(w), expected)
     assert boxed_point.prior_box is None
     assert predictor.prior.calls == {"embed_and_propose": 1}
+
+
+# -- (e) with a disk cache, proposals outlive the session like the embeddings -------------------
+def test_proposals_are_kept_on_disk_with_the_embeddings(make_widget, nuclei_model, tmp_path, qtbot):
+    image = _nuclei(6)[0]
+    sessions = []
+    for _ in range(2):  # the second widget is a new session on the same cache folder
+        p = EdgeSamPredictor(CountingBackend(nuclei_model.backend), nuclei_model.model_name)
+        p.prior = CountingPrior(nuclei_model.prior)
+        p.prior.source_path = nuclei_model.prior.source_path  # the file it came from: its identity
+        w = make_widget(None, p)
+        w.controller.embeddings.set_cache_dir(tmp_path / "cache")
+        w.viewer.add_image(image, name="nuclei")
+        wait_ready(qtbot, w.controller)
+        sessions.append((p, w.controller.embeddings.lookup_proposals(w.controller.current_view())))
+    (first, found_first), (second, found_second) = sessions
+    assert first.prior.calls == {"embed_and_propose": 1}
+    assert second.prior.calls == {} and second.backend.encodes == 0  # all from the disk
+    np.testing.assert_array_equal(found_second.boxes, found_first.boxes)
+    np.testing.assert_array_equal(found_second.scores, found_first.scores)
+    assert len(list((tmp_path / "cache").glob("*.proposals.npz"))) == 1

@@ -24,7 +24,7 @@ from qtpy.QtCore import QObject, Signal
 
 from ..inference.embedding_cache import EmbeddingCache, data_signature
 from ..inference.predictor import ImageEmbedding
-from ..inference.prior import ProposalSet
+from ..inference.prior import ProposalSet, prior_tag
 from ..inference.slices import SliceEmbedder, neighbour_order
 from .planes import Plane
 from .proposals import ProposalStore, _CacheWithProposals, _ProposingPredictor
@@ -125,6 +125,8 @@ class EmbeddingService(QObject):
         if self._encoder is None:
             raise RuntimeError("no model is loaded: load a model (or call set_predictor) first")
         self._encoder.prior = prior
+        if prior is not None:
+            self.proposals.set_disk(self.cache.disk_dir, prior_tag(prior))
 
     @property
     def prior(self):
@@ -139,6 +141,8 @@ class EmbeddingService(QObject):
         """Keep embeddings also on disk in ``directory`` (None: memory only)."""
         self.cancel_background()
         self.cache = EmbeddingCache(self.max_bytes, disk_dir=directory or None)
+        if self.prior is not None:
+            self.proposals.set_disk(self.cache.disk_dir, prior_tag(self.prior))
         if self._encoder is not None:
             self._build_embedder()
 

@@ -9,9 +9,15 @@ same key.
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import os
+import tempfile
 import threading
+import zipfile
 from collections import OrderedDict
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -19,13 +25,25 @@ from ..inference.embedding_cache import EmbeddingCache
 from ..inference.predictor import ImageEmbedding
 from ..inference.prior import ProposalSet, compute_proposals, embed_with_proposals
 
+logger = logging.getLogger(__name__)
+
 #: Proposal sets kept by a :class:`ProposalStore` (one holds at most a few hundred boxes: ~6 KB).
 MAX_PROPOSAL_SETS = 1024
+#: File-name ending and format version of persisted proposal sets.
+DISK_SUFFIX = ".proposals.npz"
+DISK_FORMAT_VERSION = 1
 
 
 class ProposalStore:
     """The prior's box proposals (:class:`ProposalSet`) by embedding-cache key; least recently
-    used sets beyond ``max_entries`` are dropped. Safe to use from several threads."""
+    used sets beyond ``max_entries`` are dropped from memory. Safe to use from several threads.
+
+    With :meth:`set_disk` (the embedding cache's folder and the prior's :func:`prior_tag`) every
+    set is also written to ``<sha1(key|tag)>.proposals.npz`` in that folder, atomically, and a
+    memory miss reads it back: a restarted session keeps its proposals as it keeps its
+    embeddings. The files live and are evicted with the embedding cache's (its ``*.npz`` budget,
+    ``discard`` by key prefix, ``clear``); a file of another prior has another name.
+    """
 
     def __init__(self, max_entries: int = MAX_PROPOSAL_SETS) -> None:
         if isinstance(max_entries, bool) or int(max_entries) < 1:
@@ -33,32 +51,96 @@ class ProposalStore:
         self.max_entries = int(max_entries)
         self._entries: OrderedDict[str, ProposalSet] = OrderedDict()
         self._lock = threading.Lock()
+        self.disk_dir: Path | None = None
+        self.tag: str | None = None
+
+    def set_disk(self, disk_dir: str | os.PathLike | None, tag: str | None) -> None:
+        """Persist to ``disk_dir`` the proposals of the prior identified by ``tag`` (either
+        None: memory only). Sets held in memory are kept only if the prior is the same."""
+        with self._lock:
+            if tag != self.tag:
+                self._entries.clear()
+            self.disk_dir = None if disk_dir in (None, "") else Path(disk_dir)
+            self.tag = tag
+
+    def disk_path(self, key: str) -> Path | None:
+        """The file holding ``key``'s proposals, or None without a disk layer."""
+        if self.disk_dir is None or self.tag is None:
+            return None
+        return self.disk_dir / (hashlib.sha1(f"{key}|{self.tag}".encode()).hexdigest() + DISK_SUFFIX)
 
     def get(self, key: str) -> ProposalSet | None:
         with self._lock:
             found = self._entries.get(key)
             if found is not None:
                 self._entries.move_to_end(key)
-            return found
+                return found
+        found = self._read(key)
+        if found is not None:
+            self._remember(key, found)
+        return found
 
     def put(self, key: str, proposals: ProposalSet) -> None:
         if not isinstance(proposals, ProposalSet):
             raise TypeError(f"expected a ProposalSet, got {type(proposals).__name__}")
+        self._remember(key, proposals)
+        self._write(key, proposals)
+
+    def _remember(self, key: str, proposals: ProposalSet) -> None:
         with self._lock:
             self._entries[key] = proposals
             self._entries.move_to_end(key)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
 
+    def _write(self, key: str, proposals: ProposalSet) -> None:
+        path = self.disk_path(key)
+        if path is None:
+            return
+        tmp = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".", suffix=".part", dir=path.parent)
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, version=np.int64(DISK_FORMAT_VERSION), key=np.str_(key), tag=np.str_(self.tag),
+                         boxes=proposals.boxes, scores=proposals.scores,
+                         original_size=np.asarray(proposals.original_size, np.int64))
+            os.replace(tmp, path)
+        except OSError as err:  # the memory copy is all that is lost
+            logger.warning("could not write the proposals file %s: %s", path, err)
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+
+    def _read(self, key: str) -> ProposalSet | None:
+        path = self.disk_path(key)
+        if path is None or not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if int(z["version"]) != DISK_FORMAT_VERSION or str(z["key"]) != key or str(z["tag"]) != self.tag:
+                    raise ValueError("the file holds other proposals")
+                return ProposalSet(z["boxes"], z["scores"], tuple(int(v) for v in z["original_size"]))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+            logger.warning("ignoring and deleting unreadable proposals file %s: %s", path, err)
+            path.unlink(missing_ok=True)
+            return None
+
     def __contains__(self, key: object) -> bool:
         with self._lock:
-            return key in self._entries
+            if key in self._entries:
+                return True
+        path = self.disk_path(key) if isinstance(key, str) else None
+        return path is not None and path.is_file()
 
     def __len__(self) -> int:
+        """Sets held in memory."""
         with self._lock:
             return len(self._entries)
 
     def clear(self) -> None:
+        """Forget the sets held in memory (files stay: they are the disk cache's)."""
         with self._lock:
             self._entries.clear()
 

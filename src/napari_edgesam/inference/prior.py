@@ -390,7 +390,9 @@ def load_prior(path: str | os.PathLike, predictor=None, *, device: str = "auto",
     it shares) or an exported ``.onnx`` prior (``use_embedding``: see :class:`OnnxBoxPrior`)."""
     path = Path(path)
     if path.suffix.lower() == ".onnx":
-        return OnnxBoxPrior(path, device=device, use_embedding=use_embedding)
+        prior = OnnxBoxPrior(path, device=device, use_embedding=use_embedding)
+        prior.source_path = path
+        return prior
     if path.suffix.lower() not in (".pth", ".pt"):
         raise ValueError(f"unsupported prior file {path}: expected .pth or .onnx")
     if predictor is None:
@@ -402,7 +404,23 @@ def load_prior(path: str | os.PathLike, predictor=None, *, device: str = "auto",
         head, meta = load_box_head(path)
         return TorchBoxPrior.from_backend(predictor.backend, head, meta, check_encoder=check_encoder)
 
-    return compute_thread.run(build)
+    prior = compute_thread.run(build)
+    prior.source_path = path
+    return prior
+
+
+def prior_tag(prior) -> str | None:
+    """An identity of a prior loaded from a file (:func:`load_prior` sets ``source_path``): its
+    resolved path, size and modification time, so a retrained file gets a new tag. None for a
+    prior built in memory (its proposals are then never persisted)."""
+    path = getattr(prior, "source_path", None)
+    if path is None:
+        return None
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return None
+    return f"{Path(path).resolve()}:{st.st_size}:{st.st_mtime_ns}"
 
 
 def embed_rgb_with_proposals(predictor, prior, rgb: np.ndarray) -> tuple[ImageEmbedding, ProposalSet]:
