@@ -114,7 +114,11 @@ def run(args: argparse.Namespace) -> int:
     plane = c.current_plane()
     points, boxes = c.prompt_layers()
     pixels = plane.take(L.image_data(image))
-    L.add_box(boxes, plane, demo_box(pixels.mean(-1) if pixels.ndim == 3 else pixels))
+    x0, y0, x1, y1 = demo_box(pixels.mean(-1) if pixels.ndim == 3 else pixels)
+    if c.prior_on:  # the granularity prior: one click takes the whole object
+        L.add_point(points, plane, ((x0 + x1) / 2, (y0 + y1) / 2))
+    else:
+        L.add_box(boxes, plane, (x0, y0, x1, y1))
     viewer.layers.selection.active = points
     points.mode = "add"
     prior = "with its granularity prior" if getattr(predictor, "prior", None) is not None else "no granularity prior"
