@@ -111,11 +111,12 @@ def make_widget(make_napari_viewer, monkeypatch, qtbot):
     monkeypatch.setattr(ModelPanel, "autoload", lambda self: None)  # no start-up model loading here
     made = []
 
-    def make(image: np.ndarray | None, predictor=None):
+    def make(image: np.ndarray | None, predictor=None, whole_object: bool = True):
         viewer = make_napari_viewer()
         if image is not None:
             viewer.add_image(image, name="nuclei")
         w = InteractiveWidget(viewer)
+        w.controller.use_prior = whole_object  # the user's choice (off by default)
         w.controller.embeddings.prefetch_radius = 0  # count only what the user's planes need
         if predictor is not None:
             w.set_predictor(predictor)
@@ -180,7 +181,7 @@ def preview_mask(w) -> np.ndarray:
 
 # -- (a) the option is there only with a prior -----------------------------------------------
 def test_checkbox_follows_the_prior(make_widget, golden_predictor, predictor, qtbot):
-    w = make_widget(None)
+    w = make_widget(None, whole_object=False)  # the default
     assert not w.whole_object.isEnabled()  # no model yet
     w.set_predictor(EdgeSamPredictor(golden_predictor.backend, "golden"))
     assert not w.whole_object.isEnabled() and not w.whole_object.isChecked()
@@ -188,13 +189,14 @@ def test_checkbox_follows_the_prior(make_widget, golden_predictor, predictor, qt
     assert "python -m napari_edgesam.training.prior train" in w.whole_object.toolTip()
     assert not w.controller.prior_on
     w.set_predictor(predictor)
-    assert w.whole_object.isEnabled() and w.whole_object.isChecked()  # on by default
-    assert w.whole_object.toolTip() == WHOLE_OBJECT_TIP and w.controller.prior_on
-    w.whole_object.setChecked(False)  # the user's choice ...
-    assert not w.controller.prior_on and w.controller.embeddings.prior is None
+    assert w.whole_object.isEnabled() and not w.whole_object.isChecked()  # available, off by default
+    assert w.whole_object.toolTip() == WHOLE_OBJECT_TIP and not w.controller.prior_on
+    w.whole_object.setChecked(True)  # the user's choice ...
+    assert w.controller.prior_on and w.controller.embeddings.prior is not None
     w.set_predictor(EdgeSamPredictor(golden_predictor.backend, "golden"))
+    assert not w.whole_object.isEnabled() and not w.controller.prior_on
     w.set_predictor(predictor)
-    assert w.whole_object.isEnabled() and not w.whole_object.isChecked()  # ... is kept
+    assert w.whole_object.isEnabled() and w.whole_object.isChecked()  # ... is kept
 
 
 def test_a_broken_prior_file_leaves_a_working_model(golden_checkpoint, tmp_path):

@@ -115,10 +115,7 @@ def run(args: argparse.Namespace) -> int:
     points, boxes = c.prompt_layers()
     pixels = plane.take(L.image_data(image))
     x0, y0, x1, y1 = demo_box(pixels.mean(-1) if pixels.ndim == 3 else pixels)
-    if c.prior_on:  # the granularity prior: one click takes the whole object
-        L.add_point(points, plane, ((x0 + x1) / 2, (y0 + y1) / 2))
-    else:
-        L.add_box(boxes, plane, (x0, y0, x1, y1))
+    L.add_point(points, plane, ((x0 + x1) / 2, (y0 + y1) / 2))  # one click on the central nucleus
     viewer.layers.selection.active = points
     points.mode = "add"
     prior = "with its granularity prior" if getattr(predictor, "prior", None) is not None else "no granularity prior"
