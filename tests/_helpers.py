@@ -14,6 +14,8 @@ the label image, with the real ``ImageEmbedding`` and 1024/256 frame conventions
 
 from __future__ import annotations
 
+import hashlib
+import threading
 from types import SimpleNamespace
 
 import numpy as np
@@ -29,7 +31,8 @@ from napari_edgesam.inference.preprocess import resized_shape, to_rgb_uint8
 
 @pytest.fixture(scope="module")
 def one_thread():
-    """Small convolutions: one thread is faster, and far faster on a shared, busy CPU.
+    """Small tensors: one thread is faster, and far faster on a shared, busy CPU; it also makes
+    CPU reductions bit-reproducible (the training resume tests rely on that).
     Use it in a module with ``pytestmark = pytest.mark.usefixtures("one_thread")`` after
     importing it."""
     torch = pytest.importorskip("torch")
@@ -268,3 +271,31 @@ def run_widget(widget, qtbot, timeout: int = 60_000):
     assert worker is not None
     qtbot.waitUntil(lambda: widget._worker is None, timeout=timeout)
     return worker
+
+
+class CountingBackend:
+    """Wraps a backend: counts encoder calls and remembers their outputs by input (the
+    golden and shipped encoders are deterministic, so this only makes repeated tests faster).
+    ``model`` is the wrapped torch backend's (a torch prior shares it)."""
+
+    _memo: dict[tuple, np.ndarray] = {}
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.model = getattr(inner, "model", None)
+        self.provides_iou_scores = inner.provides_iou_scores
+        self.supports_mask_input = inner.supports_mask_input
+        self.encodes = 0
+        self._lock = threading.Lock()
+
+    def encode(self, image: np.ndarray) -> np.ndarray:
+        with self._lock:
+            self.encodes += 1
+        key = (id(self.inner), hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest())
+        if key not in self._memo:
+            self._memo[key] = self.inner.encode(image)
+        return self._memo[key].copy()
+
+    def decode(self, *args, **kwargs):
+        return self.inner.decode(*args, **kwargs)

@@ -8,13 +8,12 @@ embedding, commits copy it into the target under a new id, undo restores the pix
 from __future__ import annotations
 
 import copy
-import hashlib
-import threading
 
 import numpy as np
 import pytest
 from app_model.types import KeyBinding
 
+from _helpers import CountingBackend
 from napari_edgesam._napari import layers as L
 from napari_edgesam._napari import names
 from napari_edgesam._napari.interactive_widget import InteractiveWidget
@@ -23,32 +22,6 @@ from napari_edgesam.inference.predictor import EdgeSamPredictor
 
 pytestmark = pytest.mark.gui
 TIMEOUT = 120_000  # ms; the shared CI machine can be slow
-
-
-class CountingBackend:
-    """Wraps a backend: counts encoder calls and remembers their outputs by input (the
-    golden encoder is deterministic, so this only makes repeated tests faster)."""
-
-    _memo: dict[str, np.ndarray] = {}
-
-    def __init__(self, inner) -> None:
-        self.inner = inner
-        self.name = inner.name
-        self.provides_iou_scores = inner.provides_iou_scores
-        self.supports_mask_input = inner.supports_mask_input
-        self.encodes = 0
-        self._lock = threading.Lock()
-
-    def encode(self, image: np.ndarray) -> np.ndarray:
-        with self._lock:
-            self.encodes += 1
-        key = hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest()
-        if key not in self._memo:
-            self._memo[key] = self.inner.encode(image)
-        return self._memo[key].copy()
-
-    def decode(self, *args, **kwargs):
-        return self.inner.decode(*args, **kwargs)
 
 
 @pytest.fixture()

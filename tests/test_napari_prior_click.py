@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
+from _helpers import CountingBackend
 from napari_edgesam._napari import layers as L
 from napari_edgesam._napari import names
 from napari_edgesam._napari.interactive_widget import InteractiveWidget
@@ -63,28 +64,6 @@ class CountingPrior:
 
     def propose(self, image, input_size):
         return self._run("propose", image, input_size)
-
-
-class CountingBackend:
-    """The torch backend, counting plain encoder calls (the prior shares its ``model``)."""
-
-    _memo: dict[tuple, np.ndarray] = {}
-
-    def __init__(self, inner) -> None:
-        self.inner, self.model, self.name = inner, inner.model, inner.name
-        self.provides_iou_scores = inner.provides_iou_scores
-        self.supports_mask_input = inner.supports_mask_input
-        self.encodes = 0
-
-    def encode(self, image: np.ndarray) -> np.ndarray:
-        self.encodes += 1
-        key = (id(self.inner), _digest(image))
-        if key not in self._memo:
-            self._memo[key] = self.inner.encode(image)
-        return self._memo[key].copy()
-
-    def decode(self, *args, **kwargs):
-        return self.inner.decode(*args, **kwargs)
 
 
 @pytest.fixture(scope="module")

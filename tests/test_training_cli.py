@@ -9,19 +9,12 @@ import sys
 import pytest
 import torch
 
+from _helpers import one_thread  # noqa: F401
 from napari_edgesam.cli import main as cli_main
 from napari_edgesam.cli.train import main
 from napari_edgesam.training.synthetic import write_folder_dataset
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from threads, and on a busy machine OpenMP barriers make them
-    very slow; one intra-op thread also makes CPU reductions bit-reproducible."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import pytest
 import tifffile
 import torch
 
+from _helpers import one_thread  # noqa: F401
 from napari_edgesam.inference.preprocess import (
     normalize_and_pad,
     resize_longest_side,
@@ -27,15 +28,7 @@ from napari_edgesam.training.data import (
 from napari_edgesam.training.rle import decode_rle
 from napari_edgesam.training.synthetic import write_folder_dataset, write_sa1b_dataset
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from threads, and on a busy machine OpenMP barriers make them
-    very slow; one intra-op thread also makes CPU reductions bit-reproducible."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from _helpers import one_thread  # noqa: F401
 from napari_edgesam.training.config import LoopConfig, ModelConfig, TrainConfig
 from napari_edgesam.training.loop import (
     GroundTruthTargets,
@@ -19,15 +20,7 @@ from napari_edgesam.training.prompts import low_res_to_input
 from napari_edgesam.training.student import build_student, configure_trainable
 from napari_edgesam.training.teacher import decode_prompts
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from threads, and on a busy machine OpenMP barriers make them
-    very slow; one intra-op thread also makes CPU reductions bit-reproducible."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 S = 64  # input size: 4 x 4 embeddings, 16 x 16 low-res masks
 

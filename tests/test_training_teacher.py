@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from _helpers import one_thread  # noqa: F401
 from napari_edgesam.model import build_edge_sam
 from napari_edgesam.training.config import DataConfig, TeacherConfig
 from napari_edgesam.training.data import TrainingDataset, find_records
@@ -14,15 +15,7 @@ from napari_edgesam.training.synthetic import write_folder_dataset
 from napari_edgesam.training.teacher import Teacher, build_teacher, decode_prompts, teacher_identity
 from napari_edgesam.training.teacher_cache import EmbeddingCache, precompute_embeddings
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from threads, and on a busy machine OpenMP barriers make them
-    very slow; one intra-op thread also makes CPU reductions bit-reproducible."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -8,21 +8,14 @@ import numpy as np
 import pytest
 import torch
 
+from _helpers import one_thread  # noqa: F401
 from napari_edgesam.model import build_edge_sam
 from napari_edgesam.training.checkpoint import load_training_checkpoint
 from napari_edgesam.training.config import ConfigError, TrainConfig
 from napari_edgesam.training.synthetic import blob_image, write_folder_dataset
 from napari_edgesam.training.trainer import Trainer, train
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from threads, and on a busy machine OpenMP barriers make them
-    very slow; one intra-op thread also makes CPU reductions bit-reproducible."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
