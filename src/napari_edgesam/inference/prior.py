@@ -231,6 +231,10 @@ class TorchBoxPrior:
         self.channels_last = channels_last
         self.encoder_dtype = encoder_dtype if encoder_dtype is not None else torch.float32
         self.meta = dict(meta or {})
+        #: The torch backend whose encoder graph computes the features (set by
+        #: :meth:`from_backend`): the prior then reads the taps of the backend's own encoder
+        #: pass, so embeddings are identical with and without the prior.
+        self.backend = None
 
     @classmethod
     def from_backend(cls, backend, head, meta: dict | None = None, *, check_encoder: bool = True) -> TorchBoxPrior:
@@ -242,6 +246,8 @@ class TorchBoxPrior:
                              "backend: export the head with its encoder to ONNX (export_box_head(..., encoder=...))")
         prior = cls(head, model.image_encoder, device=backend.device, channels_last=backend.channels_last,
                     encoder_dtype=backend.encoder_dtype, meta=meta)
+        if hasattr(backend, "encode_tensor_with_taps"):
+            prior.backend = backend
         if check_encoder:
             prior.check_encoder()
         trained = prior.meta.get("img_size", 1024)
@@ -259,16 +265,19 @@ class TorchBoxPrior:
             raise ValueError(f"this box head was trained on another encoder ({self.meta.get('encoder', 'unknown')!r}); "
                              "use the prior trained for this model, or pass check_encoder=False")
 
-    def _features(self, image: np.ndarray):
+    def _embed_and_features(self, image: np.ndarray):
+        """(embedding tensor or None, backbone taps) of one encoder pass."""
         import torch
 
         x = torch.as_tensor(np.ascontiguousarray(image, np.float32), device=self.device)
+        if self.backend is not None:
+            return self.backend.encode_tensor_with_taps(x)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if self.encoder_dtype != torch.float32:
             with torch.autocast(self.device.type, dtype=self.encoder_dtype):
-                return self.encoder.forward_features(x)
-        return self.encoder.forward_features(x)
+                return None, self.encoder.forward_features(x)
+        return None, self.encoder.forward_features(x)
 
     def _detect(self, feats, input_size) -> tuple[np.ndarray, np.ndarray]:
         feats = {k: v.float().contiguous() for k, v in feats.items()}
@@ -284,7 +293,7 @@ class TorchBoxPrior:
         import torch
 
         with torch.inference_mode():
-            return self._detect(self._features(image), input_size)
+            return self._detect(self._embed_and_features(image)[1], input_size)
 
     def embed_and_propose(self, image: np.ndarray, input_size: tuple[int, int]):
         """One encoder pass -> (embedding ``1 x 256 x 64 x 64`` float32, boxes, scores); the
@@ -297,12 +306,13 @@ class TorchBoxPrior:
         import torch
 
         with torch.inference_mode():
-            feats = self._features(image)
-            if self.encoder_dtype != torch.float32:
-                with torch.autocast(self.device.type, dtype=self.encoder_dtype):
+            emb, feats = self._embed_and_features(image)
+            if emb is None:
+                if self.encoder_dtype != torch.float32:
+                    with torch.autocast(self.device.type, dtype=self.encoder_dtype):
+                        emb = self.encoder.neck_forward(feats["stage2"], feats["stage3"])
+                else:
                     emb = self.encoder.neck_forward(feats["stage2"], feats["stage3"])
-            else:
-                emb = self.encoder.neck_forward(feats["stage2"], feats["stage3"])
             boxes, scores = self._detect(feats, input_size)
         return emb.float().contiguous().cpu().numpy(), boxes, scores
 

@@ -82,6 +82,7 @@ class TorchBackend:
         self._pe_tok: torch.Tensor | None = None
         self._last_tokens: tuple | None = None
         self._dense_pe: torch.Tensor | None = None
+        self._tapped = _TappedEncoder(self.model.image_encoder).eval()
         logger.debug("torch backend on %s (fuse=%s, threads=%d)", self.device, fuse, torch.get_num_threads())
 
     @property
@@ -93,24 +94,34 @@ class TorchBackend:
 
     def encode_tensor(self, x: torch.Tensor) -> torch.Tensor:
         """``B x 3 x 1024 x 1024`` tensor -> ``B x 256 x 64 x 64`` float32 tensor."""
+        return self.encode_tensor_with_taps(x)[0]
+
+    def encode_tensor_with_taps(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The embedding and the backbone taps of one encoder pass.
+
+        ``B x 3 x 1024 x 1024`` -> (``B x 256 x 64 x 64`` float32 embedding, ``{"stage1",
+        "stage2", "stage3"}`` feature maps at strides 8, 16, 32). Every encode of this backend
+        runs this one graph (traced on CPU), so the embedding is the same bits whether or not a
+        granularity prior also reads the taps.
+        """
         x = x.to(self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        if self.jit and tuple(x.shape) == (1, 3, 1024, 1024):
-            with torch.inference_mode():
+        with torch.inference_mode():
+            if self.jit and tuple(x.shape) == (1, 3, 1024, 1024):
                 if self._jit_encoder is None:
                     self._jit_encoder = self._trace_encoder(x)
-                return self._jit_encoder(x).float().contiguous()
-        with torch.inference_mode():
-            if self.encoder_dtype != torch.float32:
+                outs = self._jit_encoder(x)
+            elif self.encoder_dtype != torch.float32:
                 with torch.autocast(self.device.type, dtype=self.encoder_dtype):
-                    out = self.model.image_encoder(x)
+                    outs = self._tapped(x)
             else:
-                out = self.model.image_encoder(x)
-        return out.float().contiguous()
+                outs = self._tapped(x)
+        emb, s1, s2, s3 = outs
+        return emb.float().contiguous(), {"stage1": s1, "stage2": s2, "stage3": s3}
 
     def _trace_encoder(self, example: torch.Tensor):
-        traced = torch.jit.trace(self.model.image_encoder, example, check_trace=False)
+        traced = torch.jit.trace(self._tapped, example, check_trace=False)
         return torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
 
     def encode(self, image: np.ndarray) -> np.ndarray:
@@ -189,6 +200,20 @@ class TorchBackend:
         except TypeError:  # not weak-referenceable: no reuse
             self._last_tokens = None
         return tokens
+
+
+class _TappedEncoder(torch.nn.Module):
+    """The image encoder returning its backbone taps beside the embedding (one graph for the
+    predictor and the granularity prior)."""
+
+    def __init__(self, encoder: torch.nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, x: torch.Tensor):
+        feats = self.encoder.forward_features(x)
+        emb = self.encoder.neck_forward(feats["stage2"], feats["stage3"])
+        return emb, feats["stage1"], feats["stage2"], feats["stage3"]
 
 
 def _tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
