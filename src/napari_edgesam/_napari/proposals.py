@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import threading
 import zipfile
 from collections import OrderedDict
@@ -97,19 +96,15 @@ class ProposalStore:
         path = self.disk_path(key)
         if path is None:
             return
-        tmp = None
+        from .._atomic import atomic_open
+
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".", suffix=".part", dir=path.parent)
-            with os.fdopen(fd, "wb") as f:
+            with atomic_open(path, "wb", suffix=".part", fsync=False) as f:
                 np.savez(f, version=np.int64(DISK_FORMAT_VERSION), key=np.str_(key), tag=np.str_(self.tag),
                          boxes=proposals.boxes, scores=proposals.scores,
                          original_size=np.asarray(proposals.original_size, np.int64))
-            os.replace(tmp, path)
         except OSError as err:  # the memory copy is all that is lost
             logger.warning("could not write the proposals file %s: %s", path, err)
-            if tmp is not None:
-                Path(tmp).unlink(missing_ok=True)
 
     def _read(self, key: str) -> ProposalSet | None:
         path = self.disk_path(key)

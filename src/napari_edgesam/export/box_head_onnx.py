@@ -20,13 +20,13 @@ import copy
 import json
 import logging
 import os
-import uuid
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from .._atomic import atomic_write
 from ..constants import IMG_SIZE
 from ..inference.prior import ONNX_META_KEY
 from ..model.box_head import STAGES, BoxHead, locations
@@ -81,13 +81,7 @@ def _add_metadata(path: Path, key: str, value: str) -> None:
     model = onnx.load(str(path))
     entry = model.metadata_props.add()
     entry.key, entry.value = key, value
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        onnx.save(model, str(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: onnx.save(model, str(tmp)))
 
 
 def export_box_head(

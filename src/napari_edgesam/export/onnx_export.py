@@ -24,7 +24,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import uuid
 import warnings
 from pathlib import Path
 
@@ -32,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._atomic import atomic_write
 from ..constants import (
     EMBED_DIM,
     EMBED_SIZE,
@@ -174,17 +174,14 @@ def _check_model(model: object) -> EdgeSam:
 def _atomic_export(module: nn.Module, args: tuple, path: str | os.PathLike, **kwargs) -> Path:
     """``torch.onnx.export`` (legacy TorchScript exporter) into a temp file, then ``os.replace``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
+
+    def export(tmp: Path) -> None:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=DeprecationWarning)
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-            torch.onnx.export(module, args, tmp, dynamo=False, do_constant_folding=True, **kwargs)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+            torch.onnx.export(module, args, str(tmp), dynamo=False, do_constant_folding=True, **kwargs)
+
+    atomic_write(path, export)
     logger.info("wrote %s (%.1f MB)", path, path.stat().st_size / 1e6)
     return path
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import threading
 import zipfile
 from collections import OrderedDict
@@ -296,9 +295,11 @@ class EmbeddingCache:
 
     def _write_disk(self, key: str, emb: ImageEmbedding) -> None:
         path = self.disk_path(key)
-        fd, tmp = tempfile.mkstemp(prefix=".", suffix=_PARTIAL_SUFFIX, dir=self.disk_dir)
+        from .._atomic import atomic_open
+
         try:
-            with os.fdopen(fd, "wb") as f:
+            size_before = path.stat().st_size if path.exists() else 0
+            with atomic_open(path, "wb", suffix=_PARTIAL_SUFFIX, fsync=False) as f:
                 np.savez(
                     f,
                     version=np.int64(DISK_FORMAT_VERSION),
@@ -307,11 +308,8 @@ class EmbeddingCache:
                     original_size=np.asarray(emb.original_size, np.int64),
                     input_size=np.asarray(emb.input_size, np.int64),
                 )
-            size_before = path.stat().st_size if path.exists() else 0
-            os.replace(tmp, path)
         except OSError as err:
             logger.warning("could not write the embedding cache file %s: %s", path, err)
-            Path(tmp).unlink(missing_ok=True)
             return
         self._account_disk(path, size_before)
 

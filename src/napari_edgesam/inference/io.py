@@ -26,13 +26,14 @@ import csv
 import json
 import logging
 import os
-import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .._atomic import atomic_write, atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -343,20 +344,7 @@ def prompts_for_image(source: str | os.PathLike, image: Path) -> list[ObjectProm
     return table.get("", []) + table.get(image.name, []) + (table.get(stem, []) if stem != image.name else [])
 
 
-# -- atomic writes ----------------------------------------------------------------------------
-def _atomic(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` for a temporary file beside ``path``, then rename it to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+# -- atomic writes (napari_edgesam._atomic: temp file, fsync, umask permissions, os.replace) --
 
 
 def write_labels(path: str | os.PathLike, labels: np.ndarray) -> None:
@@ -366,14 +354,14 @@ def write_labels(path: str | os.PathLike, labels: np.ndarray) -> None:
     labels = np.asarray(labels)
     dtype = np.uint16 if labels.size == 0 or labels.max() < 2**16 else np.uint32
     axes = "ZYX" if labels.ndim == 3 else "YX"
-    _atomic(Path(path), lambda tmp: tifffile.imwrite(tmp, labels.astype(dtype), compression="zlib",
-                                                    metadata={"axes": axes}))
+    atomic_write(path, lambda tmp: tifffile.imwrite(tmp, labels.astype(dtype), compression="zlib",
+                                                   metadata={"axes": axes}))
 
 
 def write_json(path: str | os.PathLike, obj) -> None:
     """Write ``obj`` as indented JSON, atomically."""
     data = json.dumps(obj, indent=2, default=_json_default).encode("utf-8")
-    _atomic(Path(path), lambda tmp: Path(tmp).write_bytes(data))
+    atomic_write_bytes(path, data)
 
 
 def write_csv(path: str | os.PathLike, rows: Sequence[dict], columns: Sequence[str]) -> None:
@@ -385,7 +373,7 @@ def write_csv(path: str | os.PathLike, rows: Sequence[dict], columns: Sequence[s
     writer.writeheader()
     writer.writerows(rows)
     data = buf.getvalue().encode("utf-8")
-    _atomic(Path(path), lambda tmp: Path(tmp).write_bytes(data))
+    atomic_write_bytes(path, data)
 
 
 def _json_default(obj):

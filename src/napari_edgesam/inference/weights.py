@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -164,14 +163,9 @@ def _record_hash(filename: str, sha256: str) -> None:
     hashes[filename] = sha256
     directory = cache_dir()
     directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".hashes-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(hashes, fh, indent=1, sort_keys=True)
-        os.replace(tmp, directory / HASHES_FILE)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from .._atomic import atomic_write_text
+
+    atomic_write_text(directory / HASHES_FILE, json.dumps(hashes, indent=1, sort_keys=True))
 
 
 def _env_pin(filename: str) -> str | None:

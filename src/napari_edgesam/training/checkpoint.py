@@ -14,13 +14,14 @@ A training checkpoint is a dict of plain data and tensors (readable with
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .._atomic import atomic_open
+from .._atomic import atomic_write_text as _atomic_write_text
 from ..model.build import CheckpointError, read_checkpoint
 
 FORMAT = "napari-edgesam-train/1"
@@ -28,44 +29,18 @@ LAST_NAME = "last.pt"
 REQUIRED_KEYS = ("format", "model", "model_config", "step", "epoch", "step_in_epoch")
 
 
-def make_readable(fd: int) -> None:
-    """``mkstemp`` creates owner-only files; give the file the usual 0644 (POSIX only)."""
-    if hasattr(os, "fchmod"):
-        os.fchmod(fd, 0o644)
-
-
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file in the same folder, then ``os.replace`` onto ``path``."""
+    """``torch.save`` to a temporary file in the same folder, then ``os.replace`` onto ``path``
+    (see :mod:`napari_edgesam._atomic`: fsync, permissions from the umask)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    make_readable(fd)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as fh:
+        torch.save(obj, fh)
     return path
 
 
 def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
-    """Write text atomically (temporary file + ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    make_readable(fd)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write text atomically (see :mod:`napari_edgesam._atomic`)."""
+    return _atomic_write_text(path, text)
 
 
 def rng_state() -> dict[str, Any]:

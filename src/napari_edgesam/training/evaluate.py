@@ -20,7 +20,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -208,14 +207,10 @@ def format_table(summary: dict, title: str = "") -> str:
 
 
 def write_json_atomic(obj: dict, path: str | os.PathLike) -> Path:
-    """Write ``obj`` as JSON via a temporary file and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
-    return path
+    """Write ``obj`` as JSON atomically (see :mod:`napari_edgesam._atomic`)."""
+    from .._atomic import atomic_write_text
+
+    return atomic_write_text(path, json.dumps(obj, indent=2))
 
 
 def load_pairs(pairs: Sequence[tuple[str, str]]) -> list[tuple[np.ndarray, np.ndarray]]:

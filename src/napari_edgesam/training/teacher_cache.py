@@ -17,13 +17,13 @@ import json
 import logging
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .checkpoint import atomic_write_text, make_readable
+from .._atomic import atomic_open
+from .checkpoint import atomic_write_text
 from .distributed import DistInfo, barrier
 
 logger = logging.getLogger(__name__)
@@ -108,15 +108,8 @@ class EmbeddingCache:
         if arr.shape != self.shape:
             raise ValueError(f"embedding for {key!r} is {arr.shape}, expected {self.shape}")
         path = self.path(key)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=self.root)
-        make_readable(fd)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.save(fh, arr, allow_pickle=False)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_open(path, "wb") as fh:
+            np.save(fh, arr, allow_pickle=False)
         return path
 
 

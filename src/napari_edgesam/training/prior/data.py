@@ -13,7 +13,6 @@ import hashlib
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
+from ..._atomic import atomic_open
 from ...inference.preprocess import normalize_and_pad
 from ...model.box_head import STAGES, encoder_signature
 from ..config import DataConfig
@@ -105,14 +105,8 @@ class FeatureStore:
             self._memory[key] = entry
             return
         path = self._path(key)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=self.folder)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                torch.save(entry, fh)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_open(path, "wb") as fh:
+            torch.save(entry, fh)
 
     def get(self, key: str) -> dict[str, torch.Tensor]:
         if key in self._memory:

@@ -1,0 +1,219 @@
+"""Atomic file writes: the one way this package writes an output file (torch-free, Qt-free).
+
+Every writer goes through :func:`atomic_write` (a writer that takes a path: tifffile, onnx,
+``torch.onnx.export``) or :func:`atomic_open` (a writer that takes an open file: ``torch.save``,
+``np.save``, ``json.dump``):
+
+1. a temporary file ``.<name>.<pid>.<random><suffix>`` is created in the destination's folder
+   (so the final rename never crosses file systems), with the permissions a plain ``open`` would
+   give: ``0o666`` minus the process umask (``mkstemp`` would make it owner-only, ``0600``);
+2. the data is written and ``fsync``-ed;
+3. ``os.replace`` puts it in place (readers see the old file or the new one, never a part);
+   the folder is then ``fsync``-ed where the platform allows it;
+4. on any failure (an exception, ``KeyboardInterrupt``) the temporary file is removed and the
+   old file, if any, is left as it was.
+
+A process killed between 1 and 3 leaves its temporary file behind; :func:`remove_stale_temps`
+removes those of processes that no longer run (call it when a run starts).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import re
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+logger = logging.getLogger(__name__)
+
+TEMP_SUFFIX = ".tmp"
+_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}(?P<suffix>\.[A-Za-z0-9_]+)$")
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX; a no-op where folders cannot be opened)."""
+    if os.name != "posix":
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _create_temp(path: Path, suffix: str) -> tuple[int, Path]:
+    """Create (exclusively) a temporary file beside ``path``; mode ``0o666 & ~umask``."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{suffix}")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "could not create a unique temporary file", str(path.parent))
+
+
+def temp_path_for(path: str | os.PathLike, suffix: str = TEMP_SUFFIX) -> Path:
+    """A fresh (not yet existing) temporary name beside ``path`` in the format this module cleans up."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{suffix}")
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "wb", *, encoding: str | None = None,
+                suffix: str = TEMP_SUFFIX, fsync: bool = True) -> Iterator[IO[Any]]:
+    """``with atomic_open(path, "w") as fh: fh.write(...)`` writes ``path`` atomically.
+
+    ``mode`` is ``"w"`` (text, UTF-8 unless ``encoding``) or ``"wb"``. The parent folder is
+    created. If the block raises, the temporary file is removed and ``path`` is unchanged.
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open writes whole files: mode must be 'w' or 'wb', got {mode!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = _create_temp(path, suffix)
+    owned = False  # whether the file object owns (and closes) fd
+    try:
+        if mode == "w":
+            fh = os.fdopen(fd, "w", encoding=encoding or "utf-8", newline="")
+        else:
+            fh = os.fdopen(fd, "wb")
+        owned = True
+        with fh:
+            yield fh
+            fh.flush()
+            if fsync:
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if not owned:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    if fsync:
+        _fsync_dir(path.parent)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object], *, suffix: str = TEMP_SUFFIX,
+                 fsync: bool = True) -> Path:
+    """Call ``write(tmp)`` for a temporary file beside ``path``, then move it onto ``path``.
+
+    ``write`` may create the file anew (it exists, empty, with the right permissions, when
+    ``write`` is called; writers that truncate keep those permissions). Returns ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = _create_temp(path, suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        if fsync:
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    if fsync:
+        _fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, **kwargs) -> Path:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_open`)."""
+    with atomic_open(path, "wb", **kwargs) as fh:
+        fh.write(data)
+    return Path(path)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, *, encoding: str = "utf-8", **kwargs) -> Path:
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_open`)."""
+    with atomic_open(path, "w", encoding=encoding, **kwargs) as fh:
+        fh.write(text)
+    return Path(path)
+
+
+def _pid_running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (another user's) or cannot tell: keep its file
+    return True
+
+
+def is_temp_name(name: str, suffix: str | None = None) -> bool:
+    """Whether ``name`` is a temporary file name made by this module (optionally with ``suffix``)."""
+    m = _TEMP_RE.match(name)
+    return m is not None and (suffix is None or m.group("suffix") == suffix)
+
+
+def remove_stale_temps(folder: str | os.PathLike, *, older_than_s: float = 0.0) -> list[Path]:
+    """Remove the temporary files this module left in ``folder`` (not recursive) when their
+    writer process has died (killed mid-write) on this machine; files of running processes and
+    files younger than ``older_than_s`` seconds are kept. Returns the removed paths."""
+    folder = Path(folder)
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return removed
+    now = time.time()
+    for entry in entries:
+        m = _TEMP_RE.match(entry.name)
+        if m is None or _pid_running(int(m.group("pid"))):
+            continue
+        try:
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            if older_than_s and now - entry.stat(follow_symlinks=False).st_mtime < older_than_s:
+                continue
+            os.unlink(entry.path)
+        except FileNotFoundError:
+            continue
+        except OSError as err:
+            logger.warning("could not remove the stale temporary file %s: %s", entry.path, err)
+            continue
+        logger.info("removed %s, left by an interrupted write", entry.path)
+        removed.append(Path(entry.path))
+    return removed
+
+
+class UnwritableFolderError(OSError):
+    """An output folder that cannot be created or written (the message names it and the fix)."""
+
+
+def check_writable(folder: str | os.PathLike) -> Path:
+    """Create ``folder`` (and parents) and prove a file can be written there (a temporary file
+    is created, written, fsync-ed and removed). Raises OSError naming the folder otherwise."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_open(folder / ".write-probe", "wb") as fh:
+            fh.write(b"napari-edgesam write probe\n")
+        (folder / ".write-probe").unlink()
+    except OSError as err:
+        reason = err.strerror or str(err)
+        hint = "free some space" if err.errno == errno.ENOSPC else "fix its permissions"
+        error = UnwritableFolderError(f"cannot write to the output folder {folder}: {reason}; "
+                                      f"choose another folder or {hint}")
+        error.errno = err.errno
+        raise error from None
+    return folder
