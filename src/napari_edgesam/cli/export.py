@@ -37,6 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--bilinear", action="store_true",
         help="bilinear neck upsampling like the official ONNX files (default: bicubic, as in PyTorch)",
     )
+    parser.add_argument(
+        "--fp16-weights", action="store_true",
+        help="store the weights as float16 (half the file size; computation stays float32)",
+    )
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     parser.add_argument(
         "--allow-unsafe", action="store_true",
@@ -129,4 +133,10 @@ def run(args: argparse.Namespace) -> int:
         path = export_box_head(head, args.output / f"{prefix}.prior.onnx", encoder=model.image_encoder,
                                with_embedding=True, meta=meta, opset=args.opset)
         print(f"prior:   {path} (from {prior})")
+    if args.fp16_weights:
+        from ..export.fp16_storage import store_weights_fp16
+
+        for path in [encoder, decoder] + ([args.output / f"{prefix}.prior.onnx"] if head is not None else []):
+            store_weights_fp16(path)
+        print("weights stored as float16")
     return 0

@@ -17,7 +17,10 @@ BACKENDS = ("auto", "torch", "onnxruntime")
 
 def torch_available() -> bool:
     """Whether the optional torch backend can be used (without importing torch)."""
-    return importlib.util.find_spec("torch") is not None
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):  # a blocked or broken torch install
+        return False
 
 
 def list_models() -> list[dict]:
@@ -35,17 +38,54 @@ def _register_packaged_models() -> None:
     register_packaged_models()
 
 
-def _resolve_backend(backend: str) -> str:
+def _resolve_backend(backend: str, what: str = "") -> str:
+    """The backend to use when ``backend`` ("auto" = torch if installed) was asked for."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
         return "torch" if torch_available() else "onnxruntime"
     if backend == "torch" and not torch_available():
         raise ValueError(
-            "the torch backend needs PyTorch: pip install 'napari-edgesam[torch]' "
-            "(or use backend='onnxruntime')"
+            f"the torch backend{what} needs PyTorch: pip install 'napari-edgesam[torch]' "
+            "(or use backend='onnxruntime' with an ONNX model)"
         )
     return backend
+
+
+def choose_backend(spec: weights.ModelSpec, backend: str = "auto", device: str = "auto") -> tuple[str, str]:
+    """The backend that runs registered model ``spec`` and the reason, in words.
+
+    ``"auto"`` on a CPU picks onnxruntime when the model ships ONNX files with the extended
+    decoder (mask input and IoU scores: nothing is lost against torch): with its idle threads
+    sleeping it keeps a fair share of a busy CPU, where torch's OpenMP teams slowed down 10x
+    (``benchmarks/bench_contention.py``). Otherwise torch if installed (the official ONNX decoder
+    cannot refine with the previous mask), else onnxruntime. An explicit backend the model has
+    no files for is a ``ValueError`` naming that backend.
+    """
+    has_pth, has_onnx = "pth" in spec.files, "onnx_encoder" in spec.files
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "onnxruntime":
+        if not has_onnx:
+            raise ValueError(f"model {spec.name!r} has no ONNX files for the onnxruntime backend: export them "
+                             f"with 'napari-edgesam export {spec.name} -o DIR' (needs torch) and load DIR's "
+                             "*_encoder.onnx, or use backend='torch'")
+        return "onnxruntime", "asked for"
+    if backend == "torch":
+        if not has_pth:
+            raise ValueError(f"model {spec.name!r} has no PyTorch checkpoint for the torch backend; "
+                             "use backend='onnxruntime'")
+        return _resolve_backend("torch", f" (asked for model {spec.name!r})"), "asked for"
+    wants_gpu = device not in ("auto", "cpu")
+    if has_onnx and spec.onnx_extended and not wants_gpu:
+        return "onnxruntime", "the model ships ONNX files; onnxruntime keeps its speed on a busy CPU"
+    if has_pth and torch_available():
+        return "torch", "torch is installed" + ("" if wants_gpu or not has_onnx else
+                                                " (the official ONNX decoder has no mask input)")
+    if has_onnx:
+        return "onnxruntime", "torch is not installed"
+    raise ValueError(f"model {spec.name!r} needs PyTorch (it has only a .pth checkpoint): "
+                     "pip install 'napari-edgesam[torch]'")
 
 
 #: Preference order of ``load_model("auto")``.
@@ -142,11 +182,8 @@ def _load_predictor(name_or_path, backend, device, decoder, allow_download, allo
     path = Path(key)
     if key in weights.MODEL_REGISTRY:
         spec = weights.MODEL_REGISTRY[key]
-        kind = _resolve_backend(backend)
-        if kind == "onnxruntime" and "onnx_encoder" not in spec.files:
-            kind = _resolve_backend("torch")
-        if kind == "torch" and "pth" not in spec.files:
-            kind = "onnxruntime"
+        kind, why = choose_backend(spec, backend, device)
+        logger.info("model %s on %s (%s)", key, kind, why)
         if kind == "torch":
             ckpt = weights.fetch_weight(key, "pth", allow_download=allow_download)
             return _torch_predictor(ckpt, device, key, allow_unsafe, backend_options)

@@ -64,6 +64,9 @@ class ModelSpec:
     description: str
     files: dict[str, WeightFile] = field(default_factory=dict)
     licence: str = ""
+    #: Its ONNX decoder has the extended interface (mask input, IoU scores: our exports), so
+    #: onnxruntime loses nothing against torch and is the CPU default (see ``api.choose_backend``).
+    onnx_extended: bool = False
 
 
 MODEL_REGISTRY: dict[str, ModelSpec] = {}

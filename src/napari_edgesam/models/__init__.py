@@ -2,7 +2,10 @@
 
 ``edgesam-nuclei``: EdgeSAM architecture trained with this project's pipeline on DSB2018 nuclei
 (stardist's BSD-3 example) and synthetic nuclei; float16 weights in the official layout, with
-its model card (``edgesam_nuclei/MODEL_CARD.md``). It is the offline default model.
+its model card (``edgesam_nuclei/MODEL_CARD.md``). It is the offline default model. Beside the
+PyTorch checkpoint it ships as ONNX (``*_encoder.onnx``, ``*_decoder.onnx`` with the extended
+interface, ``*.prior.onnx``; float16 storage, float32 compute: ``napari-edgesam export
+edgesam-nuclei -o DIR --prior auto --fp16-weights``), so a torch-free install segments offline.
 """
 
 from __future__ import annotations
@@ -13,10 +16,14 @@ from ..inference import weights
 
 PACKAGED_DIR = Path(__file__).parent
 
-#: name -> (relative weight file, description)
+#: name -> ({file kind: relative weight file}, description)
 PACKAGED = {
     "edgesam-nuclei": (
-        "edgesam_nuclei/edge_sam_nuclei.pth",
+        {
+            "pth": "edgesam_nuclei/edge_sam_nuclei.pth",
+            "onnx_encoder": "edgesam_nuclei/edge_sam_nuclei_encoder.onnx",
+            "onnx_decoder": "edgesam_nuclei/edge_sam_nuclei_decoder.onnx",
+        },
         "EdgeSAM trained on fluorescence nuclei (DSB2018 + synthetic), shipped, BSD-3",
     ),
 }
@@ -24,13 +31,22 @@ PACKAGED = {
 
 def register_packaged_models() -> None:
     """Register the shipped models whose files are installed (idempotent)."""
-    for name, (rel, description) in PACKAGED.items():
-        path = PACKAGED_DIR / rel
-        if name in weights.MODEL_REGISTRY or not path.is_file():
+    for name, (files, description) in PACKAGED.items():
+        if name in weights.MODEL_REGISTRY:
             continue
-        wf = weights.WeightFile(filename=path.name, size=path.stat().st_size, local_path=path,
-                                licence="BSD-3-Clause (trained by napari-edgesam)")
+        found = {}
+        for kind, rel in files.items():
+            path = PACKAGED_DIR / rel
+            if path.is_file():
+                found[kind] = weights.WeightFile(filename=path.name, size=path.stat().st_size, local_path=path,
+                                                 licence="BSD-3-Clause (trained by napari-edgesam)")
+        if not {"onnx_encoder", "onnx_decoder"} <= set(found):  # ONNX files come as a pair
+            found.pop("onnx_encoder", None)
+            found.pop("onnx_decoder", None)
+        if not found:
+            continue
         weights.register_model(
-            weights.ModelSpec(name=name, description=description, files={"pth": wf},
-                              licence="BSD-3-Clause (weights trained by napari-edgesam on BSD-3 data)")
+            weights.ModelSpec(name=name, description=description, files=found,
+                              licence="BSD-3-Clause (weights trained by napari-edgesam on BSD-3 data)",
+                              onnx_extended="onnx_encoder" in found)
         )
