@@ -12,7 +12,9 @@ from .predictor import EdgeSamPredictor
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "torch", "onnxruntime")
+BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
+#: Backends that run the ONNX files.
+ONNX_BACKENDS = ("onnxruntime", "openvino")
 
 
 def torch_available() -> bool:
@@ -52,6 +54,15 @@ def _resolve_backend(backend: str, what: str = "") -> str:
     return backend
 
 
+def _check_onnx_backend(backend: str) -> None:
+    if backend == "openvino":
+        from .backends.openvino_backend import openvino_available
+
+        if not openvino_available():
+            raise ValueError("the openvino backend needs OpenVINO: pip install 'napari-edgesam[openvino]' "
+                             "(or use backend='onnxruntime')")
+
+
 def choose_backend(spec: weights.ModelSpec, backend: str = "auto", device: str = "auto") -> tuple[str, str]:
     """The backend that runs registered model ``spec`` and the reason, in words.
 
@@ -65,12 +76,13 @@ def choose_backend(spec: weights.ModelSpec, backend: str = "auto", device: str =
     has_pth, has_onnx = "pth" in spec.files, "onnx_encoder" in spec.files
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "onnxruntime":
+    if backend in ONNX_BACKENDS:
         if not has_onnx:
-            raise ValueError(f"model {spec.name!r} has no ONNX files for the onnxruntime backend: export them "
+            raise ValueError(f"model {spec.name!r} has no ONNX files for the {backend} backend: export them "
                              f"with 'napari-edgesam export {spec.name} -o DIR' (needs torch) and load DIR's "
                              "*_encoder.onnx, or use backend='torch'")
-        return "onnxruntime", "asked for"
+        _check_onnx_backend(backend)
+        return backend, "asked for"
     if backend == "torch":
         if not has_pth:
             raise ValueError(f"model {spec.name!r} has no PyTorch checkpoint for the torch backend; "
@@ -145,7 +157,8 @@ def load_model(
         name_or_path: a registered model name (see :func:`list_models`), a ``.pth`` checkpoint
             (official layout, or exported by ``napari-edgesam train export``), or an encoder
             ``.onnx`` file (its decoder is found beside it, or given as ``decoder``).
-        backend: ``"auto"`` (torch if installed, else onnxruntime), ``"torch"``, ``"onnxruntime"``.
+        backend: ``"auto"`` (see :func:`choose_backend`), ``"torch"``, ``"onnxruntime"`` or
+            ``"openvino"`` (the last two run ONNX files).
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"mps"``.
         allow_download: fetch registered weights into the cache if missing.
         allow_unsafe: permit full unpickling of a trusted ``.pth`` file.
@@ -189,7 +202,7 @@ def _load_predictor(name_or_path, backend, device, decoder, allow_download, allo
             return _torch_predictor(ckpt, device, key, allow_unsafe, backend_options)
         enc = weights.fetch_weight(key, "onnx_encoder", allow_download=allow_download)
         dec = weights.fetch_weight(key, "onnx_decoder", allow_download=allow_download)
-        return _onnx_predictor(enc, dec, device, key, backend_options)
+        return _onnx_predictor(enc, dec, device, key, backend_options, kind)
     if path.suffix.lower() in (".pth", ".pt"):
         sha = weights.verify_weight_file(path)
         if _resolve_backend("torch" if backend == "auto" else backend) != "torch":
@@ -198,11 +211,13 @@ def _load_predictor(name_or_path, backend, device, decoder, allow_download, allo
         return _torch_predictor(path, device, f"{path.stem}-{sha[:8]}", allow_unsafe, backend_options)
     if path.suffix.lower() == ".onnx":
         weights.verify_weight_file(path)
-        if backend not in ("auto", "onnxruntime"):
-            raise ValueError(f"{path} is an ONNX file: use backend='onnxruntime'")
+        if backend not in ("auto", *ONNX_BACKENDS):
+            raise ValueError(f"{path} is an ONNX file: use backend='onnxruntime' or 'openvino'")
+        kind = "onnxruntime" if backend == "auto" else backend
+        _check_onnx_backend(kind)
         dec = Path(decoder) if decoder is not None else _onnx_decoder_for(path)
         sha = weights.verify_weight_file(dec)[:4] + weights.verify_weight_file(path)[:4]
-        return _onnx_predictor(path, dec, device, f"{path.stem.replace('_encoder', '')}-{sha}", backend_options)
+        return _onnx_predictor(path, dec, device, f"{path.stem.replace('_encoder', '')}-{sha}", backend_options, kind)
     if path.suffix:
         raise ValueError(f"unsupported model file {path}: expected .pth, .pt or .onnx")
     known = ", ".join(sorted(weights.MODEL_REGISTRY))
@@ -222,9 +237,16 @@ def _torch_predictor(path: Path, device: str, name: str, allow_unsafe: bool, opt
     return predictor
 
 
-def _onnx_predictor(encoder: Path, decoder: Path, device: str, name: str, options: dict) -> EdgeSamPredictor:
-    from .backends.onnx_backend import OnnxBackend
+def _onnx_predictor(encoder: Path, decoder: Path, device: str, name: str, options: dict,
+                    kind: str = "onnxruntime") -> EdgeSamPredictor:
+    if kind == "openvino":
+        from .backends.openvino_backend import OpenVinoBackend
 
-    predictor = EdgeSamPredictor(OnnxBackend(encoder, decoder, device=device, **options), model_name=name)
+        backend = OpenVinoBackend(encoder, decoder, device=device, **options)
+    else:
+        from .backends.onnx_backend import OnnxBackend
+
+        backend = OnnxBackend(encoder, decoder, device=device, **options)
+    predictor = EdgeSamPredictor(backend, model_name=name)
     predictor.source_path = Path(encoder)
     return predictor
