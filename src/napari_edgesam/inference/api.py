@@ -189,5 +189,6 @@ def _onnx_predictor(encoder: Path, decoder: Path, device: str, name: str, option
     from .backends.onnx_backend import OnnxBackend
 
     predictor = EdgeSamPredictor(OnnxBackend(encoder, decoder, device=device, **options), model_name=name)
+    weights.confirm_loaded(encoder, decoder)  # first use: their hashes are recorded now they loaded
     predictor.source_path = Path(encoder)
     return predictor
