@@ -108,6 +108,8 @@ def test_download_records_hash(cache, monkeypatch):
     assert path.read_bytes() == _payload()
     assert [c["url"] for c in fake.calls] == [PRIMARY]
     assert fake.calls[0]["known_hash"] is None and fake.calls[0]["progressbar"] is False
+    assert not (cache / w.HASHES_FILE).exists()  # recorded only once it has loaded
+    w.confirm_loaded(path)
     assert _recorded(cache) == {"tiny.onnx": hashlib.sha256(_payload()).hexdigest()}
     assert not [p for p in cache.iterdir() if p.name.endswith(".tmp")]
 
@@ -123,6 +125,7 @@ def test_second_call_verifies_without_download(cache, monkeypatch):
 def test_corrupt_cached_file_detected(cache, monkeypatch):
     _use(monkeypatch, FakeRetrieve())
     path = w.fetch_weight("tiny", "onnx_encoder")
+    w.confirm_loaded(path)
     path.write_bytes(_payload(fill=b"\x02"))  # same size, different bytes
     with pytest.raises(w.WeightFileError) as info:
         w.fetch_weight("tiny", "onnx_encoder")
@@ -165,6 +168,7 @@ def test_mirror_fallback(cache, monkeypatch):
     path = w.fetch_weight("tiny", "onnx_encoder")
     assert path.read_bytes() == _payload()
     assert [c["url"] for c in fake.calls] == [PRIMARY, MIRROR]
+    w.confirm_loaded(path)
     assert "tiny.onnx" in _recorded(cache)
 
 
@@ -202,6 +206,7 @@ def test_hand_placed_file_is_accepted_and_recorded(cache):
     cache.mkdir()
     (cache / "tiny.onnx").write_bytes(_payload())
     assert w.fetch_weight("tiny", "onnx_encoder", allow_download=False) == cache / "tiny.onnx"
+    w.confirm_loaded(cache / "tiny.onnx")
     assert _recorded(cache)["tiny.onnx"] == hashlib.sha256(_payload()).hexdigest()
 
 

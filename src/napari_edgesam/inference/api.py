@@ -248,5 +248,6 @@ def _onnx_predictor(encoder: Path, decoder: Path, device: str, name: str, option
 
         backend = OnnxBackend(encoder, decoder, device=device, **options)
     predictor = EdgeSamPredictor(backend, model_name=name)
+    weights.confirm_loaded(encoder, decoder)  # first use: their hashes are recorded now they loaded
     predictor.source_path = Path(encoder)
     return predictor

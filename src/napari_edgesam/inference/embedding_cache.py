@@ -18,7 +18,6 @@ import hashlib
 import logging
 import os
 import threading
-import zipfile
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -148,7 +147,9 @@ class EmbeddingCache:
         dtype: storage dtype of the features (``np.float16`` halves memory; or ``np.float32``).
         disk_dir: optional folder for a persistent layer: one ``.npz`` per key (features in
             float16, sizes, the key and a format version), written atomically; memory misses
-            are read from there; unreadable files are deleted with a warning.
+            are read from there; unreadable, damaged or crafted files (and features with
+            NaN or inf) are deleted with a warning, so the caller computes the embedding again.
+            Non-finite embeddings are never stored.
         max_disk_bytes: budget of the disk layer; least recently used files beyond it are
             deleted after each write (the file just written is always kept).
 
@@ -206,13 +207,20 @@ class EmbeddingCache:
         if not isinstance(embedding, ImageEmbedding):
             raise TypeError(f"expected an ImageEmbedding, got {type(embedding).__name__}")
         stored = self._frozen(embedding)
+        if not np.isfinite(stored.features).all():  # NaN from the model, or beyond float16's range
+            logger.warning(
+                "not caching the embedding %s: its features hold NaN or inf%s", key,
+                " in float16" if np.isfinite(embedding.features).all() else "",
+            )
+            return
         with self._lock:
             self._insert(key, stored)
         if self.disk_dir is not None:
             self._write_disk(key, stored)
 
     def _frozen(self, emb: ImageEmbedding) -> ImageEmbedding:
-        features = np.array(emb.features, dtype=self.dtype, copy=True)
+        with np.errstate(over="ignore"):  # beyond float16's range: inf, refused by the callers
+            features = np.array(emb.features, dtype=self.dtype, copy=True)
         features.flags.writeable = False
         return ImageEmbedding(features, tuple(emb.original_size), tuple(emb.input_size))
 
@@ -358,19 +366,23 @@ class EmbeddingCache:
             return None
         try:
             with np.load(path, allow_pickle=False) as z:
-                version = int(z["version"])
+                version = _scalar(z["version"], "version")
                 if version != DISK_FORMAT_VERSION:
                     raise ValueError(f"format version {version}, expected {DISK_FORMAT_VERSION}")
-                if str(z["key"]) != key:
+                stored_key = z["key"]
+                if stored_key.shape != () or stored_key.dtype.kind != "U" or str(stored_key) != key:
                     raise ValueError("the file holds another key")
                 features = z["features"]
-                original_size = tuple(int(v) for v in z["original_size"])
-                input_size = tuple(int(v) for v in z["input_size"])
-            if features.ndim != 4 or len(original_size) != 2 or len(input_size) != 2:
-                raise ValueError(f"unexpected shapes {features.shape}, {original_size}, {input_size}")
+                original_size = _size_pair(z["original_size"], "original_size")
+                input_size = _size_pair(z["input_size"], "input_size")
+            if features.ndim != 4 or features.shape[0] != 1 or features.dtype.kind != "f" or features.size == 0:
+                raise ValueError(f"features of shape {features.shape} and dtype {features.dtype}")
+            emb = self._frozen(ImageEmbedding(features, original_size, input_size))
+            if not np.isfinite(emb.features).all():
+                raise ValueError("the features hold NaN or inf")
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        except Exception as err:  # noqa: BLE001 - any damage or crafted content: discard, recompute
             logger.warning("ignoring and deleting unreadable embedding cache file %s: %s", path, err)
             path.unlink(missing_ok=True)
             return None
@@ -378,7 +390,19 @@ class EmbeddingCache:
             os.utime(path)  # recently used: evicted last
         except OSError:  # e.g. a read-only folder: the order of eviction is all that suffers
             pass
-        return self._frozen(ImageEmbedding(features, original_size, input_size))
+        return emb
+
+
+def _scalar(value: np.ndarray, name: str) -> int:
+    if value.shape != () or value.dtype.kind not in "iu":
+        raise ValueError(f"{name} is not an integer")
+    return int(value)
+
+
+def _size_pair(value: np.ndarray, name: str) -> tuple[int, int]:
+    if value.shape != (2,) or value.dtype.kind not in "iu" or (value < 1).any():
+        raise ValueError(f"{name} is not two positive integers")
+    return int(value[0]), int(value[1])
 
 
 def _size(path: Path) -> int:

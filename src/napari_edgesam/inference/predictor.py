@@ -171,6 +171,16 @@ class EdgeSamPredictor:
         Returns:
             masks ``C x H x W``, scores ``C``, low-res logits ``C x 256 x 256``.
         """
+        coords, labels, boxes = self._check_prompts(point_coords, point_labels, box)
+        out = self._decode(
+            coords, labels, boxes,
+            None if mask_input is None else validate_mask_input(mask_input, 1),
+            num_multimask_outputs, return_logits, use_stability_score, upscale=True,
+        )
+        return out.masks[0], out.scores[0], out.low_res_logits[0]
+
+    def _check_prompts(self, point_coords, point_labels, box) -> tuple:
+        """Validated ``(coords 1 x N x 2 | None, labels 1 x N | None, boxes 1 x 4 | None)``."""
         emb = self.embedding
         coords = labels = boxes = None
         if point_coords is not None or point_labels is not None:
@@ -183,14 +193,7 @@ class EdgeSamPredictor:
             boxes = validate_box(box, emb.original_size)[None]
         if coords is None and boxes is None:
             raise ValueError("give at least one point (point_coords + point_labels) or a box")
-        out = self._decode(
-            None if coords is None else coords[None],
-            None if labels is None else labels[None],
-            boxes,
-            None if mask_input is None else validate_mask_input(mask_input, 1),
-            num_multimask_outputs, return_logits, use_stability_score, upscale=True,
-        )
-        return out.masks[0], out.scores[0], out.low_res_logits[0]
+        return (None if coords is None else coords[None], None if labels is None else labels[None], boxes)
 
     def predict_batch(
         self,
@@ -220,6 +223,8 @@ class EdgeSamPredictor:
             pl = np.asarray(point_labels) if point_labels is not None else None
             if pl is None or pl.shape != pc.shape[:2]:
                 raise ValueError(f"point_labels must have shape {pc.shape[:2]}")
+            if pc.shape[0] == 0:
+                raise ValueError("the batch of prompts is empty: point_coords has shape (0, N, 2); give B >= 1")
             checked = [validate_points(c, lab, emb.original_size) for c, lab in zip(pc, pl)]
             coords = np.stack([c for c, _ in checked])
             labels = np.stack([lab for _, lab in checked])
@@ -227,6 +232,8 @@ class EdgeSamPredictor:
             b = np.asarray(boxes, np.float32)
             if b.ndim != 2 or b.shape[1] != 4:
                 raise ValueError(f"boxes must have shape (B, 4); got {b.shape}")
+            if b.shape[0] == 0:
+                raise ValueError("the batch of prompts is empty: boxes has shape (0, 4); give B >= 1")
             boxes = np.stack([validate_box(x, emb.original_size) for x in b])
             if coords is not None and boxes.shape[0] != coords.shape[0]:
                 raise ValueError("boxes and point_coords must have the same batch size")
@@ -290,10 +297,19 @@ class EdgeSamPredictor:
         token for point prompts. Returns mask ``H x W`` bool, stability score, low-res ``256 x 256``.
         """
         n = 1 if box is not None else 4
-        masks, _, low = self.predict(point_coords, point_labels, box, mask_input, num_multimask_outputs=n)
-        stab = stability_score(low)
+        coords, labels, boxes = self._check_prompts(point_coords, point_labels, box)
+        out = self._decode(
+            coords, labels, boxes,
+            None if mask_input is None else validate_mask_input(mask_input, 1),
+            n, False, True, upscale=False,
+        )
+        low = out.low_res_logits[0]
+        stab = out.scores[0]
         i = 0 if n == 1 else (int(candidate) % 4 if candidate is not None else int(np.argmax(stab)))
-        return masks[i], float(stab[i]), low[i]
+        # only the chosen candidate is brought to full size (memory: one H x W float32 plane)
+        emb = self.embedding
+        mask = upscale_logits(low[i : i + 1], emb.input_size, emb.original_size)[0] > MASK_THRESHOLD
+        return mask, float(stab[i]), low[i]
 
     def segment_click(self, point: Sequence[float], k_nearest: int = 5) -> tuple[np.ndarray, float, np.ndarray]:
         """Segment the whole object under one positive click ``(x, y)``.

@@ -18,10 +18,25 @@ from ..constants import IMG_SIZE, PIXEL_MEAN, PIXEL_STD
 DEFAULT_PERCENTILES = (0.5, 99.5)
 
 
+#: Bytes of float64 scratch per chunk of rows in :func:`to_rgb_uint8` (memory stays a small
+#: multiple of the input; results do not depend on it).
+CHUNK_BYTES = 4 << 20
+
+
+#: A last axis up to this length (and shorter than the other two) is taken for channels when
+#: no ``channel_axis`` is given; a first axis only up to 4 (a longer one looks like a Z stack).
+MAX_GUESSED_CHANNELS = 16
+
+
 def _check_array(image: object) -> np.ndarray:
     arr = np.asarray(image)
     if arr.dtype == bool:
         arr = arr.astype(np.uint8) * 255
+    if np.issubdtype(arr.dtype, np.complexfloating):
+        raise TypeError(
+            f"image has complex values (dtype {arr.dtype}); pass a real image, e.g. np.abs(image) "
+            "for the magnitude or image.real"
+        )
     if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
         raise TypeError(f"image must hold integer or floating-point numbers, got dtype {arr.dtype}")
     if arr.ndim not in (2, 3):
@@ -34,12 +49,24 @@ def _check_array(image: object) -> np.ndarray:
     return arr
 
 
+def check_gamma(gamma: object) -> float:
+    """``gamma`` as a float; ``ValueError`` unless it is a finite number > 0."""
+    try:
+        g = float(gamma)
+    except (TypeError, ValueError):
+        raise ValueError(f"gamma must be a finite number > 0, got {gamma!r}") from None
+    if not np.isfinite(g) or g <= 0:
+        raise ValueError(f"gamma must be a finite number > 0, got {gamma!r}")
+    return g
+
+
 def _channels_last(arr: np.ndarray, channel_axis: int | None) -> np.ndarray:
     """Return ``H x W x C`` (C >= 1)."""
     if arr.ndim == 2:
         return arr[..., None]
     if channel_axis is None:
-        if arr.shape[-1] <= 4:
+        last = arr.shape[-1]
+        if last <= 4 or (last <= MAX_GUESSED_CHANNELS and last < min(arr.shape[:2])):
             channel_axis = -1
         elif arr.shape[0] <= 4:
             channel_axis = 0
@@ -56,16 +83,41 @@ def _channels_last(arr: np.ndarray, channel_axis: int | None) -> np.ndarray:
     return out
 
 
-def _stretch(
-    x: np.ndarray, limits: Sequence[float] | None, percentiles: Sequence[float], gamma: float
-) -> np.ndarray:
-    """Map ``x`` to [0, 1] with ``limits`` (or percentiles), apply gamma; NaN -> 0."""
-    x = x.astype(np.float32, copy=False)
-    finite = np.isfinite(x)
+def _rows_per_chunk(arr: np.ndarray) -> int:
+    per_row = max(1, int(np.prod(arr.shape[1:])) * 8)
+    return max(1, CHUNK_BYTES // per_row)
+
+
+def _percentile_limits(x: np.ndarray, percentiles: Sequence[float]) -> tuple | None:
+    """Percentiles of the finite values of ``x`` (as float32), or None if there are none.
+
+    The finite values are gathered chunk by chunk into one float32 buffer that is then
+    partitioned in place: 4 bytes per value, no float64 copy of the image.
+    """
+    buf = np.empty(x.size, np.float32)
+    n = 0
+    rows = _rows_per_chunk(x)
+    check = np.issubdtype(x.dtype, np.floating)
+    for r0 in range(0, x.shape[0], rows):
+        c = x[r0 : r0 + rows].astype(np.float32)
+        if check:
+            c = c[np.isfinite(c)]
+        buf[n : n + c.size] = c.reshape(-1)
+        n += c.size
+    if n == 0:
+        return None
+    return tuple(np.percentile(buf[:n], percentiles, overwrite_input=True))
+
+
+def _stretch_params(
+    x: np.ndarray, limits: Sequence[float] | None, percentiles: Sequence[float]
+) -> tuple | None:
+    """``(lo, scale)`` mapping ``x`` to [0, 1]; None when ``x`` has no finite value."""
     if limits is None:
-        if not finite.any():
-            return np.zeros(x.shape, np.float32)
-        lo, hi = np.percentile(x[finite], percentiles)
+        found = _percentile_limits(x, percentiles)
+        if found is None:
+            return None
+        lo, hi = found
     else:
         if len(limits) != 2:
             raise ValueError(f"contrast_limits must be (low, high), got {limits!r}")
@@ -73,10 +125,18 @@ def _stretch(
         if not (np.isfinite(lo) and np.isfinite(hi)) or hi < lo:
             raise ValueError(f"contrast_limits must be finite with low <= high, got {limits!r}")
     scale = 1.0 / (hi - lo) if hi > lo else 0.0
+    return lo, scale
+
+
+def _stretch_chunk(x: np.ndarray, params: tuple | None, gamma: float) -> np.ndarray:
+    """Map one chunk to [0, 1] with ``params`` from :func:`_stretch_params`; NaN/inf -> low."""
+    x = x.astype(np.float32, copy=False)
+    if params is None:
+        return np.zeros(x.shape, np.float32)
+    lo, scale = params
+    finite = np.isfinite(x)
     y = np.clip((np.where(finite, x, lo) - lo) * scale, 0.0, 1.0)
     if gamma != 1.0:
-        if gamma <= 0:
-            raise ValueError(f"gamma must be positive, got {gamma}")
         y = y**gamma
     return y
 
@@ -99,15 +159,24 @@ def to_rgb_uint8(
         layer's, so the model sees what the user sees) or, if not given, from the
         ``percentiles`` of the finite values, to 0..255, clipped, then ``gamma`` is applied.
         NaN and inf become the low limit.
-    Channels: ``channel=k`` segments channel ``k`` (as grey); otherwise 1 channel is grey,
+    Channels: without ``channel_axis``, a last axis of up to 4 (or up to 16 and shorter than
+    the other two) holds the channels, else a first axis of up to 4.
+    ``channel=k`` segments channel ``k`` (as grey); otherwise 1 channel is grey,
     3 channels are RGB, 4 are RGBA (alpha dropped), 2 or >4 channels are averaged after
-    per-channel normalisation (a composite).
+    per-channel normalisation (a composite; each channel of a ``uint8`` image without
+    ``contrast_limits`` and gamma is taken as is, i.e. the composite is the channel mean).
+
+    The conversion runs in chunks of rows: besides the input and the output, memory holds a
+    float32 copy of the finite values (for the percentiles) and a few MiB of scratch.
 
     Args:
-        image: ``H x W`` or ``H x W x C`` (or ``C x H x W`` with ``channel_axis=0``).
+        image: ``H x W`` or ``H x W x C`` (or ``C x H x W`` with ``channel_axis=0``); any real
+            integer or float dtype (complex images are refused). 1-pixel-wide images are fine.
+        gamma: a finite number > 0.
     Returns:
         ``H x W x 3`` uint8.
     """
+    gamma = check_gamma(gamma)
     arr = _channels_last(_check_array(image), channel_axis)
     n_channels = arr.shape[-1]
     if channel is not None:
@@ -117,41 +186,54 @@ def to_rgb_uint8(
         n_channels = 1
     if n_channels == 4:
         arr, n_channels = arr[..., :3], 3
+    joint = n_channels in (1, 3)
     plain_uint8 = arr.dtype == np.uint8 and contrast_limits is None and gamma == 1.0
-    if plain_uint8:
-        out = arr
-    elif n_channels == 3 and contrast_limits is not None:
-        out = _stretch(arr, contrast_limits, percentiles, gamma)
-    elif n_channels in (1, 3):
-        if n_channels == 3 and np.issubdtype(arr.dtype, np.integer) and contrast_limits is None:
-            out = _stretch(arr, None, percentiles, gamma)
-        else:
-            out = _stretch(arr, contrast_limits, percentiles, gamma)
-    else:
-        out = np.mean(
-            [_stretch(arr[..., c], contrast_limits, percentiles, gamma) for c in range(n_channels)],
-            axis=0,
-        )[..., None]
-    if out.dtype != np.uint8:
-        out = np.round(out * 255.0).astype(np.uint8)
-    if out.shape[-1] == 1:
-        out = np.repeat(out, 3, axis=-1)
-    return np.ascontiguousarray(out)
+    if plain_uint8 and joint:
+        out = arr if n_channels == 3 else np.repeat(arr, 3, axis=-1)
+        return np.ascontiguousarray(out)
+    h, w = arr.shape[:2]
+    rows = _rows_per_chunk(arr)
+    if joint:
+        params = _stretch_params(arr, contrast_limits, percentiles)
+        out = np.empty((h, w, 3), np.uint8)
+        for r0 in range(0, h, rows):
+            y = _stretch_chunk(arr[r0 : r0 + rows], params, gamma)
+            out[r0 : r0 + rows] = np.round(y * 255.0).astype(np.uint8)  # broadcasts grey to RGB
+        return out
+    # composite of per-channel normalisations
+    limits = (0.0, 255.0) if plain_uint8 else contrast_limits
+    params = [_stretch_params(arr[..., c], limits, percentiles) for c in range(n_channels)]
+    out = np.empty((h, w, 3), np.uint8)
+    for r0 in range(0, h, rows):
+        chunk = arr[r0 : r0 + rows]
+        y = np.mean([_stretch_chunk(chunk[..., c], params[c], gamma) for c in range(n_channels)], axis=0)
+        out[r0 : r0 + rows] = np.round(y * 255.0).astype(np.uint8)[..., None]
+    return out
 
 
 def resized_shape(original_size: tuple[int, int], target: int = IMG_SIZE) -> tuple[int, int]:
-    """``(h, w)`` after scaling the longest side to ``target`` (each side ``int(x*s + 0.5)``)."""
+    """``(h, w)`` after scaling the longest side to ``target`` (each side ``int(x*s + 0.5)``,
+    at least 1: a 1 x 5000 image becomes 1 x 1024)."""
     h, w = original_size
     scale = target / max(h, w)
-    return int(h * scale + 0.5), int(w * scale + 0.5)
+    return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
 
 
 def resize_longest_side(rgb: np.ndarray, target: int = IMG_SIZE) -> np.ndarray:
-    """Bilinear resize of an ``H x W x 3`` uint8 image so its longest side is ``target``."""
+    """Bilinear resize of an ``H x W x 3`` uint8 image so its longest side is ``target``.
+
+    One channel at a time (PIL's result is the same as for the RGB image; PIL keeps an RGB
+    image at 4 bytes per pixel, one channel at 1).
+    """
     new_h, new_w = resized_shape(rgb.shape[:2], target)
     if (new_h, new_w) == rgb.shape[:2]:
         return rgb
-    return np.asarray(Image.fromarray(rgb).resize((new_w, new_h), Image.BILINEAR))
+    out = np.empty((new_h, new_w, rgb.shape[2]), np.uint8)
+    for c in range(rgb.shape[2]):
+        band = Image.fromarray(np.ascontiguousarray(rgb[..., c]))
+        out[..., c] = np.asarray(band.resize((new_w, new_h), Image.BILINEAR))
+        del band
+    return out
 
 
 def normalize_and_pad(resized: np.ndarray, size: int = IMG_SIZE) -> np.ndarray:

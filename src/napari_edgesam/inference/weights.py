@@ -3,9 +3,11 @@
 The EdgeSAM weights are released under the NTU S-Lab License 1.0 (non-commercial use
 only).  They are never bundled with this package: each user downloads them into a local
 cache (``NAPARI_EDGESAM_CACHE`` or the platform cache directory).  Full SHA-256 sums of
-the upstream files are not published, so the sum is recorded at the first successful
-download and verified on every later use ("trust on first use"); a sum can also be
-pinned, in which case it is verified at the first download too.
+the upstream files are not published, so the sum is recorded at the first use of a file
+that then *loaded* successfully (``confirm_loaded``, called by the model loaders) and
+verified on every later use ("trust on first use"); a right-size but damaged file is never
+recorded, so a good copy put in its place later is accepted. A sum can also be pinned, in
+which case it is verified at the first download too.
 
 This module does no network access at import time and must not import torch.
 """
@@ -17,6 +19,7 @@ import json
 import logging
 import os
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -171,6 +174,45 @@ def _record_hash(filename: str, sha256: str) -> None:
     atomic_write_text(directory / HASHES_FILE, json.dumps(hashes, indent=1, sort_keys=True))
 
 
+#: Files handed out by :func:`fetch_weight` whose hash is not recorded yet:
+#: resolved path -> (filename, sha256, size, mtime_ns) when it was hashed.
+_UNCONFIRMED: dict[str, tuple[str, str, int, int]] = {}
+_UNCONFIRMED_LOCK = threading.Lock()
+
+
+def _remember_unconfirmed(filename: str, path: Path, sha256: str) -> None:
+    st = path.stat()
+    with _UNCONFIRMED_LOCK:
+        _UNCONFIRMED[str(path.resolve())] = (filename, sha256, st.st_size, st.st_mtime_ns)
+
+
+def confirm_loaded(*paths: str | os.PathLike[str]) -> None:
+    """Record the SHA-256 of weight files that have just loaded successfully.
+
+    Only files handed out unrecorded by :func:`fetch_weight` (a download or a file placed in
+    the cache by hand) and unchanged since they were hashed are recorded; anything else is
+    ignored, so loaders may call this for every file they read.
+    """
+    for p in paths:
+        path = Path(p)
+        key = str(path.resolve())
+        with _UNCONFIRMED_LOCK:
+            entry = _UNCONFIRMED.pop(key, None)
+        if entry is None:
+            continue
+        filename, sha, size, mtime_ns = entry
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        if (st.st_size, st.st_mtime_ns) != (size, mtime_ns):
+            logger.warning("%s changed while it was loaded; its SHA-256 is not recorded", path)
+            continue
+        if _load_hashes().get(filename) is None:
+            logger.info("recording SHA-256 of %s (first successful load)", path)
+            _record_hash(filename, sha)
+
+
 def _env_pin(filename: str) -> str | None:
     """Pinned sum from ``NAPARI_EDGESAM_SHA256_<FILENAME>`` (non-alphanumerics -> ``_``)."""
     return os.environ.get("NAPARI_EDGESAM_SHA256_" + re.sub(r"\W", "_", filename).upper())
@@ -203,7 +245,7 @@ def _download(wf: WeightFile, target: Path, pinned: str | None, progress: bool) 
                 mismatch = True
                 target.unlink(missing_ok=True)
             continue
-        _record_hash(wf.filename, sha)
+        _remember_unconfirmed(wf.filename, got, sha)  # recorded once it has loaded
         if wf.licence:
             logger.info("%s", wf.licence)
         return got
@@ -221,7 +263,8 @@ def fetch_weight(model_name: str, kind: str, *, progress: bool = True,
     of ``model_name``, downloading it into :func:`cache_dir` if needed.
 
     A cached file is verified against its size and its pinned (``sha256`` argument,
-    ``NAPARI_EDGESAM_SHA256_<FILENAME>`` env var, or registry) or recorded SHA-256.
+    ``NAPARI_EDGESAM_SHA256_<FILENAME>`` env var, or registry) or recorded SHA-256. A file
+    without a recorded sum gets one when the caller reports it loaded (:func:`confirm_loaded`).
     Raises :class:`WeightFileError` on a mismatch and :class:`WeightsUnavailableError`
     when the file is missing and cannot be downloaded (``allow_download=False`` never
     touches the network).
@@ -236,9 +279,8 @@ def fetch_weight(model_name: str, kind: str, *, progress: bool = True,
         recorded = _load_hashes().get(wf.filename)
         found = verify_weight_file(target, expected_size=wf.size,
                                    expected_sha256=pinned or recorded)
-        if recorded is None:
-            logger.info("recording SHA-256 of %s (first use)", target)
-            _record_hash(wf.filename, found)
+        if recorded is None:  # recorded by confirm_loaded once it has loaded
+            _remember_unconfirmed(wf.filename, target, found)
         return target
     if not allow_download or not wf.urls:
         raise WeightsUnavailableError(

@@ -9,32 +9,55 @@ A training checkpoint is a dict of plain data and tensors (readable with
      "epoch": int, "step_in_epoch": int, "rng": {...}}
 
 ``step`` counts optimizer steps done; ``epoch``/``step_in_epoch`` say where the next step starts.
+
+``last.pt`` is the newest checkpoint; the one it replaced is kept as ``previous.pt``, so a
+damaged ``last.pt`` falls back to it (:func:`load_resume_checkpoint`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .._atomic import atomic_open
+from .._atomic import atomic_open, is_temp_name
 from .._atomic import atomic_write_text as _atomic_write_text
-from ..model.build import CheckpointError, read_checkpoint
+from ..model.build import CheckpointError, check_finite, read_checkpoint
+
+logger = logging.getLogger(__name__)
 
 FORMAT = "napari-edgesam-train/1"
 LAST_NAME = "last.pt"
+#: The checkpoint ``last.pt`` replaced (the fallback when ``last.pt`` is damaged).
+PREVIOUS_NAME = "previous.pt"
+#: Temporary files of earlier versions' atomic writes (``.<name>.<random>.tmp``); today's are
+#: recognised by :func:`napari_edgesam._atomic.is_temp_name`.
+_TEMP_PATTERN = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")
+_UNSAFE_FIX = (
+    "napari-edgesam training checkpoints hold only tensors and plain data, so this file was "
+    "not written by it or was altered: use another checkpoint, or delete it to start afresh."
+)
 REQUIRED_KEYS = ("format", "model", "model_config", "step", "epoch", "step_in_epoch")
 
 
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+def atomic_torch_save(obj: Any, path: str | os.PathLike, keep_previous: str | os.PathLike | None = None) -> Path:
     """``torch.save`` to a temporary file in the same folder, then ``os.replace`` onto ``path``
-    (see :mod:`napari_edgesam._atomic`: fsync, permissions from the umask)."""
+    (see :mod:`napari_edgesam._atomic`: fsync, permissions from the umask).
+
+    With ``keep_previous``, an existing ``path`` is moved there once the new file is complete
+    (so a crash between the two renames leaves the old file as ``keep_previous`` and no ``path``).
+    """
     path = Path(path)
     with atomic_open(path, "wb") as fh:
         torch.save(obj, fh)
+        fh.flush()
+        if keep_previous is not None and path.exists():
+            os.replace(path, keep_previous)
     return path
 
 
@@ -64,12 +87,14 @@ def save_training_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) 
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
         raise ValueError(f"training checkpoint state lacks {missing}")
-    return atomic_torch_save(dict(state), path)
+    path = Path(path)
+    previous = path.with_name(PREVIOUS_NAME) if path.name == LAST_NAME else None
+    return atomic_torch_save(dict(state), path, keep_previous=previous)
 
 
 def load_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a training checkpoint (``weights_only=True``); :class:`CheckpointError` if it is not one."""
-    obj = read_checkpoint(path)
+    obj = read_checkpoint(path, unsafe_fix=_UNSAFE_FIX)
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is not a napari-edgesam training checkpoint (format {FORMAT!r}); "
@@ -78,6 +103,9 @@ def load_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     missing = [k for k in REQUIRED_KEYS if k not in obj]
     if missing:
         raise CheckpointError(f"training checkpoint {path} lacks {missing}")
+    if not isinstance(obj["model"], Mapping):
+        raise CheckpointError(f"training checkpoint {path} has no model state dict")
+    check_finite(obj["model"], f"training checkpoint {path}")
     return obj
 
 
@@ -89,3 +117,64 @@ def find_resume_checkpoint(out_dir: str | os.PathLike) -> Path | None:
     """``out_dir/last.pt`` if it exists, else None."""
     path = Path(out_dir) / LAST_NAME
     return path if path.is_file() else None
+
+
+def resume_candidates(out_dir: str | os.PathLike) -> list[Path]:
+    """Checkpoints a run in ``out_dir`` can resume from: ``last.pt``, ``previous.pt``, then
+    the epoch checkpoints, newest first."""
+    out_dir = Path(out_dir)
+    epochs = sorted(out_dir.glob("epoch_*.pt"), reverse=True)
+    return [p for p in (out_dir / LAST_NAME, out_dir / PREVIOUS_NAME, *epochs) if p.is_file()]
+
+
+def load_resume_checkpoint(out_dir: str | os.PathLike) -> tuple[Path, dict[str, Any]] | None:
+    """The checkpoint to resume from: ``last.pt``, or, when it is damaged, the loadable one
+    with the most steps among ``previous.pt`` and the epoch checkpoints (with a warning).
+
+    Returns None when there is none; raises :class:`CheckpointError` when there are some but
+    none loads.
+    """
+    candidates = resume_candidates(out_dir)
+    if not candidates:
+        return None
+    failures = []
+    best: tuple[Path, dict] | None = None
+    for path in candidates:
+        try:
+            ckpt = load_training_checkpoint(path)
+        except CheckpointError as err:
+            failures.append(f"{path.name}: {err}")
+            continue
+        if path.name == LAST_NAME:
+            return path, ckpt
+        if best is None or int(ckpt["step"]) > int(best[1]["step"]):
+            best = (path, ckpt)
+    if best is None:
+        raise CheckpointError(
+            f"no checkpoint in {out_dir} can be resumed from:\n" + "\n".join(failures)
+            + "\nDelete them (or use another run.out_dir, or run.resume=false) to start afresh."
+        )
+    logger.warning(
+        "%s; resuming from %s (step %d) instead", "; ".join(failures) or f"{LAST_NAME} is missing",
+        best[0], int(best[1]["step"]),
+    )
+    return best
+
+
+def remove_temp_files(out_dir: str | os.PathLike) -> int:
+    """Delete the temporary files that atomic writes interrupted by a kill left in ``out_dir``;
+    returns their number. Call it only while no other process writes there."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return 0
+    removed = 0
+    for path in out_dir.iterdir():
+        if (is_temp_name(path.name) or _TEMP_PATTERN.match(path.name)) and path.is_file():
+            try:
+                size = path.stat().st_size
+                path.unlink()
+            except OSError:
+                continue
+            removed += 1
+            logger.info("removed %s (%d bytes) left by an interrupted write", path, size)
+    return removed

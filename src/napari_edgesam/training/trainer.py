@@ -24,8 +24,8 @@ from .checkpoint import (
     FORMAT,
     LAST_NAME,
     atomic_write_text,
-    find_resume_checkpoint,
-    load_training_checkpoint,
+    load_resume_checkpoint,
+    remove_temp_files,
     rng_state,
     save_training_checkpoint,
     set_rng_state,
@@ -88,8 +88,10 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
         if cfg.run.num_threads:
             torch.set_num_threads(cfg.run.num_threads)
-        resume_path = find_resume_checkpoint(self.out_dir) if cfg.run.resume else None
-        resume = load_training_checkpoint(resume_path) if resume_path else None
+        if self.info.is_main:
+            remove_temp_files(self.out_dir)  # left by a run killed while saving
+        found = load_resume_checkpoint(self.out_dir) if cfg.run.resume else None
+        resume_path, resume = found if found is not None else (None, None)
         if resume is not None:
             self._check_resume(resume, resume_path)
 
@@ -311,7 +313,9 @@ class Trainer:
         if not hasattr(self, "objective"):
             self.setup()
         cfg = self.cfg
-        logger_ = RunLogger(self.out_dir, enabled=self.info.is_main, tensorboard=cfg.run.tensorboard)
+        logger_ = RunLogger(
+            self.out_dir, enabled=self.info.is_main, tensorboard=cfg.run.tensorboard, resume_step=self.step
+        )
         last = None
         stopped = cfg.run.max_steps is not None and self.step >= cfg.run.max_steps
         try:
