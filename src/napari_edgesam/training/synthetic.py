@@ -272,13 +272,14 @@ def rich_synthetic_nuclei(
     shape: tuple[int, int] = (512, 512),
     regime: str | None = None,
     kind: str | None = None,
+    radius_scale: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """One training image of synthetic nuclei in a size ``regime`` (:data:`REGIMES`, random if
     None) made as a ``kind`` (:data:`KINDS`, random if None: plane 60%, z_slice 25%, xz_slice 15%).
 
     Returns ``(image H x W float32, labels H x W uint16, info)``; ``info`` has the regime, its
-    radius range (px of this image), the kind and the drawn radius of every object. Every
-    label is one 4-connected component without holes.
+    radius range (px of this image, the regime's times ``radius_scale``), the kind and the
+    drawn radius of every object. Every label is one 4-connected component without holes.
     """
     if regime is None:
         regime = str(rng.choice(list(REGIMES)))
@@ -289,7 +290,7 @@ def rich_synthetic_nuclei(
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; choose one of {list(KINDS)}")
     h, w = shape
-    lo, hi = REGIMES[regime]
+    lo, hi = (v * float(radius_scale) for v in REGIMES[regime])
     dim = None
     if kind == "xz_slice":
         aniso = float(rng.uniform(2.0, 5.0))

@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("prepare", help="write the training and the held-out images")
     p.add_argument("--stardist-wheel", required=True, help="stardist wheel (pip download --no-deps stardist)")
     p.add_argument("--out", required=True)
-    p.add_argument("--n-synthetic", type=int, default=40)
+    p.add_argument("--n-synthetic", type=int, default=40, help="simple synthetic images written to train/ (v2: 0)")
+    p.add_argument("--dsb-repeat", type=int, default=4, help="copies of the real left half in train/ (v2: 24)")
     e = sub.add_parser("evaluate", help="held-out mIoU (box, point, refinement) and the Otsu baseline")
     e.add_argument("--model", required=True)
     e.add_argument("--data", required=True)
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.cmd == "prepare":
-        print(json.dumps(prepare(args.stardist_wheel, args.out, args.n_synthetic), indent=2))
+        print(json.dumps(prepare(args.stardist_wheel, args.out, args.n_synthetic, dsb_repeat=args.dsb_repeat), indent=2))
     elif args.cmd == "evaluate":
         evaluate_heldout(args.model, args.data, args.out_json)
     else:
