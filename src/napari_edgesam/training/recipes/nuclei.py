@@ -76,8 +76,11 @@ def prepare(stardist_wheel: str, out: str | Path, n_synthetic: int = 40, seed: i
     return info
 
 
-def evaluate_heldout(model: str, data: str | Path, out_json: str | Path | None = None, backend: str = "auto") -> dict:
-    """mIoU of ``model`` on the held-out real images, beside the Otsu baseline."""
+def evaluate_heldout(
+    model: str, data: str | Path, out_json: str | Path | None = None, backend: str = "auto", iterations: int = 7
+) -> dict:
+    """mIoU of ``model`` on the held-out real images (paper protocol) and micro-sam's protocol
+    (mSA, iterative prompting with ``iterations`` corrective points), beside the Otsu baselines."""
     from ...inference.api import load_model
     from ..evaluate import evaluate, format_table, load_pairs, write_json_atomic
 
@@ -86,7 +89,7 @@ def evaluate_heldout(model: str, data: str | Path, out_json: str | Path | None =
     pairs = [(str(p), str(data / "heldout/labels" / p.name)) for p in images]
     predictor = load_model(model, backend=backend)
     t = time.perf_counter()
-    res = evaluate(predictor, load_pairs(pairs))
+    res = evaluate(predictor, load_pairs(pairs), iterations=iterations)
     summary = res.summary() | {"model": res.summary()["model"], "seconds": round(time.perf_counter() - t, 1),
                                 "images": [p.name for p in images], "weights": str(model)}
     if out_json:
@@ -122,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--model", required=True)
     e.add_argument("--data", required=True)
     e.add_argument("--out-json", default=None)
+    e.add_argument("--iterations", type=int, default=7, help="corrective points of micro-sam's iterative prompting (0: skip)")
     k = sub.add_parser("package", help="fp16 official-layout weights for shipping")
     k.add_argument("--checkpoint", required=True)
     k.add_argument("--dest", required=True)
@@ -130,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "prepare":
         print(json.dumps(prepare(args.stardist_wheel, args.out, args.n_synthetic, dsb_repeat=args.dsb_repeat), indent=2))
     elif args.cmd == "evaluate":
-        evaluate_heldout(args.model, args.data, args.out_json)
+        evaluate_heldout(args.model, args.data, args.out_json, iterations=args.iterations)
     else:
         print(package(args.checkpoint, args.dest))
     return 0
