@@ -136,3 +136,14 @@ def test_iterative_prompting_with_the_golden_model(golden_predictor):
     table = format_table(summ)
     assert "| box | mSA |" in table and "| point | mIoU |" in table
     assert 0.0 <= summ["otsu_msa"]["box"] <= 100.0
+
+
+def test_iterative_prompting_without_mask_input():
+    gt = disk((64, 64), 32, 32, 14)
+    half = gt & (np.arange(64)[None, :] < 32)
+    pred = ScriptedPredictor([half, half, gt])
+    res = iterative_prompting(pred, gt, "point", n_corrective=2, use_mask_input=False)
+    assert all(call[3] is None for call in pred.calls) and not res.used_mask_input
+    assert len(res.ious) == 3 and res.points[0][2] == 1 and len(pred.calls[2][0]) == 3
+    with pytest.raises(ValueError, match="start"):
+        iterative_prompting(pred, gt, "scribble")
