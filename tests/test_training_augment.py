@@ -145,3 +145,29 @@ def test_bad_inputs_have_clear_errors():
         random_scale_crop(rgb, lab, np.random.default_rng(0), 256, object_px=(10, 5))
     with pytest.raises(ValueError, match="unknown geometric"):
         random_flip_rot(rgb, lab, np.random.default_rng(0), ops=("shear",))
+
+
+def test_augmentation_generator_and_metrics_import_without_torch():
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import importlib.abc, sys
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name == "torch" or name.startswith("torch."):
+                    raise ModuleNotFoundError(name)
+        sys.meta_path.insert(0, Block())
+        import numpy as np
+        from napari_edgesam.training import augment, synthetic, evaluate
+        img, lab, _ = synthetic.rich_synthetic_nuclei(np.random.default_rng(0), (64, 64), "small")
+        rgb = np.repeat((img / img.max() * 255).astype(np.uint8)[..., None], 3, -1)
+        augment.random_scale_crop(rgb, lab, np.random.default_rng(0), 64)
+        print(evaluate.segmentation_accuracy(lab, lab).mean())
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "1.0"
