@@ -26,7 +26,11 @@ PHASES = ("phase1", "phase2", "finetune")
 TEACHER_KINDS = ("none", "sam", "edgesam")
 SAM_VARIANTS = ("vit_b", "vit_l", "vit_h")
 DATA_KINDS = ("folder", "sa1b")
-AUGMENTATIONS = ("hflip", "vflip")
+AUGMENTATIONS = ("hflip", "vflip", "rot90", "scale", "intensity")
+#: Augmentations that need the label-map pipeline (data.kind "folder").
+PIPELINE_AUGMENTATIONS = ("rot90", "scale", "intensity")
+#: Size regimes of the rich synthetic generator (:data:`.synthetic.REGIMES`).
+SYNTHETIC_REGIMES = ("tiny", "small", "medium", "large", "huge", "mixture")
 PROMPT_TYPES = ("box", "point")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 POINT_SUPERVISION = ("all", "min")
@@ -98,8 +102,25 @@ class DataConfig:
     channel_axis: int | None = None
     #: Intensity percentiles stretched to 0..255 for non-uint8 images.
     percentiles: list[float] = field(default_factory=lambda: [0.5, 99.5])
-    #: Random flips ("hflip", "vflip"); not allowed with precomputed teacher embeddings.
+    #: Augmentations (not allowed with precomputed teacher embeddings): "hflip", "vflip"
+    #: (random flips), "rot90" (random quarter turns), "scale" (rescale so that objects span
+    #: ``object_size_px`` of the frame, crop around an object, pad bottom/right like the
+    #: predictor), "intensity" (gamma, contrast, offset, uneven background, dim objects, blur,
+    #: Poisson/Gaussian noise). See :mod:`napari_edgesam.training.augment`. "rot90", "scale" and
+    #: "intensity" need ``kind`` "folder".
     augment: list[str] = field(default_factory=list)
+    #: "scale": object diameters (px of a 1024 frame; scaled with ``model.img_size``) drawn
+    #: log-uniformly as ``[low, high]``; the image's median object diameter is mapped to the draw.
+    object_size_px: list[float] = field(default_factory=lambda: [6.0, 400.0])
+    #: "scale": fraction of samples rescaled; the others are whole images filling the frame.
+    scale_probability: float = 0.8
+    #: Rich synthetic nuclei images (:func:`napari_edgesam.training.synthetic.rich_synthetic_nuclei`)
+    #: generated per epoch beside the folder's images: new ones every epoch (seeded by the run
+    #: seed, the epoch and the index), at the frame size, radii scaled with ``model.img_size``.
+    synthetic_images: int = 0
+    #: Size regimes the synthetic images draw from, uniformly (empty: all of
+    #: ``tiny small medium large huge mixture``, radius 3-200 px of a 1024 frame).
+    synthetic_regimes: list[str] = field(default_factory=list)
     #: DataLoader worker processes.
     num_workers: int = 0
     #: Use only the first ``limit`` images (sorted by path); None = all.
@@ -241,6 +262,18 @@ class TrainConfig:
             raise ConfigError("data.images is empty: set it to the folder of training images")
         for a in d.augment:
             _choice("data.augment entry", a, AUGMENTATIONS)
+        if len(d.object_size_px) != 2 or not 0 < d.object_size_px[0] <= d.object_size_px[1]:
+            raise ConfigError(f"data.object_size_px must be [low, high] with 0 < low <= high, got {d.object_size_px}")
+        if not 0.0 <= d.scale_probability <= 1.0:
+            raise ConfigError(f"data.scale_probability must be in [0, 1], got {d.scale_probability}")
+        _non_negative("data.synthetic_images", d.synthetic_images)
+        for g in d.synthetic_regimes:
+            _choice("data.synthetic_regimes entry", g, SYNTHETIC_REGIMES)
+        if d.kind != "folder" and (d.synthetic_images or set(d.augment) & set(PIPELINE_AUGMENTATIONS)):
+            raise ConfigError(
+                f"data.augment {sorted(set(d.augment) & set(PIPELINE_AUGMENTATIONS))} and data.synthetic_images "
+                f"need data.kind 'folder' (label images), not {d.kind!r}: remove them or convert the data"
+            )
         _positive("data.max_instances", d.max_instances)
         _non_negative("data.min_instance_area", d.min_instance_area)
         _non_negative("data.num_workers", d.num_workers)
@@ -296,6 +329,11 @@ class TrainConfig:
             raise ConfigError("finetune needs ground truth: set data.labels to the folder of label images")
         if not (m.train_encoder or m.train_decoder):
             raise ConfigError("nothing to train: model.train_encoder and model.train_decoder are both false")
+        if t.cache_dir and d.synthetic_images:
+            raise ConfigError(
+                "data.synthetic_images cannot be used with teacher.cache_dir (generated images have no "
+                "precomputed embeddings): set data.synthetic_images=0 or remove teacher.cache_dir"
+            )
         if t.cache_dir and d.augment:
             raise ConfigError(
                 "data.augment cannot be used with teacher.cache_dir (precomputed embeddings "

@@ -8,6 +8,12 @@ coordinate conventions) and the masks are area-downsampled to the low-res ``img_
 
 Randomness (instance choice, points, flips) comes from a generator seeded by
 ``(seed, epoch, index)``, so a sample is the same in every worker and after a resume.
+
+With the label-map augmentations (``data.augment`` "rot90", "scale", "intensity") or generated
+images (``data.synthetic_images``) a sample takes the augmentation pipeline instead: the image
+at its own resolution with its label map -> "scale" (objects to a random size in the frame,
+crop, at most ``img_size`` per side) or the predictor's resize -> flips/rot90 -> intensity ->
+instances -> zero-padded bottom/right by :func:`normalize_and_pad` exactly like the predictor.
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ from ..inference.preprocess import (
     resize_longest_side,
     to_rgb_uint8,
 )
-from .config import DataConfig
+from . import augment as aug
+from .config import PIPELINE_AUGMENTATIONS, SYNTHETIC_REGIMES, DataConfig
 from .prompts import mask_to_box, random_box_around, random_point_prompt, sample_point_in_mask
 from .sa1b import annotation_area, decode_annotations, find_sa1b, read_annotations
 
@@ -43,7 +50,7 @@ class Record:
     image: Path
     labels: Path | None
     key: str
-    kind: str  # "folder" or "sa1b"
+    kind: str  # "folder", "sa1b" or "synthetic" (generated per epoch; ``image`` is a placeholder)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -61,6 +68,10 @@ def find_records(cfg: DataConfig) -> list[Record]:
         recs = recs[: cfg.limit]
     if not recs:
         raise ValueError(f"no training images found in {cfg.images!r} (looked for {list(IMAGE_SUFFIXES)})")
+    recs += [
+        Record(Path(f"<synthetic>/{i:05d}"), None, f"synthetic/{i:05d}", "synthetic")
+        for i in range(getattr(cfg, "synthetic_images", 0))
+    ]
     return recs
 
 
@@ -207,6 +218,8 @@ class TrainingDataset(Dataset):
     def load_resized_rgb(self, index: int) -> tuple[np.ndarray, tuple[int, int]]:
         """The image as ``h x w x 3`` uint8 resized to the model input, and its original ``(H, W)``."""
         rec = self.records[index]
+        if rec.kind == "synthetic":
+            raise ValueError(f"{rec.key} is generated per sample and has no file: use the dataset's items")
         raw = read_array(rec.image)
         lo, hi = self.cfg.percentiles
         try:
@@ -250,8 +263,70 @@ class TrainingDataset(Dataset):
         return lab[None] == ids[:, None, None]
 
     # -- the sample ----------------------------------------------------------------------------
+    def uses_pipeline(self, index: int) -> bool:
+        """Whether sample ``index`` takes the augmentation pipeline (see the module doc)."""
+        return self.records[index].kind == "synthetic" or bool(set(self.cfg.augment) & set(PIPELINE_AUGMENTATIONS))
+
+    def native_pair(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(H x W x 3 uint8, H x W label map or None)`` at the image's own resolution; a
+        synthetic record is generated here (frame-sized, the regime from ``rng``)."""
+        rec, cfg, s = self.records[index], self.cfg, self.img_size
+        lo, hi = cfg.percentiles
+        if rec.kind == "synthetic":
+            from .synthetic import rich_synthetic_nuclei
+
+            regimes = list(cfg.synthetic_regimes) or list(SYNTHETIC_REGIMES)
+            regime = regimes[int(rng.integers(len(regimes)))]
+            shape = (s, s)
+            if rng.random() < 0.3:  # some non-square images, padded like the predictor pads
+                short = int(s * rng.uniform(0.4, 1.0))
+                shape = (short, s) if rng.random() < 0.5 else (s, short)
+            img, lab, _ = rich_synthetic_nuclei(rng, shape, regime, radius_scale=s / 1024)
+            return to_rgb_uint8(img, percentiles=(lo, hi)), lab
+        raw = read_array(rec.image)
+        try:
+            rgb = to_rgb_uint8(raw, channel_axis=cfg.channel_axis, percentiles=(lo, hi))
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{rec.image}: {err}") from err
+        if rec.labels is None:
+            return rgb, None
+        labels = read_array(rec.labels, labels=True)
+        if labels.ndim != 2:
+            raise ValueError(f"label image {rec.labels} must be 2D (H, W) integers, got shape {labels.shape}")
+        if labels.shape != rgb.shape[:2]:
+            raise ValueError(f"label image {rec.labels} is {labels.shape} but image {rec.image} is {rgb.shape[:2]}")
+        return rgb, labels
+
+    def _pipeline_item(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
+        """The augmented ``h x w x 3`` uint8 (h, w <= img_size) and its ``K x h x w`` instances."""
+        cfg, s = self.cfg, self.img_size
+        rgb, labels = self.native_pair(index, rng)
+        lab = labels if labels is not None else np.zeros(rgb.shape[:2], np.int32)
+        if self.records[index].kind == "synthetic":
+            if max(lab.shape) > s:
+                rgb, lab = aug.fill_frame(rgb, lab, s)
+        elif "scale" in cfg.augment and rng.random() < cfg.scale_probability:
+            rgb, lab, _ = aug.random_scale_crop(rgb, lab, rng, s, cfg.object_size_px)
+        else:
+            rgb, lab = aug.fill_frame(rgb, lab, s)
+        geo = [a for a in cfg.augment if a in aug.GEOMETRIC]
+        if geo:
+            rgb, lab = aug.random_flip_rot(rgb, lab, rng, geo)
+        if "intensity" in cfg.augment:
+            rgb = aug.intensity_augment(rgb, lab, rng)
+        if not self.with_instances:
+            return rgb, None
+        ids, counts = np.unique(lab[lab > 0], return_counts=True)
+        ids = ids[counts >= max(cfg.min_instance_area, 1)]
+        if len(ids) > cfg.max_instances:
+            ids = np.sort(rng.choice(ids, size=cfg.max_instances, replace=False))
+        return rgb, lab[None] == ids[:, None, None]
+
     def __getitem__(self, index: int) -> dict:
         rng = self.rng(index)
+        if self.uses_pipeline(index):
+            resized, masks = self._pipeline_item(index, rng)
+            return self._sample(index, resized, masks, rng)
         resized, original = self.load_resized_rgb(index)
         input_hw = resized.shape[:2]
         masks = None
@@ -263,6 +338,10 @@ class TrainingDataset(Dataset):
             resized = np.flip(resized, axis=axis)
             if masks is not None:
                 masks = np.flip(masks, axis=axis + 1)
+        return self._sample(index, resized, masks, rng)
+
+    def _sample(self, index: int, resized: np.ndarray, masks: np.ndarray | None, rng) -> dict:
+        input_hw = resized.shape[:2]
         image = torch.from_numpy(normalize_and_pad(np.ascontiguousarray(resized), self.img_size)[0])
         sample = {"image": image, "input_size": torch.tensor(input_hw, dtype=torch.int64), "index": index}
         if self.embedding_cache is not None:

@@ -12,6 +12,30 @@ region negative. Masks are token 0 (``num_multimask_outputs=1``), as in the pape
 
 A baseline gives the numbers meaning: Otsu's threshold inside the box (largest component),
 and for a point the Otsu component of the whole image that contains the point.
+
+micro-sam's protocol (Archit et al., Nature Methods 2025), reported beside it:
+
+* **Segmentation accuracy** at an IoU threshold ``t``: ``SA(t) = TP / (TP + FP + FN)``; **mSA**
+  is its mean over ``t = 0.50, 0.55, ..., 0.95`` (:data:`IOU_THRESHOLDS`). A pair matches at
+  ``t`` when its IoU >= ``t`` (up to 1e-9). For an instance segmentation
+  (:func:`segmentation_accuracy`) predicted and true objects are matched one to one (maximum
+  matching among the pairs with IoU >= t; for t > 0.5 such a matching is unique); TP = matched
+  pairs, FP = unmatched predicted objects, FN = unmatched true objects. For per-object
+  prompted evaluation (:func:`matched_segmentation_accuracy`) every prediction belongs to the
+  object its prompt came from (the *matched-object definition*: no search for a partner):
+  TP(t) = objects whose prediction has IoU >= t with them, FN(t) = the other objects,
+  FP(t) = those of them whose prediction is not empty. With no empty prediction this is
+  ``TP / (2 N - TP)``. (micro-sam paints the prompted masks into one label image and matches
+  that; the two agree when the predicted masks do not overlap.)
+* **Iterative prompting** (:func:`iterative_prompting`): start from the object's box or its
+  centre point (the pixel farthest from its boundary), then add up to 7 corrective points,
+  re-decoding with the box and all points so far and the previous prediction's low-res logits
+  as mask input (token 0 throughout). Each new point is the pixel farthest from the boundary
+  (maximum of the distance transform, image border counted as boundary) of the *largest*
+  4-connected error region by area (:func:`corrective_point`), positive inside a false-negative
+  region (missed object pixels), negative inside a false-positive one (ties go to the false
+  negative). mIoU and mSA are reported after each iteration; a perfect prediction stops the
+  clicks (its result is carried to the later iterations).
 """
 
 from __future__ import annotations
@@ -30,6 +54,11 @@ from scipy import ndimage as ndi
 logger = logging.getLogger(__name__)
 
 MODES = ("box", "box+1", "box+2", "point", "point+1", "point+2")
+#: IoU thresholds of mSA: 0.50, 0.55, ..., 0.95.
+IOU_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
+#: Corrective points after the first prompt in micro-sam's iterative prompting.
+N_CORRECTIVE = 7
+_EPS = 1e-9
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -70,6 +99,131 @@ def refinement_point(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, int]
     dist = fn_d if positive else fp_d
     y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
     return np.array([x, y], np.float32), int(positive)
+
+
+def segmentation_accuracy(
+    pred: np.ndarray, gt: np.ndarray, thresholds: Sequence[float] = IOU_THRESHOLDS
+) -> np.ndarray:
+    """``SA(t) = TP / (TP + FP + FN)`` of an instance segmentation for each threshold.
+
+    Args:
+        pred, gt: ``H x W`` integer label images (0 background).
+    Returns:
+        float array, one SA per threshold (1.0 where both have no objects).
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    pred, gt = np.asarray(pred), np.asarray(gt)
+    if pred.shape != gt.shape:
+        raise ValueError(f"prediction {pred.shape} and ground truth {gt.shape} differ in shape")
+    p_ids, p_inv = np.unique(pred, return_inverse=True)
+    g_ids, g_inv = np.unique(gt, return_inverse=True)
+    n_p, n_g = len(p_ids), len(g_ids)
+    inter = np.bincount(p_inv.ravel() * n_g + g_inv.ravel(), minlength=n_p * n_g).reshape(n_p, n_g)
+    p_keep, g_keep = p_ids != 0, g_ids != 0
+    inter = inter[p_keep][:, g_keep].astype(np.float64)
+    p_area, g_area = np.bincount(p_inv.ravel())[p_keep], np.bincount(g_inv.ravel())[g_keep]
+    ious = inter / np.maximum(p_area[:, None] + g_area[None, :] - inter, 1)
+    out = []
+    for t in thresholds:
+        ok = ious >= t - _EPS
+        tp = 0
+        if ok.any():
+            rows, cols = linear_sum_assignment(-ok.astype(np.float64))
+            tp = int(ok[rows, cols].sum())
+        denom = tp + (len(p_area) - tp) + (len(g_area) - tp)
+        out.append(1.0 if denom == 0 else tp / denom)
+    return np.array(out)
+
+
+def matched_segmentation_accuracy(
+    ious: Sequence[float], nonempty: Sequence[bool], thresholds: Sequence[float] = IOU_THRESHOLDS
+) -> np.ndarray:
+    """SA per threshold of per-object prompted predictions (the matched-object definition of
+    the module doc): ``ious[i]`` is the IoU of object ``i``'s prediction with object ``i``,
+    ``nonempty[i]`` whether that prediction has any pixel."""
+    v = np.asarray(ious, np.float64)
+    ne = np.asarray(nonempty, bool)
+    if v.shape != ne.shape:
+        raise ValueError("ious and nonempty must have the same length")
+    out = []
+    for t in thresholds:
+        hit = v >= t - _EPS
+        tp = int(hit.sum())
+        fn = int((~hit).sum())
+        fp = int((~hit & ne).sum())
+        out.append(1.0 if tp + fp + fn == 0 else tp / (tp + fp + fn))
+    return np.array(out)
+
+
+def corrective_point(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, int] | None:
+    """micro-sam's next click: ``((x, y), label)`` at the pixel farthest from the boundary of the
+    largest (by area, 4-connected) error region; label 1 in a false-negative region, 0 in a
+    false-positive one (ties: false negative). None when ``pred == gt``."""
+    best = None
+    for region, label in ((gt & ~pred, 1), (pred & ~gt, 0)):
+        comp, n = ndi.label(region)
+        if n == 0:
+            continue
+        sizes = np.bincount(comp.ravel())[1:]
+        k = int(np.argmax(sizes))
+        if best is None or sizes[k] > best[0]:
+            best = (int(sizes[k]), comp == k + 1, label)
+    if best is None:
+        return None
+    dist = ndi.distance_transform_edt(np.pad(best[1], 1))[1:-1, 1:-1]
+    y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    return np.array([x, y], np.float32), best[2]
+
+
+@dataclass
+class IterativeResult:
+    """One object's iterative prompting: per iteration its IoU, whether the mask was empty, and
+    the prompts used (``points`` ``(x, y, label)`` in click order)."""
+
+    ious: list[float]
+    nonempty: list[bool]
+    points: list[tuple[float, float, int]]
+    used_mask_input: bool
+
+
+def iterative_prompting(
+    predictor, gt: np.ndarray, start: str, n_corrective: int = N_CORRECTIVE, use_mask_input: bool = True
+) -> IterativeResult:
+    """Prompt ``predictor`` (image already set) for object ``gt`` (``H x W`` bool) from its box
+    or centre point (``start`` "box" or "point"), then ``n_corrective`` corrective points
+    (:func:`corrective_point`); the previous low-res logits are the mask input when
+    ``use_mask_input`` and the backend supports it. Returns ``n_corrective + 1`` IoUs."""
+    if start not in ("box", "point"):
+        raise ValueError(f"start must be 'box' or 'point', got {start!r}")
+    gt = np.asarray(gt, bool)
+    backend = getattr(predictor, "backend", None)
+    use_mask_input = use_mask_input and getattr(backend, "supports_mask_input", True)
+    box = mask_box(gt) if start == "box" else None
+    points: list[tuple[float, float, int]] = []
+    if start == "point":
+        x, y = interior_point(gt)
+        points.append((float(x), float(y), 1))
+    ious: list[float] = []
+    nonempty: list[bool] = []
+    low = None
+    for it in range(n_corrective + 1):
+        pc = np.array([p[:2] for p in points], np.float32) if points else None
+        pl = np.array([p[2] for p in points], np.float32) if points else None
+        kwargs = {"mask_input": np.asarray(low)[:1]} if (use_mask_input and low is not None) else {}
+        masks, _, low = predictor.predict(pc, pl, box, num_multimask_outputs=1, **kwargs)
+        pred = np.asarray(masks[0], bool)
+        ious.append(iou(pred, gt))
+        nonempty.append(bool(pred.any()))
+        if it == n_corrective:
+            break
+        nxt = corrective_point(pred, gt)
+        if nxt is None:
+            ious += [ious[-1]] * (n_corrective - it)
+            nonempty += [nonempty[-1]] * (n_corrective - it)
+            break
+        points.append((float(nxt[0][0]), float(nxt[0][1]), int(nxt[1])))
+    return IterativeResult(ious, nonempty, points, bool(use_mask_input))
 
 
 def otsu_threshold(values: np.ndarray) -> float:
@@ -122,15 +276,36 @@ class EvalResult:
 
     ious: dict[str, list[float]] = field(default_factory=lambda: {m: [] for m in MODES})
     baseline: dict[str, list[float]] = field(default_factory=lambda: {"box": [], "point": []})
+    #: Otsu baselines: whether each mask had any pixel (for mSA's false positives).
+    baseline_nonempty: dict[str, list[bool]] = field(default_factory=lambda: {"box": [], "point": []})
+    #: micro-sam iterative prompting: start -> one :class:`IterativeResult` per object.
+    iterative: dict[str, list[IterativeResult]] = field(default_factory=lambda: {"box": [], "point": []})
 
     def summary(self) -> dict:
-        """``{"model": {mode: mIoU}, "baseline": {...}, "n_instances": n}`` (mIoU in %)."""
+        """``{"model": {mode: mIoU}, "baseline_otsu": {...}, "n_instances": n}`` (mIoU in %),
+        and with iterative results ``"iterative": {start: {"miou": [...], "msa": [...]}}`` (one
+        value per iteration, %) and ``"otsu_msa"`` (the baselines' mSA, %)."""
         mean = lambda v: round(100 * float(np.mean(v)), 2) if v else math.nan  # noqa: E731
-        return {
+        msa = lambda i, n: round(100 * float(matched_segmentation_accuracy(i, n).mean()), 2) if len(i) else math.nan  # noqa: E731
+        out = {
             "model": {m: mean(v) for m, v in self.ious.items()},
             "baseline_otsu": {m: mean(v) for m, v in self.baseline.items()},
             "n_instances": len(self.ious["box"]),
         }
+        if any(self.iterative.values()):
+            it = {}
+            for start, results in self.iterative.items():
+                if not results:
+                    continue
+                n_it = len(results[0].ious)
+                it[start] = {
+                    "miou": [mean([r.ious[j] for r in results]) for j in range(n_it)],
+                    "msa": [msa([r.ious[j] for r in results], [r.nonempty[j] for r in results]) for j in range(n_it)],
+                    "mask_input": all(r.used_mask_input for r in results),
+                }
+            out["iterative"] = it
+            out["otsu_msa"] = {m: msa(self.baseline[m], self.baseline_nonempty[m]) for m in self.baseline}
+        return out
 
 
 def _run_mode(predictor, gt: np.ndarray, start: str, n_refine: int) -> list[float]:
@@ -163,6 +338,8 @@ def evaluate(
     max_instances: int | None = None,
     normalisation: dict | None = None,
     progress: Callable[[int], None] | None = None,
+    iterations: int = N_CORRECTIVE,
+    mask_input: bool = True,
 ) -> EvalResult:
     """Evaluate ``predictor`` on ``(image, instance_labels)`` pairs.
 
@@ -172,6 +349,10 @@ def evaluate(
         min_area: instances smaller than this (pixels) are skipped.
         max_instances: at most this many instances per image (the largest first).
         normalisation: passed to ``predictor.set_image`` (e.g. percentiles).
+        iterations: corrective points of micro-sam's iterative prompting (box and point
+            starts); 0 skips it.
+        mask_input: pass the previous low-res logits as mask input in iterative prompting
+            (micro-sam's protocol; False measures the clicks alone).
     """
     res = EvalResult()
     for image, labels in samples:
@@ -188,8 +369,12 @@ def evaluate(
                 ious = _run_mode(predictor, gt, start, 2)
                 for j, v in enumerate(ious):
                     res.ious[start if j == 0 else f"{start}+{j}"].append(v)
-            res.baseline["box"].append(iou(otsu_box(image, mask_box(gt)), gt))
-            res.baseline["point"].append(iou(otsu_point(image, interior_point(gt), grey_thr), gt))
+            if iterations > 0:
+                for start in ("box", "point"):
+                    res.iterative[start].append(iterative_prompting(predictor, gt, start, iterations, mask_input))
+            for name, mask in (("box", otsu_box(image, mask_box(gt))), ("point", otsu_point(image, interior_point(gt), grey_thr))):
+                res.baseline[name].append(iou(mask, gt))
+                res.baseline_nonempty[name].append(bool(mask.any()))
             if progress is not None:
                 progress(1)
     return res
@@ -203,6 +388,20 @@ def format_table(summary: dict, title: str = "") -> str:
         base = summary["baseline_otsu"].get(m, "")
         lines.append(f"| {m} | {summary['model'][m]} | {base if base == '' else base} |")
     lines.append(f"\n{summary['n_instances']} instances")
+    it = summary.get("iterative")
+    if it:
+        n_it = max(len(v["miou"]) for v in it.values())
+        lines += ["", "micro-sam protocol: iterative prompting (token 0, + corrective points, previous logits as mask input), "
+                  "mIoU and mSA (IoU 0.50:0.05:0.95, matched objects) in %", ""]
+        lines.append("| start | metric | " + " | ".join(f"+{j}" for j in range(n_it)) + " | Otsu in the box / under the point |")
+        lines.append("|---|---|" + "---|" * n_it + "---|")
+        for start, v in it.items():
+            base = {"miou": summary["baseline_otsu"][start], "msa": summary["otsu_msa"][start]}
+            for metric in ("miou", "msa"):
+                label = "mIoU" if metric == "miou" else "mSA"
+                lines.append(f"| {start} | {label} | " + " | ".join(str(x) for x in v[metric]) + f" | {base[metric]} |")
+        if not all(v.get("mask_input", True) for v in it.values()):
+            lines.append("\n(without mask input: the corrective clicks were decoded from the prompts alone)")
     return "\n".join(lines)
 
 
@@ -234,6 +433,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--labels", required=True, help="folder of instance label images (same file names)")
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--max-instances", type=int, default=None)
+    ap.add_argument("--iterations", type=int, default=N_CORRECTIVE,
+                    help=f"corrective points of micro-sam's iterative prompting (default {N_CORRECTIVE}; 0: skip)")
+    ap.add_argument("--no-mask-input", action="store_true",
+                    help="iterative prompting without the previous logits as mask input (micro-sam uses them)")
     ap.add_argument("--out-json", default=None)
     args = ap.parse_args(argv)
     from ..inference.api import load_model
@@ -248,7 +451,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"no label image {lab} for {p}")
         pairs.append((str(p), str(lab)))
     predictor = load_model(args.model, backend=args.backend)
-    summary = evaluate(predictor, load_pairs(pairs), max_instances=args.max_instances).summary()
+    summary = evaluate(predictor, load_pairs(pairs), max_instances=args.max_instances, iterations=args.iterations,
+                       mask_input=not args.no_mask_input).summary()
     summary["images"] = [p.name for p in images]
     if args.out_json:
         write_json_atomic(summary, args.out_json)
