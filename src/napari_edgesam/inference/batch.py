@@ -13,10 +13,20 @@ segmentation from the boxes of the model's granularity prior), ``"prompts"`` (pr
 files). Stacks are segmented per slice and merged in 3D in both automatic modes; large images
 are tiled.
 
-Files are written atomically, the label image first, so a record saying ``"ok"`` always has its
-label image; an image is skipped when both exist and the record says ``"ok"`` (unless
-``overwrite``). A failing image is recorded with its error and the run goes on. The run writes
-``report.json`` and ``report.csv``.
+Files are written atomically (:mod:`napari_edgesam._atomic`), the label image first, so a
+record saying ``"ok"`` always has its label image. The record carries the content identities of
+what it was made from and what it wrote (``identity``: the image's size, mtime and SHA-256, the
+SHA-256 of the prompts that apply to it, the SHA-256 of the label file). An image is skipped
+(unless ``overwrite``) only when its record says ``"ok"``, was made with the same result-relevant
+parameters (threads, backend and device do not count), the image and its prompts are unchanged
+and the label file is the one written; anything changed, missing or damaged is done again.
+
+Before the first image the output folder is created and a test file written there
+(:func:`~napari_edgesam._atomic.check_writable`), and temporary files left by a killed earlier
+run are removed. A failing image (unreadable, invalid prompt with its CSV row, a failing write)
+is recorded with its error and the run goes on. The run writes ``report.json`` and
+``report.csv``: one row per image (skipped images keep their earlier results) and one row per
+ignored folder entry (not an image, a folder, a broken link), with the reason.
 
 :func:`process_one` is a plain top-level function of picklable arguments, loading the model once
 per worker process, so it can be shipped to Dask workers as is.
@@ -24,6 +34,8 @@ per worker process, so it can be shipped to Dask workers as is.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import threading
@@ -45,17 +57,21 @@ from .automatic_modes import (
     missing_prior_message,
     segment_automatic_any,
 )
+from .._atomic import check_writable, remove_stale_temps
 from .io import (
+    IMAGE_SUFFIXES,
     ImageData,
     ObjectPrompt,
-    discover_inputs,
+    find_inputs,
     output_keys,
+    prompt_identity,
     prompts_for_image,
     read_image,
     write_csv,
     write_json,
     write_labels,
 )
+from .prompts import validate_prompt
 from .tiling import TiledImage
 
 logger = logging.getLogger(__name__)
@@ -151,6 +167,8 @@ class BatchReport:
     out_dir: Path
     seconds: float
     cancelled: bool = False
+    #: folder entries that are not images: ``{"input": path, "reason": why}``
+    ignored: list[dict] = field(default_factory=list)
 
     def count(self, status: str) -> int:
         return sum(r["status"] == status for r in self.records)
@@ -158,7 +176,8 @@ class BatchReport:
     @property
     def summary(self) -> dict:
         return {s: self.count(s) for s in ("ok", "skipped", "error", "cancelled")} | {
-            "total": len(self.records), "seconds": round(self.seconds, 3), "cancelled_run": self.cancelled,
+            "total": len(self.records), "ignored": len(self.ignored), "seconds": round(self.seconds, 3),
+            "cancelled_run": self.cancelled,
         }
 
 
@@ -215,20 +234,90 @@ def same_result_parameters(old: dict | None, new: dict) -> bool:
 
 def json_round_trip(d: dict) -> dict:
     """``d`` as it reads back from a JSON record (tuples become lists)."""
-    import json
-
     return json.loads(json.dumps(d, default=str))
 
 
-def previous_record(out_dir: str | os.PathLike, key: str, parameters: dict | None = None) -> dict | None:
+# -- content identities -----------------------------------------------------------------------
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file's bytes (read in 1 MiB chunks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _store_listing(path: Path) -> str:
+    """SHA-256 of a folder's (zarr store's) file list with sizes and mtimes."""
+    h = hashlib.sha256()
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        for name in sorted(files):
+            st = os.stat(os.path.join(root, name))
+            rel = os.path.relpath(os.path.join(root, name), path)
+            h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def image_identity(path: str | os.PathLike) -> dict:
+    """What identifies an input's content: ``{"size", "mtime_ns", "sha256"}`` for a file,
+    ``{"listing"}`` (SHA-256 of the file names, sizes and mtimes) for a zarr store."""
+    p = Path(path)
+    if p.is_dir():
+        return {"listing": _store_listing(p)}
+    st = p.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256_file(p)}
+
+
+def same_image(old: object, path: str | os.PathLike) -> bool:
+    """Whether ``path`` still holds the content ``old`` (an :func:`image_identity`) describes;
+    a file with another mtime but the same size and SHA-256 (a copy) counts as the same."""
+    if not isinstance(old, dict):
+        return False
+    p = Path(path)
+    try:
+        if "listing" in old:
+            return p.is_dir() and _store_listing(p) == old["listing"]
+        st = p.stat()
+        if st.st_size != old.get("size"):
+            return False
+        return st.st_mtime_ns == old.get("mtime_ns") or sha256_file(p) == old.get("sha256")
+    except OSError:
+        return False
+
+
+def labels_identity(path: str | os.PathLike) -> dict:
+    """``{"size", "sha256"}`` of a written label file."""
+    return {"size": Path(path).stat().st_size, "sha256": sha256_file(path)}
+
+
+def same_labels(old: object, path: str | os.PathLike) -> bool:
+    """Whether the label file is still the one the record wrote (size and SHA-256)."""
+    if not isinstance(old, dict):
+        return False
+    try:
+        return Path(path).stat().st_size == old.get("size") and sha256_file(path) == old.get("sha256")
+    except OSError:
+        return False
+
+
+def prompts_identity(config: BatchConfig, image: str | os.PathLike) -> str | None:
+    """SHA-256 of the prompts that apply to ``image`` (mode ``"prompts"``; None otherwise)."""
+    if config.mode != "prompts":
+        return None
+    return prompt_identity(prompts_for_image(config.prompts, Path(image)))
+
+
+def previous_record(out_dir: str | os.PathLike, key: str, parameters: dict | None = None, *,
+                    image: str | os.PathLike | None = None, config: BatchConfig | None = None) -> dict | None:
     """The record of an earlier successful run of ``key``, or None if it must be (re)done.
 
     With ``parameters`` (:meth:`BatchConfig.parameters` of this run), a record made with
-    other result-relevant parameters (another mode, model, prior, thresholds...) does not count:
-    the image is processed again and its outputs replaced.
+    other result-relevant parameters (another mode, model, prior, thresholds...) does not count.
+    With ``image`` (and ``config`` in prompt mode) the record must also carry the content
+    identity of this image (and of its prompts) as they are now. The label file must always be
+    the one the record wrote (same size and SHA-256): a damaged or replaced one is redone.
     """
-    import json
-
     labels, record = output_paths(out_dir, key)
     if not (labels.is_file() and record.is_file()):
         return None
@@ -236,12 +325,39 @@ def previous_record(out_dir: str | os.PathLike, key: str, parameters: dict | Non
         data = json.loads(record.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if data.get("status") != "ok":
+    if not isinstance(data, dict) or data.get("status") != "ok":
         return None
     if parameters is not None and not same_result_parameters(data.get("parameters"), parameters):
         logger.info("%s: the earlier outputs were made with other parameters; processing it again", key)
         return None
+    identity = data.get("identity")
+    if not isinstance(identity, dict):
+        logger.info("%s: the earlier record has no content identity; processing it again", key)
+        return None
+    if not same_labels(identity.get("labels"), labels):
+        logger.warning("%s: %s is not the file the earlier run wrote (damaged or replaced); processing it "
+                       "again", key, labels)
+        return None
+    if image is not None:
+        if not same_image(identity.get("image"), image):
+            logger.info("%s: the image %s changed since the earlier run; processing it again", key, image)
+            return None
+        if config is not None and config.mode == "prompts":
+            try:
+                current = prompts_identity(config, image)
+            except (OSError, ValueError):
+                return None  # processing it reports the error
+            if current != identity.get("prompts"):
+                logger.info("%s: its prompts changed since the earlier run; processing it again", key)
+                return None
     return data
+
+
+def skipped_record(path: str | os.PathLike, key: str, old: dict) -> dict:
+    """The report row of a skipped image: the earlier run's results, status ``"skipped"``."""
+    return {"input": str(path), "key": key, "status": "skipped", "error": None,
+            "n_objects": old.get("n_objects", 0), "seconds": old.get("seconds", 0.0),
+            "finished": old.get("finished"), "labels": old.get("labels")}
 
 
 def _normalisation(image: ImageData, config: BatchConfig) -> dict:
@@ -255,18 +371,38 @@ def _normalisation(image: ImageData, config: BatchConfig) -> dict:
     return norm
 
 
+class PromptError(ValueError):
+    """A prompt that does not fit its image; the message names the CSV file, the row and why."""
+
+
+def check_prompts(image: ImageData, prompts: Sequence[ObjectPrompt]) -> None:
+    """Validate every object's prompts against ``image`` before anything is segmented (the same
+    checks as the predictor's, :func:`~napari_edgesam.inference.prompts.validate_prompt`).
+    Raises :class:`PromptError` naming the first bad object's file and row."""
+    shape = image.data.shape[: 3 if image.is_stack else 2]
+    plane = image.plane_shape
+    for obj in prompts:
+        where = f"{obj.source}: object {obj.name!r}" if obj.source else f"object {obj.name!r}"
+        if image.is_stack and obj.z is None:
+            raise PromptError(f"{where} has no z but the image is a stack of {shape[0]} slices")
+        if obj.z is not None and not (image.is_stack and 0 <= obj.z < shape[0]):
+            raise PromptError(f"{where} is on slice z={obj.z}, which the image (shape {shape}) does not have")
+        try:
+            validate_prompt(obj.points, obj.labels, obj.box, plane)
+        except ValueError as err:
+            raise PromptError(f"{where}: {err}") from None
+
+
 def segment_prompts(predictor, image: ImageData, prompts: Sequence[ObjectPrompt], config: BatchConfig) -> np.ndarray:
     """Labels ``[Z] x Y x X`` (uint32) with object ``k`` (1-based, in prompt order) painted
-    from its prompts; later objects are painted over earlier ones."""
+    from its prompts; later objects are painted over earlier ones. Every prompt is checked
+    first (:func:`check_prompts`): one invalid prompt makes the whole image an error."""
+    check_prompts(image, prompts)
     norm = _normalisation(image, config)
     shape = image.data.shape[: 3 if image.is_stack else 2]
     labels = np.zeros(shape, np.uint32)
     by_plane: dict[int | None, list[tuple[int, ObjectPrompt]]] = {}
     for k, obj in enumerate(prompts, start=1):
-        if image.is_stack and obj.z is None:
-            raise ValueError(f"object {obj.name!r} has no z but the image is a stack of {shape[0]} slices")
-        if obj.z is not None and not (image.is_stack and 0 <= obj.z < shape[0]):
-            raise ValueError(f"object {obj.name!r} is on slice z={obj.z}, which the image (shape {shape}) does not have")
         by_plane.setdefault(obj.z if image.is_stack else None, []).append((k, obj))
     tile = config.automatic.tile_size
     for z, objects in by_plane.items():
@@ -280,19 +416,36 @@ def segment_prompts(predictor, image: ImageData, prompts: Sequence[ObjectPrompt]
     return labels
 
 
+def _segment_with(predictor, image: ImageData, path: Path, prompts: Sequence[ObjectPrompt], config: BatchConfig,
+                  cancel) -> np.ndarray:
+    if not prompts:
+        raise PromptError(f"no prompts for {path.name} in {config.prompts}")
+    return segment_prompts(predictor, image, prompts, config)
+
+
 def _segment(predictor, image: ImageData, path: Path, config: BatchConfig, cancel) -> np.ndarray:
     if config.mode == "prompts":
-        prompts = prompts_for_image(config.prompts, path)
-        if not prompts:
-            raise ValueError(f"no prompts for {path.name} in {config.prompts}")
-        return segment_prompts(predictor, image, prompts, config)
+        return _segment_with(predictor, image, path, prompts_for_image(config.prompts, path), config, cancel)
     return segment_automatic_any(predictor, image.data, config.automatic_config, stack=image.is_stack,
                                  normalisation=_normalisation(image, config), merge_iou=config.merge_iou,
                                  cancel=cancel)
 
 
+class OutputWriteError(OSError):
+    """An output file that could not be written; the message names it and the likely fix."""
+
+
+def _write_failure(path: Path, err: OSError) -> str:
+    reason = err.strerror or str(err)
+    import errno
+
+    hint = ("the disk is full: free space or choose another output folder" if err.errno == errno.ENOSPC
+            else "check the output folder's permissions and free space")
+    return f"cannot write {path}: {reason} ({hint})"
+
+
 def process_one(path: str | os.PathLike, config: BatchConfig, key: str | None = None, *,
-                predictor=None, cancel=None) -> dict:
+                predictor=None, cancel=None, resume_checked: bool = False) -> dict:
     """Segment one image and write its outputs into ``config.out_dir``; never raises for a
     bad image (the error goes into the returned record, ``status == "error"``).
 
@@ -302,6 +455,7 @@ def process_one(path: str | os.PathLike, config: BatchConfig, key: str | None = 
         key: output name (default: the image's stem).
         predictor: use this predictor instead of loading ``config.model``.
         cancel: an object with ``is_set()``; a cancelled image is not written.
+        resume_checked: the caller already found that the image must be (re)done.
     Returns:
         the record (also written as ``<key>.json`` unless cancelled).
     """
@@ -316,21 +470,35 @@ def process_one(path: str | os.PathLike, config: BatchConfig, key: str | None = 
               "labels": labels_path.name, "mode": config.mode, "model": config.model}
     if config.mode == "boxes":
         record |= {"prior": config.prior, "prior_path": config.prior_path()}
-    if not config.overwrite and (old := previous_record(config.out_dir, key, config.parameters())) is not None:
-        return record | {"status": "skipped", "n_objects": old.get("n_objects", 0), "seconds": 0.0}
+    if not (config.overwrite or resume_checked) and (
+            old := previous_record(config.out_dir, key, config.parameters(), image=p, config=config)) is not None:
+        return skipped_record(p, key, old)
     t0 = time.perf_counter()
     timing = {}
+    identity: dict = {}
     try:
         predictor = predictor if predictor is not None else get_predictor(config)
         check_predictor(predictor, config)
         timing["model_s"] = time.perf_counter() - t0
+        if not p.exists():
+            raise FileNotFoundError(f"image not found: {p}")
+        identity["image"] = image_identity(p)  # before reading: a change while reading is redone later
         image = read_image(p)
         timing["read_s"] = time.perf_counter() - t0 - timing["model_s"]
         t1 = time.perf_counter()
-        labels = _segment(predictor, image, p, config, cancel)
+        if config.mode == "prompts":
+            prompts = prompts_for_image(config.prompts, p)
+            identity["prompts"] = prompt_identity(prompts)
+            labels = _segment_with(predictor, image, p, prompts, config, cancel)
+        else:
+            labels = _segment(predictor, image, p, config, cancel)
         timing["segment_s"] = time.perf_counter() - t1
         t2 = time.perf_counter()
-        write_labels(labels_path, labels)
+        try:
+            write_labels(labels_path, labels)
+            identity["labels"] = labels_identity(labels_path)
+        except OSError as err:
+            raise OutputWriteError(_write_failure(labels_path, err)) from None
         timing["write_s"] = time.perf_counter() - t2
         record |= {"n_objects": int(len(np.unique(labels)) - (labels == 0).any()),
                    "shape": list(labels.shape), "backend": predictor.backend.name,
@@ -338,20 +506,35 @@ def process_one(path: str | os.PathLike, config: BatchConfig, key: str | None = 
     except Cancelled:
         return record | {"status": "cancelled", "seconds": time.perf_counter() - t0}
     except Exception as err:  # noqa: BLE001 - one bad image must not stop the batch
-        logger.warning("%s failed: %s", p, err)
-        record |= {"status": "error", "error": f"{type(err).__name__}: {err}",
+        logger.warning("%s failed: %s", p, _error_text(err))
+        record |= {"status": "error", "error": _error_text(err), "labels": None,
                    "traceback": traceback.format_exc(limit=8)}
     from .. import __version__
 
     record |= {"seconds": round(time.perf_counter() - t0, 4),
                "timing": {k: round(v, 4) for k, v in timing.items()},
                "parameters": config.parameters(), "version": __version__,
-               "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+               "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+               "identity": identity}
     try:
         write_json(record_path, record)
     except OSError as err:
-        record |= {"status": "error", "error": f"cannot write {record_path}: {err}"}
+        logger.warning("%s: %s", p, _write_failure(record_path, err))
+        record |= {"status": "error", "error": _write_failure(record_path, err)}
     return record
+
+
+def _error_text(err: BaseException) -> str:
+    """One line for a record: the message alone for our own clear errors, else with the type."""
+    from .io import ImageReadError
+
+    if isinstance(err, (PromptError, ImageReadError, OutputWriteError)):
+        return str(err)
+    if isinstance(err, OSError) and err.strerror and err.filename:
+        return f"{err.filename}: {err.strerror}"
+    if isinstance(err, FileNotFoundError):
+        return str(err)
+    return f"{type(err).__name__}: {err}"
 
 
 # -- the run ----------------------------------------------------------------------------------
@@ -369,8 +552,10 @@ def run_batch(
     """Process many images; see the module docstring for outputs, skipping and the report.
 
     Args:
-        inputs: image files, zarr stores and/or folders (searched with ``pattern``).
-        out_dir: output folder (created).
+        inputs: image files, zarr stores and/or folders (searched with ``pattern``; entries
+            that are not images are listed in the report as ignored).
+        out_dir: output folder (created and checked with a test write before the first image:
+            :class:`~napari_edgesam._atomic.UnwritableFolderError` if it cannot be written).
         progress: ``progress(done, total, record)`` after every image.
         cancel: an object with ``is_set()`` (e.g. ``threading.Event``): stops after the current
             image (in process) or cancels the pending tasks (Dask).
@@ -380,12 +565,20 @@ def run_batch(
     """
     t0 = time.perf_counter()
     inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
-    paths = discover_inputs(inputs, pattern)
+    found = find_inputs(inputs, pattern)
+    paths = found.images
+    ignored = [{"input": str(q), "key": "", "status": "ignored", "error": reason, "n_objects": 0, "seconds": 0.0}
+               for q, reason in found.ignored]
+    for row in ignored[:20]:
+        logger.warning("ignored %s: %s", row["input"], row["error"])
+    if len(ignored) > 20:
+        logger.warning("... and %d more ignored entries (see report.csv)", len(ignored) - 20)
     if not paths:
-        raise ValueError(f"no images found in {[str(i) for i in inputs]} (pattern {pattern!r}); "
-                         "supported: .tif, .tiff, .png, .jpg, .jpeg, .zarr")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+        listed = "; ".join(f"{r['input']}: {r['error']}" for r in ignored[:3])
+        raise ValueError(f"no images found in {', '.join(str(i) for i in inputs)} (pattern {pattern!r}); "
+                         f"supported: {', '.join(IMAGE_SUFFIXES)}, .zarr" + (f"; ignored {listed}" if listed else ""))
+    out = check_writable(out_dir)  # before the first image, not after the last
+    remove_stale_temps(out)  # left by a killed earlier run
     config = replace(config, out_dir=str(out))
     keys = output_keys(paths)
     records: dict[int, dict] = {}
@@ -401,25 +594,32 @@ def run_batch(
 
     params = config.parameters()
     for i, (p, key) in enumerate(zip(paths, keys, strict=True)):
-        old = None if config.overwrite else previous_record(out, key, params)
+        old = None if config.overwrite else previous_record(out, key, params, image=p, config=config)
         if old is not None:
-            finish(i, {"input": str(p), "key": key, "status": "skipped", "error": None,
-                       "n_objects": old.get("n_objects", 0), "seconds": 0.0})
+            finish(i, skipped_record(p, key, old))
         else:
             todo.append((i, p, key))
     cancelled = False
+    failed = True
     try:
         if scheduler is None:
             cancelled = _run_here(todo, config, predictor, cancel, finish)
         else:
             cancelled = _run_dask(todo, config, scheduler, cancel, finish)
+        failed = False
     finally:
         for i, p, key in todo:
             if i not in records:
                 records[i] = {"input": str(p), "key": key, "status": "cancelled", "error": None,
                               "n_objects": 0, "seconds": 0.0}
-        report = BatchReport([records[i] for i in sorted(records)], out, time.perf_counter() - t0, cancelled)
-        write_report(report)
+        report = BatchReport([records[i] for i in sorted(records)], out, time.perf_counter() - t0, cancelled,
+                             ignored)
+        try:
+            write_report(report)
+        except OSError as err:
+            if not failed:  # else the run's own error is the one to see
+                raise OutputWriteError(_write_failure(out / "report.csv", err)) from None
+            logger.error("%s", _write_failure(out / "report.csv", err))
     return report
 
 
@@ -430,7 +630,7 @@ def _run_here(todo, config, predictor, cancel, finish) -> bool:
     for i, p, key in todo:
         if cancel is not None and cancel.is_set():
             return True
-        record = process_one(p, config, key, predictor=predictor, cancel=cancel)
+        record = process_one(p, config, key, predictor=predictor, cancel=cancel, resume_checked=True)
         finish(i, record)
         if record["status"] == "cancelled":
             return True
@@ -443,7 +643,8 @@ def _run_dask(todo, config, scheduler, cancel, finish) -> bool:
     own = isinstance(scheduler, str)
     client = Client(scheduler) if own else scheduler
     try:
-        futures = {client.submit(process_one, str(p), config, key, pure=False): (i, p, key) for i, p, key in todo}
+        futures = {client.submit(process_one, str(p), config, key, resume_checked=True, pure=False): (i, p, key)
+                   for i, p, key in todo}
         pending = set(futures)
         while pending:
             if cancel is not None and cancel.is_set():
@@ -469,7 +670,9 @@ def _run_dask(todo, config, scheduler, cancel, finish) -> bool:
 
 
 def write_report(report: BatchReport) -> None:
-    """``report.json`` (summary + records) and ``report.csv`` (one row per image) in ``out_dir``."""
-    records = [{k: v for k, v in r.items() if k != "traceback"} for r in report.records]
-    write_json(report.out_dir / "report.json", {"summary": report.summary, "records": records})
-    write_csv(report.out_dir / "report.csv", records, REPORT_COLUMNS)
+    """``report.json`` (summary, records, ignored entries) and ``report.csv`` (one row per image,
+    then one ``ignored`` row per folder entry that is not an image) in ``out_dir``, atomically."""
+    records = [{k: v for k, v in r.items() if k not in ("traceback", "identity")} for r in report.records]
+    write_json(report.out_dir / "report.json", {"summary": report.summary, "records": records,
+                                               "ignored": report.ignored})
+    write_csv(report.out_dir / "report.csv", records + report.ignored, REPORT_COLUMNS)
