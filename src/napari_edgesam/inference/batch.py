@@ -57,7 +57,8 @@ from .automatic_modes import (
     missing_prior_message,
     segment_automatic_any,
 )
-from .._atomic import check_writable, remove_stale_temps
+from .._atomic import OutputWriteError, check_writable, remove_stale_temps
+from .._atomic import describe_write_error as _write_failure
 from .io import (
     IMAGE_SUFFIXES,
     ImageData,
@@ -429,19 +430,6 @@ def _segment(predictor, image: ImageData, path: Path, config: BatchConfig, cance
     return segment_automatic_any(predictor, image.data, config.automatic_config, stack=image.is_stack,
                                  normalisation=_normalisation(image, config), merge_iou=config.merge_iou,
                                  cancel=cancel)
-
-
-class OutputWriteError(OSError):
-    """An output file that could not be written; the message names it and the likely fix."""
-
-
-def _write_failure(path: Path, err: OSError) -> str:
-    reason = err.strerror or str(err)
-    import errno
-
-    hint = ("the disk is full: free space or choose another output folder" if err.errno == errno.ENOSPC
-            else "check the output folder's permissions and free space")
-    return f"cannot write {path}: {reason} ({hint})"
 
 
 def process_one(path: str | os.PathLike, config: BatchConfig, key: str | None = None, *,
