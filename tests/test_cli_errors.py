@@ -50,6 +50,7 @@ def test_unreadable_images_are_one_line(tmp_path, capsys):
         lines = _error_lines(err)
         assert rc == 1 and "Traceback" not in err, err
         assert len(lines) == 1 and str(tmp_path / name) in lines[0] and message in lines[0], err
+        assert err.strip().splitlines() == lines  # nothing else (e.g. tifffile's own warnings)
     assert not (tmp_path / "o.tif").exists()
 
 

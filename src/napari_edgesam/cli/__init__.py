@@ -89,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.WARNING - 10 * min(args.verbose, 2), format="%(levelname)s %(name)s: %(message)s"
     )
+    if args.verbose == 0:  # readers' own warnings (e.g. tifffile on a damaged file) would add lines
+        logging.getLogger("tifffile").setLevel(logging.ERROR)
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
