@@ -122,6 +122,22 @@ def test_csv_values_that_are_not_finite_real_numbers(tmp_path):
         read_prompt_csv(f)
 
 
+def test_empty_objects_are_named_in_the_record(folder, tmp_path):
+    d, truths = folder
+    x, y = _centre(truths["a"], 1)
+    csv = tmp_path / "p.csv"
+    csv.write_text("image,object,kind,x,y,label,x0,y0,x1,y1\n"
+                   f"a.tif,first,point,{x},{y},1,,,,\na.tif,again,point,{x},{y},1,,,,\n")
+    report = run_batch([d / "a.tif"], tmp_path / "out", BatchConfig(mode="prompts", prompts=str(csv)),
+                       predictor=LabelOraclePredictor())
+    (rec,) = report.records
+    assert rec["status"] == "ok" and rec["n_objects"] == 1 and rec["n_prompted"] == 2
+    assert rec["empty_objects"] == ["first"]  # painted over by the later object: said, not silent
+    with pytest.raises(FileNotFoundError, match="prompt file or folder not found"):
+        run_batch([d], tmp_path / "out", BatchConfig(mode="prompts", prompts=str(tmp_path / "nope.csv")),
+                  predictor=LabelOraclePredictor())
+
+
 def test_objects_know_their_rows(tmp_path):
     f = tmp_path / "p.csv"
     f.write_text("image,object,kind,x,y,label,x0,y0,x1,y1\n"

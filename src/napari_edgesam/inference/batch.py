@@ -478,6 +478,14 @@ def process_one(path: str | os.PathLike, config: BatchConfig, key: str | None = 
             prompts = prompts_for_image(config.prompts, p)
             identity["prompts"] = prompt_identity(prompts)
             labels = _segment_with(predictor, image, p, prompts, config, cancel)
+            present = np.zeros(len(prompts) + 1, bool)
+            present[np.unique(labels[labels <= len(prompts)])] = True
+            empty = [obj.name for k, obj in enumerate(prompts, start=1) if not present[k]]
+            record["n_prompted"] = len(prompts)
+            if empty:  # said, not silent: e.g. a tiny box, or covered by a later object
+                record["empty_objects"] = empty
+                logger.warning("%s: %d of %d prompted objects came out empty: %s", p, len(empty), len(prompts),
+                               ", ".join(map(str, empty[:10])))
         else:
             labels = _segment(predictor, image, p, config, cancel)
         timing["segment_s"] = time.perf_counter() - t1
@@ -565,6 +573,8 @@ def run_batch(
         listed = "; ".join(f"{r['input']}: {r['error']}" for r in ignored[:3])
         raise ValueError(f"no images found in {', '.join(str(i) for i in inputs)} (pattern {pattern!r}); "
                          f"supported: {', '.join(IMAGE_SUFFIXES)}, .zarr" + (f"; ignored {listed}" if listed else ""))
+    if config.mode == "prompts" and not Path(config.prompts).exists():
+        raise FileNotFoundError(f"prompt file or folder not found: {config.prompts}")
     out = check_writable(out_dir)  # before the first image, not after the last
     remove_stale_temps(out)  # left by a killed earlier run
     config = replace(config, out_dir=str(out))
