@@ -451,12 +451,17 @@ def test_sigkill_while_writing_then_resume_is_exact(folder, tmp_path, stage):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-c", _KILLED_RUN, str(d), str(out), "b", str(TESTS), stage],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    import threading
+
+    watchdog = threading.Timer(240, proc.kill)  # never hang the suite
+    watchdog.start()
     try:
         line = proc.stdout.readline()  # blocks until the victim's write is under way
         assert line.strip() == "WRITING", proc.stderr.read()
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
+        watchdog.cancel()
         if proc.poll() is None:
             proc.kill()
             proc.wait()

@@ -222,9 +222,10 @@ def check_writable(folder: str | os.PathLike) -> Path:
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with atomic_open(folder / ".write-probe", "wb") as fh:
+        probe = folder / f".write-probe-{os.getpid()}-{secrets.token_hex(4)}"  # unique: runs may share a folder
+        with atomic_open(probe, "wb") as fh:
             fh.write(b"napari-edgesam write probe\n")
-        (folder / ".write-probe").unlink()
+        probe.unlink(missing_ok=True)
     except OSError as err:
         reason = err.strerror or str(err)
         hint = "free some space" if err.errno == errno.ENOSPC else "fix its permissions"

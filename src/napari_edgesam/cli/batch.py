@@ -124,14 +124,20 @@ def run(args: argparse.Namespace) -> int:
     cancel = threading.Event()
     bar = None if args.no_progress else tqdm(total=0, unit="image", file=sys.stderr, dynamic_ncols=True)
 
+    def error_text(record: dict) -> str:
+        err = str(record["error"])
+        return err if record["input"] in err else f"{record['input']}: {err}"
+
     def progress(done: int, total: int, record: dict) -> None:
         if bar is None:
+            if record["status"] == "error":
+                print(error_text(record), file=sys.stderr)
             return
         bar.total = total
         bar.set_postfix_str(f"{record['key']}: {record['status']}", refresh=False)
         bar.update(done - bar.n)
         if record["status"] == "error":
-            bar.write(f"{record['input']}: {record['error']}")
+            bar.write(error_text(record))
 
     try:
         report = run_batch(args.inputs, args.out_dir, config, pattern=args.pattern,
