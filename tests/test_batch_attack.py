@@ -189,7 +189,7 @@ def test_resume_redoes_changed_images_prompts_and_damaged_labels(folder, tmp_pat
     first = run_batch([d], out, config, predictor=LabelOraclePredictor())
     assert set(_statuses(first).values()) == {"ok"}
     rec = json.loads((out / "a.json").read_text())
-    assert set(rec["identity"]) == {"image", "prompts", "labels"}
+    assert set(rec["identity"]) == {"image", "prompts", "labels", "model_files"}
     assert rec["identity"]["image"]["size"] == (d / "a.tif").stat().st_size
 
     def rerun():
@@ -230,6 +230,23 @@ def test_resume_redoes_changed_images_prompts_and_damaged_labels(folder, tmp_pat
     del rec["identity"]
     (out / "a.json").write_text(json.dumps(rec))
     assert rerun()[0]["a"] == "ok" and rerun()[0]["a"] == "skipped"
+
+
+def test_a_changed_model_file_redoes_and_outputs_in_the_input_folder_are_not_inputs(folder, tmp_path):
+    d, _ = folder
+    model = tmp_path / "my_model.pth"
+    model.write_bytes(b"weights v1")
+    config = BatchConfig(automatic=FAST, model=str(model))
+    run_batch([d], d, config, predictor=LabelOraclePredictor())  # outputs into the input folder
+    assert json.loads((d / "a.json").read_text())["identity"]["model_files"]["model"]["size"] == 10
+    report = run_batch([d], d, config, predictor=LabelOraclePredictor())
+    assert _statuses(report) == {"a": "skipped", "b": "skipped", "c": "skipped"}  # not a_labels etc.
+    assert {Path(r["input"]).name for r in report.ignored if r["error"] == "a label image this batch wrote"} == {
+        "a_labels.tif", "b_labels.tif", "c_labels.tif"}
+    os.utime(model, ns=(5, 5))  # touched, same bytes: still skipped
+    assert set(_statuses(run_batch([d], d, config, predictor=LabelOraclePredictor())).values()) == {"skipped"}
+    model.write_bytes(b"weights v2")  # retrained over the same path: redone
+    assert set(_statuses(run_batch([d], d, config, predictor=LabelOraclePredictor())).values()) == {"ok"}
 
 
 def test_skipped_rows_keep_the_earlier_results(folder, tmp_path):

@@ -309,6 +309,36 @@ def prompts_identity(config: BatchConfig, image: str | os.PathLike) -> str | Non
     return prompt_identity(prompts_for_image(config.prompts, Path(image)))
 
 
+_MODEL_IDS: dict[tuple, dict] = {}
+
+
+def model_files_identity(config: BatchConfig) -> dict:
+    """Identities of the model (and prior) *files* the run uses when they are given as paths
+    (``{"model": ..., "prior": ...}``, :func:`image_identity` of each; hashed once per process):
+    a retrained checkpoint saved over the same path makes the images be done again. Registered
+    model names are identified by their name (in the parameters)."""
+    out = {}
+    prior = config.prior_path() if config.mode == "boxes" else None
+    for role, name in (("model", config.model), ("prior", prior)):
+        if name is None or not Path(name).is_file():
+            continue
+        st = Path(name).stat()
+        key = (os.path.abspath(name), st.st_size, st.st_mtime_ns)
+        if key not in _MODEL_IDS:
+            _MODEL_IDS[key] = image_identity(name)
+        out[role] = _MODEL_IDS[key]
+    return out
+
+
+def _same_model_files(old: object, config: BatchConfig) -> bool:
+    now = model_files_identity(config)
+    old = old if isinstance(old, dict) else {}
+    if set(now) != set(old):
+        return False
+    return all(isinstance(old[k], dict) and old[k].get("size") == now[k]["size"]
+               and old[k].get("sha256") == now[k]["sha256"] for k in now)
+
+
 def previous_record(out_dir: str | os.PathLike, key: str, parameters: dict | None = None, *,
                     image: str | os.PathLike | None = None, config: BatchConfig | None = None) -> dict | None:
     """The record of an earlier successful run of ``key``, or None if it must be (re)done.
@@ -338,6 +368,9 @@ def previous_record(out_dir: str | os.PathLike, key: str, parameters: dict | Non
     if not same_labels(identity.get("labels"), labels):
         logger.warning("%s: %s is not the file the earlier run wrote (damaged or replaced); processing it "
                        "again", key, labels)
+        return None
+    if config is not None and not _same_model_files(identity.get("model_files"), config):
+        logger.info("%s: the model file %s changed since the earlier run; processing it again", key, config.model)
         return None
     if image is not None:
         if not same_image(identity.get("image"), image):
@@ -471,6 +504,7 @@ def process_one(path: str | os.PathLike, config: BatchConfig, key: str | None = 
         if not p.exists():
             raise FileNotFoundError(f"image not found: {p}")
         identity["image"] = image_identity(p)  # before reading: a change while reading is redone later
+        identity["model_files"] = model_files_identity(config)
         image = read_image(p)
         timing["read_s"] = time.perf_counter() - t0 - timing["model_s"]
         t1 = time.perf_counter()
@@ -562,9 +596,10 @@ def run_batch(
     t0 = time.perf_counter()
     inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     found = find_inputs(inputs, pattern)
-    paths = found.images
+    outputs = [p for p in found.images if _is_batch_output(p, out_dir)]  # out_dir inside (or = ) an input
+    paths = [p for p in found.images if p not in outputs]
     ignored = [{"input": str(q), "key": "", "status": "ignored", "error": reason, "n_objects": 0, "seconds": 0.0}
-               for q, reason in found.ignored]
+               for q, reason in [*found.ignored, *((p, "a label image this batch wrote") for p in outputs)]]
     for row in ignored[:20]:
         logger.warning("ignored %s: %s", row["input"], row["error"])
     if len(ignored) > 20:
@@ -619,6 +654,19 @@ def run_batch(
                 raise OutputWriteError(_write_failure(out / "report.csv", err)) from None
             logger.error("%s", _write_failure(out / "report.csv", err))
     return report
+
+
+def _is_batch_output(path: Path, out_dir: str | os.PathLike) -> bool:
+    """Whether ``path`` is a ``<key>_labels.tif`` written into ``out_dir`` by a batch run."""
+    name = path.name
+    if not name.endswith("_labels.tif"):
+        return False
+    try:
+        if path.parent.resolve() != Path(out_dir).resolve():
+            return False
+    except OSError:
+        return False
+    return (path.parent / f"{name[: -len('_labels.tif')]}.json").is_file()
 
 
 def _run_here(todo, config, predictor, cancel, finish) -> bool:
