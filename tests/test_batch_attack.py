@@ -22,13 +22,8 @@ from _helpers import LabelOraclePredictor, synthetic_instances
 from napari_edgesam._atomic import UnwritableFolderError, is_temp_name
 from napari_edgesam.inference.automatic import AutomaticConfig
 from napari_edgesam.inference.batch import BatchConfig, run_batch
-from napari_edgesam.inference.io import (
-    ImageReadError,
-    find_inputs,
-    prompts_for_image,
-    read_image,
-    read_prompt_csv,
-)
+from napari_edgesam.inference.io import ImageReadError, find_inputs, read_image
+from napari_edgesam.inference.prompt_csv import prompts_for_image, read_prompt_csv
 from napari_edgesam.inference.tiling import TiledImage
 
 FAST = AutomaticConfig(points_per_side=16)

@@ -28,158 +28,54 @@ is recorded with its error and the run goes on. The run writes ``report.json`` a
 ``report.csv``: one row per image (skipped images keep their earlier results) and one row per
 ignored folder entry (not an image, a folder, a broken link), with the reason.
 
+The pieces: :mod:`.batch_config` (what a run is asked, what it answers), :mod:`.batch_resume`
+(content identities, what may be skipped), :mod:`.batch_prompts` (prompt mode); this module runs
+the images.
+
 :func:`process_one` is a plain top-level function of picklable arguments, loading the model once
 per worker process, so it can be shipped to Dask workers as is.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from .automatic import AutomaticConfig
-from .automatic_boxes import BoxAutomaticConfig
-from .automatic_common import Cancelled
-from .automatic_modes import (
-    AnyAutomaticConfig,
-    find_model_prior,
-    missing_prior_message,
-    segment_automatic_any,
-)
 from .._atomic import OutputWriteError, check_writable, remove_stale_temps
 from .._atomic import describe_write_error as _write_failure
-from .io import (
-    IMAGE_SUFFIXES,
-    ImageData,
-    ObjectPrompt,
-    find_inputs,
-    output_keys,
-    prompt_identity,
-    prompts_for_image,
-    read_image,
-    write_csv,
-    write_json,
-    write_labels,
+from .automatic_common import Cancelled
+from .automatic_modes import missing_prior_message, segment_automatic_any
+from .batch_config import MODES, REPORT_COLUMNS, BatchConfig, BatchProgress, BatchReport
+from .batch_prompts import PromptError, check_prompts, normalisation, segment_prompts
+from .batch_resume import (
+    image_identity,
+    is_batch_output,
+    labels_identity,
+    model_files_identity,
+    output_paths,
+    previous_record,
+    same_result_parameters,
+    skipped_record,
 )
-from .prompts import validate_prompt
-from .tiling import TiledImage
+from .io import IMAGE_SUFFIXES, ImageData, find_inputs, output_keys, read_image, write_csv, write_json, write_labels
+from .prompt_csv import CsvObject, prompt_identity, prompts_for_image
+
+__all__ = [
+    "MODES", "REPORT_COLUMNS", "BatchConfig", "BatchProgress", "BatchReport", "PromptError", "check_prompts",
+    "get_predictor", "output_paths", "previous_record", "process_one", "run_batch", "same_result_parameters",
+    "segment_prompts", "write_report",
+]
 
 logger = logging.getLogger(__name__)
-
-MODES = ("auto", "boxes", "prompts")
-REPORT_COLUMNS = ("input", "key", "status", "n_objects", "seconds", "error")
-
-#: ``progress(done, total, record)`` after every image (skipped ones included).
-BatchProgress = Callable[[int, int, dict], None]
-
-
-@dataclass(frozen=True)
-class BatchConfig:
-    """Everything a worker needs to process one image (picklable).
-
-    Attributes:
-        mode: ``"auto"`` (automatic segmentation from a point grid), ``"boxes"`` (automatic
-            segmentation from the granularity prior's boxes) or ``"prompts"`` (prompts from CSV files).
-        prompts: a prompt CSV, or a folder of per-image CSVs (mode ``"prompts"``); see
-            :mod:`napari_edgesam.inference.io` for the formats.
-        model: a registered model name or a ``.pth``/``.onnx`` path (see ``load_model``).
-        backend / device: passed to ``load_model``.
-        automatic: point-grid parameters (mode ``"auto"``; also used for tiling in prompt mode).
-        boxes: prior-box parameters (mode ``"boxes"``).
-        prior: mode ``"boxes"``: a ``.prior.pth``/``.prior.onnx`` path, or ``"auto"`` (the
-            default there) for the prior stored beside the model file; must be None otherwise.
-        channel: segment this channel of multi-channel images (default: composite/RGB).
-        merge_iou: IoU linking per-slice objects of stacks into 3D objects (automatic mode).
-        overwrite: process images even if their outputs exist.
-        out_dir: where outputs go (``run_batch`` fills it in).
-        num_threads: torch intra-op threads per worker (default: torch's choice).
-    """
-
-    mode: str = "auto"
-    prompts: str | None = None
-    model: str = "edgesam"
-    backend: str = "auto"
-    device: str = "auto"
-    automatic: AutomaticConfig = field(default_factory=AutomaticConfig)
-    boxes: BoxAutomaticConfig = field(default_factory=BoxAutomaticConfig)
-    prior: str | None = None
-    channel: int | None = None
-    merge_iou: float = 0.3
-    overwrite: bool = False
-    out_dir: str = ""
-    num_threads: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if self.mode == "prompts" and not self.prompts:
-            raise ValueError("mode 'prompts' needs a prompt CSV file or folder (prompts=...)")
-        if not isinstance(self.automatic, AutomaticConfig):
-            raise TypeError(f"automatic must be an AutomaticConfig, got {type(self.automatic).__name__}")
-        if not isinstance(self.boxes, BoxAutomaticConfig):
-            raise TypeError(f"boxes must be a BoxAutomaticConfig, got {type(self.boxes).__name__}")
-        if self.mode == "boxes":
-            object.__setattr__(self, "prior", os.fspath(self.prior) if self.prior is not None else "auto")
-        elif self.prior is not None:
-            raise ValueError(f"prior={self.prior!r} is only used by mode 'boxes' (mode is {self.mode!r})")
-        if not 0.0 < self.merge_iou <= 1.0:
-            raise ValueError(f"merge_iou must be in (0, 1], got {self.merge_iou}")
-
-    @property
-    def automatic_config(self) -> AnyAutomaticConfig:
-        """The configuration of this mode's automatic segmentation (``boxes`` or ``automatic``)."""
-        return self.boxes if self.mode == "boxes" else self.automatic
-
-    def parameters(self) -> dict:
-        """What the record stores as the run's parameters (without the other mode's)."""
-        d = asdict(self)
-        d.pop("out_dir")
-        if self.mode == "boxes":
-            d.pop("automatic")
-        else:
-            d.pop("boxes")
-            d.pop("prior")
-        return d
-
-    def prior_path(self) -> str | None:
-        """The prior file mode ``"boxes"`` uses (``"auto"`` resolved beside the model), if known."""
-        if self.mode != "boxes":
-            return None
-        path = find_model_prior(self.model) if self.prior == "auto" else self.prior
-        return None if path is None else str(path)
-
-
-@dataclass
-class BatchReport:
-    """Result of :func:`run_batch`: one record per image, in input order."""
-
-    records: list[dict]
-    out_dir: Path
-    seconds: float
-    cancelled: bool = False
-    #: folder entries that are not images: ``{"input": path, "reason": why}``
-    ignored: list[dict] = field(default_factory=list)
-
-    def count(self, status: str) -> int:
-        return sum(r["status"] == status for r in self.records)
-
-    @property
-    def summary(self) -> dict:
-        return {s: self.count(s) for s in ("ok", "skipped", "error", "cancelled")} | {
-            "total": len(self.records), "ignored": len(self.ignored), "seconds": round(self.seconds, 3),
-            "cancelled_run": self.cancelled,
-        }
 
 
 # -- the model, once per process --------------------------------------------------------------
@@ -213,244 +109,10 @@ def check_predictor(predictor, config: BatchConfig) -> None:
         raise ValueError(f"mode 'boxes': {missing_prior_message(config.model)}")
 
 
+
+
 # -- one image --------------------------------------------------------------------------------
-def output_paths(out_dir: str | os.PathLike, key: str) -> tuple[Path, Path]:
-    """``(<out>/<key>_labels.tif, <out>/<key>.json)``."""
-    out = Path(out_dir)
-    return out / f"{key}_labels.tif", out / f"{key}.json"
-
-
-#: Parameters that do not change the result: a record made with other values still counts.
-_RESULT_NEUTRAL = ("overwrite", "num_threads", "backend", "device")
-
-
-def same_result_parameters(old: dict | None, new: dict) -> bool:
-    """Whether a record's ``parameters`` would give the same labels as ``new`` (both from
-    :meth:`BatchConfig.parameters`; thread count, backend, device and overwrite are ignored)."""
-    if not isinstance(old, dict):
-        return False
-    strip = lambda d: {k: v for k, v in d.items() if k not in _RESULT_NEUTRAL}  # noqa: E731
-    return strip(json_round_trip(old)) == strip(json_round_trip(new))
-
-
-def json_round_trip(d: dict) -> dict:
-    """``d`` as it reads back from a JSON record (tuples become lists)."""
-    return json.loads(json.dumps(d, default=str))
-
-
-# -- content identities -----------------------------------------------------------------------
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """SHA-256 of a file's bytes (read in 1 MiB chunks)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _store_listing(path: Path) -> str:
-    """SHA-256 of a folder's (zarr store's) file list with sizes and mtimes."""
-    h = hashlib.sha256()
-    for root, dirs, files in os.walk(path):
-        dirs.sort()
-        for name in sorted(files):
-            st = os.stat(os.path.join(root, name))
-            rel = os.path.relpath(os.path.join(root, name), path)
-            h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()
-
-
-def image_identity(path: str | os.PathLike) -> dict:
-    """What identifies an input's content: ``{"size", "mtime_ns", "sha256"}`` for a file,
-    ``{"listing"}`` (SHA-256 of the file names, sizes and mtimes) for a zarr store."""
-    p = Path(path)
-    if p.is_dir():
-        return {"listing": _store_listing(p)}
-    st = p.stat()
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256_file(p)}
-
-
-def same_image(old: object, path: str | os.PathLike) -> bool:
-    """Whether ``path`` still holds the content ``old`` (an :func:`image_identity`) describes;
-    a file with another mtime but the same size and SHA-256 (a copy) counts as the same."""
-    if not isinstance(old, dict):
-        return False
-    p = Path(path)
-    try:
-        if "listing" in old:
-            return p.is_dir() and _store_listing(p) == old["listing"]
-        st = p.stat()
-        if st.st_size != old.get("size"):
-            return False
-        return st.st_mtime_ns == old.get("mtime_ns") or sha256_file(p) == old.get("sha256")
-    except OSError:
-        return False
-
-
-def labels_identity(path: str | os.PathLike) -> dict:
-    """``{"size", "sha256"}`` of a written label file."""
-    return {"size": Path(path).stat().st_size, "sha256": sha256_file(path)}
-
-
-def same_labels(old: object, path: str | os.PathLike) -> bool:
-    """Whether the label file is still the one the record wrote (size and SHA-256)."""
-    if not isinstance(old, dict):
-        return False
-    try:
-        return Path(path).stat().st_size == old.get("size") and sha256_file(path) == old.get("sha256")
-    except OSError:
-        return False
-
-
-def prompts_identity(config: BatchConfig, image: str | os.PathLike) -> str | None:
-    """SHA-256 of the prompts that apply to ``image`` (mode ``"prompts"``; None otherwise)."""
-    if config.mode != "prompts":
-        return None
-    return prompt_identity(prompts_for_image(config.prompts, Path(image)))
-
-
-_MODEL_IDS: dict[tuple, dict] = {}
-
-
-def model_files_identity(config: BatchConfig) -> dict:
-    """Identities of the model (and prior) *files* the run uses when they are given as paths
-    (``{"model": ..., "prior": ...}``, :func:`image_identity` of each; hashed once per process):
-    a retrained checkpoint saved over the same path makes the images be done again. Registered
-    model names are identified by their name (in the parameters)."""
-    out = {}
-    prior = config.prior_path() if config.mode == "boxes" else None
-    for role, name in (("model", config.model), ("prior", prior)):
-        if name is None or not Path(name).is_file():
-            continue
-        st = Path(name).stat()
-        key = (os.path.abspath(name), st.st_size, st.st_mtime_ns)
-        if key not in _MODEL_IDS:
-            _MODEL_IDS[key] = image_identity(name)
-        out[role] = _MODEL_IDS[key]
-    return out
-
-
-def _same_model_files(old: object, config: BatchConfig) -> bool:
-    now = model_files_identity(config)
-    old = old if isinstance(old, dict) else {}
-    if set(now) != set(old):
-        return False
-    return all(isinstance(old[k], dict) and old[k].get("size") == now[k]["size"]
-               and old[k].get("sha256") == now[k]["sha256"] for k in now)
-
-
-def previous_record(out_dir: str | os.PathLike, key: str, parameters: dict | None = None, *,
-                    image: str | os.PathLike | None = None, config: BatchConfig | None = None) -> dict | None:
-    """The record of an earlier successful run of ``key``, or None if it must be (re)done.
-
-    With ``parameters`` (:meth:`BatchConfig.parameters` of this run), a record made with
-    other result-relevant parameters (another mode, model, prior, thresholds...) does not count.
-    With ``image`` (and ``config`` in prompt mode) the record must also carry the content
-    identity of this image (and of its prompts) as they are now. The label file must always be
-    the one the record wrote (same size and SHA-256): a damaged or replaced one is redone.
-    """
-    labels, record = output_paths(out_dir, key)
-    if not (labels.is_file() and record.is_file()):
-        return None
-    try:
-        data = json.loads(record.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict) or data.get("status") != "ok":
-        return None
-    if parameters is not None and not same_result_parameters(data.get("parameters"), parameters):
-        logger.info("%s: the earlier outputs were made with other parameters; processing it again", key)
-        return None
-    identity = data.get("identity")
-    if not isinstance(identity, dict):
-        logger.info("%s: the earlier record has no content identity; processing it again", key)
-        return None
-    if not same_labels(identity.get("labels"), labels):
-        logger.warning("%s: %s is not the file the earlier run wrote (damaged or replaced); processing it "
-                       "again", key, labels)
-        return None
-    if config is not None and not _same_model_files(identity.get("model_files"), config):
-        logger.info("%s: the model file %s changed since the earlier run; processing it again", key, config.model)
-        return None
-    if image is not None:
-        if not same_image(identity.get("image"), image):
-            logger.info("%s: the image %s changed since the earlier run; processing it again", key, image)
-            return None
-        if config is not None and config.mode == "prompts":
-            try:
-                current = prompts_identity(config, image)
-            except (OSError, ValueError):
-                return None  # processing it reports the error
-            if current != identity.get("prompts"):
-                logger.info("%s: its prompts changed since the earlier run; processing it again", key)
-                return None
-    return data
-
-
-def skipped_record(path: str | os.PathLike, key: str, old: dict) -> dict:
-    """The report row of a skipped image: the earlier run's results, status ``"skipped"``."""
-    return {"input": str(path), "key": key, "status": "skipped", "error": None,
-            "n_objects": old.get("n_objects", 0), "seconds": old.get("seconds", 0.0),
-            "finished": old.get("finished"), "labels": old.get("labels")}
-
-
-def _normalisation(image: ImageData, config: BatchConfig) -> dict:
-    norm = {}
-    if image.has_channels:
-        norm["channel_axis"] = -1
-        if config.channel is not None:
-            norm["channel"] = config.channel
-    elif config.channel is not None:
-        raise ValueError(f"channel={config.channel} was given but the image has no channel axis")
-    return norm
-
-
-class PromptError(ValueError):
-    """A prompt that does not fit its image; the message names the CSV file, the row and why."""
-
-
-def check_prompts(image: ImageData, prompts: Sequence[ObjectPrompt]) -> None:
-    """Validate every object's prompts against ``image`` before anything is segmented (the same
-    checks as the predictor's, :func:`~napari_edgesam.inference.prompts.validate_prompt`).
-    Raises :class:`PromptError` naming the first bad object's file and row."""
-    shape = image.data.shape[: 3 if image.is_stack else 2]
-    plane = image.plane_shape
-    for obj in prompts:
-        where = f"{obj.source}: object {obj.name!r}" if obj.source else f"object {obj.name!r}"
-        if image.is_stack and obj.z is None:
-            raise PromptError(f"{where} has no z but the image is a stack of {shape[0]} slices")
-        if obj.z is not None and not (image.is_stack and 0 <= obj.z < shape[0]):
-            raise PromptError(f"{where} is on slice z={obj.z}, which the image (shape {shape}) does not have")
-        try:
-            validate_prompt(obj.points, obj.labels, obj.box, plane)
-        except ValueError as err:
-            raise PromptError(f"{where}: {err}") from None
-
-
-def segment_prompts(predictor, image: ImageData, prompts: Sequence[ObjectPrompt], config: BatchConfig) -> np.ndarray:
-    """Labels ``[Z] x Y x X`` (uint32) with object ``k`` (1-based, in prompt order) painted
-    from its prompts; later objects are painted over earlier ones. Every prompt is checked
-    first (:func:`check_prompts`): one invalid prompt makes the whole image an error."""
-    check_prompts(image, prompts)
-    norm = _normalisation(image, config)
-    shape = image.data.shape[: 3 if image.is_stack else 2]
-    labels = np.zeros(shape, np.uint32)
-    by_plane: dict[int | None, list[tuple[int, ObjectPrompt]]] = {}
-    for k, obj in enumerate(prompts, start=1):
-        by_plane.setdefault(obj.z if image.is_stack else None, []).append((k, obj))
-    tile = config.automatic.tile_size
-    for z, objects in by_plane.items():
-        plane = image.data[z] if z is not None else image.data
-        out = labels[z] if z is not None else labels
-        tiled = TiledImage(predictor, plane, tile or max(plane.shape[:2]), config.automatic.tile_overlap, **norm)
-        for k, obj in objects:
-            region = tiled.segment(obj.points, obj.labels, obj.box)
-            h, w = region.mask.shape
-            out[region.y0 : region.y0 + h, region.x0 : region.x0 + w][region.mask] = k
-    return labels
-
-
-def _segment_with(predictor, image: ImageData, path: Path, prompts: Sequence[ObjectPrompt], config: BatchConfig,
+def _segment_with(predictor, image: ImageData, path: Path, prompts: Sequence[CsvObject], config: BatchConfig,
                   cancel) -> np.ndarray:
     if not prompts:
         raise PromptError(f"no prompts for {path.name} in {config.prompts}")
@@ -461,7 +123,7 @@ def _segment(predictor, image: ImageData, path: Path, config: BatchConfig, cance
     if config.mode == "prompts":
         return _segment_with(predictor, image, path, prompts_for_image(config.prompts, path), config, cancel)
     return segment_automatic_any(predictor, image.data, config.automatic_config, stack=image.is_stack,
-                                 normalisation=_normalisation(image, config), merge_iou=config.merge_iou,
+                                 normalisation=normalisation(image, config), merge_iou=config.merge_iou,
                                  cancel=cancel)
 
 
@@ -567,6 +229,8 @@ def _error_text(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"
 
 
+
+
 # -- the run ----------------------------------------------------------------------------------
 def run_batch(
     inputs: Iterable[str | os.PathLike],
@@ -596,7 +260,7 @@ def run_batch(
     t0 = time.perf_counter()
     inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     found = find_inputs(inputs, pattern)
-    outputs = [p for p in found.images if _is_batch_output(p, out_dir)]  # out_dir inside (or = ) an input
+    outputs = [p for p in found.images if is_batch_output(p, out_dir)]  # out_dir inside (or = ) an input
     paths = [p for p in found.images if p not in outputs]
     ignored = [{"input": str(q), "key": "", "status": "ignored", "error": reason, "n_objects": 0, "seconds": 0.0}
                for q, reason in [*found.ignored, *((p, "a label image this batch wrote") for p in outputs)]]
@@ -656,17 +320,6 @@ def run_batch(
     return report
 
 
-def _is_batch_output(path: Path, out_dir: str | os.PathLike) -> bool:
-    """Whether ``path`` is a ``<key>_labels.tif`` written into ``out_dir`` by a batch run."""
-    name = path.name
-    if not name.endswith("_labels.tif"):
-        return False
-    try:
-        if path.parent.resolve() != Path(out_dir).resolve():
-            return False
-    except OSError:
-        return False
-    return (path.parent / f"{name[: -len('_labels.tif')]}.json").is_file()
 
 
 def _run_here(todo, config, predictor, cancel, finish) -> bool:
