@@ -21,14 +21,8 @@ from _helpers import (
 from napari_edgesam.inference.automatic import AutomaticConfig
 from napari_edgesam.inference.automatic_boxes import BoxAutomaticConfig
 from napari_edgesam.inference.batch import BatchConfig, process_one, run_batch
-from napari_edgesam.inference.io import (
-    discover_inputs,
-    output_keys,
-    prompts_for_image,
-    read_image,
-    read_prompt_csv,
-    rowcol_to_xy,
-)
+from napari_edgesam.inference.io import discover_inputs, output_keys, read_image, rowcol_to_xy
+from napari_edgesam.inference.prompt_csv import prompts_for_image, read_prompt_csv
 
 FAST = AutomaticConfig(points_per_side=16)
 

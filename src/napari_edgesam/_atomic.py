@@ -196,6 +196,22 @@ def remove_stale_temps(folder: str | os.PathLike, *, older_than_s: float = 0.0) 
     return removed
 
 
+def describe_write_error(path: str | os.PathLike, err: OSError) -> str:
+    """One line for a failed write of ``path``: the file, the reason and what to do."""
+    reason = err.strerror or str(err)
+    if err.errno == errno.ENOSPC:
+        hint = "the disk is full: free some space or choose another output folder"
+    elif err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        hint = "no permission to write there: fix the folder's permissions or choose another one"
+    else:
+        hint = "check the output folder's permissions and free space"
+    return f"cannot write {path}: {reason} ({hint})"
+
+
+class OutputWriteError(OSError):
+    """An output file that could not be written; the message names it and the likely fix."""
+
+
 class UnwritableFolderError(OSError):
     """An output folder that cannot be created or written (the message names it and the fix)."""
 
@@ -206,9 +222,10 @@ def check_writable(folder: str | os.PathLike) -> Path:
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with atomic_open(folder / ".write-probe", "wb") as fh:
+        probe = folder / f".write-probe-{os.getpid()}-{secrets.token_hex(4)}"  # unique: runs may share a folder
+        with atomic_open(probe, "wb") as fh:
             fh.write(b"napari-edgesam write probe\n")
-        (folder / ".write-probe").unlink()
+        probe.unlink(missing_ok=True)
     except OSError as err:
         reason = err.strerror or str(err)
         hint = "free some space" if err.errno == errno.ENOSPC else "fix its permissions"

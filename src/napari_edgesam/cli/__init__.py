@@ -3,11 +3,16 @@
 Each sub-command lives in its own module with ``add_arguments(parser)`` and ``run(args) -> int``.
 Modules are imported when the parser is built, so they must not import torch or napari at
 module level.
+
+Errors: every error a command raises is printed as one line, ``napari-edgesam <command>: error:
+<what, naming the file> [hint]``, exit status 1; ``--debug`` shows the traceback instead.
+Ctrl+C exits with status 130.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
@@ -23,9 +28,46 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+DESCRIPTION = ("Segment images with EdgeSAM from the command line. "
+               "Run 'napari-edgesam COMMAND --help' for the options of a command.")
+
+#: errno -> what to do about it
+_HINTS = {
+    errno.ENOSPC: "the disk is full: free some space or write elsewhere",
+    errno.EACCES: "check the permissions, or choose another path",
+    errno.EPERM: "check the permissions, or choose another path",
+    errno.EROFS: "the file system is read-only: choose another path",
+    errno.ENOENT: "check the path",
+    errno.EISDIR: "a folder was given where a file is expected",
+    errno.ENOTDIR: "a file was given where a folder is expected",
+}
+
+
+def error_line(err: BaseException) -> str:
+    """One line describing ``err`` for a user: the file and the problem, with a hint."""
+    if isinstance(err, OSError) and err.strerror and len(err.args) >= 2:
+        where = err.filename if err.filename is not None else ""
+        text = f"{where}: {err.strerror}" if where else err.strerror
+        hint = _HINTS.get(err.errno)
+        if err.filename2 is not None:
+            text += f" (and {err.filename2})"
+        text += f" ({hint})" if hint else ""
+    elif isinstance(err, (ValueError, OSError, RuntimeError)) and str(err):
+        text = str(err)  # ours say what is wrong and what to do
+    else:
+        text = f"{type(err).__name__}: {err} (unexpected; run with --debug for the traceback and report it)"
+    return " ".join(text.split())  # one line
+
+
+def _add_debug(parser: argparse.ArgumentParser, default) -> None:
+    parser.add_argument("--debug", action="store_true", default=default,
+                        help="show the full traceback of an error (for bug reports)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="napari-edgesam", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="napari-edgesam", description=DESCRIPTION)
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    _add_debug(parser, False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         try:
@@ -36,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         p = sub.add_parser(name, help=help_text, description=help_text)
         module.add_arguments(p)
+        _add_debug(p, argparse.SUPPRESS)  # also accepted after the command
         p.set_defaults(_run=module.run)
     return parser
 
@@ -46,13 +89,20 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.WARNING - 10 * min(args.verbose, 2), format="%(levelname)s %(name)s: %(message)s"
     )
+    if args.verbose == 0:  # readers' own warnings (e.g. tifffile on a damaged file) would add lines
+        logging.getLogger("tifffile").setLevel(logging.ERROR)
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
     try:
         return int(args._run(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as err:
-        print(f"napari-edgesam {args.command}: error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"napari-edgesam {args.command}: cancelled", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - one line for the user, the traceback with --debug
+        if args.debug:
+            raise
+        print(f"napari-edgesam {args.command}: error: {error_line(err)}", file=sys.stderr)
         return 1
 
 

@@ -30,14 +30,20 @@ prompt CSV formats (--prompts FILE or FOLDER):
   in a FILE, rows without an image column (and napari exports) apply to every input;
   a FOLDER holds per-image files <stem>.csv, <stem>_points.csv or <stem>_shapes.csv
 
-exit status: 0 all images ok or skipped, 1 some images failed, 130 cancelled"""
+resume: a rerun skips an image only if its record says ok, the parameters that change the result
+  are the same, and the image, its prompt rows and the written labels are unchanged (sizes and
+  SHA-256 in the record); anything changed or damaged is done again. --threads, --backend and
+  --device do not count. Temporary files left by a killed run are removed at the start.
+
+exit status: 0 all images ok or skipped, 1 some images failed (see report.csv), 130 cancelled"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EPILOG
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
-                        help="image files (.tif .tiff .png .jpg .jpeg), .zarr/OME-Zarr stores, or folders")
+                        help="image files (.tif .tiff .png .jpg .jpeg .npy), .zarr/OME-Zarr stores, or folders "
+                             "(other entries of a folder are listed in the report as ignored)")
     parser.add_argument("-o", "--out-dir", required=True, metavar="OUTDIR", help="output folder")
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--auto", action="store_true", help="automatic segmentation of every object (point grid)")
@@ -118,14 +124,20 @@ def run(args: argparse.Namespace) -> int:
     cancel = threading.Event()
     bar = None if args.no_progress else tqdm(total=0, unit="image", file=sys.stderr, dynamic_ncols=True)
 
+    def error_text(record: dict) -> str:
+        err = str(record["error"])
+        return err if record["input"] in err else f"{record['input']}: {err}"
+
     def progress(done: int, total: int, record: dict) -> None:
         if bar is None:
+            if record["status"] == "error":
+                print(error_text(record), file=sys.stderr)
             return
         bar.total = total
         bar.set_postfix_str(f"{record['key']}: {record['status']}", refresh=False)
         bar.update(done - bar.n)
         if record["status"] == "error":
-            bar.write(f"{record['input']}: {record['error']}")
+            bar.write(error_text(record))
 
     try:
         report = run_batch(args.inputs, args.out_dir, config, pattern=args.pattern,
@@ -138,8 +150,9 @@ def run(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     s = report.summary
+    ignored = f", {s['ignored']} other entries ignored" if s["ignored"] else ""
     print(f"{s['total']} images: {s['ok']} ok, {s['skipped']} skipped, {s['error']} failed, "
-          f"{s['cancelled']} cancelled in {s['seconds']:.1f} s; report: {report.out_dir / 'report.csv'}")
+          f"{s['cancelled']} cancelled in {s['seconds']:.1f} s{ignored}; report: {report.out_dir / 'report.csv'}")
     if report.cancelled:
         return 130
     return 1 if s["error"] else 0

@@ -17,13 +17,21 @@ def _floats(text: str, n: tuple[int, ...], what: str) -> list[float]:
     return values
 
 
+def _point(text: str) -> list[float]:
+    values = _floats(text, (2, 3), "--point")
+    if len(values) == 3 and values[2] not in (0.0, 1.0):
+        raise argparse.ArgumentTypeError(
+            f"--point label must be 1 (positive) or 0 (negative), got {values[2]:g} in {text!r}")
+    return values
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("image", help="2D image (TIFF, PNG, JPEG or .npy); grey, RGB or multi-channel")
     p.add_argument("--box", action="append", default=[], metavar="X0,Y0,X1,Y1",
                    type=lambda s: _floats(s, (4,), "--box"),
                    help="box in pixels; repeat for several objects (one object per box)")
     p.add_argument("--point", action="append", default=[], metavar="X,Y[,LABEL]",
-                   type=lambda s: _floats(s, (2, 3), "--point"),
+                   type=_point,
                    help="point in pixels, label 1 (positive, default) or 0 (negative); all points "
                         "(with at most one box) describe one object")
     p.add_argument("-o", "--output", required=True, help="output label TIFF (written atomically)")
@@ -42,6 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from .._atomic import OutputWriteError, describe_write_error
     from ..inference.api import load_model
     from ..inference.io import read_image, write_labels
 
@@ -67,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     objects = []
     if args.point:
         coords = np.array([p[:2] for p in args.point], np.float32)
-        point_labels = np.array([int(p[2]) if len(p) == 3 else 1 for p in args.point])
+        point_labels = np.array([p[2] if len(p) == 3 else 1.0 for p in args.point])  # checked: 0 or 1
         box = np.array(args.box[0], np.float32) if args.box else None
         objects.append((coords, point_labels, box))
     else:
@@ -80,7 +89,10 @@ def run(args: argparse.Namespace) -> int:
             mask, score, _ = predictor.segment(coords, point_labels, box)
         labels[mask & (labels == 0)] = k
     t2 = time.perf_counter()
-    write_labels(args.output, labels)
+    try:
+        write_labels(args.output, labels)
+    except OSError as err:
+        raise OutputWriteError(describe_write_error(args.output, err)) from None
     print(
         f"{args.output}: {len(objects)} object(s), {int((labels > 0).sum())} pixels "
         f"[model {predictor.model_name}, {predictor.backend.name}; embed {t1 - t0:.2f} s, "

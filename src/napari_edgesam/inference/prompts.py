@@ -1,4 +1,10 @@
-"""Validation of user prompts and their conversion to decoder inputs (numpy, no torch)."""
+"""Validation of user prompts and their conversion to decoder inputs (numpy, no torch).
+
+The one validation of prompts: the predictor (API), the CLI, tiled images and the batch engine
+all call :func:`validate_points` / :func:`validate_box` (or :func:`validate_prompt`, both), so a
+prompt outside the image, with NaN/inf or complex coordinates, a label other than 0/1 or an
+inverted box is an error everywhere, never clamped or dropped.
+"""
 
 from __future__ import annotations
 
@@ -28,16 +34,31 @@ def _inside(coords: np.ndarray, size: tuple[int, int], what: str) -> None:
         )
 
 
+def _real(values: object, what: str) -> np.ndarray:
+    """``values`` as float64; ValueError for complex or non-numeric input (never drops parts)."""
+    raw = np.asarray(values)
+    if np.iscomplexobj(raw):
+        raise ValueError(f"{what} must be real numbers; got complex values")
+    if raw.dtype.kind not in "biuf":
+        try:
+            return raw.astype(np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"{what} must be numbers; got {raw.dtype} values") from None
+    return raw.astype(np.float64)
+
+
 def validate_points(
     point_coords: object, point_labels: object, image_size: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray]:
     """Check ``N x 2`` (x, y) pixel coordinates and ``N`` labels in {0, 1}."""
-    coords = np.asarray(point_coords, dtype=np.float64)
+    coords = _real(point_coords, "point_coords")
     if coords.ndim != 2 or coords.shape[1] != 2:
         raise ValueError(f"point_coords must have shape (N, 2) as (x, y); got {coords.shape}")
     if point_labels is None:
         raise ValueError("point_labels are required with point_coords (1 positive, 0 negative)")
     labels = np.asarray(point_labels)
+    if np.iscomplexobj(labels):
+        raise ValueError("point_labels must be 0 (negative) or 1 (positive); got complex values")
     if labels.ndim != 1 or labels.shape[0] != coords.shape[0]:
         raise ValueError(
             f"point_labels must have shape ({coords.shape[0]},) to match point_coords; got {labels.shape}"
@@ -52,7 +73,7 @@ def validate_points(
 
 def validate_box(box: object, image_size: tuple[int, int]) -> np.ndarray:
     """Check one box ``(x0, y0, x1, y1)`` in pixels; returns shape ``(4,)``."""
-    arr = np.asarray(box, dtype=np.float64)
+    arr = _real(box, "box")
     if arr.shape not in ((4,), (1, 4)):
         raise ValueError(f"box must be (x0, y0, x1, y1) with shape (4,); got shape {arr.shape}")
     arr = arr.reshape(4)
@@ -63,6 +84,26 @@ def validate_box(box: object, image_size: tuple[int, int]) -> np.ndarray:
         raise ValueError(f"box must satisfy x0 <= x1 and y0 <= y1; got {tuple(arr.tolist())}")
     _inside(arr.reshape(2, 2), image_size, "box corner")
     return arr.astype(np.float32)
+
+
+def validate_prompt(
+    point_coords: object | None, point_labels: object | None, box: object | None, image_size: tuple[int, int]
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """Check the prompts of one object in an image of ``image_size`` ``(h, w)``: points ``N x 2``
+    (x, y) with labels ``N`` (0/1) and/or a box ``(x0, y0, x1, y1)``, pixels. Returns float32
+    ``(coords | None, labels | None, box | None)``; ValueError saying what is wrong otherwise."""
+    coords = labels = checked_box = None
+    if point_coords is not None or point_labels is not None:
+        if point_coords is None:
+            raise ValueError("point_labels were given without point_coords")
+        coords, labels = validate_points(point_coords, point_labels, image_size)
+        if coords.shape[0] == 0:
+            coords = labels = None
+    if box is not None:
+        checked_box = validate_box(box, image_size)
+    if coords is None and checked_box is None:
+        raise ValueError("give at least one point (point_coords + point_labels) or a box")
+    return coords, labels, checked_box
 
 
 def validate_mask_input(mask_input: object, batch: int = 1) -> np.ndarray:

@@ -19,6 +19,7 @@ from scipy import ndimage
 
 from .predictor import ImageEmbedding
 from .preprocess import to_rgb_uint8
+from .prompts import validate_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -237,16 +238,21 @@ class TiledImage:
     def segment(self, point_coords=None, point_labels=None, box=None, *, max_tiles: int = 9) -> RegionMask:
         """Segment one object from points ``N x 2`` (x, y) and/or a box ``(x0, y0, x1, y1)``.
 
+        The prompts are checked like the predictor's (:func:`validate_prompt`): ValueError for
+        points or boxes outside the image, NaN/inf, labels other than 0/1, inverted boxes.
+
         The prompt runs on the tile containing it (nearest centre); if the mask reaches a tile
         edge inside the image, the neighbouring tile is prompted too (with a point taken from the
         mask in the overlap when none of the prompts lies there) and the parts are joined, up to
         ``max_tiles`` tiles.
         """
-        pts = None if point_coords is None else np.asarray(point_coords, np.float64).reshape(-1, 2)
-        lab = None if point_labels is None else np.asarray(point_labels).reshape(-1)
-        bx = None if box is None else np.asarray(box, np.float64).reshape(4)
-        if pts is None and bx is None:
-            raise ValueError("give at least one point (point_coords + point_labels) or a box")
+        pts, lab, bx = validate_prompt(point_coords, point_labels, box, self.shape)  # never clamped
+        h, w = self.shape
+        if pts is not None:  # within the accepted half-pixel margin: onto the edge pixels
+            pts = np.clip(pts.astype(np.float64), 0, np.nextafter([w, h], 0))
+            lab = lab.astype(np.int64)
+        if bx is not None:
+            bx = np.clip(bx.astype(np.float64), 0, [w, h, w, h])
         if bx is not None:
             cx, cy = (bx[0] + bx[2]) / 2, (bx[1] + bx[3]) / 2
         else:
