@@ -11,7 +11,7 @@ import logging
 
 import numpy as np
 from napari.layers import Image, Labels
-from napari.utils.notifications import show_info
+from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QObject, QTimer, Signal
 
 from . import layers as L
@@ -22,6 +22,7 @@ from .model_panel import NO_PRIOR_REASON, load_predictor
 from .planes import Plane
 from .propagate import PropagationRunner
 from .session import PlaneResult, Session, group_prompts, is_single_click
+from .text import one_line
 from .workers import LatestRunner, error_reporter, start_worker
 
 logger = logging.getLogger(__name__)
@@ -185,8 +186,11 @@ class InteractiveController(QObject):
                             allow_download=not only_if_none, on_result=loaded, on_error=self._load_failed)
 
     def _load_failed(self, err: BaseException) -> None:
-        self.status.emit(f"could not load the model: {err}")
-        error_reporter("EdgeSAM could not load the model")(err)
+        message = one_line(err)
+        logger.warning("could not load the model: %s", message)
+        logger.debug("model loading failed", exc_info=err)
+        self.status.emit(f"could not load the model: {message}")
+        show_error(f"EdgeSAM could not load the model: {message}")
 
     # -- image -------------------------------------------------------------------------------
     def set_image_layer(self, layer: Image | None, channel_axis: int | None = None,
