@@ -34,6 +34,8 @@ CONTRAST_DEBOUNCE_MS = 300
 #: Milliseconds of calm after a slice change before the new plane is embedded.
 SLICE_DEBOUNCE_MS = 80
 _FINAL_ACTIONS = ("added", "changed", "removed")
+#: Closed controllers whose workers still run (kept alive until they end).
+_CLOSING: set = set()
 
 
 class InteractiveController(QObject):
@@ -83,6 +85,7 @@ class InteractiveController(QObject):
         self._last_question: tuple | None = None
         self._cycles = 0  # candidate changes so far
         self.closed = False
+        self._drawn_at: tuple | None = None
         self._muted = False
         self._points = self._boxes = None
         self._keys = ShortcutBinder(self)
@@ -204,10 +207,13 @@ class InteractiveController(QObject):
             for ev in (self.image_layer.events.contrast_limits, self.image_layer.events.gamma):
                 ev.disconnect(self._contrast_changed)
             self.image_layer.events.data.disconnect(self._image_data_changed)
+            self.image_layer.events.set_data.disconnect(self._image_redrawn)
         if layer is not None and layer is not self.image_layer:
             layer.events.contrast_limits.connect(self._contrast_changed)
             layer.events.gamma.connect(self._contrast_changed)
             layer.events.data.connect(self._image_data_changed)
+            layer.events.set_data.connect(self._image_redrawn)
+        self._drawn_at = self._view_state()
         self.image_layer, self.channel_axis, self.channel = layer, channel_axis, channel
         self.embeddings.cancel_background()
         self.session.forget()
@@ -223,6 +229,21 @@ class InteractiveController(QObject):
         if self.image_layer is not None:
             self.embeddings.forget_data(L.image_data(self.image_layer))
         self.refresh()
+
+    def _view_state(self) -> tuple:
+        dims = self.viewer.dims
+        return tuple(dims.current_step), tuple(dims.order), dims.ndisplay
+
+    def _image_redrawn(self, event=None) -> None:
+        """napari redrew the image layer. After a slice change that is all; in the same view
+        (``layer.refresh()`` after an in-place edit such as ``layer.data[...] = ...``) the
+        pixels may have changed: the content signature is computed again (in a worker, before
+        any embedding is looked up), so an embedding of other pixels is never served."""
+        state = self._view_state()
+        if state != self._drawn_at:
+            self._drawn_at = state
+            return
+        self._image_data_changed()
 
     def current_plane(self) -> Plane | None:
         """The displayed plane of the image layer (None without an image or in a 3D view)."""
@@ -437,8 +458,18 @@ class InteractiveController(QObject):
         except ValueError as err:
             show_info(str(err))
 
+    @property
+    def busy(self) -> bool:
+        """A worker of this controller is running or waiting (decoder, embedding,
+        precomputation or propagation)."""
+        return bool(self._decode.busy or self.embeddings.busy_embedding or self.embeddings.precomputing
+                    or self.propagation.running)
+
     def close(self) -> None:
-        """Stop background work, disconnect from the viewer and remove the shortcuts."""
+        """Stop background work, disconnect from the viewer and remove the shortcuts; the
+        embeddings held in memory are dropped. Workers still running finish on their own
+        (their results are ignored): until then the controller keeps itself alive, so they
+        never report to deleted Qt objects."""
         if self.closed:
             return
         dims = self.viewer.dims.events
@@ -452,6 +483,17 @@ class InteractiveController(QObject):
         self._slice_timer.stop()
         self._contrast_timer.stop()
         self.unbind_keys()
+        self.embeddings.clear()
+        if self.busy:
+            _CLOSING.add(self)
+            self._reaper = self._timer(100, self._reap)
+            self._reaper.setSingleShot(False)
+            self._reaper.start()
+
+    def _reap(self) -> None:
+        if not self.busy:
+            self._reaper.stop()
+            _CLOSING.discard(self)
 
 
 def _describe(result: PlaneResult) -> str:

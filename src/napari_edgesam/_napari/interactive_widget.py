@@ -29,6 +29,19 @@ logger = logging.getLogger(__name__)
 
 
 
+def _close_with(widget: QWidget, controller: InteractiveController, viewer) -> None:
+    """Close ``controller`` when ``widget`` or the viewer's main window is destroyed (closing
+    the viewer deletes its dock widgets without a close event)."""
+
+    def close(*_) -> None:
+        controller.close()
+
+    widget.destroyed.connect(close)
+    window = getattr(getattr(viewer, "window", None), "_qt_window", None)
+    if window is not None:
+        window.destroyed.connect(close)
+
+
 def _row(*widgets: QWidget) -> QWidget:
     box = QWidget()
     lay = QHBoxLayout(box)
@@ -54,7 +67,10 @@ class InteractiveWidget(QWidget):
     def __init__(self, napari_viewer) -> None:
         super().__init__()
         self.viewer = napari_viewer
-        self.controller = InteractiveController(napari_viewer, parent=self)
+        # no Qt parent: the controller must outlive the widget until its workers end (closing the
+        # viewer deletes the widget; the controller closes itself then, see _close_with)
+        self.controller = InteractiveController(napari_viewer)
+        _close_with(self, self.controller, napari_viewer)
         self.model_panel = ModelPanel()
         self._updating = False
         self._build()
