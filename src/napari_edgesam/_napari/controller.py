@@ -286,6 +286,7 @@ class InteractiveController(QObject):
             ok = isinstance(layer, Labels) and tuple(layer.data.shape) == L.spatial_shape(self.image_layer)
             return layer if ok else None
         layer = L.get_or_create_labels(self.viewer, names.PREVIEW_LAYER, self.image_layer, np.uint16)
+        L.style_preview(layer)
         self._keys.bind(layer)
         return layer
 
@@ -414,6 +415,27 @@ class InteractiveController(QObject):
         self.session.forget()
         self._prompted.clear()
         self.keep_ids.clear()
+        self.status.emit("cleared: click to add points, or draw a box")
+
+    def draw_box(self) -> None:
+        """Select the boxes layer with its rectangle tool (the next drag on the canvas draws a box)."""
+        if self.image_layer is None:
+            self.status.emit("choose an image layer first")
+            return
+        _, boxes = self.prompt_layers()
+        self.viewer.layers.selection.active = boxes
+        boxes.mode = "add_rectangle"
+        self.status.emit(f"drag a box around an object (layer '{boxes.name}'); 'Add points' to click again")
+
+    def add_points(self) -> None:
+        """Select the points layer in add mode (the next click on the canvas adds a point)."""
+        if self.image_layer is None:
+            self.status.emit("choose an image layer first")
+            return
+        points, _ = self.prompt_layers()
+        self.viewer.layers.selection.active = points
+        points.mode = "add"
+        self.status.emit(f"click to add points (layer '{points.name}')")
 
     def commit(self):
         """Write the preview objects into the target labels (new ids) and clear the prompts."""
@@ -504,6 +526,8 @@ def _describe(result: PlaneResult) -> str:
             text += f" (candidate {obj.candidate + 1} of 4)"
         elif obj.prior_box is not None:
             text += " (whole object: granularity prior)"
+        if obj.note:
+            text += f"; whole object not taken: {obj.note}"
         parts.append(text)
     if result.ignored_points:
         parts.append(f"{result.ignored_points} point(s) outside every box ignored")

@@ -24,6 +24,7 @@ from . import layers as L
 from . import names
 from .controller import InteractiveController
 from .model_panel import ModelPanel
+from .text import wrapping
 
 logger = logging.getLogger(__name__)
 
@@ -102,8 +103,10 @@ class InteractiveWidget(QWidget):
         self.commit = _button("Commit", "commit")
         self.clear = _button("Clear", "clear")
         self.undo = _button("Undo commit", "undo")
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
+        self.hint = wrapping(QLabel(names.PROMPT_HINT))
+        self.add_points = _button("Add points", "add_points")
+        self.draw_box = _button(f"Draw box ({names.shortcut_for('draw_box').key.replace('-', '+')})", "draw_box")
+        self.status = wrapping(QLabel(""))
         self.embed_bar = QProgressBar()
         self.embed_bar.setVisible(False)
         self.embed_bar.setRange(0, 0)
@@ -119,9 +122,12 @@ class InteractiveWidget(QWidget):
         self.propagate = _button("Propagate", "propagate")
         self.cancel_propagation = _button("Cancel", "cancel_propagation")
         self.propagation_bar = QProgressBar()
-        self.quality = QLabel("")
-        self.quality.setWordWrap(True)
-        self.shortcuts = QLabel(names.shortcuts_text())
+        self.quality = wrapping(QLabel(""))
+        self.shortcuts = wrapping(QLabel(names.shortcuts_text()))
+        for combo in (self.image, self.channel_axis, self.channel, self.target, self.direction):
+            # long layer names must not widen the dock
+            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(8)
         for w, tip in ((self.image, "image"), (self.channel_axis, "channel_axis"), (self.channel, "channel"),
                        (self.target, "target"), (self.overwrite, "overwrite"), (self.cache_dir, "cache_dir"),
                        (self.direction, "direction")):
@@ -137,6 +143,8 @@ class InteractiveWidget(QWidget):
         form.addRow("Target", self.target)
         form.addRow(self.overwrite)
         form.addRow(self.whole_object)
+        form.addRow(self.hint)
+        form.addRow(_row(self.add_points, self.draw_box))
         form.addRow(_row(self.polarity, self.candidate))
         form.addRow(_row(self.commit, self.clear, self.undo))
         form.addRow(self.embed_bar)
@@ -175,6 +183,8 @@ class InteractiveWidget(QWidget):
         self.candidate.clicked.connect(c.cycle_candidate)
         self.commit.clicked.connect(c.commit)
         self.clear.clicked.connect(c.clear)
+        self.add_points.clicked.connect(c.add_points)
+        self.draw_box.clicked.connect(c.draw_box)
         self.undo.clicked.connect(c.undo_commit)
         self.precompute.clicked.connect(c.precompute)
         self.cancel_precompute.clicked.connect(c.embeddings.cancel_precompute)
