@@ -92,6 +92,16 @@ def test_cli_says_which_model_and_why(offline, tmp_path, capsys):
     assert attempts == []
 
 
+def test_demo_uses_the_model_on_this_machine_first(offline, capsys):
+    from napari_edgesam.cli import demo
+
+    _, attempts = offline
+    predictor = demo.choose_model(None, device="cpu")
+    assert predictor.model_name == "edgesam-nuclei" and attempts == []
+    lines = [line for line in capsys.readouterr().err.splitlines() if "model edgesam-nuclei" in line]
+    assert len(lines) == 1 and "shipped" in lines[0]
+
+
 # -- widgets -----------------------------------------------------------------------------------
 napari = pytest.importorskip("napari")
 
