@@ -37,6 +37,7 @@ from ..inference.automatic_modes import (
     segment_automatic_any,
 )
 from .layers import rectangle_to_box, rows_cols_to_xy
+from .text import default_model, one_line, wrapping
 from .workers import CancellableRunner
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,30 @@ STACK_SLICE, STACK_ALL = "current slice", "all slices (merged in 3D)"
 MODE_GRID, MODE_BOXES = "point grid", "prior boxes"
 MODE_TOOLTIP = ("point grid: a grid of point prompts, works with any model; prior boxes: the boxes "
                 "proposed by the model's granularity prior (box head), far fewer decoder calls")
+
+
+MODEL_TOOLTIP = ("model name or .pth/.onnx path; by default the best model on this machine (official "
+                 "weights in the cache, else the shipped edgesam-nuclei); a registered name that is not "
+                 "cached is downloaded when you press Run")
+
+
+def model_status(model: str | None, why: str) -> str:
+    """The status line of a widget that loads its model by name: which one and why."""
+    if model is None:
+        return f"no model on this machine: {why}"
+    return f"model {why}"
+
+
+def failure_message(err: BaseException, what: str) -> str:
+    """One line for a failed run (no traceback in the log unless it is a bug)."""
+    from ..inference.weights import WeightFileError, WeightsUnavailableError
+
+    if isinstance(err, (WeightsUnavailableError, WeightFileError, ValueError, OSError, RuntimeError)):
+        logger.warning("%s failed: %s", what, one_line(err))
+        logger.debug("%s failed", what, exc_info=err)
+    else:  # unexpected: keep the traceback for the bug report
+        logger.error("%s failed", what, exc_info=err)
+    return one_line(err)
 
 
 # -- the mode choice (shared with the batch widget) ----------------------------------------------
@@ -156,7 +181,8 @@ class AutomaticWidget(QWidget):
 
         d, b = AutomaticConfig(), BoxAutomaticConfig()
         self.image_layer = ComboBox(label="image", choices=self._image_layers, nullable=True)
-        self.model = LineEdit(label="model", value="edgesam", tooltip="model name or .pth/.onnx path")
+        model, why = (None, "") if predictor is not None else default_model()
+        self.model = LineEdit(label="model", value=model or "edgesam", tooltip=MODEL_TOOLTIP)
         self.mode = ComboBox(label="mode", choices=[MODE_GRID, MODE_BOXES], value=MODE_GRID, tooltip=MODE_TOOLTIP)
         self.points_per_side = SpinBox(label="points per side", value=d.points_per_side, min=1, max=256)
         self.score = FloatSpinBox(label="box score ≥", value=b.score_thresh, min=0, max=1, step=0.05,
@@ -173,7 +199,8 @@ class AutomaticWidget(QWidget):
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
-        self.status = Label(value="")
+        self.status = Label(value=model_status(model, why) if predictor is None else "")
+        wrapping(self.status.native)
         self.form = Container(widgets=[
             self.image_layer, self.model, self.mode, self.points_per_side, self.score, self.max_proposals,
             self.stability, self.min_area, self.max_area, self.nms, self.region, self.box_layer, self.stack,
@@ -326,9 +353,9 @@ class AutomaticWidget(QWidget):
         if isinstance(err, Cancelled):
             self.status.value = "cancelled"
             return
-        logger.exception("automatic segmentation failed", exc_info=err)
-        self.status.value = f"failed: {err}"
-        show_error(f"EdgeSAM automatic segmentation failed: {err}")
+        message = failure_message(err, "automatic segmentation")
+        self.status.value = f"failed: {message}"
+        show_error(f"EdgeSAM automatic segmentation failed: {message}")
 
     def _write_result(self, result: tuple) -> None:
         """Put the labels of ``(image layer, request, labels)`` into the result layer: the whole

@@ -30,7 +30,16 @@ from qtpy.QtWidgets import QVBoxLayout, QWidget
 from ..inference.automatic import AutomaticConfig
 from ..inference.automatic_boxes import BoxAutomaticConfig
 from ..inference.batch import BatchConfig, BatchReport, run_batch
-from .automatic_widget import MODE_BOXES, MODE_GRID, MODE_TOOLTIP, PriorModeChoice
+from .automatic_widget import (
+    MODE_BOXES,
+    MODE_GRID,
+    MODE_TOOLTIP,
+    MODEL_TOOLTIP,
+    PriorModeChoice,
+    failure_message,
+    model_status,
+)
+from .text import default_model, wrapping
 from .workers import CancellableRunner
 
 logger = logging.getLogger(__name__)
@@ -65,7 +74,8 @@ class BatchWidget(QWidget):
                                 tooltip="a prompt CSV (napari-edgesam format, or a napari Points/Shapes "
                                         "CSV export), or a folder of <image stem>.csv files")
         self.output = FileEdit(label="output folder", mode="d")
-        self.model = LineEdit(label="model", value="edgesam", tooltip="model name or .pth/.onnx path")
+        model, why = (None, "") if predictor is not None else default_model()
+        self.model = LineEdit(label="model", value=model or "edgesam", tooltip=MODEL_TOOLTIP)
         self.points_per_side = SpinBox(label="points per side", value=AutomaticConfig().points_per_side, min=1, max=256)
         self.max_proposals = SpinBox(label="max boxes", value=BoxAutomaticConfig().max_proposals, min=1,
                                      max=100_000, tooltip="decode at most this many prior boxes per image (or tile)")
@@ -73,7 +83,8 @@ class BatchWidget(QWidget):
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
-        self.status = Label(value="")
+        self.status = Label(value=model_status(model, why) if predictor is None else "")
+        wrapping(self.status.native)
         self.report = Table(value=[], columns=list(REPORT_COLUMNS))
         self.form = Container(widgets=[
             self.folder, self.pattern, self.mode, self.prompts, self.output, self.model,
@@ -180,6 +191,6 @@ class BatchWidget(QWidget):
     def _on_error(self, err: Exception) -> None:
         from napari.utils.notifications import show_error
 
-        logger.error("batch run failed: %s", err)
-        self.status.value = f"failed: {err}"
-        show_error(f"EdgeSAM batch failed: {err}")
+        message = failure_message(err, "batch run")
+        self.status.value = f"failed: {message}"
+        show_error(f"EdgeSAM batch failed: {message}")

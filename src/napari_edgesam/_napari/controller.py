@@ -11,7 +11,7 @@ import logging
 
 import numpy as np
 from napari.layers import Image, Labels
-from napari.utils.notifications import show_info
+from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QObject, QTimer, Signal
 
 from . import layers as L
@@ -22,6 +22,7 @@ from .model_panel import NO_PRIOR_REASON, load_predictor
 from .planes import Plane
 from .propagate import PropagationRunner
 from .session import PlaneResult, Session, group_prompts, is_single_click
+from .text import one_line
 from .workers import LatestRunner, error_reporter, start_worker
 
 logger = logging.getLogger(__name__)
@@ -33,6 +34,8 @@ CONTRAST_DEBOUNCE_MS = 300
 #: Milliseconds of calm after a slice change before the new plane is embedded.
 SLICE_DEBOUNCE_MS = 80
 _FINAL_ACTIONS = ("added", "changed", "removed")
+#: Closed controllers whose workers still run (kept alive until they end).
+_CLOSING: set = set()
 
 
 class InteractiveController(QObject):
@@ -82,6 +85,7 @@ class InteractiveController(QObject):
         self._last_question: tuple | None = None
         self._cycles = 0  # candidate changes so far
         self.closed = False
+        self._drawn_at: tuple | None = None
         self._muted = False
         self._points = self._boxes = None
         self._keys = ShortcutBinder(self)
@@ -185,8 +189,11 @@ class InteractiveController(QObject):
                             allow_download=not only_if_none, on_result=loaded, on_error=self._load_failed)
 
     def _load_failed(self, err: BaseException) -> None:
-        self.status.emit(f"could not load the model: {err}")
-        error_reporter("EdgeSAM could not load the model")(err)
+        message = one_line(err)
+        logger.warning("could not load the model: %s", message)
+        logger.debug("model loading failed", exc_info=err)
+        self.status.emit(f"could not load the model: {message}")
+        show_error(f"EdgeSAM could not load the model: {message}")
 
     # -- image -------------------------------------------------------------------------------
     def set_image_layer(self, layer: Image | None, channel_axis: int | None = None,
@@ -200,10 +207,13 @@ class InteractiveController(QObject):
             for ev in (self.image_layer.events.contrast_limits, self.image_layer.events.gamma):
                 ev.disconnect(self._contrast_changed)
             self.image_layer.events.data.disconnect(self._image_data_changed)
+            self.image_layer.events.set_data.disconnect(self._image_redrawn)
         if layer is not None and layer is not self.image_layer:
             layer.events.contrast_limits.connect(self._contrast_changed)
             layer.events.gamma.connect(self._contrast_changed)
             layer.events.data.connect(self._image_data_changed)
+            layer.events.set_data.connect(self._image_redrawn)
+        self._drawn_at = self._view_state()
         self.image_layer, self.channel_axis, self.channel = layer, channel_axis, channel
         self.embeddings.cancel_background()
         self.session.forget()
@@ -219,6 +229,21 @@ class InteractiveController(QObject):
         if self.image_layer is not None:
             self.embeddings.forget_data(L.image_data(self.image_layer))
         self.refresh()
+
+    def _view_state(self) -> tuple:
+        dims = self.viewer.dims
+        return tuple(dims.current_step), tuple(dims.order), dims.ndisplay
+
+    def _image_redrawn(self, event=None) -> None:
+        """napari redrew the image layer. After a slice change that is all; in the same view
+        (``layer.refresh()`` after an in-place edit such as ``layer.data[...] = ...``) the
+        pixels may have changed: the content signature is computed again (in a worker, before
+        any embedding is looked up), so an embedding of other pixels is never served."""
+        state = self._view_state()
+        if state != self._drawn_at:
+            self._drawn_at = state
+            return
+        self._image_data_changed()
 
     def current_plane(self) -> Plane | None:
         """The displayed plane of the image layer (None without an image or in a 3D view)."""
@@ -261,6 +286,7 @@ class InteractiveController(QObject):
             ok = isinstance(layer, Labels) and tuple(layer.data.shape) == L.spatial_shape(self.image_layer)
             return layer if ok else None
         layer = L.get_or_create_labels(self.viewer, names.PREVIEW_LAYER, self.image_layer, np.uint16)
+        L.style_preview(layer)
         self._keys.bind(layer)
         return layer
 
@@ -389,6 +415,27 @@ class InteractiveController(QObject):
         self.session.forget()
         self._prompted.clear()
         self.keep_ids.clear()
+        self.status.emit("cleared: click to add points, or draw a box")
+
+    def draw_box(self) -> None:
+        """Select the boxes layer with its rectangle tool (the next drag on the canvas draws a box)."""
+        if self.image_layer is None:
+            self.status.emit("choose an image layer first")
+            return
+        _, boxes = self.prompt_layers()
+        self.viewer.layers.selection.active = boxes
+        boxes.mode = "add_rectangle"
+        self.status.emit(f"drag a box around an object (layer '{boxes.name}'); 'Add points' to click again")
+
+    def add_points(self) -> None:
+        """Select the points layer in add mode (the next click on the canvas adds a point)."""
+        if self.image_layer is None:
+            self.status.emit("choose an image layer first")
+            return
+        points, _ = self.prompt_layers()
+        self.viewer.layers.selection.active = points
+        points.mode = "add"
+        self.status.emit(f"click to add points (layer '{points.name}')")
 
     def commit(self):
         """Write the preview objects into the target labels (new ids) and clear the prompts."""
@@ -433,8 +480,18 @@ class InteractiveController(QObject):
         except ValueError as err:
             show_info(str(err))
 
+    @property
+    def busy(self) -> bool:
+        """A worker of this controller is running or waiting (decoder, embedding,
+        precomputation or propagation)."""
+        return bool(self._decode.busy or self.embeddings.busy_embedding or self.embeddings.precomputing
+                    or self.propagation.running)
+
     def close(self) -> None:
-        """Stop background work, disconnect from the viewer and remove the shortcuts."""
+        """Stop background work, disconnect from the viewer and remove the shortcuts; the
+        embeddings held in memory are dropped. Workers still running finish on their own
+        (their results are ignored): until then the controller keeps itself alive, so they
+        never report to deleted Qt objects."""
         if self.closed:
             return
         dims = self.viewer.dims.events
@@ -448,6 +505,17 @@ class InteractiveController(QObject):
         self._slice_timer.stop()
         self._contrast_timer.stop()
         self.unbind_keys()
+        self.embeddings.clear()
+        if self.busy:
+            _CLOSING.add(self)
+            self._reaper = self._timer(100, self._reap)
+            self._reaper.setSingleShot(False)
+            self._reaper.start()
+
+    def _reap(self) -> None:
+        if not self.busy:
+            self._reaper.stop()
+            _CLOSING.discard(self)
 
 
 def _describe(result: PlaneResult) -> str:
@@ -458,6 +526,8 @@ def _describe(result: PlaneResult) -> str:
             text += f" (candidate {obj.candidate + 1} of 4)"
         elif obj.prior_box is not None:
             text += " (whole object: granularity prior)"
+        if obj.note:
+            text += f"; whole object not taken: {obj.note}"
         parts.append(text)
     if result.ignored_points:
         parts.append(f"{result.ignored_points} point(s) outside every box ignored")

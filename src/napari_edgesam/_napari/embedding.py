@@ -154,14 +154,16 @@ class EmbeddingService(QObject):
     # -- keys --------------------------------------------------------------------------------
     def signature(self, data: object, compute: bool = False) -> str | None:
         """Content signature of ``data`` (memoised per array object; None if not yet known
-        and ``compute`` is False)."""
+        and ``compute`` is False). A numpy array (editable in place) is hashed in full, so any
+        edit changes it once the memo is dropped (:meth:`forget_data`); lazy arrays (dask,
+        zarr) are sampled (see :func:`~napari_edgesam.inference.embedding_cache.data_signature`)."""
         with self._sig_lock:
             known = self._signatures.get(id(data))
         if known is not None and known[0] is data:
             return known[1]
         if not compute:
             return None
-        sig = data_signature(data)
+        sig = data_signature(data, full=isinstance(data, np.ndarray))
         with self._sig_lock:
             self._signatures[id(data)] = (data, sig)
             while len(self._signatures) > _MAX_SIGNATURES:  # do not keep old arrays alive

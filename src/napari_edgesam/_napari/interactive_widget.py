@@ -24,9 +24,23 @@ from . import layers as L
 from . import names
 from .controller import InteractiveController
 from .model_panel import ModelPanel
+from .text import wrapping
 
 logger = logging.getLogger(__name__)
 
+
+
+def _close_with(widget: QWidget, controller: InteractiveController, viewer) -> None:
+    """Close ``controller`` when ``widget`` or the viewer's main window is destroyed (closing
+    the viewer deletes its dock widgets without a close event)."""
+
+    def close(*_) -> None:
+        controller.close()
+
+    widget.destroyed.connect(close)
+    window = getattr(getattr(viewer, "window", None), "_qt_window", None)
+    if window is not None:
+        window.destroyed.connect(close)
 
 
 def _row(*widgets: QWidget) -> QWidget:
@@ -54,7 +68,10 @@ class InteractiveWidget(QWidget):
     def __init__(self, napari_viewer) -> None:
         super().__init__()
         self.viewer = napari_viewer
-        self.controller = InteractiveController(napari_viewer, parent=self)
+        # no Qt parent: the controller must outlive the widget until its workers end (closing the
+        # viewer deletes the widget; the controller closes itself then, see _close_with)
+        self.controller = InteractiveController(napari_viewer)
+        _close_with(self, self.controller, napari_viewer)
         self.model_panel = ModelPanel()
         self._updating = False
         self._build()
@@ -86,8 +103,10 @@ class InteractiveWidget(QWidget):
         self.commit = _button("Commit", "commit")
         self.clear = _button("Clear", "clear")
         self.undo = _button("Undo commit", "undo")
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
+        self.hint = wrapping(QLabel(names.PROMPT_HINT))
+        self.add_points = _button("Add points", "add_points")
+        self.draw_box = _button(f"Draw box ({names.shortcut_for('draw_box').key.replace('-', '+')})", "draw_box")
+        self.status = wrapping(QLabel(""))
         self.embed_bar = QProgressBar()
         self.embed_bar.setVisible(False)
         self.embed_bar.setRange(0, 0)
@@ -103,9 +122,12 @@ class InteractiveWidget(QWidget):
         self.propagate = _button("Propagate", "propagate")
         self.cancel_propagation = _button("Cancel", "cancel_propagation")
         self.propagation_bar = QProgressBar()
-        self.quality = QLabel("")
-        self.quality.setWordWrap(True)
-        self.shortcuts = QLabel(names.shortcuts_text())
+        self.quality = wrapping(QLabel(""))
+        self.shortcuts = wrapping(QLabel(names.shortcuts_text()))
+        for combo in (self.image, self.channel_axis, self.channel, self.target, self.direction):
+            # long layer names must not widen the dock
+            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(8)
         for w, tip in ((self.image, "image"), (self.channel_axis, "channel_axis"), (self.channel, "channel"),
                        (self.target, "target"), (self.overwrite, "overwrite"), (self.cache_dir, "cache_dir"),
                        (self.direction, "direction")):
@@ -121,6 +143,8 @@ class InteractiveWidget(QWidget):
         form.addRow("Target", self.target)
         form.addRow(self.overwrite)
         form.addRow(self.whole_object)
+        form.addRow(self.hint)
+        form.addRow(_row(self.add_points, self.draw_box))
         form.addRow(_row(self.polarity, self.candidate))
         form.addRow(_row(self.commit, self.clear, self.undo))
         form.addRow(self.embed_bar)
@@ -159,6 +183,8 @@ class InteractiveWidget(QWidget):
         self.candidate.clicked.connect(c.cycle_candidate)
         self.commit.clicked.connect(c.commit)
         self.clear.clicked.connect(c.clear)
+        self.add_points.clicked.connect(c.add_points)
+        self.draw_box.clicked.connect(c.draw_box)
         self.undo.clicked.connect(c.undo_commit)
         self.precompute.clicked.connect(c.precompute)
         self.cancel_precompute.clicked.connect(c.embeddings.cancel_precompute)

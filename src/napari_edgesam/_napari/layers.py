@@ -157,6 +157,18 @@ def get_or_create_labels(viewer, name: str, like: Image, dtype=np.uint32) -> Lab
     return layer
 
 
+def style_preview(layer: Labels) -> None:
+    """Draw the preview as outlines in one colour (:data:`~names.PREVIEW_COLOR`), unlike the
+    filled, multi-coloured committed objects."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    if layer.contour != names.PREVIEW_CONTOUR:
+        layer.contour = names.PREVIEW_CONTOUR
+    if not isinstance(layer.colormap, DirectLabelColormap) or layer.metadata.get("edgesam_preview_style") != 1:
+        layer.colormap = DirectLabelColormap(color_dict={None: names.PREVIEW_COLOR, 0: "transparent"})
+        layer.metadata["edgesam_preview_style"] = 1
+
+
 def set_positive(points: Points, positive: bool) -> None:
     """Make new points positive (True) or negative (False)."""
     points.feature_defaults = {names.POSITIVE_FEATURE: bool(positive)}

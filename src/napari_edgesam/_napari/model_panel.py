@@ -19,7 +19,9 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..inference.api import why_model
 from . import names
+from .text import default_model, wrapping
 from .workers import start_worker
 
 logger = logging.getLogger(__name__)
@@ -124,8 +126,7 @@ class ModelPanel(QWidget):
         self.device = QComboBox()
         self.device.addItems(["auto", "cpu"])
         self.load = QPushButton("Load model")
-        self.message = QLabel("no model loaded")
-        self.message.setWordWrap(True)
+        self.message = wrapping(QLabel("no model loaded"))
         self.message.setTextInteractionFlags(self.message.textInteractionFlags() | _selectable())
 
         form = QFormLayout(self)
@@ -151,18 +152,20 @@ class ModelPanel(QWidget):
         """Select the first registered model whose weights are cached and ask to load it
         (never downloads). Returns its name, or None."""
         try:
-            cached = cached_models()
+            cached = cached_models()  # downloaded or registered before shipped ones
+            name, why = (cached[0], why_model(cached[0])) if cached else default_model()
         except Exception as err:
             logger.warning("could not check the model cache: %s", err)
             return None
-        if not cached:
-            self.message.setText("no model loaded: choose one and press Load model "
-                                 "(registered models are downloaded once)")
+        if name is None:
+            self.message.setText(f"no model loaded: choose one and press Load model (registered models "
+                                 f"are downloaded once); {why}")
             return None
-        self.model.setCurrentText(cached[0])
-        self.message.setText(f"loading {cached[0]} (cached)...")
-        self.autoload_requested.emit(cached[0])
-        return cached[0]
+        self.model.setCurrentText(name)
+        self.message.setText(f"loading {why}...")
+        logger.info("loading the default model %s", why)
+        self.autoload_requested.emit(name)
+        return name
 
     def _set_devices(self, devices: list[str]) -> None:
         current = self.device.currentText()

@@ -22,6 +22,10 @@ POSITIVE_COLOR = "lime"
 NEGATIVE_COLOR = "red"
 BOX_EDGE_COLOR = "yellow"
 POINT_SIZE = 8
+#: The preview is drawn as outlines in this colour (committed objects are filled, in the label
+#: colours), so the two never look alike.
+PREVIEW_COLOR = "cyan"
+PREVIEW_CONTOUR = 2
 
 # -- combo-box entries -----------------------------------------------------------------------
 NEW_LABELS_CHOICE = f"new layer: {LABELS_LAYER}"
@@ -55,6 +59,7 @@ SHORTCUTS: tuple[Shortcut, ...] = (
              "next candidate mask (after a whole-object click: the 4 candidates, then the whole object again)"),
     Shortcut("clear", "Shift-X", "clear prompts and preview"),
     Shortcut("undo_commit", "Shift-U", "undo the last commit"),
+    Shortcut("draw_box", "Shift-B", "draw a box: select the boxes layer's rectangle tool"),
 )
 
 
@@ -88,6 +93,9 @@ TOOLTIPS: dict[str, str] = {
     "polarity": f"Whether new points are positive or negative ({shortcut_for('toggle_polarity').key}).",
     "candidate": ("Next candidate mask (after a whole-object click: the 4 candidates, then the whole object "
                   f"again) ({shortcut_for('cycle_candidate').key})."),
+    "draw_box": (f"Select the '{BOXES_LAYER}' layer with its rectangle tool: drag a box around an object "
+                 f"({shortcut_for('draw_box').key})."),
+    "add_points": f"Select the '{POINTS_LAYER}' layer in add mode: click to add points.",
     "precompute": "Embed every slice of the stack now (cached), so any slice answers at once.",
     "cancel_precompute": "Stop embedding the stack after the current slice.",
     "cache_dir": ("Optional folder that keeps embeddings on disk between sessions (at most 10 GiB: the "
@@ -96,6 +104,11 @@ TOOLTIPS: dict[str, str] = {
     "direction": "Which way to propagate beyond the annotated slices.",
     "cancel_propagation": "Stop propagating; the slices found so far are kept in the preview.",
 }
+
+#: How to prompt, shown in the widget.
+PROMPT_HINT = (f"Click on the image to add points (layer '{POINTS_LAYER}'). For a box, press 'Draw box' "
+               f"(or select the layer '{BOXES_LAYER}' and its rectangle tool) and drag around the object; "
+               "'Add points' goes back to clicking.")
 
 # -- granularity prior -----------------------------------------------------------------------
 #: The checkbox of the whole-object click.

@@ -100,13 +100,16 @@ def is_single_click(objects: list[ObjectPrompt]) -> bool:
 class ObjectResult:
     """The decoded mask of one object (``H x W`` bool), its stability score, the low-res
     logits (``256 x 256``), for point-only objects which of the 4 candidates it is, and for
-    a click the granularity prior took, the proposal box ``(x0, y0, x1, y1)`` joined to it."""
+    a click the granularity prior took, the proposal box ``(x0, y0, x1, y1)`` joined to it
+    (``note`` says why a single click fell back to the plain candidates)."""
 
     mask: np.ndarray
     score: float
     low_res: np.ndarray
     candidate: int | None
     prior_box: np.ndarray | None = None
+    #: Why a single click did not take the whole object although the prior was on ("" otherwise).
+    note: str = ""
 
 
 @dataclass
@@ -230,7 +233,11 @@ class Session:
                 )
                 chosen = None
             mask = np.asarray(mask, bool)
-            result = ObjectResult(mask, float(score), np.asarray(low, np.float32), chosen, shown_box)
+            note = ""
+            if single and prior_box is None:
+                note = (f"no box of the granularity prior contains the click (of {len(proposals.boxes)} "
+                        "proposed): plain candidates")
+            result = ObjectResult(mask, float(score), np.asarray(low, np.float32), chosen, shown_box, note)
             results.append(result)
             memory.append(_Memory(obj, None if shown_box is not None else mask_input, result, prior_box))
             labels[mask & (labels == 0)] = i + 1

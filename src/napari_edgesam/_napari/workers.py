@@ -193,8 +193,10 @@ class CancellableRunner(QObject):
         try:
             inputs = read()
         except ValueError as err:
-            show_error(str(err))
-            self._status.value = str(err)
+            from .text import one_line
+
+            show_error(one_line(err))
+            self._status.value = one_line(err)
             return None
         return self.start(make_task(inputs))
 

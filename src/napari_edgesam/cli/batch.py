@@ -120,6 +120,9 @@ def run(args: argparse.Namespace) -> int:
 
     from ..inference.batch import run_batch
 
+    from ._choice import resolve_model
+
+    args.model = resolve_model(args.model, args.backend)
     config = config_from_args(args)
     cancel = threading.Event()
     bar = None if args.no_progress else tqdm(total=0, unit="image", file=sys.stderr, dynamic_ncols=True)

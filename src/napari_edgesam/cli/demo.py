@@ -1,8 +1,8 @@
 """``napari-edgesam demo``: napari with a sample image, the interactive widget docked and one
 nucleus already segmented from a box prompt.
 
-Model: ``--model`` if given; otherwise the official EdgeSAM weights (cached or downloaded),
-else the packaged ``edgesam-nuclei`` model if installed, else a message saying what to do
+Model: ``--model`` if given; otherwise the official EdgeSAM weights if cached, else the packaged
+``edgesam-nuclei`` model, else the official weights downloaded, else a message saying what to do
 (exit status 1). ``--screenshot PATH`` saves the window and exits (works under ``xvfb-run``).
 """
 
@@ -41,28 +41,46 @@ def choose_model(name: str | None, backend: str = "auto", device: str = "auto"):
     from .._napari.model_panel import load_predictor
     from ..inference.api import list_models
 
-    def load_model(name, backend, device):
-        return load_predictor(name, backend, device)[0]
+    from ..inference.weights import WeightsUnavailableError
+
+    def load_model(name, backend, device, allow_download=True):
+        return load_predictor(name, backend, device, allow_download=allow_download)[0]
 
     if name:
         return load_model(name, backend=backend, device=device)
     registered = {m["name"] for m in list_models()}
-    failures = []
-    for candidate in FALLBACK_MODELS:
-        if candidate not in registered:
-            failures.append(f"  {candidate}: not installed")
-            continue
-        try:
-            return load_model(candidate, backend=backend, device=device)
-        except Exception as err:  # offline, missing file, bad checksum ...: try the next one
-            logger.info("cannot load %s: %s", candidate, err)
-            failures.append(f"  {candidate}: {err}")
+    failures = [f"  {candidate}: not installed" for candidate in FALLBACK_MODELS if candidate not in registered]
+    # what is on this machine first (no network), then the official download
+    for allow_download, candidates in ((False, FALLBACK_MODELS), (True, FALLBACK_MODELS[:1])):
+        for candidate in candidates:
+            if candidate not in registered:
+                continue
+            try:
+                predictor = load_model(candidate, backend=backend, device=device, allow_download=allow_download)
+            except Exception as err:  # offline, missing file, bad checksum ...: try the next one
+                logger.info("cannot load %s: %s", candidate, err)
+                if allow_download or not isinstance(err, WeightsUnavailableError):
+                    failures.append(f"  {candidate}: {err}")
+                continue
+            _say_why(candidate, allow_download)
+            return predictor
     raise RuntimeError(
         "no EdgeSAM model could be loaded:\n" + "\n".join(failures) + "\n"
         "What to do: connect to the internet once so the official weights are downloaded "
         "(napari-edgesam info shows the cache folder), put edge_sam.pth into that folder by hand, "
         "or pass --model PATH to a .pth / encoder .onnx file."
     )
+
+
+def _say_why(name: str, downloaded: bool) -> None:
+    """One line on stderr: which model the demo uses and why."""
+    from ..inference.api import why_model
+
+    try:
+        why = why_model(name) if not downloaded else f"{name}: downloaded the official weights"
+    except KeyError:
+        why = name
+    print(f"napari-edgesam demo: model {why}", file=sys.stderr)
 
 
 def demo_box(image, margin: int = 4) -> tuple[float, float, float, float]:

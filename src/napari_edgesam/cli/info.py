@@ -53,7 +53,18 @@ def collect() -> dict:
         "devices": _devices(),
         "napari": _version("napari"),
         "models": list_models(),
+        "auto_model": _auto_model(),
     }
+
+
+def _auto_model() -> str:
+    """What ``--model auto`` picks now without network, and why (one line)."""
+    from ..inference.api import choose_model
+
+    try:
+        return choose_model(allow_download=False)[1]
+    except (RuntimeError, ValueError) as err:
+        return f"none on this machine ({err})"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"backends: onnxruntime {b['onnxruntime'] or 'missing'}; torch {b['torch'] or 'not installed'}")
     print(f"devices: {', '.join(info['devices'])}")
     print(f"weights cache: {info['cache_dir']} (override with ${info['cache_env']})")
+    print(f"default model (--model auto): {info['auto_model']}")
     print("models:")
     for m in info["models"]:
         print(f"  {m['name']}: {m['description']}")

@@ -67,7 +67,10 @@ def run(args: argparse.Namespace) -> int:
             "(use napari-edgesam batch, or the napari plugin for stacks)"
         )
     image = img.data
-    predictor = load_model(args.model, backend=args.backend, device=args.device, prior=args.prior)
+    from ._choice import resolve_model
+
+    model = resolve_model(args.model, args.backend)
+    predictor = load_model(model, backend=args.backend, device=args.device, prior=args.prior)
     t0 = time.perf_counter()
     predictor.set_image(image, channel=args.channel, contrast_limits=args.contrast_limits)
     t1 = time.perf_counter()

@@ -104,30 +104,112 @@ def choose_backend(spec: weights.ModelSpec, backend: str = "auto", device: str =
 AUTO_ORDER = ("edgesam", "edgesam-3x", "edgesam-nuclei")
 
 
-def best_available_model(allow_download: bool = True) -> str:
-    """The first of :data:`AUTO_ORDER` whose weights are cached, shipped or downloadable.
+def _local_kind(spec: weights.ModelSpec, backend: str = "auto") -> str | None:
+    """The weight format of ``spec`` that ``backend`` can use and whose files are on this
+    machine now (``"pth"`` or ``"onnx_encoder"``), preferring the backend's own; None if none is.
+    Only file presence and size are checked (no hashing, no network)."""
+    preferred = _resolve_backend(backend)
+    order = ("pth", "onnx_encoder") if preferred == "torch" else ("onnx_encoder", "pth")
+    if backend != "auto":
+        order = order[:1]
+    for kind in order:
+        if kind == "pth" and not torch_available():
+            continue
+        if _format_present(spec, kind):
+            return kind
+    return None
 
-    Raises ``RuntimeError`` saying what to do when none is.
+
+def _format_present(spec: weights.ModelSpec, fmt: str) -> bool:
+    """Whether the files of format ``fmt`` (``"pth"`` or ``"onnx_encoder"``, with its decoder)
+    of ``spec`` are on this machine (presence and size only)."""
+    needed = ("pth",) if fmt == "pth" else ("onnx_encoder", "onnx_decoder")
+    return all(k in spec.files and _present(spec.files[k]) for k in needed)
+
+
+def _present(wf: weights.WeightFile) -> bool:
+    path = Path(wf.local_path) if wf.local_path is not None else weights.cache_dir() / wf.filename
+    try:
+        return path.is_file() and (wf.size is None or path.stat().st_size == wf.size)
+    except OSError:
+        return False
+
+
+def _is_shipped(spec: weights.ModelSpec) -> bool:
+    return all(wf.local_path is not None for wf in spec.files.values())
+
+
+def choose_model(backend: str = "auto", allow_download: bool = True) -> tuple[str, str]:
+    """What ``load_model("auto")`` loads, and why, in one line: ``(name, reason)``.
+
+    The first of :data:`AUTO_ORDER` whose files are on this machine now (a downloaded
+    official model in the cache, else a shipped one such as ``edgesam-nuclei``); only when
+    none is, and ``allow_download``, the first that downloads. A present but damaged file
+    (wrong size or hash) is skipped with its reason. Raises ``RuntimeError`` saying what to
+    do when no model is available.
     """
     _register_packaged_models()
-    errors = []
+    skipped: list[str] = []
     for name in AUTO_ORDER:
         spec = weights.MODEL_REGISTRY.get(name)
-        if spec is None:
+        kind = None if spec is None else _local_kind(spec, backend)
+        if kind is None:
             continue
-        kind = "pth" if "pth" in spec.files and torch_available() else "onnx_encoder"
-        if kind not in spec.files:
-            continue
-        try:
-            weights.fetch_weight(name, kind, allow_download=allow_download, progress=False)
+        try:  # verifies size and hash of what is there: still no network
+            for k in ("pth",) if kind == "pth" else ("onnx_encoder", "onnx_decoder"):
+                weights.fetch_weight(name, k, allow_download=False, progress=False)
         except (weights.WeightsUnavailableError, weights.WeightFileError) as err:
-            errors.append(f"- {name}: {err}")
+            skipped.append(f"{name}: {err}")
             continue
-        return name
+        return name, _reason(name, spec, skipped)
+    cache = weights.cache_dir()
+    if allow_download:
+        for name in AUTO_ORDER:
+            spec = weights.MODEL_REGISTRY.get(name)
+            if spec is None or _is_shipped(spec):
+                continue
+            kind = "pth" if "pth" in spec.files and _resolve_backend(backend) == "torch" else "onnx_encoder"
+            if kind not in spec.files:
+                continue
+            try:
+                for k in ("pth",) if kind == "pth" else ("onnx_encoder", "onnx_decoder"):
+                    weights.fetch_weight(name, k, allow_download=True, progress=False)
+            except (weights.WeightsUnavailableError, weights.WeightFileError) as err:
+                skipped.append(f"{name}: {err}")
+                continue
+            return name, f"{name}: downloaded the official weights into {cache} (no model was on this machine)"
     raise RuntimeError(
-        "no EdgeSAM model is available. Download the official weights (napari-edgesam info "
-        "shows where they go), or pass a .pth/.onnx file.\n" + "\n".join(errors)
+        f"no EdgeSAM model is available offline: put edge_sam.pth (official EdgeSAM weights) into {cache} "
+        f"(napari-edgesam info shows the cache), or pass a .pth/.onnx file"
+        + (" (" + "; ".join(skipped) + ")" if skipped else "")
     )
+
+
+def _reason(name: str, spec: weights.ModelSpec, skipped: list[str] | None = None) -> str:
+    """One line: why ``name`` (on this machine) is the model used when none is named."""
+    cache = weights.cache_dir()
+    if name not in AUTO_ORDER:
+        why = f"{name}: registered model found on this machine"
+    elif _is_shipped(spec):
+        why = (f"{name}: the model shipped with napari-edgesam (no official EdgeSAM weights in {cache}; "
+               f"put edge_sam.pth there to use them)")
+    else:
+        why = f"{name}: official weights found in {cache}"
+    if skipped:
+        why += " [skipped " + "; ".join(skipped) + "]"
+    return why
+
+
+def why_model(name: str) -> str:
+    """One line saying why the registered model ``name`` (on this machine) is used by default."""
+    _register_packaged_models()
+    return _reason(name, weights.MODEL_REGISTRY[name])
+
+
+def best_available_model(allow_download: bool = True) -> str:
+    """The name :func:`choose_model` picks: a model on this machine first (no network), a
+    download only when none is and ``allow_download``. ``RuntimeError`` when none is available."""
+    return choose_model(allow_download=allow_download)[0]
 
 
 def _onnx_decoder_for(encoder: Path) -> Path:
@@ -191,11 +273,18 @@ def _load_predictor(name_or_path, backend, device, decoder, allow_download, allo
     _register_packaged_models()
     key = os.fspath(name_or_path)
     if key == "auto":
-        key = best_available_model(allow_download=allow_download)
+        key, why = choose_model(backend, allow_download=allow_download)
+        logger.info("model auto: %s", why)
     path = Path(key)
     if key in weights.MODEL_REGISTRY:
         spec = weights.MODEL_REGISTRY[key]
         kind, why = choose_backend(spec, backend, device)
+        fmt = "pth" if kind == "torch" else "onnx_encoder"
+        local = _local_kind(spec, "auto") if backend == "auto" else None
+        if local is not None and local != fmt and not _format_present(spec, fmt):
+            # what is on this machine: no download for another format
+            kind = "torch" if local == "pth" else "onnxruntime"
+            why = "its files on this machine are in that format"
         logger.info("model %s on %s (%s)", key, kind, why)
         if kind == "torch":
             ckpt = weights.fetch_weight(key, "pth", allow_download=allow_download)

@@ -41,7 +41,7 @@ DEFAULT_MAX_DISK_BYTES = 10 << 30
 
 
 # -- keys ------------------------------------------------------------------------------------
-def data_signature(array: object) -> str:
+def data_signature(array: object, *, full: bool = False) -> str:
     """A fast content hash of an array (numpy, dask, zarr ... anything indexable).
 
     Hashes the shape, the dtype and the data: all bytes when the array is smaller than
@@ -49,6 +49,9 @@ def data_signature(array: object) -> str:
     axis, each subsampled with a stride (so lazy arrays load only what is sampled). A large
     array edited in a spot the sample misses keeps its signature; the caller should drop its
     keys when it knows the data changed (:meth:`EmbeddingCache.discard`).
+
+    With ``full`` every byte is hashed whatever the size (for in-memory arrays that can be
+    edited in place, e.g. a napari layer's numpy data).
 
     Returns:
         32 hex characters (blake2b, 16 bytes).
@@ -59,7 +62,7 @@ def data_signature(array: object) -> str:
     h = hashlib.blake2b(digest_size=16)
     h.update(repr((shape, dtype.str)).encode())
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if nbytes <= FULL_HASH_BYTES or len(shape) == 0:
+    if full or nbytes <= FULL_HASH_BYTES or len(shape) == 0:
         h.update(np.ascontiguousarray(np.asarray(array)).reshape(-1).view(np.uint8).data)
         return h.hexdigest()
     planes = np.unique(np.linspace(0, shape[0] - 1, min(shape[0], _SAMPLE_PLANES)).astype(np.int64))

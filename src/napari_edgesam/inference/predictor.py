@@ -9,6 +9,7 @@ napari plugin, 3D propagation and batch processing build on.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,6 +22,29 @@ from .preprocess import DEFAULT_PERCENTILES, prepare_input, to_rgb_uint8
 from .prompts import to_decoder_prompts, validate_box, validate_mask_input, validate_points
 
 logger = logging.getLogger(__name__)
+
+
+def _as_backend(obj: object, device: str) -> Backend:
+    """``obj`` itself when it is a backend; an ``EdgeSam`` module wrapped in the default torch
+    backend. Never imports torch: a module can only exist when torch is already imported."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(obj, torch.nn.Module):
+        from ..model.edge_sam import EdgeSam
+
+        if not isinstance(obj, EdgeSam):
+            raise TypeError(
+                f"EdgeSamPredictor needs an EdgeSam model (napari_edgesam.model.build_edge_sam(checkpoint)) "
+                f"or a backend, got the torch module {type(obj).__name__}")
+        from .backends import compute_thread
+        from .backends.torch_backend import TorchBackend
+
+        return compute_thread.run(TorchBackend, obj, device)
+    if callable(getattr(obj, "encode", None)) and hasattr(obj, "name") and not isinstance(obj, (str, bytes)):
+        return obj
+    raise TypeError(
+        f"EdgeSamPredictor needs a backend (TorchBackend, OnnxBackend) or an EdgeSam model "
+        f"(napari_edgesam.model.build_edge_sam(checkpoint)), got {type(obj).__name__}; "
+        "to load weights by name or path use napari_edgesam.load_model(...)")
 
 
 @dataclass(frozen=True)
@@ -62,13 +86,23 @@ class Prediction:
 class EdgeSamPredictor:
     """Prompted segmentation with EdgeSAM on any :class:`Backend`.
 
+    Like the official ``SamPredictor(sam)``, it can also be built from the model itself:
+    ``EdgeSamPredictor(build_edge_sam(ckpt))`` wraps the ``EdgeSam`` module in the default
+    torch backend (built on the compute thread, as ``load_model`` does; the module is put in
+    eval mode and its conv/batch-norm pairs are fused in place for inference).
+
     Args:
-        backend: a torch or onnxruntime backend.
+        backend: a torch or onnxruntime backend, or an ``EdgeSam`` ``torch.nn.Module``.
         model_name: a label for logs, caches and records.
+        device: for an ``EdgeSam`` module only: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"mps"``.
+
+    Raises:
+        TypeError: ``backend`` is neither a backend (an object with ``encode``) nor an
+            ``EdgeSam`` module.
     """
 
-    def __init__(self, backend: Backend, model_name: str = "edgesam") -> None:
-        self.backend = backend
+    def __init__(self, backend: Backend, model_name: str = "edgesam", *, device: str = "auto") -> None:
+        self.backend = _as_backend(backend, device)
         self.model_name = model_name
         self._embedding: ImageEmbedding | None = None
         self._warned_scores = False

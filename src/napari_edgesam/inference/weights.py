@@ -250,11 +250,16 @@ def _download(wf: WeightFile, target: Path, pinned: str | None, progress: bool) 
             logger.info("%s", wf.licence)
         return got
     detail = "\n".join(failures)
-    hint = (f"Download it by hand and put it at {target} "
-            f"(or set {CACHE_ENV} to a directory that contains {wf.filename}).")
+    logger.debug("download of %s failed:\n%s", wf.filename, detail)
+    hint = (f"download it by hand and put it at {target} "
+            f"(or set {CACHE_ENV} to a folder that holds {wf.filename})")
     if mismatch:
         raise WeightFileError(f"downloaded {wf.filename} failed verification:\n{detail}\n{hint}")
-    raise WeightsUnavailableError(f"could not download weight file {wf.filename}:\n{detail}\n{hint}")
+    # one line: the GUI and the CLI show it as it is (the per-URL details are logged above)
+    reasons = sorted({f.split(": ", 2)[1] for f in failures if f.count(": ") >= 2})
+    raise WeightsUnavailableError(
+        f"could not download weight file {wf.filename} (offline? {', '.join(reasons) or 'no URL worked'} "
+        f"from {' and '.join(wf.urls)}): {hint}.")
 
 
 def fetch_weight(model_name: str, kind: str, *, progress: bool = True,
