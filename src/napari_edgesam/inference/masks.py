@@ -17,7 +17,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..constants import IMG_SIZE, LOW_RES_SIZE, MASK_THRESHOLD
-from .postprocess import bilinear_matrix, matmul
+from .postprocess import bilinear_matrix, fill_holes, matmul
 from .predictor import ImageEmbedding
 
 
@@ -107,13 +107,7 @@ def clean_mask(mask: np.ndarray, min_area: int, hole_area: int) -> np.ndarray:
             keep[0] = False
             out = keep[lab]
     if hole_area > 0 and out.any():
-        inv = np.pad(~out, 1, constant_values=True)
-        lab, n = ndimage.label(inv)
-        if n > 1:
-            sizes = np.bincount(lab.ravel(), minlength=n + 1)
-            fill = (sizes < hole_area) & (np.arange(n + 1) != lab[0, 0])
-            fill[0] = False
-            out = out | fill[lab][1:-1, 1:-1]
+        out = fill_holes(out, hole_area)
     return out
 
 
