@@ -45,6 +45,8 @@ DEFAULT_BAND = 1.5
 MAX_SCALE = 8.0
 #: Clicks: at most this many re-crops when the mask found in a crop implies another scale.
 MAX_REFINES = 2
+#: Clicks with an empty mask on the whole image: first look at an object of this fraction of the target size.
+EMPTY_GUESS = 0.25
 
 
 @dataclass(frozen=True)
@@ -287,7 +289,9 @@ class AutoZoom:
         ``(x0, y0, x1, y1)``, all in image pixels. Boxes set the object's size; point-only
         prompts are first decoded on the whole image (with the predictor's prior proposals for
         a single positive click, as ``segment_click``), and the mask's box sets the size.
-        Interior holes are filled unless ``fill_holes`` is False."""
+        When the whole image gives an empty mask for a click, a crop that magnifies it to a
+        quarter of the target size is tried first. Interior holes are filled unless
+        ``fill_holes`` is False."""
         pts = None if point_coords is None else np.asarray(point_coords, np.float32).reshape(-1, 2)
         lab = None if point_labels is None else np.asarray(point_labels, np.float32).reshape(-1)
         bx = None if box is None else np.asarray(box, np.float32).reshape(4)
@@ -309,7 +313,11 @@ class AutoZoom:
             return self._on_window(self.window_for(bx), pts, lab, bx) or self._on_whole_image(pts, lab, bx)
         result = self._on_whole_image(pts, lab, None)
         box = _mask_box(result.mask)
-        if box is None or not self.needs_zoom(object_radius(box)):
+        if box is None:  # nothing on the whole image: most likely too small there; look closer
+            r = EMPTY_GUESS * self.target_radius / global_scale(self.shape)
+            x, y = pts[lab == 1][0] if (lab == 1).any() else pts[0]
+            box = np.float32([x - r, y - r, x + r, y + r])
+        elif not self.needs_zoom(object_radius(box)):
             return result
         tried: set = set()
         for _ in range(1 + MAX_REFINES):
