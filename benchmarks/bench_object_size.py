@@ -64,7 +64,8 @@ def measure(predictor, radius: int, size: int, n_objects: int, seed: int, target
     zoom = None
     if autozoom is not None and targets:
         extra = {} if band is None else {"band": band}
-        zoom = {t: autozoom.AutoZoom(predictor, image, target_radius=t, cache=zoom_cache, **extra) for t in targets}
+        zoom = {t: autozoom.AutoZoom(predictor, image, target_radius=t, cache=zoom_cache,
+                                     embedding=predictor.embedding, **extra) for t in targets}
     out: dict[str, list[float]] = defaultdict(list)
     for i in range(1, int(labels.max()) + 1):
         truth = labels == i

@@ -132,7 +132,7 @@ def test_autozoom_mask_lands_on_the_object(shape, cx, cy, a, b):
     predictor = EdgeSamPredictor(ImageOracleBackend(), "oracle")
     image = _image(truth)
     predictor.set_image(image)
-    zoom = AutoZoom(predictor, image)
+    zoom = AutoZoom(predictor, image, embedding=predictor.embedding)
     box = _box(truth)
     zoomed = zoom.segment(box=box)
     click = zoom.segment(np.float32([[cx, cy]]) if truth[int(cy), int(cx)] else np.float32([box[:2] + 1]),
@@ -180,6 +180,8 @@ def test_autozoom_bad_prompts():
         zoom.segment(np.zeros((2, 2)), np.ones(1))
     with pytest.raises(ValueError, match="band"):
         AutoZoom(predictor, image, band=0.5)
+    with pytest.raises(ValueError, match="embedding is of a"):
+        AutoZoom(predictor, image, embedding=predictor.compute_embedding(np.zeros((32, 64), np.uint8)))
 
 
 # -- holes ----------------------------------------------------------------------------------

@@ -190,10 +190,8 @@ class AutoZoom:
     """Prompted segmentation of one 2D image with AutoZoom.
 
     Args:
-        predictor: an :class:`~napari_edgesam.inference.predictor.EdgeSamPredictor`. Its current
-            embedding is used for the whole image when it has the image's size (else the image
-            is embedded); crops are encoded with its backend. Its current image is restored
-            after each call.
+        predictor: an :class:`~napari_edgesam.inference.predictor.EdgeSamPredictor`; crops are
+            encoded with its backend. Its current image is restored after each call.
         image: ``H x W`` or ``H x W x C``, normalised once for the whole image (so crops share
             the whole image's contrast) with ``normalisation`` (see ``to_rgb_uint8``).
         target_radius: the object radius (1024-frame pixels) crops are scaled to.
@@ -201,12 +199,15 @@ class AutoZoom:
             ``[target / band, target * band]`` (then the cost is the plain predictor's).
         cache: where crop embeddings are kept (a private 8-entry cache by default).
         image_key: identifies the image in ``cache`` (default: a content hash).
+        embedding: the whole image's embedding if the caller has it (e.g. ``predictor.embedding``
+            right after ``set_image(image)``), with the prior's ``proposals`` for it; otherwise
+            it is computed when a click needs it (boxes that need a zoom never do).
     """
 
     def __init__(self, predictor, image: np.ndarray, *, target_radius: float = DEFAULT_TARGET_RADIUS,
                  band: float = DEFAULT_BAND, max_scale: float = MAX_SCALE,
                  cache: CropEmbeddingCache | None = None, image_key: Hashable | None = None,
-                 **normalisation) -> None:
+                 embedding: ImageEmbedding | None = None, proposals=None, **normalisation) -> None:
         if band < 1:
             raise ValueError(f"band must be >= 1, got {band}")
         if target_radius <= 0:
@@ -221,11 +222,10 @@ class AutoZoom:
 
             image_key = (data_signature(np.asarray(image)), repr(sorted(normalisation.items())))
         self.image_key = (getattr(predictor, "model_name", ""), image_key)
-        self._global: ImageEmbedding | None = None
-        self._proposals = None  # the prior's proposals of the whole image, when the predictor has them
-        if predictor.is_image_set and tuple(predictor.embedding.original_size) == self.shape:
-            self._global = predictor.embedding
-            self._proposals = getattr(predictor, "proposals", None)
+        if embedding is not None and tuple(embedding.original_size) != self.shape:
+            raise ValueError(f"the embedding is of a {tuple(embedding.original_size)} image, the image is {self.shape}")
+        self._global: ImageEmbedding | None = embedding
+        self._proposals = proposals if embedding is not None else None
         self.n_embedded = 0
 
     # -- embeddings ------------------------------------------------------------------------
@@ -372,9 +372,11 @@ def _cut(window: CropWindow, box: np.ndarray, shape: tuple[int, int]) -> bool:
 def segment_autozoom(
     predictor, image: np.ndarray, point_coords: np.ndarray | None = None, point_labels: np.ndarray | None = None,
     box: np.ndarray | None = None, *, target_radius: float = DEFAULT_TARGET_RADIUS, band: float = DEFAULT_BAND,
-    cache: CropEmbeddingCache | None = None, fill_holes: bool = True, **normalisation,
+    cache: CropEmbeddingCache | None = None, fill_holes: bool = True, embedding: ImageEmbedding | None = None,
+    proposals=None, **normalisation,
 ) -> ZoomResult:
     """One object of ``image`` with AutoZoom (see :class:`AutoZoom`; coordinates (x, y) pixels,
     box ``(x0, y0, x1, y1)``). For many prompts on one image, make one :class:`AutoZoom`."""
-    zoom = AutoZoom(predictor, image, target_radius=target_radius, band=band, cache=cache, **normalisation)
+    zoom = AutoZoom(predictor, image, target_radius=target_radius, band=band, cache=cache,
+                    embedding=embedding, proposals=proposals, **normalisation)
     return zoom.segment(point_coords, point_labels, box, fill_holes=fill_holes)

@@ -87,6 +87,10 @@ class BatchConfig:
         overwrite: process images even if their outputs exist.
         out_dir: where outputs go (``run_batch`` fills it in).
         num_threads: torch intra-op threads per worker (default: torch's choice).
+        fill_holes: fill interior holes of every object (prompt mode; the automatic modes use
+            their config's ``fill_holes``); False keeps them.
+        autozoom: prompt mode: segment each object in a crop embedded at the scale the model
+            handles best (:mod:`napari_edgesam.inference.autozoom`) instead of tiles.
     """
 
     mode: str = "auto"
@@ -102,6 +106,8 @@ class BatchConfig:
     overwrite: bool = False
     out_dir: str = ""
     num_threads: int | None = None
+    fill_holes: bool = True
+    autozoom: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -272,9 +278,16 @@ def segment_prompts(predictor, image: ImageData, prompts: Sequence[ObjectPrompt]
     for z, objects in by_plane.items():
         plane = image.data[z] if z is not None else image.data
         out = labels[z] if z is not None else labels
+        if config.autozoom:
+            from .autozoom import AutoZoom
+
+            zoom = AutoZoom(predictor, plane, **norm)
+            for k, obj in objects:
+                out[zoom.segment(obj.points, obj.labels, obj.box, fill_holes=config.fill_holes).mask] = k
+            continue
         tiled = TiledImage(predictor, plane, tile or max(plane.shape[:2]), config.automatic.tile_overlap, **norm)
         for k, obj in objects:
-            region = tiled.segment(obj.points, obj.labels, obj.box)
+            region = tiled.segment(obj.points, obj.labels, obj.box, fill_holes=config.fill_holes)
             h, w = region.mask.shape
             out[region.y0 : region.y0 + h, region.x0 : region.x0 + w][region.mask] = k
     return labels
