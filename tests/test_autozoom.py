@@ -215,3 +215,19 @@ def test_predictor_fills_holes_by_default():
     assert _iou(raw, ring) > 0.9 and not raw[128, 128]
     zoom = AutoZoom(predictor, _image(ring), band=1.0)  # always through a crop
     assert zoom.segment(*click).mask[128, 128] and not zoom.segment(*click, fill_holes=False).mask[128, 128]
+
+
+def test_interactive_session_fills_holes_unless_asked_not_to():
+    from napari_edgesam._napari.session import ObjectPrompt, Session
+
+    shape = (256, 256)
+    ring = _ellipse(shape, 128, 128, 60, 50, ring=0.4)
+    predictor = EdgeSamPredictor(ImageOracleBackend(), "oracle")
+    emb = predictor.compute_embedding(_image(ring))
+    click = ObjectPrompt(np.float32([[178, 128]]), np.float32([1]))
+    boxed = ObjectPrompt(np.zeros((0, 2), np.float32), np.zeros(0, np.float32), _box(ring))
+    for obj in (click, boxed):
+        filled = Session().decode(predictor, emb, "p", [obj])
+        kept = Session(fill_holes=False).decode(predictor, emb, "p", [obj])
+        assert filled.labels[128, 128] == 1 and filled.objects[0].mask[128, 128]
+        assert kept.labels[128, 128] == 0 and kept.labels[128, 178] == 1

@@ -197,7 +197,8 @@ def segment_click_with_prior(
                          f"{size}: compute proposals for the current image first")
     pt = np.asarray(point, np.float32).reshape(1, 2)
     box = choose_box_for_click(pt[0], proposals.boxes, proposals.scores, k_nearest)
-    return predictor.segment(pt, np.ones(1, np.float32), box, fill_holes=fill_holes)
+    keep = {} if fill_holes else {"fill_holes": False}  # predictor-likes without the option fill nothing
+    return predictor.segment(pt, np.ones(1, np.float32), box, **keep)
 
 
 # -- priors -----------------------------------------------------------------------------------
