@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..constants import MASK_THRESHOLD
-from ..inference.postprocess import stability_score, upscale_logits
+from ..inference.postprocess import fill_holes, stability_score, upscale_logits
 from ..inference.prior import ProposalSet, choose_box_for_click, segment_click_with_prior
 
 logger = logging.getLogger(__name__)
@@ -161,10 +161,13 @@ class Session:
 
     Args:
         max_undo: how many commits can be undone.
+        fill_holes: fill the interior holes of every object's mask (preview and commit); False
+            keeps them. May be changed between decodes.
     """
 
-    def __init__(self, max_undo: int = 20) -> None:
+    def __init__(self, max_undo: int = 20, fill_holes: bool = True) -> None:
         self.max_undo = int(max_undo)
+        self.fill_holes = bool(fill_holes)
         self._memory: dict[Hashable, list[_Memory]] = {}
         self._forced_candidate: dict[Hashable, int] = {}
         self._history: list[CommitRecord] = []
@@ -222,17 +225,21 @@ class Session:
             if single:
                 prior_box = choose_box_for_click(obj.points[0], proposals.boxes, proposals.scores, k_nearest)
             if prior_box is not None and forced is None:
-                mask, score, low = segment_click_with_prior(predictor, proposals, obj.points[0], k_nearest=k_nearest)
+                mask, score, low = segment_click_with_prior(predictor, proposals, obj.points[0], k_nearest=k_nearest,
+                                                            fill_holes=self.fill_holes)
                 chosen, shown_box = None, prior_box
             elif obj.box is None:
                 mask, score, low, chosen = _segment_points(predictor, obj, mask_input, forced)
             else:
                 points = obj.points if len(obj.points) else None
                 mask, score, low = predictor.segment(
-                    points, obj.labels if points is not None else None, obj.box, mask_input
+                    points, obj.labels if points is not None else None, obj.box, mask_input,
+                    **({} if self.fill_holes else {"fill_holes": False}),
                 )
                 chosen = None
             mask = np.asarray(mask, bool)
+            if self.fill_holes:  # one rule for every prompt kind (idempotent where already filled)
+                mask = fill_holes(mask)
             note = ""
             if single and prior_box is None:
                 note = (f"no box of the granularity prior contains the click (of {len(proposals.boxes)} "

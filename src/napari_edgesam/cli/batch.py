@@ -64,6 +64,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Dask scheduler address (e.g. tcp://host:8786): one task per image")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per worker")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--keep-holes", action="store_true", help="keep interior holes of the masks (default: filled)")
+    parser.add_argument("--autozoom", action="store_true",
+                        help="--prompts: segment each object in a crop rescaled so it has the size the model "
+                             "handles best (instead of tiles)")
     shared = parser.add_argument_group("both automatic modes")
     shared.add_argument("--stability-thresh", type=float, default=None,
                         help="minimum mask stability score (default: 0.9 point grid, 0.85 boxes)")
@@ -96,7 +100,7 @@ def config_from_args(args: argparse.Namespace):
 
     mode = "prompts" if args.prompts else (args.mode or "auto")
     shared = {"nms_thresh": args.nms_thresh, "min_area": args.min_area, "hole_area": args.min_area,
-              "tile_size": args.tile_size, "tile_overlap": args.tile_overlap}
+              "tile_size": args.tile_size, "tile_overlap": args.tile_overlap, "fill_holes": not args.keep_holes}
     if args.stability_thresh is not None:
         shared["stability_thresh"] = args.stability_thresh
     automatic = AutomaticConfig(
@@ -106,12 +110,15 @@ def config_from_args(args: argparse.Namespace):
     )
     boxes = BoxAutomaticConfig(score_thresh=args.score_thresh, max_proposals=args.max_proposals,
                                min_box_iou=args.min_box_iou, **shared)
+    if args.autozoom and mode != "prompts":
+        raise ValueError("--autozoom is used with --prompts only")
     if args.prior is not None and mode != "boxes":
         raise ValueError(f"--prior is used with --mode boxes only (mode is {mode!r})")
     return BatchConfig(
         mode=mode, prompts=args.prompts, model=args.model, backend=args.backend, device=args.device,
         automatic=automatic, boxes=boxes, prior=args.prior, channel=args.channel,
-        overwrite=args.overwrite, num_threads=args.threads,
+        overwrite=args.overwrite, num_threads=args.threads, fill_holes=not args.keep_holes,
+        autozoom=args.autozoom,
     )
 
 

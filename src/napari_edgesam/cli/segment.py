@@ -42,6 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="granularity prior (box head) so that one click takes the whole object; "
                         "'auto' uses the prior stored beside the model file")
     p.add_argument("--channel", type=int, default=None, help="channel to segment (multi-channel images)")
+    p.add_argument("--keep-holes", action="store_true", help="keep interior holes of the masks (default: filled)")
+    p.add_argument("--autozoom", action="store_true",
+                   help="segment each object in a crop rescaled so it has the size the model handles best")
     p.add_argument("--contrast-limits", default=None, metavar="LOW,HIGH",
                    type=lambda s: _floats(s, (2,), "--contrast-limits"),
                    help="intensity range mapped to 0..255 (default: 0.5-99.5 percentiles)")
@@ -76,6 +79,13 @@ def run(args: argparse.Namespace) -> int:
     t1 = time.perf_counter()
     h, w = predictor.embedding.original_size
     labels = np.zeros((h, w), np.uint16)
+    fill = not args.keep_holes
+    zoom = None
+    if args.autozoom:
+        from ..inference.autozoom import AutoZoom
+
+        zoom = AutoZoom(predictor, image, embedding=predictor.embedding, proposals=predictor.proposals,
+                        channel=args.channel, contrast_limits=args.contrast_limits)
     objects = []
     if args.point:
         coords = np.array([p[:2] for p in args.point], np.float32)
@@ -86,10 +96,12 @@ def run(args: argparse.Namespace) -> int:
         objects += [(None, None, np.array(b, np.float32)) for b in args.box]
     for k, (coords, point_labels, box) in enumerate(objects, start=1):
         single_click = coords is not None and box is None and len(coords) == 1 and point_labels[0] == 1
-        if single_click and predictor.prior is not None:
-            mask, score, _ = predictor.segment_click(coords[0])
+        if zoom is not None:
+            mask = zoom.segment(coords, point_labels, box, fill_holes=fill).mask
+        elif single_click and predictor.prior is not None:
+            mask, score, _ = predictor.segment_click(coords[0], fill_holes=fill)
         else:
-            mask, score, _ = predictor.segment(coords, point_labels, box)
+            mask, score, _ = predictor.segment(coords, point_labels, box, fill_holes=fill)
         labels[mask & (labels == 0)] = k
     t2 = time.perf_counter()
     try:

@@ -174,8 +174,8 @@ def _filter_chunk(
     out = []
     for b, c in zip(*np.nonzero(keep), strict=True):
         cand = candidate_from_logits(pred.low_res_logits[b, c], emb, min_area=cfg.min_area,
-                                     hole_area=cfg.hole_area, score=score[b, c], stability=stab[b, c],
-                                     point=tuple(pts[b]))
+                                     hole_area=None if cfg.fill_holes else cfg.hole_area,
+                                     score=score[b, c], stability=stab[b, c], point=tuple(pts[b]))
         if cand is not None:
             out.append(cand)
     return out

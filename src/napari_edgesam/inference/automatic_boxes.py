@@ -87,8 +87,8 @@ def _chunk_candidates(boxes, box_scores, pred, emb: ImageEmbedding, cfg: BoxAuto
     out = []
     for b in np.flatnonzero(stab >= cfg.stability_thresh):
         centre = (float(boxes[b, 0] + boxes[b, 2]) / 2, float(boxes[b, 1] + boxes[b, 3]) / 2)
-        cand = candidate_from_logits(low[b], emb, min_area=cfg.min_area, hole_area=cfg.hole_area,
-                                     score=stab[b] * box_scores[b], stability=stab[b], point=centre)
+        cand = candidate_from_logits(low[b], emb, min_area=cfg.min_area,
+                                     hole_area=None if cfg.fill_holes else cfg.hole_area, score=stab[b] * box_scores[b], stability=stab[b], point=centre)
         if cand is None:
             continue
         if cfg.min_box_iou > 0 and box_iou(np.float32(cand.box), boxes[b])[0, 0] < cfg.min_box_iou:

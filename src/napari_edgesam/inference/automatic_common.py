@@ -47,7 +47,9 @@ class MaskSettings:
         stability_offset: the logit offset of the stability score.
         nms_thresh: box IoU above which the lower-scoring mask is dropped.
         min_area: masks, islands and final labels smaller than this (pixels) are removed.
-        hole_area: holes smaller than this (pixels) are filled.
+        hole_area: with ``fill_holes`` False, holes smaller than this (pixels) are filled.
+        fill_holes: fill every interior hole of each object's mask (the default, as the
+            interactive and prompt masks); False keeps holes of ``hole_area`` pixels or more.
         min_visible_fraction: after painting, labels showing less than this fraction of their
             mask (the rest hidden under smaller objects) are dropped.
         tile_size: images with a side longer than this are tiled (0 disables tiling).
@@ -59,6 +61,7 @@ class MaskSettings:
     nms_thresh: float = 0.7
     min_area: int = 25
     hole_area: int = 25
+    fill_holes: bool = True
     min_visible_fraction: float = 0.25
     tile_size: int = 1024
     tile_overlap: int = 128

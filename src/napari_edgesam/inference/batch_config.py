@@ -39,6 +39,10 @@ class BatchConfig:
         overwrite: process images even if their outputs exist.
         out_dir: where outputs go (``run_batch`` fills it in).
         num_threads: torch intra-op threads per worker (default: torch's choice).
+        fill_holes: fill interior holes of every object (prompt mode; the automatic modes use
+            their config's ``fill_holes``); False keeps them.
+        autozoom: prompt mode: segment each object in a crop embedded at the scale the model
+            handles best (:mod:`napari_edgesam.inference.autozoom`) instead of tiles.
     """
 
     mode: str = "auto"
@@ -54,6 +58,8 @@ class BatchConfig:
     overwrite: bool = False
     out_dir: str = ""
     num_threads: int | None = None
+    fill_holes: bool = True
+    autozoom: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

@@ -62,9 +62,16 @@ def segment_prompts(predictor, image: ImageData, prompts: Sequence[CsvObject], c
     for z, objects in by_plane.items():
         plane = image.data[z] if z is not None else image.data
         out = labels[z] if z is not None else labels
+        if config.autozoom:
+            from .autozoom import AutoZoom
+
+            zoom = AutoZoom(predictor, plane, **norm)
+            for k, obj in objects:
+                out[zoom.segment(obj.points, obj.labels, obj.box, fill_holes=config.fill_holes).mask] = k
+            continue
         tiled = TiledImage(predictor, plane, tile or max(plane.shape[:2]), config.automatic.tile_overlap, **norm)
         for k, obj in objects:
-            region = tiled.segment(obj.points, obj.labels, obj.box)
+            region = tiled.segment(obj.points, obj.labels, obj.box, fill_holes=config.fill_holes)
             h, w = region.mask.shape
             out[region.y0 : region.y0 + h, region.x0 : region.x0 + w][region.mask] = k
     return labels

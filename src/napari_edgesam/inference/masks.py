@@ -17,7 +17,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..constants import IMG_SIZE, LOW_RES_SIZE, MASK_THRESHOLD
-from .postprocess import bilinear_matrix, matmul
+from .postprocess import bilinear_matrix, fill_holes, matmul
 from .predictor import ImageEmbedding
 
 
@@ -96,8 +96,9 @@ def upscale_in_box(low: np.ndarray, emb: ImageEmbedding) -> tuple[int, int, np.n
     return int(y0) + dy, int(x0) + dx, crop
 
 
-def clean_mask(mask: np.ndarray, min_area: int, hole_area: int) -> np.ndarray:
-    """Remove islands smaller than ``min_area`` and fill holes smaller than ``hole_area``."""
+def clean_mask(mask: np.ndarray, min_area: int, hole_area: int | None) -> np.ndarray:
+    """Remove islands smaller than ``min_area`` and fill holes smaller than ``hole_area``
+    (None: fill every hole; see :func:`~napari_edgesam.inference.postprocess.fill_holes`)."""
     out = mask
     if min_area > 0:
         lab, n = ndimage.label(out)
@@ -106,14 +107,8 @@ def clean_mask(mask: np.ndarray, min_area: int, hole_area: int) -> np.ndarray:
             keep = sizes >= min_area
             keep[0] = False
             out = keep[lab]
-    if hole_area > 0 and out.any():
-        inv = np.pad(~out, 1, constant_values=True)
-        lab, n = ndimage.label(inv)
-        if n > 1:
-            sizes = np.bincount(lab.ravel(), minlength=n + 1)
-            fill = (sizes < hole_area) & (np.arange(n + 1) != lab[0, 0])
-            fill[0] = False
-            out = out | fill[lab][1:-1, 1:-1]
+    if (hole_area is None or hole_area > 0) and out.any():
+        out = fill_holes(out, hole_area)
     return out
 
 
@@ -122,7 +117,7 @@ def candidate_from_logits(
     emb: ImageEmbedding,
     *,
     min_area: int,
-    hole_area: int,
+    hole_area: int | None,
     score: float,
     stability: float,
     point: tuple[float, float],

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..constants import MASK_THRESHOLD, token_slice
 from .backends import Backend
+from .postprocess import fill_holes as _fill_holes
 from .postprocess import stability_score, upscale_logits
 from .preprocess import DEFAULT_PERCENTILES, prepare_input, to_rgb_uint8
 from .prompts import to_decoder_prompts, validate_box, validate_mask_input, validate_points
@@ -325,10 +326,15 @@ class EdgeSamPredictor:
         box: np.ndarray | None = None,
         mask_input: np.ndarray | None = None,
         candidate: int | None = None,
+        *,
+        fill_holes: bool = True,
     ) -> tuple[np.ndarray, float, np.ndarray]:
         """One mask by EdgeSAM's rule: boxes use token 0; point-only prompts take the most
         stable of the 4 masks (the IoU head was never distilled). ``candidate`` (0-3) forces a
-        token for point prompts. Returns mask ``H x W`` bool, stability score, low-res ``256 x 256``.
+        token for point prompts. With ``fill_holes`` (the default) the mask's interior holes
+        are filled (:func:`~napari_edgesam.inference.postprocess.fill_holes`); pass False to
+        keep them (e.g. ring-shaped objects). Returns mask ``H x W`` bool, stability score
+        (of the decoder's mask), low-res ``256 x 256`` logits (unfilled).
         """
         n = 1 if box is not None else 4
         coords, labels, boxes = self._check_prompts(point_coords, point_labels, box)
@@ -343,9 +349,12 @@ class EdgeSamPredictor:
         # only the chosen candidate is brought to full size (memory: one H x W float32 plane)
         emb = self.embedding
         mask = upscale_logits(low[i : i + 1], emb.input_size, emb.original_size)[0] > MASK_THRESHOLD
+        if fill_holes:
+            mask = _fill_holes(mask)
         return mask, float(stab[i]), low[i]
 
-    def segment_click(self, point: Sequence[float], k_nearest: int = 5) -> tuple[np.ndarray, float, np.ndarray]:
+    def segment_click(self, point: Sequence[float], k_nearest: int = 5, *,
+                      fill_holes: bool = True) -> tuple[np.ndarray, float, np.ndarray]:
         """Segment the whole object under one positive click ``(x, y)``.
 
         With a prior and proposals for the current image, EdgeSAM's granularity rule picks a
@@ -355,5 +364,7 @@ class EdgeSamPredictor:
         if self._proposals is not None:
             from .prior import segment_click_with_prior
 
-            return segment_click_with_prior(self, self._proposals, point, k_nearest=k_nearest)
-        return self.segment(np.asarray(point, np.float32).reshape(1, 2), np.ones(1, np.float32))
+            return segment_click_with_prior(self, self._proposals, point, k_nearest=k_nearest,
+                                            fill_holes=fill_holes)
+        return self.segment(np.asarray(point, np.float32).reshape(1, 2), np.ones(1, np.float32),
+                            fill_holes=fill_holes)

@@ -178,12 +178,13 @@ def choose_box_for_click(
 
 
 def segment_click_with_prior(
-    predictor, proposals: ProposalSet, point: Sequence[float], *, k_nearest: int = 5
+    predictor, proposals: ProposalSet, point: Sequence[float], *, k_nearest: int = 5, fill_holes: bool = True
 ) -> tuple[np.ndarray, float, np.ndarray]:
     """Segment the object under a single positive click with the granularity prior.
 
     With a proposal chosen by :func:`choose_box_for_click` the decoder gets the box and the
-    point (token 0); otherwise the point alone (EdgeSAM's most-stable-of-4 rule).
+    point (token 0); otherwise the point alone (EdgeSAM's most-stable-of-4 rule). Interior
+    holes are filled unless ``fill_holes`` is False (as :meth:`EdgeSamPredictor.segment`).
 
     Returns:
         mask ``H x W`` bool, stability score, low-res logits ``256 x 256`` (as ``segment``).
@@ -196,7 +197,8 @@ def segment_click_with_prior(
                          f"{size}: compute proposals for the current image first")
     pt = np.asarray(point, np.float32).reshape(1, 2)
     box = choose_box_for_click(pt[0], proposals.boxes, proposals.scores, k_nearest)
-    return predictor.segment(pt, np.ones(1, np.float32), box)
+    keep = {} if fill_holes else {"fill_holes": False}  # predictor-likes without the option fill nothing
+    return predictor.segment(pt, np.ones(1, np.float32), box, **keep)
 
 
 # -- priors -----------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from .postprocess import fill_holes as _fill_holes
 from .predictor import ImageEmbedding
 from .preprocess import to_rgb_uint8
 from .prompts import validate_prompt
@@ -235,7 +236,8 @@ class TiledImage:
                 return t
         raise ValueError(f"point ({x:g}, {y:g}) lies outside the {self.shape[1]} x {self.shape[0]} image")
 
-    def segment(self, point_coords=None, point_labels=None, box=None, *, max_tiles: int = 9) -> RegionMask:
+    def segment(self, point_coords=None, point_labels=None, box=None, *, max_tiles: int = 9,
+                fill_holes: bool = True) -> RegionMask:
         """Segment one object from points ``N x 2`` (x, y) and/or a box ``(x0, y0, x1, y1)``.
 
         The prompts are checked like the predictor's (:func:`validate_prompt`): ValueError for
@@ -244,7 +246,8 @@ class TiledImage:
         The prompt runs on the tile containing it (nearest centre); if the mask reaches a tile
         edge inside the image, the neighbouring tile is prompted too (with a point taken from the
         mask in the overlap when none of the prompts lies there) and the parts are joined, up to
-        ``max_tiles`` tiles.
+        ``max_tiles`` tiles. Interior holes of the joined mask are filled unless ``fill_holes``
+        is False.
         """
         pts, lab, bx = validate_prompt(point_coords, point_labels, box, self.shape)  # never clamped
         h, w = self.shape
@@ -264,7 +267,7 @@ class TiledImage:
         while todo and len(done) < max_tiles:
             t = self.tiles[todo.pop(0)]
             done.add(t.index)
-            part = self._segment_tile(t, pts, lab, bx, full)
+            part = self._segment_tile(t, pts, lab, bx, full, fill_holes)
             if part is None:
                 continue
             mask, stab = part
@@ -279,9 +282,11 @@ class TiledImage:
         if rows.size == 0:
             return RegionMask(0, 0, np.zeros((0, 0), bool), 0.0 if score is None else score)
         crop = full[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+        if fill_holes:  # also the holes where tiles join
+            crop = _fill_holes(crop)
         return RegionMask(int(rows[0]), int(cols[0]), crop.copy(), float(score))
 
-    def _segment_tile(self, t: Tile, pts, lab, bx, so_far: np.ndarray):
+    def _segment_tile(self, t: Tile, pts, lab, bx, so_far: np.ndarray, fill_holes: bool = True):
         local_pts = local_lab = local_box = None
         if pts is not None:
             inside = np.array([t.contains(x, y) for x, y in pts])
@@ -303,7 +308,8 @@ class TiledImage:
         previous = self.predictor.embedding if self.predictor.is_image_set else None
         self.predictor.set_embedding(self.embedding(t.index))
         try:
-            mask, stab, _ = self.predictor.segment(local_pts, local_lab, local_box)
+            keep = {} if fill_holes else {"fill_holes": False}  # predictor-likes without the option fill nothing
+            mask, stab, _ = self.predictor.segment(local_pts, local_lab, local_box, **keep)
         finally:
             if previous is not None:
                 self.predictor.set_embedding(previous)
