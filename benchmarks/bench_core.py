@@ -1,8 +1,8 @@
 """Encoder and decoder latency, side by side in one run, on this machine.
 
 Rows: the unfolded eager model (computes exactly what the official code computes), our
-default torch path (folded BN/RepVGG, channels-last, jit encoder; fast decoder), a bf16 encoder, onnxruntime on our
-exports, and the fp32 floor (FLOPs / measured matmul peak).
+default torch path (folded BN/RepVGG, channels-last, jit encoder; fast decoder), a bf16 encoder, onnxruntime and
+OpenVINO (if installed) on our exports, and the fp32 floor (FLOPs / measured matmul peak).
 
     python benchmarks/bench_core.py [--rounds 5] [--threads N] [--no-onnx]
 """
@@ -89,6 +89,14 @@ def main() -> None:
             dec["onnxruntime"] = lambda: ort.decode(emb, coords, labels)
         except ImportError as err:
             print(f"(onnx rows skipped: {err})")
+        try:
+            from napari_edgesam.inference.backends.openvino_backend import OpenVinoBackend
+
+            ov = OpenVinoBackend(e_path, d_path, num_threads=args.threads, cache=False)
+            enc["openvino"] = lambda: ov.encode(xn)
+            dec["openvino"] = lambda: ov.decode(emb, coords, labels)
+        except (ImportError, NameError) as err:
+            print(f"(openvino rows skipped: {err})")
 
     enc_flops = flops(eager_encode)
     dec_flops = flops(eager_decode)

@@ -95,3 +95,18 @@ def test_summary_names_range_weakest_slice_and_stops():
     text = summarise({1: res})
     assert "slices 3-5" in text and "0.70 at z=5" in text and "forward: low stability" in text
     assert "per slice: 3:0.80 4:seed 5:0.70" in text
+
+
+def test_boxes_drawn_past_the_image_edge_are_clipped():
+    from napari.layers import Shapes
+
+    from napari_edgesam._napari.layers import add_box, boxes_on_plane
+
+    plane = Plane.from_view((3, 50, 80), (1, 2), (1, 0, 0))
+    shapes = Shapes(ndim=3)
+    add_box(shapes, plane, (-5, 10, 30, 60))  # past the left and bottom edges
+    add_box(shapes, plane, (90, 10, 120, 20))  # wholly outside: left out
+    add_box(shapes, plane, (5, 5, 20, 25))
+    boxes = boxes_on_plane(shapes, plane)
+    np.testing.assert_allclose(boxes, [[0, 10, 30, 50], [5, 5, 20, 25]])
+    assert boxes_on_plane(shapes, plane.at(0, 2)) == []

@@ -209,12 +209,18 @@ def points_on_plane(points: Points, plane: Plane) -> tuple[np.ndarray, np.ndarra
 
 
 def boxes_on_plane(shapes: Shapes, plane: Plane) -> list[np.ndarray]:
-    """Rectangles (and any other shape, by its bounding box) on ``plane`` as ``(x0, y0, x1, y1)``."""
+    """Rectangles (and any other shape, by its bounding box) on ``plane`` as ``(x0, y0, x1, y1)``,
+    clipped to the image: a box drawn past the image's edge means "up to the edge" (one that
+    lies wholly outside the image is left out)."""
+    h, w = plane.size
     boxes = []
     for vertices in shapes.data:
         vertices = np.asarray(vertices)
         if len(vertices) and plane.contains(vertices).all():
-            boxes.append(rectangle_to_box(plane.rows_cols(vertices)))
+            box = rectangle_to_box(plane.rows_cols(vertices))
+            clipped = np.clip(box, 0, np.float32([w, h, w, h])).astype(box.dtype)
+            if clipped[2] > clipped[0] and clipped[3] > clipped[1]:
+                boxes.append(clipped)
     return boxes
 
 

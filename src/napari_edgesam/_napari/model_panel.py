@@ -4,7 +4,6 @@ beside it."""
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 
 from qtpy.QtCore import Signal
@@ -83,8 +82,10 @@ def cached_models() -> list[str]:
 
 def available_devices() -> list[str]:
     """``auto`` and ``cpu``, plus ``cuda`` / ``mps`` when torch sees them (imports torch)."""
+    from ..inference.api import torch_available
+
     devices = ["auto", "cpu"]
-    if importlib.util.find_spec("torch") is None:
+    if not torch_available():
         return devices
     import torch
 
