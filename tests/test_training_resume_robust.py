@@ -13,9 +13,13 @@ torch = pytest.importorskip("torch")
 
 from _helpers import one_thread  # noqa: E402, F401
 from napari_edgesam.model.build import CheckpointError  # noqa: E402
-from napari_edgesam.training.checkpoint import PREVIOUS_NAME, load_training_checkpoint  # noqa: E402
+from napari_edgesam.training.checkpoint import (  # noqa: E402
+    PREVIOUS_NAME,
+    load_resume_checkpoint,
+    load_training_checkpoint,
+    remove_temp_files,
+)
 from napari_edgesam.training.config import TrainConfig  # noqa: E402
-from napari_edgesam.training.resume import load_resume_checkpoint, remove_temp_files  # noqa: E402
 from napari_edgesam.training.runlog import truncate_log  # noqa: E402
 from napari_edgesam.training.synthetic import write_folder_dataset  # noqa: E402
 from napari_edgesam.training.trainer import train  # noqa: E402
@@ -81,7 +85,7 @@ def test_damaged_last_checkpoint_falls_back_to_the_previous_one(tmp_path, blobs,
         train(cfg, on_step=_kill_at(5))
     assert load_training_checkpoint(out / PREVIOUS_NAME)["step"] == 3  # saves: 2, 3 (epoch end), 4
     (out / "last.pt").write_bytes(os.urandom(10_000))  # e.g. a disk fault
-    with caplog.at_level(logging.WARNING, logger="napari_edgesam.training.resume"):
+    with caplog.at_level(logging.WARNING, logger="napari_edgesam.training.checkpoint"):
         resumed = train(cfg)
     assert any("resuming from" in r.message and PREVIOUS_NAME in r.message and "step 3" in r.message
                for r in caplog.records)

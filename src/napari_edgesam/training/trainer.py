@@ -24,6 +24,8 @@ from .checkpoint import (
     FORMAT,
     LAST_NAME,
     atomic_write_text,
+    load_resume_checkpoint,
+    remove_temp_files,
     rng_state,
     save_training_checkpoint,
     set_rng_state,
@@ -33,7 +35,6 @@ from .data import TrainingDataset, collate, epoch_batches, find_records
 from .distributed import DistInfo, barrier, broadcast_buffers, init_distributed
 from .export import export_official
 from .loop import Objective
-from .resume import load_resume_checkpoint, remove_temp_files
 from .runlog import RunLogger, progress_bar
 from .schedule import CosineSchedule, set_lr
 from .student import (
