@@ -26,9 +26,9 @@ WORKER = textwrap.dedent(
     writes = []
 
     def record(fn):
-        def wrapper(obj, path):
+        def wrapper(obj, path, *args, **kwargs):
             writes.append(str(path))
-            return fn(obj, path)
+            return fn(obj, path, *args, **kwargs)
         return wrapper
 
     # every file the trainer writes goes through these functions
