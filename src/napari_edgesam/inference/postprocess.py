@@ -103,9 +103,12 @@ def fill_holes(mask: np.ndarray, max_area: int | None = None) -> np.ndarray:
     if rows.size == 0:
         return out
     r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-    inv = np.pad(~mask[r0:r1, c0:c1], 1, constant_values=True)
     from scipy import ndimage
 
+    if max_area is None:  # every hole: boolean propagation, no label image (memory ~2 bytes/pixel)
+        out[r0:r1, c0:c1] = ndimage.binary_fill_holes(mask[r0:r1, c0:c1])
+        return out
+    inv = np.pad(~mask[r0:r1, c0:c1], 1, constant_values=True)
     lab, n = ndimage.label(inv)
     if n <= 1:
         return out
