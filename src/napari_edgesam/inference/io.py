@@ -224,9 +224,9 @@ def read_image(path: str | os.PathLike) -> ImageData:
     if is_zarr(p):
         try:
             return _read_zarr(p)
-        except (ValueError, FileNotFoundError):
-            raise
         except Exception as err:  # noqa: BLE001 - any reader failure becomes one clear line
+            if isinstance(err, (ValueError, FileNotFoundError)) and str(p) in str(err):
+                raise  # ours, naming the store already
             raise ImageReadError(_read_failure(p, err)) from err
     if p.is_dir():
         raise ImageReadError(f"{p} is a folder, not an image file (a zarr store needs .zarray, .zgroup "
