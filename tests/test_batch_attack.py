@@ -349,7 +349,13 @@ def _broken_files(d: Path) -> dict[str, str]:
     (d / "header.tif").write_bytes(raw[:8])
     (d / "empty.tif").write_bytes(b"")
     np.save(d / "pickle.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    (d / "junk.npy").write_bytes(b"hello world")  # not "pickled": numpy would say so
+    np.save(d / "whole.npy", np.zeros((100, 100)))
+    (d / "cut.npy").write_bytes((d / "whole.npy").read_bytes()[:1000])
+    (d / "whole.npy").unlink()
     return {
+        "junk.npy": "is not a .npy file",
+        "cut.npy": "is truncated",
         "text.png": "is not a readable PNG file",
         "trunc.tif": "is truncated",
         "header.tif": "is a TIFF without image data",

@@ -138,6 +138,7 @@ def test_batch_cli_errors(tmp_path, capsys, golden_checkpoint, make_golden_image
     assert rc == 1 and "Traceback" not in err
     assert "2 images: 1 ok, 0 skipped, 1 failed, 0 cancelled" in printed and "2 other entries ignored" in printed
     assert f"\n{folder / 'two.png'} is not a readable PNG file" in "\n" + err  # said, not only in the report
+    assert err.count("is not a readable PNG file") == 1  # once
     report = json.loads((out / "report.json").read_text())
     rec = {r["key"]: r for r in report["records"]}
     assert rec["one"]["status"] == "ok" and "is not a readable PNG file" in rec["two"]["error"]

@@ -150,6 +150,8 @@ def atomic_write_text(path: str | os.PathLike, text: str, *, encoding: str = "ut
 def _pid_running(pid: int) -> bool:
     if pid == os.getpid():
         return True
+    if os.name != "posix":  # os.kill(pid, 0) is not a probe on Windows (signal 0 is CTRL_C_EVENT)
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -168,7 +170,12 @@ def is_temp_name(name: str, suffix: str | None = None) -> bool:
 def remove_stale_temps(folder: str | os.PathLike, *, older_than_s: float = 0.0) -> list[Path]:
     """Remove the temporary files this module left in ``folder`` (not recursive) when their
     writer process has died (killed mid-write) on this machine; files of running processes and
-    files younger than ``older_than_s`` seconds are kept. Returns the removed paths."""
+    files younger than ``older_than_s`` seconds are kept. Returns the removed paths.
+
+    The writer is found by the process id in the file name, so this is exact for writers on this
+    machine (POSIX); on a folder shared between machines, a temp file of a live writer elsewhere
+    whose id is not running here would be removed (that writer's image then fails and is redone
+    by the next run). On Windows nothing is removed."""
     folder = Path(folder)
     removed: list[Path] = []
     try:

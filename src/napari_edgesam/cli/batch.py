@@ -9,6 +9,7 @@ an existing Dask cluster instead of this process.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import threading
 
@@ -122,6 +123,10 @@ def config_from_args(args: argparse.Namespace):
     )
 
 
+def _not_an_image_error(record: logging.LogRecord) -> bool:
+    return not getattr(record, "batch_image_error", False)
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -132,6 +137,9 @@ def run(args: argparse.Namespace) -> int:
     args.model = resolve_model(args.model, args.backend)
     config = config_from_args(args)
     cancel = threading.Event()
+    engine_log = logging.getLogger("napari_edgesam.inference.batch")
+    if _not_an_image_error not in engine_log.filters:  # failing images are printed below, once
+        engine_log.addFilter(_not_an_image_error)
     bar = None if args.no_progress else tqdm(total=0, unit="image", file=sys.stderr, dynamic_ncols=True)
 
     def error_text(record: dict) -> str:

@@ -198,7 +198,7 @@ def process_one(path: str | os.PathLike, config: BatchConfig, key: str | None = 
     except Cancelled:
         return record | {"status": "cancelled", "seconds": time.perf_counter() - t0}
     except Exception as err:  # noqa: BLE001 - one bad image must not stop the batch
-        logger.warning("%s failed: %s", p, _error_text(err))
+        logger.warning("%s failed: %s", p, _error_text(err), extra={"batch_image_error": True})
         record |= {"status": "error", "error": _error_text(err), "labels": None,
                    "traceback": traceback.format_exc(limit=8)}
     from .. import __version__

@@ -224,9 +224,9 @@ def read_image(path: str | os.PathLike) -> ImageData:
     if is_zarr(p):
         try:
             return _read_zarr(p)
-        except (ValueError, FileNotFoundError):
-            raise
         except Exception as err:  # noqa: BLE001 - any reader failure becomes one clear line
+            if isinstance(err, (ValueError, FileNotFoundError)) and str(p) in str(err):
+                raise  # ours, naming the store already
             raise ImageReadError(_read_failure(p, err)) from err
     if p.is_dir():
         raise ImageReadError(f"{p} is a folder, not an image file (a zarr store needs .zarray, .zgroup "
@@ -258,6 +258,9 @@ def _read_file(p: Path, suffix: str) -> tuple[np.ndarray, str | None]:
             series = tif.series[0]
             return series.asarray(), series.axes
     if suffix == ".npy":
+        with open(p, "rb") as fh:
+            if fh.read(6) != b"\x93NUMPY":  # numpy would call any other file "pickled data"
+                raise ImageReadError(f"{p} is not a .npy file (damaged, or another format with this suffix)")
         arr = np.load(p, allow_pickle=False)
         if arr.dtype.kind not in "buif":
             raise ImageReadError(f"{p} holds a {arr.dtype} array; images must be numbers (bool, int, float)")
@@ -278,12 +281,13 @@ def _read_failure(p: Path, err: BaseException) -> str:
         return f"cannot read {p}: permission denied"
     if isinstance(err, OSError) and err.errno == errno.EISDIR:
         return f"{p} is a folder, not an image file"
-    if "failed to read" in text or "truncated" in text.lower() or isinstance(err, EOFError) or (
-            "buffer" in text and "size" in text):
+    low = text.lower()
+    if ("failed to read" in low or "truncated" in low or "not fully written" in low or isinstance(err, EOFError)
+            or low.startswith("eof") or ("buffer" in low and "size" in low)):
         return f"{p} is truncated (the file ends before its image data; copy it again): {text}"
     if type(err).__name__ in ("UnidentifiedImageError", "TiffFileError") or "not a TIFF" in text:
         return f"{p} is not a readable {kind} file (damaged, or another format with this suffix)"
-    if "allow_pickle" in text or "pickle" in text:
+    if "object arrays cannot be loaded" in low:  # a real .npy of Python objects: never unpickled
         return f"{p} holds Python objects (pickled); only plain numeric .npy arrays are read"
     if isinstance(err, OSError) and err.strerror:
         return f"cannot read {p}: {err.strerror}"
