@@ -72,17 +72,19 @@ def test_box_on_edges_and_empty_point_list(predictor):
 
 
 def test_segment_rule(predictor, golden_cases):
-    """Points: the most stable of 4 candidates; boxes: token 0."""
-    from napari_edgesam.inference.postprocess import stability_score
+    """Points: the most stable of 4 candidates; boxes: token 0; holes filled unless asked not to."""
+    from napari_edgesam.inference.postprocess import fill_holes, stability_score
 
     c = golden_cases["point1"]
-    mask, stab, low = predictor.segment(c["point_coords"], c["point_labels"])
+    mask, stab, low = predictor.segment(c["point_coords"], c["point_labels"], fill_holes=False)
     m4, _, low4 = predictor.predict(c["point_coords"], c["point_labels"], num_multimask_outputs=4)
     best = int(np.argmax(stability_score(low4)))
     np.testing.assert_array_equal(mask, m4[best])
+    np.testing.assert_array_equal(predictor.segment(c["point_coords"], c["point_labels"])[0], fill_holes(m4[best]))
     for k in range(4):
-        np.testing.assert_array_equal(predictor.segment(c["point_coords"], c["point_labels"], candidate=k)[0], m4[k])
-    mbox, _, _ = predictor.segment(box=golden_cases["box"]["box"])
+        np.testing.assert_array_equal(
+            predictor.segment(c["point_coords"], c["point_labels"], candidate=k, fill_holes=False)[0], m4[k])
+    mbox, _, _ = predictor.segment(box=golden_cases["box"]["box"], fill_holes=False)
     np.testing.assert_array_equal(mbox, predictor.predict(box=golden_cases["box"]["box"])[0][0])
 
 
