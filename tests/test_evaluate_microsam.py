@@ -147,3 +147,25 @@ def test_iterative_prompting_without_mask_input():
     assert len(res.ious) == 3 and res.points[0][2] == 1 and len(pred.calls[2][0]) == 3
     with pytest.raises(ValueError, match="start"):
         iterative_prompting(pred, gt, "scribble")
+
+
+def test_train_evaluate_prints_both_protocols(tmp_path, golden_checkpoint, capsys):
+    import json
+
+    import tifffile
+
+    from napari_edgesam.cli import main
+
+    (tmp_path / "im").mkdir()
+    (tmp_path / "lab").mkdir()
+    image, labels = synthetic_nuclei_2d(seed=9, shape=(96, 96), n_nuclei=3)
+    tifffile.imwrite(tmp_path / "im/a.tif", image)
+    tifffile.imwrite(tmp_path / "lab/a.tif", labels)
+    out_json = tmp_path / "eval.json"
+    assert main(["train", "evaluate", "--model", str(golden_checkpoint), "--images", str(tmp_path / "im"),
+                 "--labels", str(tmp_path / "lab"), "--max-instances", "1", "--iterations", "2",
+                 "--out-json", str(out_json)]) == 0
+    printed = capsys.readouterr().out
+    assert "| box | mIoU |" in printed and "| point | mSA |" in printed and "| box+2 |" in printed
+    summary = json.loads(out_json.read_text())
+    assert len(summary["iterative"]["box"]["miou"]) == 3 and summary["iterative"]["box"]["mask_input"]

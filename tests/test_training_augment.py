@@ -76,7 +76,7 @@ def test_random_scale_crop_hits_the_target_sizes():
     rng = np.random.default_rng(0)
     medians = []
     for _ in range(25):
-        out, olab, factor = random_scale_crop(rgb, lab, rng, frame=512, object_px=(6, 400))
+        out, olab, factor = random_scale_crop(rgb, lab, rng, frame=512, object_px=(6, 400), canvas_probability=1.0)
         assert max(out.shape[:2]) <= 512 and out.shape[:2] == olab.shape
         assert olab.max() > 0  # the crop is centred near an object
         assert_aligned(out, olab, factor)
@@ -86,6 +86,15 @@ def test_random_scale_crop_hits_the_target_sizes():
         assert 0.5 * 6 / 24 <= factor <= 0.5 * 400 / 24 * 1.0001
     # log-uniform between 3 and 200 px (frame 512): both ends are visited
     assert min(medians) < 12 and max(medians) > 100
+
+
+def test_small_draws_fill_the_frame_unless_a_canvas_is_allowed():
+    rgb, lab = disks()  # 300 x 400: fills a 512 frame at factor 1.28 (objects 31 px)
+    for p, fills in ((0.0, True), (1.0, False)):
+        rng = np.random.default_rng(1)
+        sides = [max(random_scale_crop(rgb, lab, rng, 512, canvas_probability=p)[0].shape[:2]) for _ in range(30)]
+        assert all(s == 512 for s in sides) == fills
+        assert any(s == 512 for s in sides)
 
 
 def test_fill_frame_is_the_predictors_resize():

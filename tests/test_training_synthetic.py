@@ -25,6 +25,7 @@ def test_labels_are_solid_single_components(regime, kind):
     assert image.dtype == np.float32 and np.isfinite(image).all()
     assert labels.dtype == np.uint16 and image.shape == labels.shape and labels.shape[1] == 320
     assert info["regime"] == regime and info["kind"] == kind and info["n"] == labels.max() > 3
+    assert len(info["radii"]) == info["n"]
     assert_consistent(labels)
     # nuclei are brighter than the background
     assert image[labels > 0].mean() > image[labels == 0].mean()

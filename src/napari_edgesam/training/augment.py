@@ -77,15 +77,16 @@ def scale_crop(
     """Crop the source window at ``origin = (y0, x0)`` that covers at most ``frame`` output
     pixels per side at scale ``factor`` and resize it by ``factor``.
 
-    The window is ``min(H, floor(frame / factor))`` x ``min(W, ...)`` source pixels (clipped to
-    the image); the output is ``round(window * factor)`` (at most ``frame``) per side.
+    The window is ``min(H, ceil(frame / factor))`` x ``min(W, ...)`` source pixels (clipped to
+    the image); the output is ``min(frame, round(window * factor))`` per side (so a window that
+    covers the frame fills it exactly; the scale then differs from ``factor`` by < 1 px).
     """
     _check(rgb, labels)
     if not factor > 0:
         raise ValueError(f"scale factor must be > 0, got {factor}")
     H, W = labels.shape
-    sh = min(H, max(1, int(frame / factor)))
-    sw = min(W, max(1, int(frame / factor)))
+    sh = min(H, max(1, math.ceil(frame / factor - 1e-6)))
+    sw = min(W, max(1, math.ceil(frame / factor - 1e-6)))
     y0 = int(np.clip(origin[0], 0, H - sh))
     x0 = int(np.clip(origin[1], 0, W - sw))
     out_h = int(np.clip(round(sh * factor), 1, frame))
@@ -100,10 +101,16 @@ def random_scale_crop(
     frame: int,
     object_px: Sequence[float] = DEFAULT_OBJECT_PX,
     reference: int = 1024,
+    canvas_probability: float = 0.25,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Rescale so the median object diameter becomes a log-uniform draw from ``object_px``
     (px of a ``reference`` frame, scaled to ``frame``), and crop at most ``frame x frame``
     around a random object (jittered). Without objects the zoom is 0.5-2x of filling the frame.
+
+    A draw that would shrink the whole image below the frame (objects smaller than this image
+    can show while filling it) is kept only with ``canvas_probability`` (a small image in a
+    padded canvas, as a crop embedded at a chosen scale looks); otherwise the zoom is raised so
+    the image fills the frame, as the predictor shows a whole image.
 
     Returns ``(image h x w x 3 uint8, labels h x w, factor)`` with ``h, w <= frame``.
     """
@@ -118,8 +125,11 @@ def random_scale_crop(
         factor = target / float(np.median(diam))
     else:
         factor = frame / max(H, W) * math.exp(rng.uniform(math.log(0.5), math.log(2.0)))
-    sh = min(H, max(1, int(frame / factor)))
-    sw = min(W, max(1, int(frame / factor)))
+    fill = frame / max(H, W)
+    if factor < fill and rng.random() >= canvas_probability:
+        factor = fill
+    sh = min(H, max(1, math.ceil(frame / factor - 1e-6)))
+    sw = min(W, max(1, math.ceil(frame / factor - 1e-6)))
     slices = [s for s in ndi.find_objects(labels.astype(np.int64, copy=False)) if s is not None] if diam.size else []
     if slices:
         s = slices[int(rng.integers(len(slices)))]

@@ -114,6 +114,9 @@ class DataConfig:
     object_size_px: list[float] = field(default_factory=lambda: [6.0, 400.0])
     #: "scale": fraction of samples rescaled; the others are whole images filling the frame.
     scale_probability: float = 0.8
+    #: "scale": probability of keeping a draw that shrinks the whole image below the frame (a
+    #: small padded canvas); otherwise such a draw is raised to fill the frame.
+    canvas_probability: float = 0.25
     #: Rich synthetic nuclei images (:func:`napari_edgesam.training.synthetic.rich_synthetic_nuclei`)
     #: generated per epoch beside the folder's images: new ones every epoch (seeded by the run
     #: seed, the epoch and the index), at the frame size, radii scaled with ``model.img_size``.
@@ -264,8 +267,9 @@ class TrainConfig:
             _choice("data.augment entry", a, AUGMENTATIONS)
         if len(d.object_size_px) != 2 or not 0 < d.object_size_px[0] <= d.object_size_px[1]:
             raise ConfigError(f"data.object_size_px must be [low, high] with 0 < low <= high, got {d.object_size_px}")
-        if not 0.0 <= d.scale_probability <= 1.0:
-            raise ConfigError(f"data.scale_probability must be in [0, 1], got {d.scale_probability}")
+        for name in ("scale_probability", "canvas_probability"):
+            if not 0.0 <= getattr(d, name) <= 1.0:
+                raise ConfigError(f"data.{name} must be in [0, 1], got {getattr(d, name)}")
         _non_negative("data.synthetic_images", d.synthetic_images)
         for g in d.synthetic_regimes:
             _choice("data.synthetic_regimes entry", g, SYNTHETIC_REGIMES)

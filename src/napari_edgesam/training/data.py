@@ -306,7 +306,8 @@ class TrainingDataset(Dataset):
             if max(lab.shape) > s:
                 rgb, lab = aug.fill_frame(rgb, lab, s)
         elif "scale" in cfg.augment and rng.random() < cfg.scale_probability:
-            rgb, lab, _ = aug.random_scale_crop(rgb, lab, rng, s, cfg.object_size_px)
+            rgb, lab, _ = aug.random_scale_crop(rgb, lab, rng, s, cfg.object_size_px,
+                                                canvas_probability=cfg.canvas_probability)
         else:
             rgb, lab = aug.fill_frame(rgb, lab, s)
         geo = [a for a in cfg.augment if a in aug.GEOMETRIC]

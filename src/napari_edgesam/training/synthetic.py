@@ -299,7 +299,8 @@ def rich_synthetic_nuclei(
         img_z = render_fluorescence(rng, lab_z, float(np.sqrt(lo * hi)))
         if rng.random() < 0.5:  # shown upsampled to isotropic pixels: staircase edges, row blur
             rows = np.minimum(((np.arange(h) + 0.5) * hz / h).astype(np.int64), hz - 1)
-            labels = _fix_labels(lab_z[rows])
+            labels, old_ids = _fix_labels(lab_z[rows], return_ids=True)
+            radii = radii[old_ids.astype(np.int64) - 1]
             image = ndi.zoom(img_z, (h / hz, 1.0), order=1)[:h]
             image = np.pad(image, [(0, h - image.shape[0]), (0, 0)], mode="edge")
         else:  # shown on the raw grid: flattened objects, a wide short image
@@ -310,15 +311,10 @@ def rich_synthetic_nuclei(
             # the plane cuts each ellipsoid at a random height: sections shrink to caps
             frac = rng.uniform(0.0, 0.95, int(labels.max()))
             section = np.sqrt(1.0 - frac**2)
-            keep = np.concatenate([[0.0], section])[labels]
-            grown = _shrink_sections(labels, section)
-            labels = _fix_labels(grown)
-            dim = None
-            n = int(labels.max())
-            dim = np.zeros(n, bool)
-            ids_sec = np.unique(grown[grown > 0])
-            dim[: len(ids_sec)] = section[ids_sec - 1] < 0.6  # caps are out of focus: dim
-            del keep
+            cut = _shrink_sections(labels, section)
+            labels, old_ids = _fix_labels(cut, return_ids=True)
+            radii = radii[old_ids.astype(np.int64) - 1]
+            dim = section[old_ids.astype(np.int64) - 1] < 0.6  # caps are out of focus: dim
         image = None
     if image is None:
         image = render_fluorescence(rng, labels, float(np.sqrt(lo * hi)), dim)
