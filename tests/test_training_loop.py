@@ -160,3 +160,60 @@ def test_min_error_pixels_scale_with_the_low_res_grid():
     assert scaled_min_error_pixels(10, 128) == 2  # 512 input: a quarter of the area
     assert scaled_min_error_pixels(10, 16) == 1  # never below one pixel
     assert scaled_min_error_pixels(0, 256) == 1
+
+
+def test_mask_input_in_refinement_trains_only_the_mask_path():
+    """With ``mask_input_in_refinement`` the refinement decodes get the previous logits as
+    mask input; with ``train_mask_input`` only ``mask_downscaling`` of the prompt encoder (and
+    nothing else when encoder and decoder are frozen) receives gradients, and a few steps of
+    training make the refined masks better."""
+    torch.manual_seed(0)
+    model = build_student(ModelConfig(img_size=S))
+    configure_trainable(model, False, False, train_mask_input=True)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("prompt_encoder.mask_downscaling.") for n in trainable)
+    emb, boxes, points, valid = _inputs()
+    gt = torch.zeros(3, 16, 16, dtype=torch.bool)
+    gt[:, 3:11, 2:9] = True
+    seen = []
+    real = model.prompt_encoder.embed_masks
+
+    def spy(masks):
+        seen.append(masks.shape)
+        return real(masks)
+
+    model.prompt_encoder.embed_masks = spy
+    cfg = LoopConfig(num_refinements=2, mask_input_in_refinement=True)
+    coords, labels = initial_prompts("box", boxes, points)
+    result = prompt_loop(model, emb, coords, labels, valid, GroundTruthTargets(gt), "box", cfg, S,
+                         torch.Generator().manual_seed(0))
+    assert seen == [(3, 1, 16, 16), (3, 1, 16, 16)]  # both refinements, none in the first decode
+    result.loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert set(grads) == trainable and any(g.abs().sum() > 0 for g in grads.values())
+    # without the option no mask input is passed
+    seen.clear()
+    prompt_loop(model, emb, coords, labels, valid, GroundTruthTargets(gt), "box", LoopConfig(num_refinements=2), S,
+                torch.Generator().manual_seed(0))
+    assert seen == []
+    # a few steps on the mask path alone lower the loss
+    model.prompt_encoder.embed_masks = real
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for _ in range(15):
+        opt.zero_grad()
+        out = prompt_loop(model, emb, coords, labels, valid, GroundTruthTargets(gt), "box", cfg, S,
+                          torch.Generator().manual_seed(0))
+        out.loss.backward()
+        opt.step()
+        losses.append(out.loss.item())
+    assert losses[-1] < losses[0]
+
+
+def test_train_mask_input_needs_mask_input_in_refinement():
+    from napari_edgesam.training.config import ConfigError
+
+    cfg = TrainConfig.from_dict({"phase": "finetune", "model": {"train_mask_input": True},
+                                 "data": {"images": "x", "labels": "y"}})
+    with pytest.raises(ConfigError, match="mask_input_in_refinement"):
+        cfg.validate()

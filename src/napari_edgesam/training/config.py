@@ -55,8 +55,13 @@ class ModelConfig:
     init_decoder_from_teacher: bool = False
     #: Train the image encoder (False: frozen, embeddings computed without gradients).
     train_encoder: bool = True
-    #: Train the mask decoder (the prompt encoder is always frozen).
+    #: Train the mask decoder (the prompt encoder's point/box embeddings are always frozen).
     train_decoder: bool = True
+    #: Train the prompt encoder's mask path (``mask_downscaling``: the low-res logits of an
+    #: earlier decode, given back as ``mask_input`` when refining). Use with
+    #: ``loop.mask_input_in_refinement``; a student whose mask path was never trained gets
+    #: worse, not better, when a mask input is passed.
+    train_mask_input: bool = False
     #: Keep BatchNorm layers in eval mode (running statistics frozen; use with small batches
     #: when starting from trained weights).
     freeze_bn: bool = False
@@ -174,6 +179,10 @@ class LoopConfig:
     #: Point iterations: "all" supervises every mask token, "min" only the best one (SAM's rule;
     #: fine-tuning on ground truth only).
     point_supervision: str = "all"
+    #: Refinement decodes also get the previous decode's low-res logits (of the mask the
+    #: refinement point was sampled from) as ``mask_input``, as SAM's interactive training and
+    #: every interactive tool (the widget, 3D propagation) use the model.
+    mask_input_in_refinement: bool = False
 
 
 @dataclass
@@ -331,8 +340,12 @@ class TrainConfig:
             raise ConfigError("phase1 trains only the image encoder: model.train_encoder must be true")
         if self.phase == "finetune" and d.kind == "folder" and not d.labels:
             raise ConfigError("finetune needs ground truth: set data.labels to the folder of label images")
-        if not (m.train_encoder or m.train_decoder):
-            raise ConfigError("nothing to train: model.train_encoder and model.train_decoder are both false")
+        if not (m.train_encoder or m.train_decoder or m.train_mask_input):
+            raise ConfigError("nothing to train: model.train_encoder, model.train_decoder and "
+                              "model.train_mask_input are all false")
+        if m.train_mask_input and not self.loop.mask_input_in_refinement:
+            raise ConfigError("model.train_mask_input needs loop.mask_input_in_refinement=true "
+                              "(otherwise the mask path never sees a mask input)")
         if t.cache_dir and d.synthetic_images:
             raise ConfigError(
                 "data.synthetic_images cannot be used with teacher.cache_dir (generated images have no "

@@ -11,7 +11,9 @@ fine-tuning; only the *targets* differ:
 3. Refinement (``num_refinements`` times): binarise the student's masks and the targets; with
    4 outputs pick one mask per instance (the teacher's IoU argmax, or the student mask closest
    to the ground truth); sample one point from FP u FN (FP -> negative, FN -> positive, fewer
-   than ``min_error_pixels`` -> label -2), append it to the prompts and decode again.
+   than ``min_error_pixels`` -> label -2), append it to the prompts and decode again; with
+   ``mask_input_in_refinement`` the picked mask's low-res logits (detached) go in as
+   ``mask_input`` too.
 4. The loss is averaged over the decode iterations.
 """
 
@@ -138,10 +140,13 @@ def prompt_loop(
     metrics: dict[str, torch.Tensor] = {}
     ignored = []
     logits = target = pick = None
+    mask_input = None
     for it in range(n_iters):
         if it > 0:
             with torch.no_grad():
                 rows = torch.arange(logits.shape[0], device=logits.device)
+                if cfg.mask_input_in_refinement:
+                    mask_input = logits.detach()[rows, pick][:, None]
                 pred = ((logits.detach() > 0) & valid4)[rows, pick]
                 tgt = (target & valid4)[rows, pick]
                 pts, lab = sample_refinement_points(pred, tgt, generator, min_error)
@@ -149,7 +154,7 @@ def prompt_loop(
                 ignored.append((lab < 0).float().mean())
             coords = torch.cat([coords, pts[:, None].to(coords.dtype)], dim=1)
             labels = torch.cat([labels, lab[:, None].to(labels.dtype)], dim=1)
-        logits, _ = decode_prompts(student, embeddings, coords, labels, None, num_outputs, has_box=has_box)
+        logits, _ = decode_prompts(student, embeddings, coords, labels, mask_input, num_outputs, has_box=has_box)
         logits = logits.float()
         with torch.no_grad():
             target, pick = targets(coords, labels, has_box, token, (logits.detach() > 0) & valid4)

@@ -79,17 +79,23 @@ def copy_decoder_from(student: EdgeSam, teacher_model: nn.Module) -> None:
     student.mask_decoder.load_state_dict(teacher_model.mask_decoder.state_dict(), strict=True)
 
 
-def configure_trainable(model: EdgeSam, train_encoder: bool, train_decoder: bool) -> None:
-    """Set ``requires_grad``: the prompt encoder is always frozen."""
+def configure_trainable(model: EdgeSam, train_encoder: bool, train_decoder: bool,
+                        train_mask_input: bool = False) -> None:
+    """Set ``requires_grad``: the prompt encoder is frozen except, with ``train_mask_input``,
+    its mask path (``mask_downscaling``)."""
     model.image_encoder.requires_grad_(train_encoder)
     model.mask_decoder.requires_grad_(train_decoder)
     model.prompt_encoder.requires_grad_(False)
+    model.prompt_encoder.mask_downscaling.requires_grad_(train_mask_input)
 
 
-def set_train_mode(model: EdgeSam, train_encoder: bool, train_decoder: bool, freeze_bn: bool) -> None:
+def set_train_mode(model: EdgeSam, train_encoder: bool, train_decoder: bool, freeze_bn: bool,
+                   train_mask_input: bool = False) -> None:
     """Train mode for the trained parts; frozen parts (and BN with ``freeze_bn``) in eval mode."""
     model.train()
     model.prompt_encoder.eval()
+    if train_mask_input:
+        model.prompt_encoder.mask_downscaling.train()
     if not train_encoder:
         model.image_encoder.eval()
     if not train_decoder:

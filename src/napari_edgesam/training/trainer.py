@@ -104,7 +104,8 @@ class Trainer:
         train_decoder = cfg.model.train_decoder and cfg.phase != "phase1"
         self.train_encoder = cfg.model.train_encoder
         self.train_decoder = train_decoder
-        configure_trainable(self.student, self.train_encoder, train_decoder)
+        self.train_mask_input = cfg.model.train_mask_input and cfg.phase != "phase1"
+        configure_trainable(self.student, self.train_encoder, train_decoder, self.train_mask_input)
         self.student.to(self.device)
         if self.teacher is not None:
             self.teacher.to(self.device)
@@ -321,7 +322,8 @@ class Trainer:
         try:
             while self.epoch < cfg.optim.epochs and not stopped:
                 loader = self._loader(self.epoch, self.step_in_epoch)
-                set_train_mode(self.student, self.train_encoder, self.train_decoder, cfg.model.freeze_bn)
+                set_train_mode(self.student, self.train_encoder, self.train_decoder, cfg.model.freeze_bn,
+                               self.train_mask_input)
                 bar = progress_bar(cfg.run.progress and self.info.is_main, self.steps_per_epoch, self.step_in_epoch, self.epoch)
                 tic = time.perf_counter()
                 for batch in loader:
