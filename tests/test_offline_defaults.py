@@ -170,6 +170,6 @@ def test_failed_download_is_one_wrapped_line_and_keeps_the_window_width(offline,
     text = widget.status.value
     assert attempts and text.startswith("failed: could not download weight file edge_sam.pth")
     assert "\n" not in text and str(cache) in text
-    assert widget.status.native.wordWrap()
     assert window.width() == width
     assert widget.minimumSizeHint().width() < 500
+    assert widget.status.native.wordWrap()
