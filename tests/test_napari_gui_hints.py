@@ -79,6 +79,11 @@ def test_clear_resets_the_status(widget, qtbot):
     assert "object 1" not in widget.status.text() and "cleared" in widget.status.text()
     qtbot.wait(300)  # a late decoder answer must not bring it back
     assert "object 1" not in widget.status.text()
+    _point(qtbot, c)
+    assert "object 1" in widget.status.text()
+    points, _ = c.prompt_layers()
+    points.data = np.empty((0, 2))  # the user deletes the points: the same
+    qtbot.waitUntil(lambda: "no prompts" in widget.status.text(), timeout=TIMEOUT)
 
 
 def test_draw_box_and_add_points_buttons_select_the_tools(widget, qtbot):

@@ -170,6 +170,37 @@ def test_failed_download_is_one_wrapped_line_and_keeps_the_window_width(offline,
     text = widget.status.value
     assert attempts and text.startswith("failed: could not download weight file edge_sam.pth")
     assert "\n" not in text and str(cache) in text
-    assert widget.status.native.wordWrap()
     assert window.width() == width
     assert widget.minimumSizeHint().width() < 500
+    assert widget.status.native.wordWrap()
+
+
+@pytest.mark.gui
+def test_interactive_widget_loads_the_local_model_and_an_offline_download_fails_in_one_line(
+        offline, make_napari_viewer, qtbot):
+    from napari_edgesam._napari import layers as L
+    from napari_edgesam._napari.interactive_widget import InteractiveWidget
+    from napari_edgesam._napari.workers import wait_for_workers
+
+    cache, attempts = offline
+    viewer = make_napari_viewer()
+    viewer.add_image(_image(), name="nuclei")
+    widget = InteractiveWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    panel, c = widget.model_panel, widget.controller
+    assert "edgesam-nuclei: the model shipped" in panel.message.text()
+    qtbot.waitUntil(lambda: widget.predictor is not None, timeout=300_000)
+    assert widget.predictor.model_name == "edgesam-nuclei" and attempts == []
+    qtbot.waitUntil(lambda: c.embeddings.lookup(c.current_view()) is not None, timeout=300_000)
+    points, _ = c.prompt_layers()
+    with qtbot.waitSignal(c.preview_updated, timeout=300_000) as blocker:
+        L.add_point(points, c.current_plane(), (128, 128))
+    assert blocker.args[0].labels.any()
+    panel.model.setCurrentText("edgesam")  # asked for: the download is tried, and fails
+    with qtbot.waitSignal(c.status, timeout=300_000, check_params_cb=lambda t: t.startswith("could not load")):
+        panel.load.click()
+    message = panel.message.text()
+    assert attempts and "\n" not in message and "edge_sam.pth" in message and str(cache) in message
+    assert widget.predictor.model_name == "edgesam-nuclei"  # the working model stays
+    c.close()
+    wait_for_workers(60_000)

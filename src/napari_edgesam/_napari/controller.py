@@ -374,6 +374,7 @@ class InteractiveController(QObject):
         if preview is not None:
             plane.write(preview.data, np.zeros(plane.size, preview.data.dtype))
             preview.refresh()
+        self.status.emit("no prompts on this plane: click to add points, or draw a box")
 
     # -- actions (buttons and shortcuts) -----------------------------------------------------
     def toggle_polarity(self) -> bool:
