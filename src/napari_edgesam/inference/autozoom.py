@@ -39,8 +39,11 @@ from .preprocess import normalize_and_pad, resized_shape, to_rgb_uint8
 
 #: Object radius (pixels of the 1024 input frame) AutoZoom rescales objects to.
 DEFAULT_TARGET_RADIUS = 32.0
-#: No zoom while the object's radius in the whole-image frame is within this factor of the target.
+#: No zoom of a box while the object's radius in the whole-image frame is within this factor of the target.
 DEFAULT_BAND = 1.5
+#: The same for clicks, whose first mask on the whole image may be a collapsed part of a larger
+#: object of a plausible size: 1 means every click is decoded again in a crop at the target size.
+DEFAULT_CLICK_BAND = 1.0
 #: Largest magnification (frame pixels per image pixel) of a crop: tiny objects are not blown up further.
 MAX_SCALE = 8.0
 #: Clicks: at most this many re-crops when the mask found in a crop implies another scale.
@@ -195,8 +198,9 @@ class AutoZoom:
         image: ``H x W`` or ``H x W x C``, normalised once for the whole image (so crops share
             the whole image's contrast) with ``normalisation`` (see ``to_rgb_uint8``).
         target_radius: the object radius (1024-frame pixels) crops are scaled to.
-        band: no zoom while the object's radius in the whole-image frame is within
+        band: no zoom of a box while the object's radius in the whole-image frame is within
             ``[target / band, target * band]`` (then the cost is the plain predictor's).
+        click_band: the same for point prompts, measured on their first mask.
         cache: where crop embeddings are kept (a private 8-entry cache by default).
         image_key: identifies the image in ``cache`` (default: a content hash).
         embedding: the whole image's embedding if the caller has it (e.g. ``predictor.embedding``
@@ -205,17 +209,18 @@ class AutoZoom:
     """
 
     def __init__(self, predictor, image: np.ndarray, *, target_radius: float = DEFAULT_TARGET_RADIUS,
-                 band: float = DEFAULT_BAND, max_scale: float = MAX_SCALE,
+                 band: float = DEFAULT_BAND, click_band: float = DEFAULT_CLICK_BAND, max_scale: float = MAX_SCALE,
                  cache: CropEmbeddingCache | None = None, image_key: Hashable | None = None,
                  embedding: ImageEmbedding | None = None, proposals=None, **normalisation) -> None:
-        if band < 1:
-            raise ValueError(f"band must be >= 1, got {band}")
+        if band < 1 or click_band < 1:
+            raise ValueError(f"band and click_band must be >= 1, got {band}, {click_band}")
         if target_radius <= 0:
             raise ValueError(f"target_radius must be > 0, got {target_radius}")
         self.predictor = predictor
         self.rgb = to_rgb_uint8(image, **normalisation)
         self.shape: tuple[int, int] = tuple(self.rgb.shape[:2])
         self.target_radius, self.band, self.max_scale = float(target_radius), float(band), float(max_scale)
+        self.click_band = float(click_band)
         self.cache = cache if cache is not None else CropEmbeddingCache(8)
         if image_key is None:
             from .embedding_cache import data_signature
@@ -249,10 +254,12 @@ class AutoZoom:
             self.cache.put(key, emb)
         return emb
 
-    def needs_zoom(self, radius: float) -> bool:
-        """Whether an object of ``radius`` image pixels is outside the band in the whole-image frame."""
+    def needs_zoom(self, radius: float, band: float | None = None) -> bool:
+        """Whether an object of ``radius`` image pixels is outside ``band`` (default: the box
+        band) around the target in the whole-image frame."""
         r = radius * global_scale(self.shape)
-        return not (self.target_radius / self.band <= r <= self.target_radius * self.band)
+        band = self.band if band is None else band
+        return not (self.target_radius / band <= r <= self.target_radius * band)
 
     def window_for(self, box: np.ndarray) -> CropWindow:
         return crop_window(self.shape, box, self.target_radius, self.max_scale)
@@ -317,7 +324,7 @@ class AutoZoom:
             r = EMPTY_GUESS * self.target_radius / global_scale(self.shape)
             x, y = pts[lab == 1][0] if (lab == 1).any() else pts[0]
             box = np.float32([x - r, y - r, x + r, y + r])
-        elif not self.needs_zoom(object_radius(box)):
+        elif not self.needs_zoom(object_radius(box), self.click_band):
             return result
         tried: set = set()
         for _ in range(1 + MAX_REFINES):
