@@ -256,3 +256,32 @@ def test_packaged_model_segments_large_nuclei_with_autozoom():
     assert len(zoomed) >= 2
     print(f"radius 64 nuclei, box mIoU plain {np.mean(plain):.3f}, AutoZoom {np.mean(zoomed):.3f}")
     assert np.mean(zoomed) > 0.6 and np.mean(zoomed) > np.mean(plain) + 0.4, (plain, zoomed)
+
+
+def test_propagation_with_autozoom_follows_an_object_that_changes_size():
+    """An ellipsoid with a hole in a 9 x 600 x 800 stack (radius 12-40 px, 15-51 px in the 1024
+    frame): propagation through AutoZoom crops follows it to its ends, holes filled."""
+    from napari_edgesam.inference.propagation import propagate_object
+
+    shape = (600, 800)
+    radii = [12, 16, 24, 32, 40, 32, 24, 16, 12]
+    truth = np.stack([_ellipse(shape, 400, 300, r, 0.8 * r) for r in radii])
+    holed = [_ellipse(shape, 400, 300, r, 0.8 * r) & ~_ellipse(shape, 400 + r / 3, 300, r / 6, r / 6) for r in radii]
+    stack = np.stack([_image(m) for m in holed])
+    predictor = EdgeSamPredictor(ImageOracleBackend(), "oracle")
+    cache = CropEmbeddingCache(32)
+    zooms = {}
+
+    def zoom_for(z):
+        return zooms.setdefault(z, AutoZoom(predictor, stack[z], cache=cache, image_key=z))
+
+    def no_embedding(z):
+        raise AssertionError("AutoZoom propagation needs no whole-slice embedding")
+
+    res = propagate_object(predictor, no_embedding, {4: truth[4]}, len(radii), zoom_for=zoom_for, min_area=5)
+    assert res.slices == list(range(9)) and set(res.stopped.values()) == {"end of stack"}
+    for z in range(9):
+        assert _iou(res.masks[z], truth[z]) > 0.85, (z, _iou(res.masks[z], truth[z]))
+    kept = propagate_object(predictor, no_embedding, {4: truth[4]}, len(radii), zoom_for=zoom_for,
+                            min_area=5, fill_holes=False)
+    assert not kept.masks[3][300, 410] and res.masks[3][300, 410]
