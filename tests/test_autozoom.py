@@ -285,3 +285,25 @@ def test_propagation_with_autozoom_follows_an_object_that_changes_size():
     kept = propagate_object(predictor, no_embedding, {4: truth[4]}, len(radii), zoom_for=zoom_for,
                             min_area=5, fill_holes=False)
     assert not kept.masks[3][300, 410] and res.masks[3][300, 410]
+
+
+def test_cli_segment_autozoom_and_keep_holes(tmp_path):
+    pytest.importorskip("torch")
+    import tifffile
+
+    from napari_edgesam.cli import main
+    from napari_edgesam.datasets import synthetic_nuclei_sized
+
+    image, labels = synthetic_nuclei_sized(seed=5, shape=(512, 512), radius=64)
+    src = tmp_path / "big_nuclei.tif"
+    tifffile.imwrite(src, image)
+    truth = labels == 1
+    box = ",".join(str(int(v)) for v in _box(truth))
+    out = {}
+    for name, extra in (("plain", []), ("zoom", ["--autozoom"]), ("zoom_holes", ["--autozoom", "--keep-holes"])):
+        out[name] = tmp_path / f"{name}.tif"
+        assert main(["segment", str(src), "--box", box, "-o", str(out[name]), "--model", "edgesam-nuclei", *extra]) == 0
+    masks = {k: tifffile.imread(v) == 1 for k, v in out.items()}
+    assert _iou(masks["zoom"], truth) > 0.6 and _iou(masks["zoom"], truth) > _iou(masks["plain"], truth) + 0.3
+    assert not (masks["zoom_holes"] & ~masks["zoom"]).any()  # the same mask, holes not filled
+    assert fill_holes(masks["zoom_holes"]).sum() == masks["zoom"].sum()
