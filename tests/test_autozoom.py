@@ -307,3 +307,33 @@ def test_cli_segment_autozoom_and_keep_holes(tmp_path):
     assert _iou(masks["zoom"], truth) > 0.6 and _iou(masks["zoom"], truth) > _iou(masks["plain"], truth) + 0.3
     assert not (masks["zoom_holes"] & ~masks["zoom"]).any()  # the same mask, holes not filled
     assert fill_holes(masks["zoom_holes"]).sum() == masks["zoom"].sum()
+
+
+def test_batch_prompts_with_autozoom(tmp_path):
+    pytest.importorskip("torch")
+    import tifffile
+
+    from napari_edgesam.inference.api import load_model
+    from napari_edgesam.inference.batch import BatchConfig, run_batch
+    from napari_edgesam.datasets import synthetic_nuclei_sized
+
+    image, labels = synthetic_nuclei_sized(seed=5, shape=(512, 512), radius=64)
+    src = tmp_path / "big.tif"
+    tifffile.imwrite(src, image)
+    rows = ["image,object,kind,x,y,label,x0,y0,x1,y1"]
+    ids = list(range(1, int(labels.max()) + 1))
+    for k in ids:
+        x0, y0, x1, y1 = (int(v) for v in _box(labels == k))
+        rows.append(f"big.tif,n{k},box,,,,{x0},{y0},{x1},{y1}")
+    (tmp_path / "prompts.csv").write_text("\n".join(rows) + "\n")
+    predictor = load_model("edgesam-nuclei", backend="torch", device="cpu", allow_download=False)
+    scores = {}
+    for zoom in (False, True):
+        config = BatchConfig(mode="prompts", prompts=str(tmp_path / "prompts.csv"), model="edgesam-nuclei",
+                             autozoom=zoom)
+        report = run_batch([src], tmp_path / f"out{zoom}", config, predictor=predictor)
+        assert report.count("ok") == 1, report.records
+        (out,) = [p for p in (tmp_path / f"out{zoom}").rglob("*.tif")]
+        got = tifffile.imread(out)
+        scores[zoom] = np.mean([_iou(got == k, labels == k) for k in ids])
+    assert scores[True] > 0.6 and scores[True] > scores[False] + 0.3, scores
