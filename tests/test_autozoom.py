@@ -337,3 +337,21 @@ def test_batch_prompts_with_autozoom(tmp_path):
         got = tifffile.imread(out)
         scores[zoom] = np.mean([_iou(got == k, labels == k) for k in ids])
     assert scores[True] > 0.6 and scores[True] > scores[False] + 0.3, scores
+
+
+def test_interactive_session_with_autozoom():
+    from napari_edgesam._napari.session import ObjectPrompt, Session
+
+    shape = (1200, 1600)
+    truth = _ellipse(shape, 800, 600, 6, 5)  # 4 px in the frame: too coarse without a zoom
+    predictor = EdgeSamPredictor(ImageOracleBackend(), "oracle")
+    image = _image(truth)
+    emb = predictor.compute_embedding(image)
+    zoom = AutoZoom(predictor, image, embedding=emb)
+    session = Session()
+    for obj in (ObjectPrompt(np.float32([[800, 600]]), np.float32([1])),
+                ObjectPrompt(np.zeros((0, 2), np.float32), np.zeros(0, np.float32), _box(truth))):
+        plain = session.decode(predictor, emb, "p", [obj])
+        zoomed = session.decode(predictor, emb, "p", [obj], zoom=zoom)
+        assert _iou(zoomed.labels == 1, truth) > 0.9 > _iou(plain.labels == 1, truth) + 0.1
+        assert zoomed.objects[0].low_res.shape == (256, 256)
