@@ -132,7 +132,7 @@ def test_autozoom_mask_lands_on_the_object(shape, cx, cy, a, b):
     predictor = EdgeSamPredictor(ImageOracleBackend(), "oracle")
     image = _image(truth)
     predictor.set_image(image)
-    zoom = AutoZoom(predictor, image, embedding=predictor.embedding)
+    zoom = AutoZoom(predictor, image, embedding=predictor.embedding, click_zoom_in=True)
     box = _box(truth)
     zoomed = zoom.segment(box=box)
     click = zoom.segment(np.float32([[cx, cy]]) if truth[int(cy), int(cx)] else np.float32([box[:2] + 1]),
@@ -150,6 +150,9 @@ def test_autozoom_mask_lands_on_the_object(shape, cx, cy, a, b):
     if needs and radius_in_frame < 10:  # the plain 1024 frame is too coarse for it; the crop is not
         assert _iou(zoomed.mask, truth) > _iou(plain, truth) + 0.1
     assert predictor.embedding.original_size == shape  # the whole image is current again
+    # by default clicks are zoomed out only (zooming in lost on the size sweep)
+    default = AutoZoom(predictor, image, embedding=predictor.embedding).segment(np.float32([[cx, cy]]), np.ones(1))
+    assert (default.window is not None) == (radius_in_frame > 32 and truth[int(cy), int(cx)])
 
 
 def test_crop_embeddings_are_cached():
@@ -347,7 +350,7 @@ def test_interactive_session_with_autozoom():
     predictor = EdgeSamPredictor(ImageOracleBackend(), "oracle")
     image = _image(truth)
     emb = predictor.compute_embedding(image)
-    zoom = AutoZoom(predictor, image, embedding=emb)
+    zoom = AutoZoom(predictor, image, embedding=emb, click_zoom_in=True)
     session = Session()
     for obj in (ObjectPrompt(np.float32([[800, 600]]), np.float32([1])),
                 ObjectPrompt(np.zeros((0, 2), np.float32), np.zeros(0, np.float32), _box(truth))):
