@@ -319,7 +319,9 @@ def propagate_objects(
         zoom_for: slice index -> an :class:`~napari_edgesam.inference.autozoom.AutoZoom` of that
             slice: each object is then decoded with AutoZoom (a crop where it has the model's
             preferred size, as its size changes from slice to slice) from the same box + point
-            prompt, without mask input; ``get_embedding`` is not called then.
+            prompt, without mask input; ``get_embedding`` is not called then. Opt-in: with the
+            shipped model and the current stop rules it followed objects past their ends on the
+            plugin's 3D sample (mean 3D IoU 0.24 against 0.33 without; see the masks branch report).
     Returns:
         object id -> :class:`PropagationResult`. Errors of the predictor propagate.
     """
