@@ -26,6 +26,7 @@ import numpy as np
 from ..constants import MASK_THRESHOLD
 from ..inference.postprocess import fill_holes, stability_score, upscale_logits
 from ..inference.prior import ProposalSet, choose_box_for_click, segment_click_with_prior
+from ..inference.propagation import mask_to_low_res_logits
 
 logger = logging.getLogger(__name__)
 
@@ -194,7 +195,7 @@ class Session:
 
     def decode(self, predictor, embedding, plane_key: Hashable, objects: list[ObjectPrompt],
                ignored_points: int = 0, proposals: ProposalSet | None = None,
-               k_nearest: int = 5) -> PlaneResult:
+               k_nearest: int = 5, zoom=None) -> PlaneResult:
         """Segment ``objects`` on the plane whose embedding is ``embedding``.
 
         Box objects use ``predictor.segment`` (token 0); point-only objects the most stable of
@@ -204,6 +205,11 @@ class Session:
         point, as ``predictor.segment_click``; with no proposal around the point, or after
         :meth:`cycle_candidate`, it falls back to the 4 candidates. Asking the same question
         twice gives the same answer. Call it from one thread at a time per predictor.
+
+        ``zoom``: an :class:`~napari_edgesam.inference.autozoom.AutoZoom` of this plane (made
+        with this ``embedding`` and ``proposals``): objects are then segmented with AutoZoom
+        (no mask input; a candidate chosen with :meth:`cycle_candidate` still decodes on the
+        whole plane). Their ``low_res`` is the mask in this embedding's low-res frame.
         """
         forced = self._forced_candidate.get(plane_key)
         with self._lock:
@@ -224,7 +230,14 @@ class Session:
             prior_box = shown_box = None
             if single:
                 prior_box = choose_box_for_click(obj.points[0], proposals.boxes, proposals.scores, k_nearest)
-            if prior_box is not None and forced is None:
+            if zoom is not None and forced is None:
+                points = obj.points if len(obj.points) else None
+                zoomed = zoom.segment(points, obj.labels if points is not None else None, obj.box,
+                                      fill_holes=self.fill_holes)
+                mask, score, chosen, shown_box = zoomed.mask, zoomed.score, None, None
+                low = zoomed.low_res if zoomed.window is None else mask_to_low_res_logits(
+                    np.asarray(mask, bool), embedding.input_size, embedding.original_size)
+            elif prior_box is not None and forced is None:
                 mask, score, low = segment_click_with_prior(predictor, proposals, obj.points[0], k_nearest=k_nearest,
                                                             fill_holes=self.fill_holes)
                 chosen, shown_box = None, prior_box

@@ -44,7 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channel", type=int, default=None, help="channel to segment (multi-channel images)")
     p.add_argument("--keep-holes", action="store_true", help="keep interior holes of the masks (default: filled)")
     p.add_argument("--autozoom", action="store_true",
-                   help="segment each object in a crop rescaled so it has the size the model handles best")
+                   help="segment each object in a crop rescaled so it has the size the model handles best "
+                        "(boxes far from that size, clicks on large objects)")
     p.add_argument("--contrast-limits", default=None, metavar="LOW,HIGH",
                    type=lambda s: _floats(s, (2,), "--contrast-limits"),
                    help="intensity range mapped to 0..255 (default: 0.5-99.5 percentiles)")

@@ -39,8 +39,13 @@ from .preprocess import normalize_and_pad, resized_shape, to_rgb_uint8
 
 #: Object radius (pixels of the 1024 input frame) AutoZoom rescales objects to.
 DEFAULT_TARGET_RADIUS = 32.0
-#: No zoom while the object's radius in the whole-image frame is within this factor of the target.
+#: No zoom of a box while the object's radius in the whole-image frame is within this factor of the target.
 DEFAULT_BAND = 1.5
+#: Clicks are zoomed out when their first mask on the whole image is larger than
+#: ``target * click_band`` (that first mask is often a collapsed part of a larger object).
+#: Clicks are not zoomed in by default: on the size sweep (benchmarks/bench_object_size.py)
+#: zooming in lowered click mIoU on small nuclei, while zooming out raised it on large ones.
+DEFAULT_CLICK_BAND = 1.0
 #: Largest magnification (frame pixels per image pixel) of a crop: tiny objects are not blown up further.
 MAX_SCALE = 8.0
 #: Clicks: at most this many re-crops when the mask found in a crop implies another scale.
@@ -195,8 +200,12 @@ class AutoZoom:
         image: ``H x W`` or ``H x W x C``, normalised once for the whole image (so crops share
             the whole image's contrast) with ``normalisation`` (see ``to_rgb_uint8``).
         target_radius: the object radius (1024-frame pixels) crops are scaled to.
-        band: no zoom while the object's radius in the whole-image frame is within
+        band: no zoom of a box while the object's radius in the whole-image frame is within
             ``[target / band, target * band]`` (then the cost is the plain predictor's).
+        click_band: point prompts are zoomed out when their first mask's radius in the
+            whole-image frame exceeds ``target * click_band``.
+        click_zoom_in: also zoom point prompts in (first mask smaller than
+            ``target / click_band``, or empty); off by default (it lost on the size sweep).
         cache: where crop embeddings are kept (a private 8-entry cache by default).
         image_key: identifies the image in ``cache`` (default: a content hash).
         embedding: the whole image's embedding if the caller has it (e.g. ``predictor.embedding``
@@ -205,17 +214,19 @@ class AutoZoom:
     """
 
     def __init__(self, predictor, image: np.ndarray, *, target_radius: float = DEFAULT_TARGET_RADIUS,
-                 band: float = DEFAULT_BAND, max_scale: float = MAX_SCALE,
+                 band: float = DEFAULT_BAND, click_band: float = DEFAULT_CLICK_BAND,
+                 click_zoom_in: bool = False, max_scale: float = MAX_SCALE,
                  cache: CropEmbeddingCache | None = None, image_key: Hashable | None = None,
                  embedding: ImageEmbedding | None = None, proposals=None, **normalisation) -> None:
-        if band < 1:
-            raise ValueError(f"band must be >= 1, got {band}")
+        if band < 1 or click_band < 1:
+            raise ValueError(f"band and click_band must be >= 1, got {band}, {click_band}")
         if target_radius <= 0:
             raise ValueError(f"target_radius must be > 0, got {target_radius}")
         self.predictor = predictor
         self.rgb = to_rgb_uint8(image, **normalisation)
         self.shape: tuple[int, int] = tuple(self.rgb.shape[:2])
         self.target_radius, self.band, self.max_scale = float(target_radius), float(band), float(max_scale)
+        self.click_band, self.click_zoom_in = float(click_band), bool(click_zoom_in)
         self.cache = cache if cache is not None else CropEmbeddingCache(8)
         if image_key is None:
             from .embedding_cache import data_signature
@@ -249,10 +260,12 @@ class AutoZoom:
             self.cache.put(key, emb)
         return emb
 
-    def needs_zoom(self, radius: float) -> bool:
-        """Whether an object of ``radius`` image pixels is outside the band in the whole-image frame."""
+    def needs_zoom(self, radius: float, band: float | None = None) -> bool:
+        """Whether an object of ``radius`` image pixels is outside ``band`` (default: the box
+        band) around the target in the whole-image frame."""
         r = radius * global_scale(self.shape)
-        return not (self.target_radius / self.band <= r <= self.target_radius * self.band)
+        band = self.band if band is None else band
+        return not (self.target_radius / band <= r <= self.target_radius * band)
 
     def window_for(self, box: np.ndarray) -> CropWindow:
         return crop_window(self.shape, box, self.target_radius, self.max_scale)
@@ -287,10 +300,10 @@ class AutoZoom:
                 box: np.ndarray | None = None, *, fill_holes: bool = True) -> ZoomResult:
         """Segment one object from points ``N x 2`` (x, y) + labels ``N`` and/or a box
         ``(x0, y0, x1, y1)``, all in image pixels. Boxes set the object's size; point-only
-        prompts are first decoded on the whole image (with the predictor's prior proposals for
-        a single positive click, as ``segment_click``), and the mask's box sets the size.
-        When the whole image gives an empty mask for a click, a crop that magnifies it to a
-        quarter of the target size is tried first. Interior holes are filled unless
+        prompts are first decoded on the whole image (with the prior's proposals for a single
+        positive click, as ``segment_click``), and that mask's box sets the size; clicks are
+        only zoomed out unless ``click_zoom_in`` (then an empty first mask is looked at again
+        in a crop that magnifies it to a quarter of the target size). Interior holes are filled unless
         ``fill_holes`` is False."""
         pts = None if point_coords is None else np.asarray(point_coords, np.float32).reshape(-1, 2)
         lab = None if point_labels is None else np.asarray(point_labels, np.float32).reshape(-1)
@@ -314,11 +327,16 @@ class AutoZoom:
         result = self._on_whole_image(pts, lab, None)
         box = _mask_box(result.mask)
         if box is None:  # nothing on the whole image: most likely too small there; look closer
+            if not self.click_zoom_in:
+                return result
             r = EMPTY_GUESS * self.target_radius / global_scale(self.shape)
             x, y = pts[lab == 1][0] if (lab == 1).any() else pts[0]
             box = np.float32([x - r, y - r, x + r, y + r])
-        elif not self.needs_zoom(object_radius(box)):
-            return result
+        else:
+            frame_r = object_radius(box) * global_scale(self.shape)
+            if frame_r <= self.target_radius * self.click_band and not (
+                    self.click_zoom_in and frame_r < self.target_radius / self.click_band):
+                return result
         tried: set = set()
         for _ in range(1 + MAX_REFINES):
             window = self.window_for(box)

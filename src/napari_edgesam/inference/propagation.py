@@ -30,6 +30,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..constants import IMG_SIZE, LOW_RES_SIZE
+from .postprocess import fill_holes as _fill_holes
 from .postprocess import matmul
 from .predictor import ImageEmbedding
 from .preprocess import resized_shape
@@ -259,6 +260,19 @@ def _decode(predictor, group: list[_Sweep], use_mask_input: bool, box_extension:
     return out
 
 
+def _decode_zoomed(zoom, group: list[_Sweep], box_extension: float):
+    """Like :func:`_decode`, one object at a time through AutoZoom (no mask input: the
+    previous logits are in another frame). The logits kept are the crop's."""
+    out = []
+    for s in group:
+        if tuple(zoom.shape) != s.mask.shape:
+            raise ValueError(f"the slice is of size {tuple(zoom.shape)}, but the masks of object {s.obj} are {s.mask.shape}")
+        box, point = prompt_from_mask(s.mask, box_extension)
+        r = zoom.segment(point, np.ones(1, np.float32), box, fill_holes=False)
+        out.append((np.asarray(r.mask, bool), float(r.score), np.asarray(r.low_res, np.float32)))
+    return out
+
+
 def propagate_objects(
     predictor,
     get_embedding: Callable[[int], ImageEmbedding],
@@ -276,6 +290,8 @@ def propagate_objects(
     cancel: threading.Event | None = None,
     progress: Callable[[int, int], None] | None = None,
     on_result: Callable[[int, int, np.ndarray, float], None] | None = None,
+    fill_holes: bool = True,
+    zoom_for: Callable[[int], object] | None = None,
 ) -> dict[int, PropagationResult]:
     """Propagate several objects through a stack in one pass, sharing each slice's embedding.
 
@@ -299,6 +315,13 @@ def propagate_objects(
         progress: ``progress(done, total)``; ``total`` counts the slices the directions may reach.
         on_result: ``on_result(object_id, z, mask, score)`` for every accepted prediction, as
             soon as it exists (in a fill at equal distance a later call may win for that slice).
+        fill_holes: fill the interior holes of every predicted mask (False keeps them).
+        zoom_for: slice index -> an :class:`~napari_edgesam.inference.autozoom.AutoZoom` of that
+            slice: each object is then decoded with AutoZoom (a crop where it has the model's
+            preferred size, as its size changes from slice to slice) from the same box + point
+            prompt, without mask input; ``get_embedding`` is not called then. Opt-in: with the
+            shipped model and the current stop rules it followed objects past their ends on the
+            plugin's 3D sample (mean 3D IoU 0.24 against 0.33 without; see the masks branch report).
     Returns:
         object id -> :class:`PropagationResult`. Errors of the predictor propagate.
     """
@@ -353,15 +376,20 @@ def propagate_objects(
                 group.append(s)
         if not group:
             continue
-        emb = get_embedding(z)
-        for s in group:
-            if tuple(emb.original_size) != s.mask.shape:
-                raise ValueError(
-                    f"the embedding of slice {z} is of an image of size {tuple(emb.original_size)}, "
-                    f"but the seed masks of object {s.obj} are {s.mask.shape}"
-                )
-        predictor.set_embedding(emb)
-        decoded = _decode(predictor, group, use_mask_input, box_extension, batch_size)
+        if zoom_for is not None:
+            decoded = _decode_zoomed(zoom_for(z), group, box_extension)
+        else:
+            emb = get_embedding(z)
+            for s in group:
+                if tuple(emb.original_size) != s.mask.shape:
+                    raise ValueError(
+                        f"the embedding of slice {z} is of an image of size {tuple(emb.original_size)}, "
+                        f"but the seed masks of object {s.obj} are {s.mask.shape}"
+                    )
+            predictor.set_embedding(emb)
+            decoded = _decode(predictor, group, use_mask_input, box_extension, batch_size)
+        if fill_holes:
+            decoded = [(_fill_holes(m), score, logits) for m, score, logits in decoded]
         for s, (mask, score, logits) in zip(group, decoded, strict=True):
             done += 1
             reason = None
