@@ -352,9 +352,43 @@ def test_interactive_session_with_autozoom():
     emb = predictor.compute_embedding(image)
     zoom = AutoZoom(predictor, image, embedding=emb, click_zoom_in=True)
     session = Session()
-    for obj in (ObjectPrompt(np.float32([[800, 600]]), np.float32([1])),
-                ObjectPrompt(np.zeros((0, 2), np.float32), np.zeros(0, np.float32), _box(truth))):
-        plain = session.decode(predictor, emb, "p", [obj])
-        zoomed = session.decode(predictor, emb, "p", [obj], zoom=zoom)
-        assert _iou(zoomed.labels == 1, truth) > 0.9 > _iou(plain.labels == 1, truth) + 0.1
-        assert zoomed.objects[0].low_res.shape == (256, 256)
+    box = ObjectPrompt(np.zeros((0, 2), np.float32), np.zeros(0, np.float32), _box(truth))
+    plain = session.decode(predictor, emb, "p", [box])
+    zoomed = session.decode(predictor, emb, "p", [box], zoom=zoom)
+    assert _iou(zoomed.labels == 1, truth) > 0.9 > _iou(plain.labels == 1, truth) + 0.1
+    assert zoomed.objects[0].low_res.shape == (256, 256)
+    # the widget zooms boxes only: clicks lost on small nuclei (bench_object_size.py)
+    click = ObjectPrompt(np.float32([[800, 600]]), np.float32([1]))
+    np.testing.assert_array_equal(session.decode(predictor, emb, "p", [click], zoom=zoom).labels,
+                                  session.decode(predictor, emb, "p", [click]).labels)
+
+
+@pytest.mark.gui
+def test_widget_zooms_boxes_by_default(make_napari_viewer, qtbot):
+    """The Interactive widget with the shipped model: a box around a nucleus of radius 64 px
+    (far above the model's best scale) is segmented in a zoomed-out crop; unticking AutoZoom
+    gives the plain (collapsed) mask."""
+    from napari_edgesam._napari import layers as L
+    from napari_edgesam._napari.interactive_widget import InteractiveWidget
+    from napari_edgesam.datasets import synthetic_nuclei_sized
+    from napari_edgesam.inference.api import load_model
+
+    image, labels = synthetic_nuclei_sized(seed=5, shape=(512, 512), radius=64)
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="nuclei")
+    widget = InteractiveWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    c = widget.controller
+    widget.set_predictor(load_model("edgesam-nuclei", backend="onnxruntime", allow_download=False))
+    assert widget.autozoom.isChecked() and c.autozoom
+    qtbot.waitUntil(lambda: c.embeddings.lookup(c.current_view()) is not None, timeout=120_000)
+    truth = labels == 1
+    _, boxes = c.prompt_layers()
+    with qtbot.waitSignal(c.preview_updated, timeout=120_000) as blocker:
+        L.add_box(boxes, c.current_plane(), tuple(_box(truth)))
+    zoomed = _iou(blocker.args[0].labels == 1, truth)
+    with qtbot.waitSignal(c.preview_updated, timeout=120_000) as blocker:
+        widget.autozoom.setChecked(False)
+    plain = _iou(blocker.args[0].labels == 1, truth)
+    assert zoomed > 0.6 and zoomed > plain + 0.3, (zoomed, plain)
+    c.close()

@@ -35,6 +35,7 @@ def widget(make_napari_viewer, predictor, qtbot):
     viewer.add_image(make_nuclei_2d((96, 128), count=6, seed=5), name="nuclei")
     w = InteractiveWidget(viewer)
     viewer.window.add_dock_widget(w)
+    w.autozoom.setChecked(False)  # boxes on the whole plane: previews equal predictor.segment's
     w.set_predictor(predictor)
     yield w
     w.controller.close()

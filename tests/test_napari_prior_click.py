@@ -96,6 +96,7 @@ def make_widget(make_napari_viewer, monkeypatch, qtbot):
             viewer.add_image(image, name="nuclei")
         w = InteractiveWidget(viewer)
         w.controller.use_prior = whole_object  # the user's choice (off by default)
+        w.controller.autozoom = False  # boxes on the whole plane: answers equal predictor.segment's
         w.controller.embeddings.prefetch_radius = 0  # count only what the user's planes need
         if predictor is not None:
             w.set_predictor(predictor)

@@ -207,7 +207,7 @@ class Session:
         twice gives the same answer. Call it from one thread at a time per predictor.
 
         ``zoom``: an :class:`~napari_edgesam.inference.autozoom.AutoZoom` of this plane (made
-        with this ``embedding`` and ``proposals``): objects are then segmented with AutoZoom
+        with this ``embedding`` and ``proposals``): objects with a box are then segmented with AutoZoom
         (no mask input; a candidate chosen with :meth:`cycle_candidate` still decodes on the
         whole plane). Their ``low_res`` is the mask in this embedding's low-res frame.
         """
@@ -230,7 +230,7 @@ class Session:
             prior_box = shown_box = None
             if single:
                 prior_box = choose_box_for_click(obj.points[0], proposals.boxes, proposals.scores, k_nearest)
-            if zoom is not None and forced is None:
+            if zoom is not None and forced is None and obj.box is not None:
                 points = obj.points if len(obj.points) else None
                 zoomed = zoom.segment(points, obj.labels if points is not None else None, obj.box,
                                       fill_holes=self.fill_holes)
