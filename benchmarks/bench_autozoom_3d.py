@@ -83,7 +83,9 @@ def propagation(predictor, image: np.ndarray, labels: np.ndarray) -> None:
         return zooms.setdefault(z, AutoZoom(predictor, image[z], cache=cache, image_key=("slice", z)))
 
     for mode, kw in (("raw masks", {"fill_holes": False}), ("holes filled", {}),
-                     ("AutoZoom + holes filled", {"zoom_for": zoom_for})):
+                     ("holes filled, no mask input", {"use_mask_input": False}),
+                     ("AutoZoom + holes filled", {"zoom_for": zoom_for}),
+                     ("AutoZoom + holes filled, no mask input", {"zoom_for": zoom_for, "use_mask_input": False})):
         t0 = time.perf_counter()
         res = propagate_objects(predictor, get_embedding, seeds, image.shape[0], **kw)
         scores = []
@@ -105,9 +107,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="edgesam-nuclei")
     ap.add_argument("--propagate", action="store_true", help="also measure 3D propagation")
+    ap.add_argument("--backend", default="auto")
     args = ap.parse_args()
     image, labels = synthetic_nuclei_3d(seed=2024, shape=(24, 192, 192), n_nuclei=20)
-    predictor = load_model(args.model, allow_download=False)
+    predictor = load_model(args.model, backend=args.backend, allow_download=False)
     print(f"{args.model}, own 3D sample (synthetic_nuclei_3d(seed=2024, shape=(24, 192, 192), n_nuclei=20))")
     prompts(predictor, image, labels)
     if args.propagate:
