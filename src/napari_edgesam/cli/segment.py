@@ -34,9 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    type=_point,
                    help="point in pixels, label 1 (positive, default) or 0 (negative); all points "
                         "(with at most one box) describe one object")
-    p.add_argument("-o", "--output", required=True, help="output label TIFF (written atomically)")
+    p.add_argument("-o", "--output", required=True, help="output label TIFF, .tif or .tiff (written atomically)")
     p.add_argument("--model", default="auto", help="model name or .pth/.onnx path (default: best available)")
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime"])
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "openvino"])
     p.add_argument("--device", default="auto")
     p.add_argument("--prior", default=None, metavar="PATH|auto",
                    help="granularity prior (box head) so that one click takes the whole object; "
@@ -53,7 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .._atomic import OutputWriteError, describe_write_error
+    from .._atomic import OutputWriteError, check_output_file, describe_write_error
     from ..inference.api import load_model
     from ..inference.io import read_image, write_labels
 
@@ -61,6 +61,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("give at least one --box or --point")
     if args.point and len(args.box) > 1:
         raise ValueError("points describe one object and go with at most one --box")
+    check_output_file(args.output)  # before any work: an empty name, a folder, a path below a file
+    if Path(args.output).suffix.lower() not in (".tif", ".tiff"):
+        raise ValueError(f"the output {args.output} must end in .tif or .tiff (labels are written as TIFF)")
     if not Path(args.image).exists():
         raise FileNotFoundError(f"image not found: {args.image}")
     img = read_image(args.image)

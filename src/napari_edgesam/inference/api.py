@@ -248,6 +248,11 @@ def load_model(
             ``"auto"`` to use the one stored beside the model file if there is one.
         backend_options: passed to the backend (e.g. ``num_threads``).
     """
+    from .backends import check_device
+
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise TypeError(f"name_or_path must be a model name or a file path, got {type(name_or_path).__name__}")
+    check_device(device)  # one message for every backend, before any file is read
     predictor = _load_predictor(
         name_or_path, backend, device, decoder, allow_download, allow_unsafe, backend_options
     )
@@ -292,6 +297,8 @@ def _load_predictor(name_or_path, backend, device, decoder, allow_download, allo
         enc = weights.fetch_weight(key, "onnx_encoder", allow_download=allow_download)
         dec = weights.fetch_weight(key, "onnx_decoder", allow_download=allow_download)
         return _onnx_predictor(enc, dec, device, key, backend_options, kind)
+    if path.is_dir():
+        raise ValueError(f"model {path} is a folder: pass the .pth checkpoint or the *_encoder.onnx file inside it")
     if path.suffix.lower() in (".pth", ".pt"):
         sha = weights.verify_weight_file(path)
         if _resolve_backend("torch" if backend == "auto" else backend) != "torch":

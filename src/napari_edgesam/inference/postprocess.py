@@ -85,6 +85,17 @@ def stability_score(
     return np.where(union > 0, inter / np.maximum(union, 1), 0.0).astype(np.float32)
 
 
+def stability_in_image(low_res: np.ndarray, input_size: tuple[int, int]) -> np.ndarray:
+    """:func:`stability_score` of ``... x 256 x 256`` low-res logits over the part that covers
+    the image (the first ``ceil(h / 4)`` rows and ``ceil(w / 4)`` columns for a resized image of
+    ``input_size`` ``(h, w)`` in the 1024 frame), not the frame's padding: a mask lying only in
+    the padding scores 0, not 1."""
+    scale = IMG_SIZE / low_res.shape[-1]
+    rows = max(1, int(np.ceil(input_size[0] / scale)))
+    cols = max(1, int(np.ceil(input_size[1] / scale)))
+    return stability_score(low_res[..., :rows, :cols])
+
+
 def fill_holes(mask: np.ndarray, max_area: int | None = None) -> np.ndarray:
     """Fill the interior holes of one object's ``H x W`` boolean mask.
 

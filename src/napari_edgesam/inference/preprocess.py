@@ -37,7 +37,7 @@ def _check_array(image: object) -> np.ndarray:
             f"image has complex values (dtype {arr.dtype}); pass a real image, e.g. np.abs(image) "
             "for the magnitude or image.real"
         )
-    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+    if arr.dtype.kind not in "iuf":  # (timedelta64 counts as an integer for numpy)
         raise TypeError(f"image must hold integer or floating-point numbers, got dtype {arr.dtype}")
     if arr.ndim not in (2, 3):
         raise ValueError(
@@ -88,18 +88,26 @@ def _rows_per_chunk(arr: np.ndarray) -> int:
     return max(1, CHUNK_BYTES // per_row)
 
 
-def _percentile_limits(x: np.ndarray, percentiles: Sequence[float]) -> tuple | None:
-    """Percentiles of the finite values of ``x`` (as float32), or None if there are none.
+def _work_dtype(dtype: np.dtype) -> type:
+    """float32, or float64 for float data wider than float32 (values past float32's range,
+    e.g. 1e300, would become inf and then count as missing)."""
+    return np.float64 if dtype.kind == "f" and dtype.itemsize > 4 else np.float32
 
-    The finite values are gathered chunk by chunk into one float32 buffer that is then
-    partitioned in place: 4 bytes per value, no float64 copy of the image.
+
+def _percentile_limits(x: np.ndarray, percentiles: Sequence[float]) -> tuple | None:
+    """Percentiles of the finite values of ``x`` (as float32; float64 for float64 input), or
+    None if there are none.
+
+    The finite values are gathered chunk by chunk into one buffer that is then partitioned in
+    place: 4 bytes per value (8 for float64 input, no more than the input itself).
     """
-    buf = np.empty(x.size, np.float32)
+    work = _work_dtype(x.dtype)
+    buf = np.empty(x.size, work)
     n = 0
     rows = _rows_per_chunk(x)
     check = np.issubdtype(x.dtype, np.floating)
     for r0 in range(0, x.shape[0], rows):
-        c = x[r0 : r0 + rows].astype(np.float32)
+        c = x[r0 : r0 + rows].astype(work)
         if check:
             c = c[np.isfinite(c)]
         buf[n : n + c.size] = c.reshape(-1)
@@ -112,7 +120,8 @@ def _percentile_limits(x: np.ndarray, percentiles: Sequence[float]) -> tuple | N
 def _stretch_params(
     x: np.ndarray, limits: Sequence[float] | None, percentiles: Sequence[float]
 ) -> tuple | None:
-    """``(lo, scale)`` mapping ``x`` to [0, 1]; None when ``x`` has no finite value."""
+    """``(lo, scale, f)`` mapping ``x`` to [0, 1] as ``(x * f - lo * f) * scale``; None when ``x``
+    has no finite value."""
     if limits is None:
         found = _percentile_limits(x, percentiles)
         if found is None:
@@ -124,18 +133,24 @@ def _stretch_params(
         lo, hi = float(limits[0]), float(limits[1])
         if not (np.isfinite(lo) and np.isfinite(hi)) or hi < lo:
             raise ValueError(f"contrast_limits must be finite with low <= high, got {limits!r}")
-    scale = 1.0 / (hi - lo) if hi > lo else 0.0
-    return lo, scale
+    # ``(x - lo) * scale`` maps [lo, hi] to [0, 1]; for a span past float64's range (e.g. -1e308
+    # to 1e308) x, lo and hi are halved first (``f``) so that the span is finite
+    with np.errstate(over="ignore"):
+        f = 1.0 if np.isfinite(np.float64(hi) - np.float64(lo)) else 0.5
+    scale = 1.0 / (hi * f - lo * f) if hi > lo else 0.0
+    return lo, scale, f
 
 
 def _stretch_chunk(x: np.ndarray, params: tuple | None, gamma: float) -> np.ndarray:
     """Map one chunk to [0, 1] with ``params`` from :func:`_stretch_params`; NaN/inf -> low."""
-    x = x.astype(np.float32, copy=False)
+    x = x.astype(_work_dtype(x.dtype), copy=False)
     if params is None:
         return np.zeros(x.shape, np.float32)
-    lo, scale = params
+    lo, scale, f = params
     finite = np.isfinite(x)
-    y = np.clip((np.where(finite, x, lo) - lo) * scale, 0.0, 1.0)
+    with np.errstate(over="ignore", invalid="ignore"):  # a huge range: clipped below
+        y = np.clip((np.where(finite, x, lo) * f - lo * f) * scale, 0.0, 1.0)
+    y = np.where(np.isnan(y), 0.0, y).astype(np.float32, copy=False)
     if gamma != 1.0:
         y = y**gamma
     return y

@@ -35,8 +35,12 @@ def _inside(coords: np.ndarray, size: tuple[int, int], what: str) -> None:
 
 
 def _real(values: object, what: str) -> np.ndarray:
-    """``values`` as float64; ValueError for complex or non-numeric input (never drops parts)."""
-    raw = np.asarray(values)
+    """``values`` as float64; ValueError for complex or non-numeric input (never drops parts)
+    and for ragged nested sequences."""
+    try:
+        raw = np.asarray(values)
+    except ValueError:  # ragged nesting: numpy's "inhomogeneous shape" message
+        raise ValueError(f"{what} must be a regular array of numbers (all rows of the same length)") from None
     if np.iscomplexobj(raw):
         raise ValueError(f"{what} must be real numbers; got complex values")
     if raw.dtype.kind not in "biuf":
@@ -86,6 +90,36 @@ def validate_box(box: object, image_size: tuple[int, int]) -> np.ndarray:
     return arr.astype(np.float32)
 
 
+def validate_click(point: object, image_size: tuple[int, int]) -> np.ndarray:
+    """Check one click ``(x, y)`` in pixels (a ``1 x 2`` array is accepted too); returns
+    float32 shape ``(1, 2)``."""
+    arr = _real(point, "point")
+    if arr.shape not in ((2,), (1, 2)):
+        raise ValueError(f"point must be one (x, y) pair; got shape {arr.shape}")
+    arr = arr.reshape(1, 2)
+    if not np.isfinite(arr).all():
+        raise ValueError("point contains NaN or inf")
+    _inside(arr, image_size, "point")
+    return arr.astype(np.float32)
+
+
+def check_k_nearest(k_nearest: object) -> int:
+    """``k_nearest`` of the click rule as an int; ValueError unless it is an integer >= 1."""
+    if isinstance(k_nearest, bool) or not isinstance(k_nearest, (int, np.integer)) or k_nearest < 1:
+        raise ValueError(f"k_nearest must be a positive integer, got {k_nearest!r}")
+    return int(k_nearest)
+
+
+def check_candidate(candidate: object) -> int | None:
+    """A forced candidate token for point prompts: None, or an integer 0-3 (no wrap-around)."""
+    if candidate is None:
+        return None
+    if isinstance(candidate, (bool, np.bool_)) or not isinstance(candidate, (int, np.integer)) \
+            or not 0 <= candidate <= 3:
+        raise ValueError(f"candidate must be None or one of 0, 1, 2, 3 (the 4 mask tokens), got {candidate!r}")
+    return int(candidate)
+
+
 def validate_prompt(
     point_coords: object | None, point_labels: object | None, box: object | None, image_size: tuple[int, int]
 ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
@@ -108,7 +142,7 @@ def validate_prompt(
 
 def validate_mask_input(mask_input: object, batch: int = 1) -> np.ndarray:
     """Accept ``256 x 256``, ``1 x 256 x 256`` or ``B x 1 x 256 x 256`` low-res logits."""
-    arr = np.asarray(mask_input, dtype=np.float32)
+    arr = _real(mask_input, "mask_input").astype(np.float32)
     s = LOW_RES_SIZE
     if arr.shape == (s, s):
         arr = arr[None, None]

@@ -7,6 +7,16 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 
+def check_device(device: object) -> str:
+    """``device`` if it names a device this package runs on: ``"auto"``, ``"cpu"``, ``"mps"``,
+    ``"cuda"`` or ``"cuda:N"``; otherwise a ValueError saying which ones (no torch import)."""
+    import re
+
+    if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}")
+    return device
+
+
 @runtime_checkable
 class Backend(Protocol):
     """What the predictor needs from an inference engine.

@@ -17,6 +17,11 @@ logger = logging.getLogger(__name__)
 
 def resolve_device(device: str = "auto") -> torch.device:
     """``"auto"`` -> cuda, then mps, then cpu; otherwise the named device (checked)."""
+    if isinstance(device, torch.device):
+        device = str(device)
+    from . import check_device
+
+    check_device(device)
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
