@@ -239,10 +239,11 @@ def check_output_folder(folder: str | os.PathLike) -> Path:
         raise ValueError("the output folder is empty: give a folder name")
     p = Path(text)
     if p.exists() and not p.is_dir():
-        raise ValueError(f"the output folder {p} is a file, not a folder: choose another name")
+        raise ValueError(f"cannot write to the output folder {p}: it is a file, not a folder; choose another name")
     blocker = _file_in_the_way(p)
     if blocker is not None:
-        raise ValueError(f"cannot create the output folder {p}: {blocker} is a file, not a folder")
+        raise ValueError(f"cannot write to the output folder {p}: {blocker} is a file, not a folder; "
+                         "choose another path")
     return p
 
 

@@ -359,7 +359,7 @@ def _segment_points(predictor, obj: ObjectPrompt, mask_input, candidate: int | N
     )
     low = pred.low_res_logits[0]
     emb = predictor.embedding
-    stability = stability_in_image(low, emb.input_size)  # as predictor.segment: not the padding
+    stability = stability_in_image(low, emb.input_size)  # as predictor.segment
     i = int(candidate) % 4 if candidate is not None else int(np.argmax(stability))
     mask = upscale_logits(low[i : i + 1], emb.input_size, emb.original_size)[0] > MASK_THRESHOLD
     return mask, float(stability[i]), low[i], i

@@ -351,7 +351,7 @@ class EdgeSamPredictor:
         token for point prompts (anything else is a ValueError). With ``fill_holes`` (the default) the mask's interior holes
         are filled (:func:`~napari_edgesam.inference.postprocess.fill_holes`); pass False to
         keep them (e.g. ring-shaped objects). Returns mask ``H x W`` bool, stability score
-        (of the decoder's mask, inside the image: 0 for a mask with no pixel in it), low-res
+        (of the decoder's mask; 0 for a mask with no pixel in the image), low-res
         ``256 x 256`` logits (unfilled).
         """
         n = 1 if box is not None else 4
@@ -364,8 +364,8 @@ class EdgeSamPredictor:
         )
         low = out.low_res_logits[0]
         emb = self.embedding
-        # stability of the part of each mask inside the image: the decoder's 256 x 256 logits also
-        # cover the padding of the 1024 frame, where a candidate can lie without a pixel in the image
+        # the decoder's 256 x 256 logits also cover the padding of the 1024 frame: a candidate
+        # lying only there (no pixel in the image) scores 0, not a perfect 1
         stab = stability_in_image(low, emb.input_size)
         i = 0 if n == 1 else (candidate if candidate is not None else int(np.argmax(stab)))
         # only the chosen candidate is brought to full size (memory: one H x W float32 plane)

@@ -88,20 +88,29 @@ def _rows_per_chunk(arr: np.ndarray) -> int:
     return max(1, CHUNK_BYTES // per_row)
 
 
-def _work_dtype(dtype: np.dtype) -> type:
-    """float32, or float64 for float data wider than float32 (values past float32's range,
-    e.g. 1e300, would become inf and then count as missing)."""
-    return np.float64 if dtype.kind == "f" and dtype.itemsize > 4 else np.float32
+_F32_MAX = float(np.finfo(np.float32).max)
 
 
-def _percentile_limits(x: np.ndarray, percentiles: Sequence[float]) -> tuple | None:
-    """Percentiles of the finite values of ``x`` (as float32; float64 for float64 input), or
-    None if there are none.
+def _work_dtype(x: np.ndarray) -> type:
+    """float32, or float64 for float data with finite values past float32's range (e.g. 1e300,
+    which would become inf in float32 and then count as missing). Scans float64 input in chunks."""
+    if x.dtype.kind != "f" or x.dtype.itemsize <= 4:
+        return np.float32
+    rows = _rows_per_chunk(x)
+    for r0 in range(0, x.shape[0], rows):
+        c = np.abs(x[r0 : r0 + rows])
+        if (c[np.isfinite(c)] > _F32_MAX).any():
+            return np.float64
+    return np.float32
+
+
+def _percentile_limits(x: np.ndarray, percentiles: Sequence[float], work: type = np.float32) -> tuple | None:
+    """Percentiles of the finite values of ``x`` (in ``work``, float32 unless the values need
+    float64), or None if there are none.
 
     The finite values are gathered chunk by chunk into one buffer that is then partitioned in
-    place: 4 bytes per value (8 for float64 input, no more than the input itself).
+    place: 4 bytes per value (8 for float64 beyond float32's range: no more than the input).
     """
-    work = _work_dtype(x.dtype)
     buf = np.empty(x.size, work)
     n = 0
     rows = _rows_per_chunk(x)
@@ -120,10 +129,11 @@ def _percentile_limits(x: np.ndarray, percentiles: Sequence[float]) -> tuple | N
 def _stretch_params(
     x: np.ndarray, limits: Sequence[float] | None, percentiles: Sequence[float]
 ) -> tuple | None:
-    """``(lo, scale, f)`` mapping ``x`` to [0, 1] as ``(x * f - lo * f) * scale``; None when ``x``
-    has no finite value."""
+    """``(lo, scale, f, work)`` mapping ``x`` to [0, 1] as ``(x * f - lo * f) * scale`` computed
+    in the float type ``work``; None when ``x`` has no finite value."""
+    work = _work_dtype(x)
     if limits is None:
-        found = _percentile_limits(x, percentiles)
+        found = _percentile_limits(x, percentiles, work)
         if found is None:
             return None
         lo, hi = found
@@ -138,19 +148,18 @@ def _stretch_params(
     with np.errstate(over="ignore"):
         f = 1.0 if np.isfinite(np.float64(hi) - np.float64(lo)) else 0.5
     scale = 1.0 / (hi * f - lo * f) if hi > lo else 0.0
-    return lo, scale, f
+    return lo, scale, f, work
 
 
 def _stretch_chunk(x: np.ndarray, params: tuple | None, gamma: float) -> np.ndarray:
     """Map one chunk to [0, 1] with ``params`` from :func:`_stretch_params`; NaN/inf -> low."""
-    x = x.astype(_work_dtype(x.dtype), copy=False)
     if params is None:
         return np.zeros(x.shape, np.float32)
-    lo, scale, f = params
+    lo, scale, f, work = params
+    x = x.astype(work, copy=False)
     finite = np.isfinite(x)
     with np.errstate(over="ignore", invalid="ignore"):  # a huge range: clipped below
         y = np.clip((np.where(finite, x, lo) * f - lo * f) * scale, 0.0, 1.0)
-    y = np.where(np.isnan(y), 0.0, y).astype(np.float32, copy=False)
     if gamma != 1.0:
         y = y**gamma
     return y
