@@ -67,7 +67,7 @@ from .batch_resume import (
     skipped_record,
 )
 from .io import IMAGE_SUFFIXES, ImageData, find_inputs, output_keys, read_image, write_csv, write_json, write_labels
-from .prompt_csv import CsvObject, prompt_identity, prompts_for_image
+from .prompt_csv import CsvObject, prompt_identity, prompts_for_image, unmatched_images
 
 __all__ = [
     "MODES", "REPORT_COLUMNS", "BatchConfig", "BatchProgress", "BatchReport", "PromptError", "check_prompts",
@@ -222,6 +222,8 @@ def _error_text(err: BaseException) -> str:
 
     if isinstance(err, (PromptError, ImageReadError, OutputWriteError)):
         return str(err)
+    if isinstance(err, ValueError) and str(err):  # ours say what is wrong (as the CLI prints them)
+        return " ".join(str(err).split())
     if isinstance(err, OSError) and err.strerror and err.filename:
         return f"{err.filename}: {err.strerror}"
     if isinstance(err, FileNotFoundError):
@@ -274,6 +276,21 @@ def run_batch(
                          f"supported: {', '.join(IMAGE_SUFFIXES)}, .zarr" + (f"; ignored {listed}" if listed else ""))
     if config.mode == "prompts" and not Path(config.prompts).exists():
         raise FileNotFoundError(f"prompt file or folder not found: {config.prompts}")
+    if config.mode == "prompts":  # prompt rows for an image that is not among the inputs: said, not dropped
+        try:
+            stray = unmatched_images(config.prompts, paths)
+        except ValueError:
+            stray = []  # a CSV that cannot be read is reported per image
+        for n, (name, where) in enumerate(stray):
+            reason = (f"prompt rows for image {name!r} ({where}) match no input image (by file name or stem); "
+                      "check the name's spelling and case")
+            if n < 10:
+                logger.warning("%s", reason)
+            elif n == 10:
+                logger.warning("... and %d more image names of %s that match no input (see report.csv)",
+                               len(stray) - 10, config.prompts)
+            ignored.append({"input": str(config.prompts), "key": name, "status": "ignored", "error": reason,
+                            "n_objects": 0, "seconds": 0.0})
     out = check_writable(out_dir)  # before the first image, not after the last
     remove_stale_temps(out)  # left by a killed earlier run
     config = replace(config, out_dir=str(out))

@@ -173,7 +173,13 @@ class ImageData:
 
 
 def _arrange(arr: np.ndarray, axes: str | None, source: str) -> ImageData:
-    """Reorder to ``[Z]YX[C]`` using axis names (``TZCYXS``-style) or, without them, the shape."""
+    """Reorder to ``[Z]YX[C]`` using axis names (``TZCYXS``-style) or, without them, the shape.
+    Only real numbers (bool, int, float) and non-empty arrays are images (ImageReadError)."""
+    if arr.dtype.kind not in "buif":  # complex, strings, dates, objects: from any format
+        raise ImageReadError(f"{source} holds a {arr.dtype} array; images must be real numbers (bool, int, float)"
+                             + ("; convert it, e.g. to its magnitude" if arr.dtype.kind == "c" else ""))
+    if arr.size == 0:
+        raise ImageReadError(f"{source} holds an empty image (shape {arr.shape}): nothing to segment")
     if axes is None:
         if arr.ndim == 2:
             axes = "YX"
@@ -261,10 +267,7 @@ def _read_file(p: Path, suffix: str) -> tuple[np.ndarray, str | None]:
         with open(p, "rb") as fh:
             if fh.read(6) != b"\x93NUMPY":  # numpy would call any other file "pickled data"
                 raise ImageReadError(f"{p} is not a .npy file (damaged, or another format with this suffix)")
-        arr = np.load(p, allow_pickle=False)
-        if arr.dtype.kind not in "buif":
-            raise ImageReadError(f"{p} holds a {arr.dtype} array; images must be numbers (bool, int, float)")
-        return arr, None
+        return np.load(p, allow_pickle=False), None
     from PIL import Image
 
     with Image.open(p) as im:
@@ -297,7 +300,12 @@ def _read_failure(p: Path, err: BaseException) -> str:
 def _read_zarr(p: Path) -> ImageData:
     import zarr
 
-    node = zarr.open(str(p), mode="r")
+    try:
+        node = zarr.open(str(p), mode="r")
+    except Exception as err:  # noqa: BLE001 - zarr's "no group/array found" and format errors
+        detail = " ".join(str(err).split())[:200]
+        raise ImageReadError(f"{p} is not a readable zarr store (no array or group metadata, or damaged: "
+                             f"{type(err).__name__}: {detail})") from None
     if hasattr(node, "shape"):
         return _arrange(np.asarray(node[...]), None, str(p))
     attrs = dict(node.attrs)

@@ -207,6 +207,20 @@ def _edgesam_rows(rows: list[dict], p: Path) -> PromptTable:
     return dict(table)
 
 
+def unmatched_images(source: str | os.PathLike, images: Sequence[Path]) -> list[tuple[str, str]]:
+    """Image names in a prompt CSV ``source`` (a file) that match none of ``images`` (by file
+    name or stem, as :func:`prompts_for_image` matches them): ``[(name, where), ...]`` with the
+    rows of the first object, so that prompts written for a misspelt or missing image are
+    reported rather than silently unused. Empty for a folder of per-image CSVs."""
+    src = Path(source)
+    if not src.is_file():
+        return []
+    table = read_prompt_csv(src)
+    known = {p.name for p in images} | {image_stem(p) for p in images}
+    return [(name, objs[0].source if objs else str(src)) for name, objs in table.items()
+            if name and name not in known]
+
+
 def prompts_for_image(source: str | os.PathLike, image: Path) -> list[CsvObject]:
     """Prompts for ``image`` from ``source``: a CSV (rows whose ``image`` is this file's name
     or stem, plus rows without ``image``) or a folder of per-image CSVs named ``<stem>.csv``,
