@@ -1,0 +1,348 @@
+"""Regression tests of an adversarial pass over the headless API, the CLI and the batch engine
+(after issues 10 and 12): every case here was a silent wrong answer, a traceback or an unclear
+error before. Torch-free: the shipped ONNX model runs on onnxruntime (the torch-only cases skip)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_edgesam.cli import main
+
+SHIPPED = Path(__file__).resolve().parents[1] / "src" / "napari_edgesam" / "models" / "edgesam_nuclei"
+
+
+@pytest.fixture(scope="module")
+def onnx_predictor():
+    from napari_edgesam import load_model
+
+    return load_model("edgesam-nuclei", backend="onnxruntime")
+
+
+@pytest.fixture()
+def predictor(onnx_predictor):
+    rng = np.random.default_rng(0)
+    onnx_predictor.set_image((rng.random((64, 80)) * 255).astype(np.uint8))
+    return onnx_predictor
+
+
+def _cells(shape=(96, 128)) -> np.ndarray:
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    img = np.full(shape, 200, np.uint16)
+    for cy, cx in [(30, 30), (60, 90), (70, 40)]:
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < 150] = 3000
+    return img + (np.random.default_rng(1).random(shape) * 300).astype(np.uint16)
+
+
+def _run(capsys, argv):
+    try:
+        rc = main(argv)
+    except SystemExit as exit_:
+        rc = exit_.code
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("napari-edgesam")
+             and not line.startswith("napari-edgesam: model")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+# -- the API: prompts --------------------------------------------------------------------------
+@pytest.mark.parametrize("kwargs,match", [
+    # complex parts were dropped, not refused (numpy's ComplexWarning only)
+    ({"boxes": np.array([[0, 0, 3, 3 + 1j]])}, "boxes must be real numbers"),
+    ({"point_coords": np.array([[[1, 3 + 1j]]]), "point_labels": [[1]]}, "point_coords must be real numbers"),
+    # ragged prompts: numpy's 'inhomogeneous shape' message
+    ({"point_coords": [[[0, 3]], [[1, 2], [3, 4]]], "point_labels": [[1], [1, 1]]}, "regular array"),
+    ({"boxes": np.array([[0, 0, 3, "x"]], object)}, "boxes must be numbers"),
+    # B prompts of 0 points and no box decoded the padding point alone
+    ({"point_coords": np.zeros((2, 0, 2)), "point_labels": np.zeros((2, 0))}, "no points and no boxes"),
+])
+def test_predict_batch_refuses_what_predict_refuses(predictor, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        predictor.predict_batch(**kwargs)
+
+
+def test_predict_batch_boxes_with_empty_point_lists_equal_boxes_alone(predictor):
+    boxes = np.float32([[5, 5, 40, 40], [20, 10, 70, 60]])
+    alone = predictor.predict_batch(boxes=boxes, upscale=False).low_res_logits
+    empty = predictor.predict_batch(np.zeros((2, 0, 2)), np.zeros((2, 0)), boxes, upscale=False).low_res_logits
+    np.testing.assert_allclose(empty, alone, atol=1e-5)
+
+
+@pytest.mark.parametrize("mask_input,match", [
+    (np.zeros((1, 256, 256), complex), "real numbers"),
+    ("abc", "must be numbers"),
+])
+def test_mask_input_must_be_real_numbers(predictor, mask_input, match):
+    with pytest.raises(ValueError, match=match):
+        predictor.predict(box=[1, 1, 20, 20], mask_input=mask_input)
+
+
+@pytest.mark.parametrize("candidate", [4, -1, 100, 1.5, "a", np.nan, True])
+def test_segment_candidate_out_of_range_is_an_error(predictor, candidate):
+    # 4 silently became candidate 0 and -1 candidate 3 (modulo 4)
+    with pytest.raises(ValueError, match="candidate must be None or one of 0, 1, 2, 3"):
+        predictor.segment([[30, 30]], [1], candidate=candidate)
+
+
+def test_segment_candidate_in_range_is_that_token(predictor):
+    masks, _, _ = predictor.predict([[30, 30]], [1], num_multimask_outputs=4)
+    for k in (0, np.int64(3)):
+        np.testing.assert_array_equal(predictor.segment([[30, 30]], [1], candidate=k, fill_holes=False)[0],
+                                      masks[int(k)])
+
+
+@pytest.mark.parametrize("n", [1.5, "4", True, 2])
+def test_num_multimask_outputs_is_not_truncated(predictor, n):
+    with pytest.raises(ValueError, match="num_multimask_outputs must be 1, 3 or 4"):
+        predictor.predict(box=[1, 1, 20, 20], num_multimask_outputs=n)
+
+
+@pytest.mark.parametrize("point,match", [
+    ([3], "one \\(x, y\\) pair"), ([3, 4, 5], "one \\(x, y\\) pair"), (None, "one \\(x, y\\) pair"),
+    ([3 + 1j, 4], "real numbers"), ("ab", "must be numbers"), ([np.nan, 3], "NaN"), ([100, 3], "outside the image"),
+])
+def test_segment_click_checks_its_point(predictor, point, match):
+    with pytest.raises(ValueError, match=match):
+        predictor.segment_click(point)
+
+
+@pytest.mark.parametrize("k", [0, -1, "a", None, 1.5])
+def test_segment_click_checks_k_nearest_without_a_prior_too(predictor, k):
+    assert predictor.prior is None
+    with pytest.raises(ValueError, match="k_nearest must be a positive integer"):
+        predictor.segment_click([30, 30], k_nearest=k)
+
+
+def test_segment_click_equals_segment_of_the_point(predictor):
+    a = predictor.segment_click([30, 30])
+    b = predictor.segment([[30, 30]], [1])
+    np.testing.assert_array_equal(a[0], b[0])
+    assert a[1] == b[1]
+
+
+def test_a_candidate_with_no_pixel_in_the_image_scores_zero():
+    """The low-res logits cover the 1024 frame's padding too: a mask lying only there was
+    'perfectly stable' (1.0) and could be chosen for a click; it scores 0 now."""
+    from napari_edgesam.inference.postprocess import stability_in_image, stability_score
+
+    low = np.full((4, 256, 256), -20.0, np.float32)
+    low[0, 200:220, 10:30] = 20.0  # only in the padding of a 300 x 400 image (input 768 x 1024)
+    low[1, 10:40, 10:40] = 20.0  # in the image, stable
+    low[2, 10:40, 10:40] = 0.5  # in the image, unstable
+    assert stability_score(low)[0] == 1.0
+    s = stability_in_image(low, (768, 1024))
+    np.testing.assert_allclose(s, [0.0, 1.0, stability_score(low)[2], 0.0])
+    assert int(np.argmax(s)) == 1
+    # a square image has no padding: the official score
+    np.testing.assert_array_equal(stability_in_image(low[1:2], (1024, 1024)), stability_score(low[1:2]))
+
+
+# -- the API: images ---------------------------------------------------------------------------
+def test_float64_images_beyond_float32_range_are_stretched_not_blanked():
+    from napari_edgesam.inference.preprocess import to_rgb_uint8
+
+    x = np.random.default_rng(0).random((64, 48))
+    ref = to_rgb_uint8(x)
+    # 1e300 overflowed float32 to inf, and inf counts as missing: the image came out all black
+    np.testing.assert_array_equal(to_rgb_uint8(x * 1e300), ref)
+    np.testing.assert_array_equal(to_rgb_uint8(x * 1.7e308 - 0.85e308), ref)  # a span past float64's max
+    two = to_rgb_uint8(np.where(x > 0.5, 1e308, -1e308))[..., 0]
+    assert set(np.unique(two)) == {0, 255}
+
+
+def test_timedelta_images_are_refused():
+    from napari_edgesam.inference.preprocess import to_rgb_uint8
+
+    with pytest.raises(TypeError, match="integer or floating-point"):
+        to_rgb_uint8(np.ones((8, 8), "m8[s]"))
+
+
+def test_read_image_refuses_empty_and_non_real_arrays_from_any_format(tmp_path):
+    from napari_edgesam.inference.io import ImageReadError, read_image
+
+    tifffile.imwrite(tmp_path / "c.tif", np.zeros((40, 50), np.complex64))
+    np.save(tmp_path / "e.npy", np.zeros((0, 5), np.uint8))
+    np.save(tmp_path / "t.npy", np.zeros((4, 5), "m8[s]"))
+    with pytest.raises(ImageReadError, match="c.tif holds a complex64 array; images must be real numbers"):
+        read_image(tmp_path / "c.tif")
+    with pytest.raises(ImageReadError, match=r"e.npy holds an empty image \(shape \(0, 5\)\)"):
+        read_image(tmp_path / "e.npy")
+    with pytest.raises(ImageReadError, match="t.npy holds a timedelta64"):
+        read_image(tmp_path / "t.npy")
+
+
+def test_a_zarr_store_that_does_not_open_is_one_line_naming_it(tmp_path):
+    pytest.importorskip("zarr")
+    from napari_edgesam.inference.io import ImageReadError, read_image
+
+    (tmp_path / "e.zarr").mkdir()
+    with pytest.raises(ImageReadError, match=r"e.zarr is not a readable zarr store"):
+        read_image(tmp_path / "e.zarr")
+
+
+def test_autozoom_checks_prompts_like_the_predictor(onnx_predictor):
+    from napari_edgesam.inference.autozoom import AutoZoom
+
+    zoom = AutoZoom(onnx_predictor, _cells())
+    with pytest.raises(ValueError, match="box contains NaN or inf"):  # was 'cannot convert float NaN to integer'
+        zoom.segment(box=[np.nan, 0, 3, 3])
+    with pytest.raises(ValueError, match="x0 <= x1"):
+        zoom.segment(box=[40, 0, 3, 3])
+    with pytest.raises(ValueError, match="real numbers"):
+        zoom.segment([[3 + 1j, 4]], [1])
+
+
+def test_tiles_keep_a_zero_width_box_like_the_predictor(onnx_predictor):
+    """The predictor (like SAM) decodes a zero-width box; the tiled path (batch prompt mode)
+    dropped it and reported an empty object."""
+    from napari_edgesam.inference.tiling import TiledImage
+
+    img = _cells()
+    onnx_predictor.set_image(img)
+    box = [30, 15, 30, 45]
+    direct = onnx_predictor.segment(box=box)[0]
+    region = TiledImage(onnx_predictor, img, 1024, 128).segment(box=box)
+    tiled = np.zeros(img.shape, bool)
+    tiled[region.y0 : region.y0 + region.mask.shape[0], region.x0 : region.x0 + region.mask.shape[1]] = region.mask
+    assert direct.any()
+    np.testing.assert_array_equal(tiled, direct)
+
+
+# -- loading -----------------------------------------------------------------------------------
+def test_load_model_errors_are_clear(tmp_path):
+    from napari_edgesam import load_model
+
+    (tmp_path / "dir.pth").mkdir()
+    with pytest.raises(ValueError, match="dir.pth is a folder"):
+        load_model(tmp_path / "dir.pth")
+    with pytest.raises(ValueError, match="device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got 'banana'"):
+        load_model("edgesam-nuclei", device="banana")
+    with pytest.raises(TypeError, match="model name or a file path, got NoneType"):
+        load_model(None)
+    # a garbage prior beside a model: an onnxruntime InvalidProtobuf traceback before
+    for name in ("m_encoder.onnx", "m_decoder.onnx"):
+        (tmp_path / name).write_bytes((SHIPPED / name.replace("m_", "edge_sam_nuclei_")).read_bytes())
+    (tmp_path / "m.prior.onnx").write_text("garbage")
+    with pytest.raises(ValueError, match=r"m.prior.onnx \(7 bytes\) could not be loaded as an ONNX file"):
+        load_model(tmp_path / "m_encoder.onnx", prior="auto")
+
+
+def test_damaged_box_head_file_is_called_damaged(tmp_path):
+    pytest.importorskip("torch")
+    from napari_edgesam.model.box_head import load_box_head
+
+    (tmp_path / "x.prior.pth").write_text("garbage")
+    # was torch's 'Weights only load failed. In PyTorch 2.6, we changed the default...'
+    with pytest.raises(ValueError, match="is damaged or not a PyTorch file"):
+        load_box_head(tmp_path / "x.prior.pth")
+
+
+def test_a_cache_folder_below_a_file_is_not_called_offline(tmp_path, monkeypatch):
+    from napari_edgesam.inference import weights
+
+    (tmp_path / "f").write_text("x")
+    monkeypatch.setenv("NAPARI_EDGESAM_CACHE", str(tmp_path / "f" / "sub"))
+    with pytest.raises(weights.WeightsUnavailableError, match="cannot create the weights cache folder") as err:
+        weights.fetch_weight("edgesam", "pth", progress=False)
+    assert "offline" not in str(err.value)
+
+
+# -- the CLI -----------------------------------------------------------------------------------
+def test_python_dash_m_napari_edgesam_runs_the_cli():
+    out = subprocess.run([sys.executable, "-m", "napari_edgesam", "--help"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and "segment" in out.stdout, out.stderr
+
+
+@pytest.mark.parametrize("output,match", [
+    ("", "the output path is empty"),  # was "PosixPath('.') has an empty name"
+    ("{tmp}", "is a folder: give a file name inside it"),
+    ("{tmp}/a-file/x.tif", "a-file is a file, not a folder"),  # was 'File exists'
+    ("{tmp}/labels.png", "must end in .tif or .tiff"),  # a TIFF was written under a .png name
+    ("{tmp}/labels", "must end in .tif or .tiff"),
+])
+def test_segment_output_is_checked_before_any_work(tmp_path, capsys, monkeypatch, output, match):
+    import napari_edgesam.inference.api as api
+
+    tifffile.imwrite(tmp_path / "cells.tif", _cells())
+    (tmp_path / "a-file").write_text("x")
+    monkeypatch.setattr(api, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    rc, _, err = _run(capsys, ["segment", str(tmp_path / "cells.tif"), "--point", "30,30",
+                               "-o", output.format(tmp=tmp_path)])
+    assert rc == 1 and match in _one_error_line(err)
+
+
+def test_segment_on_openvino_and_a_bad_device(tmp_path, capsys):
+    tifffile.imwrite(tmp_path / "cells.tif", _cells())
+    rc, _, err = _run(capsys, ["segment", str(tmp_path / "cells.tif"), "--point", "30,30", "-o",
+                               str(tmp_path / "o.tif"), "--device", "banana"])
+    assert rc == 1 and "device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'" in _one_error_line(err)
+    pytest.importorskip("openvino")
+    rc, out, err = _run(capsys, ["segment", str(tmp_path / "cells.tif"), "--point", "30,30", "-o",
+                                 str(tmp_path / "o.tif"), "--backend", "openvino", "--model", "edgesam-nuclei"])
+    assert rc == 0 and "openvino" in out, err
+    assert tifffile.imread(tmp_path / "o.tif").shape == (96, 128)
+
+
+def test_complex_tiff_is_one_clear_line(tmp_path, capsys):
+    tifffile.imwrite(tmp_path / "c.tif", np.zeros((40, 50), np.complex64))
+    rc, _, err = _run(capsys, ["segment", str(tmp_path / "c.tif"), "--point", "3,3", "-o", str(tmp_path / "o.tif")])
+    line = _one_error_line(err)
+    assert rc == 1 and "holds a complex64 array" in line and "unexpected" not in line
+
+
+def test_export_onto_a_file_says_so(tmp_path, capsys):
+    pytest.importorskip("torch")
+    (tmp_path / "out").write_text("x")
+    rc, _, err = _run(capsys, ["export", "edgesam-nuclei", "-o", str(tmp_path / "out")])
+    assert rc == 1 and "is a file, not a folder" in _one_error_line(err)
+
+
+# -- batch -------------------------------------------------------------------------------------
+def test_batch_output_folder_that_is_a_file(tmp_path, capsys):
+    tifffile.imwrite(tmp_path / "a.tif", _cells())
+    (tmp_path / "out").write_text("x")
+    rc, _, err = _run(capsys, ["batch", str(tmp_path / "a.tif"), "-o", str(tmp_path / "out"), "--auto",
+                               "--no-progress"])
+    assert rc == 1 and "out: it is a file, not a folder" in _one_error_line(err)
+
+
+def test_batch_lists_prompt_rows_for_images_that_are_not_inputs(tmp_path, capsys):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    tifffile.imwrite(inp / "a.tif", _cells())
+    csv = tmp_path / "p.csv"
+    # 'A.TIF' (case) and 'c' (no such input) were silently unused
+    csv.write_text("image,object,kind,x,y,label\na,1,point,30,30,1\nA.TIF,1,point,30,30,1\nc,2,point,5,5,1\n")
+    rc, printed, err = _run(capsys, ["batch", str(inp), "-o", str(tmp_path / "out"), "--prompts", str(csv),
+                                     "--model", "edgesam-nuclei", "--no-progress"])
+    assert rc == 0 and "1 ok" in printed and "2 other entries ignored" in printed, err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    stray = {r["key"]: r["error"] for r in report["ignored"]}
+    assert set(stray) == {"A.TIF", "c"}
+    assert "p.csv row 3" in stray["A.TIF"] and "match no input image" in stray["A.TIF"]
+
+
+def test_batch_errors_have_no_type_prefix_and_huge_grids_are_refused(tmp_path, capsys):
+    tifffile.imwrite(tmp_path / "a.tif", _cells())
+    rc, _, err = _run(capsys, ["batch", str(tmp_path / "a.tif"), "-o", str(tmp_path / "out"), "--auto",
+                               "--points-per-side", "100000", "--no-progress"])
+    # was a 55.9 GiB allocation (MemoryError) per image
+    assert rc == 1 and "points_per_side=100000 is invalid" in _one_error_line(err)
+    rc, _, err = _run(capsys, ["batch", str(tmp_path / "a.tif"), "-o", str(tmp_path / "out"), "--auto",
+                               "--channel", "5", "--model", "edgesam-nuclei", "--no-progress"])
+    assert rc == 1 and "a.tif: channel=5 was given but the image has no channel axis" in err
+    assert "ValueError:" not in err
+    rec = json.loads((tmp_path / "out" / "a.json").read_text())
+    assert rec["error"] == "channel=5 was given but the image has no channel axis"
