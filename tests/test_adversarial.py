@@ -346,3 +346,27 @@ def test_batch_errors_have_no_type_prefix_and_huge_grids_are_refused(tmp_path, c
     assert "ValueError:" not in err
     rec = json.loads((tmp_path / "out" / "a.json").read_text())
     assert rec["error"] == "channel=5 was given but the image has no channel axis"
+
+
+# -- embeddings set from elsewhere (caches, hand-made) ------------------------------------------
+@pytest.mark.parametrize("features,sizes,match", [
+    (np.zeros((1, 256, 32, 32), np.float32), ((40, 50), (819, 1024)), "shape \\(1, 256, 64, 64\\)"),  # ort traceback
+    (np.zeros((256, 64, 64), np.float32), ((40, 50), (819, 1024)), "shape \\(1, 256, 64, 64\\)"),
+    ([[0.0]], ((40, 50), (819, 1024)), "got a list"),  # AttributeError 'astype'
+    (np.zeros((1, 256, 64, 64), np.int64), ((40, 50), (819, 1024)), "float array"),
+    (np.full((1, 256, 64, 64), np.nan, np.float32), ((40, 50), (819, 1024)), "NaN or inf"),  # decoded silently
+    (np.zeros((1, 256, 64, 64), np.float32), ((0, 0), (0, 0)), "sizes are invalid"),
+    (np.zeros((1, 256, 64, 64), np.float32), ((40, 50), (819, 2048)), "sizes are invalid"),
+])
+def test_set_embedding_checks_what_it_is_given(onnx_predictor, features, sizes, match):
+    from napari_edgesam.inference.predictor import ImageEmbedding
+
+    with pytest.raises(ValueError, match=match):
+        onnx_predictor.set_embedding(ImageEmbedding(features, *sizes))
+
+
+def test_set_embedding_accepts_a_cached_fp16_copy(onnx_predictor):
+    emb = onnx_predictor.set_image(_cells())
+    direct = onnx_predictor.segment([[30, 30]], [1])[0]
+    onnx_predictor.set_embedding(emb.astype(np.float16))
+    assert (onnx_predictor.segment([[30, 30]], [1])[0] == direct).mean() > 0.99

@@ -80,6 +80,32 @@ class ImageEmbedding:
         return int(self.features.nbytes)
 
 
+def _check_embedding(emb: ImageEmbedding, shape: tuple | None = (1, 256, 64, 64)) -> None:
+    """ValueError unless ``emb`` can be decoded: features finite floats of ``shape`` (the
+    backend's ``embedding_shape``, ``1 x 256 x 64 x 64`` for EdgeSAM; any 4D ``1 x ...`` when
+    None), ``original_size`` two integers >= 1, ``input_size`` two integers in 1..1024 (a damaged
+    cache or a hand-made embedding would otherwise decode to garbage or fail in the backend)."""
+    f = emb.features
+    ok_shape = isinstance(f, np.ndarray) and (f.shape == tuple(shape) if shape is not None
+                                              else f.ndim == 4 and f.shape[0] == 1)
+    if not isinstance(f, np.ndarray) or f.dtype.kind != "f" or not ok_shape:
+        what = f"{f.dtype} array of shape {f.shape}" if isinstance(f, np.ndarray) else type(f).__name__
+        raise ValueError(f"embedding features must be a float array of shape {shape or '(1, C, H, W)'}; "
+                         f"got a {what}")
+    try:
+        orig = tuple(int(v) for v in emb.original_size)
+        inp = tuple(int(v) for v in emb.input_size)
+    except (TypeError, ValueError):
+        raise ValueError(f"embedding sizes must be (h, w) integers; got original_size {emb.original_size!r}, "
+                         f"input_size {emb.input_size!r}") from None
+    if len(orig) != 2 or min(orig) < 1 or len(inp) != 2 or min(inp) < 1 or max(inp) > 1024:
+        raise ValueError(f"embedding sizes are invalid: original_size {emb.original_size!r} (h, w >= 1), "
+                         f"input_size {emb.input_size!r} (h, w in 1..1024)")
+    if not np.isfinite(f).all():
+        raise ValueError("embedding features contain NaN or inf (a damaged cache file, or a diverged model): "
+                         "compute the embedding again")
+
+
 @dataclass(frozen=True)
 class Prediction:
     """Output of :meth:`EdgeSamPredictor.predict_batch`.
@@ -171,6 +197,7 @@ class EdgeSamPredictor:
         prior's :class:`~napari_edgesam.inference.prior.ProposalSet` for it."""
         if not isinstance(embedding, ImageEmbedding):
             raise TypeError(f"expected an ImageEmbedding, got {type(embedding).__name__}")
+        _check_embedding(embedding, getattr(self.backend, "embedding_shape", None))
         self._embedding, self._proposals = embedding, proposals
 
     def reset_image(self) -> None:

@@ -128,6 +128,8 @@ class OnnxBackend:
     """
 
     name = "onnxruntime"
+    #: What ``encode`` returns (checked when an embedding is set from elsewhere, e.g. a cache).
+    embedding_shape = (1, 256, 64, 64)
 
     def __init__(
         self,

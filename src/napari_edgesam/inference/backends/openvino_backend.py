@@ -55,6 +55,8 @@ class OpenVinoBackend:
     """
 
     name = "openvino"
+    #: What ``encode`` returns (checked when an embedding is set from elsewhere, e.g. a cache).
+    embedding_shape = (1, 256, 64, 64)
 
     def __init__(
         self,

@@ -55,6 +55,8 @@ class TorchBackend:
     """
 
     name = "torch"
+    #: What ``encode`` returns (checked when an embedding is set from elsewhere, e.g. a cache).
+    embedding_shape = (1, 256, 64, 64)
     provides_iou_scores = True
     supports_mask_input = True
 
