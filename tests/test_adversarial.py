@@ -370,3 +370,15 @@ def test_set_embedding_accepts_a_cached_fp16_copy(onnx_predictor):
     direct = onnx_predictor.segment([[30, 30]], [1])[0]
     onnx_predictor.set_embedding(emb.astype(np.float16))
     assert (onnx_predictor.segment([[30, 30]], [1])[0] == direct).mean() > 0.99
+
+
+def test_segment_says_which_objects_came_out_empty(tmp_path, capsys):
+    """Two identical boxes: the second is covered by the first (the first object keeps its
+    pixels, as in napari); the count said '2 object(s)' with one label in the file."""
+    tifffile.imwrite(tmp_path / "cells.tif", _cells())
+    rc, out, err = _run(capsys, ["segment", str(tmp_path / "cells.tif"), "--box", "15,15,45,45", "--box",
+                                 "15,15,45,45", "--autozoom", "--model", "edgesam-nuclei",
+                                 "-o", str(tmp_path / "o.tif")])
+    labels = tifffile.imread(tmp_path / "o.tif")
+    assert rc == 0 and "#2 (--box 15,15,45,45)" in err and "came out empty" in err
+    assert set(np.unique(labels)) == {0, 1} and f"{tmp_path / 'o.tif'}: 1 object(s)" in out

@@ -107,12 +107,22 @@ def run(args: argparse.Namespace) -> int:
             mask, score, _ = predictor.segment(coords, point_labels, box, fill_holes=fill)
         labels[mask & (labels == 0)] = k
     t2 = time.perf_counter()
+    present = np.zeros(len(objects) + 1, bool)
+    present[np.unique(labels)] = True
+    empty = [k for k in range(1, len(objects) + 1) if not present[k]]
+    if empty:  # said, not silent (as batch records them): a tiny box, or covered by an earlier object
+        import sys
+
+        which = ", ".join(f"#{k} ({'--box ' + ','.join(f'{v:g}' for v in args.box[k - 1]) if not args.point else 'the points'})"
+                          for k in empty[:10])
+        print(f"napari-edgesam segment: warning: {len(empty)} of {len(objects)} object(s) came out empty "
+              f"(no pixels, or all covered by earlier objects): {which}", file=sys.stderr)
     try:
         write_labels(args.output, labels)
     except OSError as err:
         raise OutputWriteError(describe_write_error(args.output, err)) from None
     print(
-        f"{args.output}: {len(objects)} object(s), {int((labels > 0).sum())} pixels "
+        f"{args.output}: {len(objects) - len(empty)} object(s), {int((labels > 0).sum())} pixels "
         f"[model {predictor.model_name}, {predictor.backend.name}; embed {t1 - t0:.2f} s, "
         f"decode {1000 * (t2 - t1):.0f} ms]"
     )
