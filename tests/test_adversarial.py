@@ -382,3 +382,24 @@ def test_segment_says_which_objects_came_out_empty(tmp_path, capsys):
     labels = tifffile.imread(tmp_path / "o.tif")
     assert rc == 0 and "#2 (--box 15,15,45,45)" in err and "came out empty" in err
     assert set(np.unique(labels)) == {0, 1} and f"{tmp_path / 'o.tif'}: 1 object(s)" in out
+
+
+def test_batch_folders_in_the_way_of_outputs(tmp_path, capsys):
+    tifffile.imwrite(tmp_path / "a.tif", _cells())
+    out = tmp_path / "out"
+    (out / "report.csv").mkdir(parents=True)
+    # was: every image segmented, then the report failed at the very end
+    rc, _, err = _run(capsys, ["batch", str(tmp_path / "a.tif"), "-o", str(out), "--auto", "--model",
+                               "edgesam-nuclei", "--no-progress"])
+    assert rc == 1 and "report.csv: a folder of that name is in the way" in _one_error_line(err)
+    assert sorted(p.name for p in out.iterdir()) == ["report.csv"]
+    (out / "report.csv").rmdir()
+    (out / "a.json").mkdir()
+    csv = tmp_path / "p.csv"
+    csv.write_text("image,object,kind,x,y,label\na,1,point,30,30,1\n")
+    rc, printed, err = _run(capsys, ["batch", str(tmp_path / "a.tif"), "-o", str(out), "--prompts", str(csv),
+                                     "--model", "edgesam-nuclei", "--no-progress"])
+    lines = [line for line in err.splitlines() if "a.json" in line]
+    assert rc == 1 and "1 failed" in printed
+    assert lines == [f"{tmp_path / 'a.tif'}: cannot write {out / 'a.json'}: a folder of that name is in the way "
+                     "(remove or rename it)"]  # once, not twice

@@ -254,7 +254,7 @@ def describe_write_error(path: str | os.PathLike, err: OSError) -> str:
     if blocker is not None:
         return f"cannot write {path}: {blocker} is a file, not a folder (choose another path)"
     if err.errno == errno.EISDIR:
-        return f"cannot write {path}: it is a folder (give a file name inside it)"
+        return f"cannot write {path}: a folder of that name is in the way (remove or rename it)"
     if err.errno == errno.ENOSPC:
         hint = "the disk is full: free some space or choose another output folder"
     elif err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):

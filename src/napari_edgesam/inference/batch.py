@@ -38,6 +38,7 @@ per worker process, so it can be shipped to Dask workers as is.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -211,7 +212,7 @@ def process_one(path: str | os.PathLike, config: BatchConfig, key: str | None = 
     try:
         write_json(record_path, record)
     except OSError as err:
-        logger.warning("%s: %s", p, _write_failure(record_path, err))
+        logger.warning("%s: %s", p, _write_failure(record_path, err), extra={"batch_image_error": True})
         record |= {"status": "error", "error": _write_failure(record_path, err)}
     return record
 
@@ -292,6 +293,9 @@ def run_batch(
             ignored.append({"input": str(config.prompts), "key": name, "status": "ignored", "error": reason,
                             "n_objects": 0, "seconds": 0.0})
     out = check_writable(out_dir)  # before the first image, not after the last
+    for name in ("report.json", "report.csv"):  # a folder of that name would fail only at the end
+        if (out / name).is_dir():
+            raise OutputWriteError(_write_failure(out / name, IsADirectoryError(errno.EISDIR, "Is a directory")))
     remove_stale_temps(out)  # left by a killed earlier run
     config = replace(config, out_dir=str(out))
     keys = output_keys(paths)
