@@ -403,3 +403,34 @@ def test_batch_folders_in_the_way_of_outputs(tmp_path, capsys):
     assert rc == 1 and "1 failed" in printed
     assert lines == [f"{tmp_path / 'a.tif'}: cannot write {out / 'a.json'}: a folder of that name is in the way "
                      "(remove or rename it)"]  # once, not twice
+
+
+@pytest.mark.parametrize("value,match", [("30_0", "is not a number"), ("1_0", "is not a number"),
+                                         (" 0x1F", "is not a number"), ("1e400", "is not a finite number"),
+                                         ("nan", "is not a finite number")])
+def test_numbers_in_prompt_files_and_options_are_plain_decimals(tmp_path, capsys, value, match):
+    """float() reads '30_0' as 300 (a silent misparse of a typo)."""
+    from napari_edgesam.inference.prompt_csv import read_prompt_csv
+
+    f = tmp_path / "p.csv"
+    f.write_text(f"image,object,kind,x,y,label\na,1,point,{value},30,1\n")
+    with pytest.raises(ValueError, match=f"row 2: x='{value.strip()}' {match}"):
+        read_prompt_csv(f)
+    rc, _, err = _run(capsys, ["segment", str(tmp_path / "x.tif"), "--point", f"{value},3", "-o", "o.tif"])
+    assert rc == 2 and "--point must be comma-separated numbers" in err
+
+
+def test_prompt_csv_with_semicolons_says_so(tmp_path):
+    from napari_edgesam.inference.prompt_csv import read_prompt_csv
+
+    f = tmp_path / "p.csv"
+    f.write_text("image;object;kind;x;y;label\na;1;point;30;30;1\n")
+    with pytest.raises(ValueError, match="separated by ';'; prompt CSVs are comma-separated"):
+        read_prompt_csv(f)
+    assert read_prompt_csv(_write(tmp_path / "q.csv", "image,object,kind,x,y,label\na,1,point, 30 ,2.5e1,1\n"))[
+        "a"][0].points.tolist() == [[30.0, 25.0]]
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path

@@ -8,8 +8,10 @@ from pathlib import Path
 
 
 def _floats(text: str, n: tuple[int, ...], what: str) -> list[float]:
+    from ..inference.prompts import parse_number
+
     try:
-        values = [float(v) for v in text.split(",")]
+        values = [parse_number(v) for v in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{what} must be comma-separated numbers, got {text!r}") from None
     if len(values) not in n:

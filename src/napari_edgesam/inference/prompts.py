@@ -8,6 +8,8 @@ inverted box is an error everywhere, never clamped or dropped.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from ..constants import (
@@ -17,6 +19,26 @@ from ..constants import (
     LOW_RES_SIZE,
 )
 from .preprocess import scale_coords
+
+#: A number as written in a prompt file or on the command line: decimal, optional exponent.
+#: (Python's float() would also take "1_0" as 10, "0x1F" no, "nan"/"inf" yes: none of these.)
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def parse_number(text: str) -> float:
+    """``text`` (surrounding blanks allowed) as a float; ValueError unless it is a plain decimal
+    number such as ``12``, ``-3.5`` or ``1e3`` (no ``1_0``, ``nan``, ``inf``, ``0x1F``, ``30,5``)."""
+    t = str(text).strip()
+    try:
+        value = float(t)
+    except ValueError:
+        value = None
+    if value is not None and not np.isfinite(value):
+        raise ValueError(f"{text!r} is not a finite number")
+    if value is None or not _NUMBER.fullmatch(t):
+        raise ValueError(f"{text!r} is not a number")
+    return value
+
 
 #: How far outside the image (in pixels) a prompt may lie and still be accepted.
 EDGE_TOLERANCE = 0.5
