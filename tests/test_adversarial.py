@@ -434,3 +434,16 @@ def test_prompt_csv_with_semicolons_says_so(tmp_path):
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+@pytest.mark.parametrize("kwargs,match", [({"min_stability": np.nan}, "min_stability must be a number in \\[0, 1\\]"),
+                                          ({"min_overlap": 2.0}, "min_overlap must be"),
+                                          ({"min_area": -1}, "min_area must be an integer >= 0")])
+def test_propagation_thresholds_are_checked(onnx_predictor, kwargs, match):
+    """A NaN threshold never stopped a sweep (every comparison with NaN is False)."""
+    from napari_edgesam.inference.propagation import propagate_object
+
+    seed = np.zeros((96, 128), bool)
+    seed[25:35, 25:35] = True
+    with pytest.raises(ValueError, match=match):
+        propagate_object(onnx_predictor, lambda z: pytest.fail("decoded"), {1: seed}, 3, **kwargs)
