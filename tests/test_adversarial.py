@@ -447,3 +447,22 @@ def test_propagation_thresholds_are_checked(onnx_predictor, kwargs, match):
     seed[25:35, 25:35] = True
     with pytest.raises(ValueError, match=match):
         propagate_object(onnx_predictor, lambda z: pytest.fail("decoded"), {1: seed}, 3, **kwargs)
+
+
+def test_empty_names_are_not_the_current_folder(tmp_path, monkeypatch):
+    """'' is Path('.'): run_batch wrote its outputs into the working folder, load_model('')
+    called the working folder a model folder."""
+    from napari_edgesam import load_model
+    from napari_edgesam.inference.batch import BatchConfig, run_batch
+
+    monkeypatch.chdir(tmp_path)
+    tifffile.imwrite(tmp_path / "a.tif", _cells())
+    with pytest.raises(ValueError, match="out_dir must name an output folder"):
+        run_batch([tmp_path / "a.tif"], "", BatchConfig(model="edgesam-nuclei"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tif"]
+    with pytest.raises(ValueError, match="no model given"):
+        load_model("")
+    with pytest.raises(ValueError, match="model must be a model name"):
+        BatchConfig(model="")
+    with pytest.raises(ValueError, match="channel must be None or an integer"):
+        BatchConfig(model="edgesam-nuclei", channel="x")

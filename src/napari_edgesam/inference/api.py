@@ -277,6 +277,8 @@ def _attach_prior(predictor: EdgeSamPredictor, prior: str | os.PathLike, device:
 def _load_predictor(name_or_path, backend, device, decoder, allow_download, allow_unsafe, backend_options):
     _register_packaged_models()
     key = os.fspath(name_or_path)
+    if not key.strip():  # Path("") would be the current folder
+        raise ValueError("no model given (an empty name): use 'auto', a registered model name or a .pth/.onnx path")
     if key == "auto":
         key, why = choose_model(backend, allow_download=allow_download)
         logger.info("model auto: %s", why)

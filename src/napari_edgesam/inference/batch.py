@@ -261,6 +261,8 @@ def run_batch(
         predictor: in-process only: use this predictor instead of loading ``config.model``.
     """
     t0 = time.perf_counter()
+    if not isinstance(out_dir, (str, os.PathLike)) or not os.fspath(out_dir).strip():  # '' would be the cwd
+        raise ValueError(f"out_dir must name an output folder, got {out_dir!r}")
     inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     found = find_inputs(inputs, pattern)
     outputs = [p for p in found.images if is_batch_output(p, out_dir)]  # out_dir inside (or = ) an input
