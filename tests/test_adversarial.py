@@ -466,3 +466,14 @@ def test_empty_names_are_not_the_current_folder(tmp_path, monkeypatch):
         BatchConfig(model="")
     with pytest.raises(ValueError, match="channel must be None or an integer"):
         BatchConfig(model="edgesam-nuclei", channel="x")
+
+
+def test_prior_auto_without_a_prior_is_said(tmp_path, caplog):
+    from napari_edgesam import load_model
+
+    for name in ("m_encoder.onnx", "m_decoder.onnx"):
+        (tmp_path / name).write_bytes((SHIPPED / name.replace("m_", "edge_sam_nuclei_")).read_bytes())
+    with caplog.at_level("WARNING", logger="napari_edgesam.inference.api"):
+        predictor = load_model(tmp_path / "m_encoder.onnx", prior="auto")
+    assert predictor.prior is None
+    assert any("no granularity prior" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)

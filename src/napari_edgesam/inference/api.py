@@ -269,7 +269,8 @@ def _attach_prior(predictor: EdgeSamPredictor, prior: str | os.PathLike, device:
         source = predictor.source_path
         path = find_prior(source) if source is not None else None
         if path is None:
-            logger.info("no granularity prior stored beside %s", source)
+            logger.warning("prior='auto': no granularity prior (.prior.pth/.prior.onnx) is stored beside %s; "
+                           "going on without one", source)
             return
     predictor.prior = load_prior(path, predictor, device=device)
 
