@@ -477,3 +477,23 @@ def test_prior_auto_without_a_prior_is_said(tmp_path, caplog):
         predictor = load_model(tmp_path / "m_encoder.onnx", prior="auto")
     assert predictor.prior is None
     assert any("no granularity prior" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+
+
+def test_an_image_named_report_keeps_its_record(tmp_path, capsys):
+    """report.tif's record was report.json, overwritten by the run's report: lost, and the
+    image was segmented again on every rerun."""
+    from napari_edgesam.inference.io import output_keys
+
+    assert output_keys([Path("report.tif"), Path("REPORT.png"), Path("a.tif")]) == ["report_tif", "REPORT_png", "a"]
+    inp = tmp_path / "in"
+    inp.mkdir()
+    tifffile.imwrite(inp / "report.tif", _cells())
+    csv = _write(tmp_path / "p.csv", "image,object,kind,x,y,label\n,1,point,30,30,1\n")
+    argv = ["batch", str(inp), "-o", str(tmp_path / "out"), "--prompts", str(csv), "--model", "edgesam-nuclei",
+            "--no-progress"]
+    rc, printed, _ = _run(capsys, argv)
+    assert rc == 0 and "1 ok" in printed
+    assert json.loads((tmp_path / "out" / "report_tif.json").read_text())["status"] == "ok"
+    assert "summary" in json.loads((tmp_path / "out" / "report.json").read_text())
+    rc, printed, _ = _run(capsys, argv)
+    assert rc == 0 and "0 ok, 1 skipped" in printed

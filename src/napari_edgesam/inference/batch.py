@@ -143,12 +143,10 @@ def process_one(path: str | os.PathLike, config: BatchConfig, key: str | None = 
     Returns:
         the record (also written as ``<key>.json`` unless cancelled).
     """
-    from .io import image_stem
-
     if not config.out_dir:
         raise ValueError("config.out_dir is empty: set it, or call run_batch(inputs, out_dir, config)")
     p = Path(path)
-    key = key or image_stem(p)
+    key = key or output_keys([p])[0]
     labels_path, record_path = output_paths(config.out_dir, key)
     record = {"input": str(p), "key": key, "status": "ok", "error": None, "n_objects": 0,
               "labels": labels_path.name, "mode": config.mode, "model": config.model}

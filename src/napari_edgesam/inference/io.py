@@ -143,9 +143,16 @@ def image_stem(path: Path) -> str:
     return path.stem
 
 
+#: Output names of the run itself (``report.json``/``report.csv``): an image named like one
+#: gets its suffix added (``report.tif`` -> ``report_tif``), else its record would be overwritten.
+RESERVED_KEYS = ("report",)
+
+
 def output_keys(paths: Sequence[Path]) -> list[str]:
-    """Unique output names: the stem, with the suffix (then the parent folder) added on clashes."""
-    keys = [image_stem(p) for p in paths]
+    """Unique output names: the stem, with the suffix (then the parent folder) added on clashes
+    (also with the run's own ``report`` files, compared without case)."""
+    keys = [f"{image_stem(p)}_{p.suffix.lstrip('.').lower() or 'zarr'}" if image_stem(p).lower() in RESERVED_KEYS
+            else image_stem(p) for p in paths]
     for attempt in (lambda p: f"{image_stem(p)}_{p.suffix.lstrip('.').lower()}",
                     lambda p: f"{p.parent.name}_{image_stem(p)}_{p.suffix.lstrip('.').lower()}"):
         counts = defaultdict(int)
