@@ -497,3 +497,12 @@ def test_an_image_named_report_keeps_its_record(tmp_path, capsys):
     assert "summary" in json.loads((tmp_path / "out" / "report.json").read_text())
     rc, printed, _ = _run(capsys, argv)
     assert rc == 0 and "0 ok, 1 skipped" in printed
+
+
+@pytest.mark.parametrize("n,match", [("x", "positive integer, got 'x'"), (1.5, "got 1.5"), (0, "got 0"), (True, "got True")])
+def test_num_threads_is_checked_once_for_every_backend(n, match):
+    from napari_edgesam import load_model
+
+    with pytest.raises(ValueError, match=f"num_threads must be a {match}" if "positive" in match
+                       else f"num_threads must be a positive integer, {match}"):
+        load_model("edgesam-nuclei", backend="onnxruntime", num_threads=n)

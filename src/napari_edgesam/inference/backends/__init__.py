@@ -17,6 +17,15 @@ def check_device(device: object) -> str:
     return device
 
 
+def check_num_threads(num_threads: object) -> int | None:
+    """``num_threads`` of a backend: None (the library's choice) or an integer >= 1."""
+    if num_threads is None:
+        return None
+    if isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)) or num_threads < 1:
+        raise ValueError(f"num_threads must be a positive integer, got {num_threads!r}")
+    return int(num_threads)
+
+
 @runtime_checkable
 class Backend(Protocol):
     """What the predictor needs from an inference engine.

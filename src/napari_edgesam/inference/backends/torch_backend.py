@@ -73,7 +73,9 @@ class TorchBackend:
         fast_decoder: bool = True,
     ) -> None:
         self.device = resolve_device(device)
-        if num_threads is not None:
+        from . import check_num_threads
+
+        if check_num_threads(num_threads) is not None:
             torch.set_num_threads(int(num_threads))
         model = model.eval()
         if fuse:
