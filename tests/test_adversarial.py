@@ -506,3 +506,18 @@ def test_num_threads_is_checked_once_for_every_backend(n, match):
     with pytest.raises(ValueError, match=f"num_threads must be a {match}" if "positive" in match
                        else f"num_threads must be a positive integer, {match}"):
         load_model("edgesam-nuclei", backend="onnxruntime", num_threads=n)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"percentiles": (99, 1)}, "percentiles must be finite with low <= high"),  # a black image before
+    ({"percentiles": (5,)}, "percentiles must be two numbers"),
+    ({"percentiles": "ab"}, "percentiles must be two numbers"),  # numpy's ufunc 'divide' message
+    ({"contrast_limits": (None, 3)}, "contrast_limits must be two numbers"),
+    ({"contrast_limits": (1 + 1j, 3)}, "contrast_limits must be two numbers"),
+    ({"channel": "0"}, "channel must be an integer"),  # "'<=' not supported between 'int' and 'str'"
+])
+def test_normalisation_arguments_are_checked(kwargs, match):
+    from napari_edgesam.inference.preprocess import to_rgb_uint8
+
+    with pytest.raises(ValueError, match=match):
+        to_rgb_uint8(np.random.default_rng(0).random((20, 20)), **kwargs)

@@ -60,6 +60,26 @@ def check_gamma(gamma: object) -> float:
     return g
 
 
+def _two_numbers(values: object, what: str) -> tuple[float, float]:
+    """``values`` as two finite floats ``(low, high)`` with ``low <= high``; ValueError otherwise."""
+    try:
+        lo, hi = (float(v) for v in values)  # also refuses complex, None, strings like "ab"
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be two numbers (low, high), got {values!r}") from None
+    if not (np.isfinite(lo) and np.isfinite(hi)) or hi < lo:
+        raise ValueError(f"{what} must be finite with low <= high, got {values!r}")
+    return lo, hi
+
+
+def check_percentiles(percentiles: object) -> tuple[float, float]:
+    """``percentiles`` as ``(low, high)`` with ``0 <= low < high <= 100`` (ValueError otherwise:
+    ``(99, 1)`` would turn every image black)."""
+    lo, hi = _two_numbers(percentiles, "percentiles")
+    if not 0.0 <= lo < hi <= 100.0:
+        raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {percentiles!r}")
+    return lo, hi
+
+
 def _channels_last(arr: np.ndarray, channel_axis: int | None) -> np.ndarray:
     """Return ``H x W x C`` (C >= 1)."""
     if arr.ndim == 2:
@@ -138,11 +158,9 @@ def _stretch_params(
             return None
         lo, hi = found
     else:
-        if len(limits) != 2:
+        if np.ndim(limits) != 1 or len(limits) != 2:
             raise ValueError(f"contrast_limits must be (low, high), got {limits!r}")
-        lo, hi = float(limits[0]), float(limits[1])
-        if not (np.isfinite(lo) and np.isfinite(hi)) or hi < lo:
-            raise ValueError(f"contrast_limits must be finite with low <= high, got {limits!r}")
+        lo, hi = _two_numbers(limits, "contrast_limits")
     # ``(x - lo) * scale`` maps [lo, hi] to [0, 1]; for a span past float64's range (e.g. -1e308
     # to 1e308) x, lo and hi are halved first (``f``) so that the span is finite
     with np.errstate(over="ignore"):
@@ -201,8 +219,11 @@ def to_rgb_uint8(
         ``H x W x 3`` uint8.
     """
     gamma = check_gamma(gamma)
+    percentiles = check_percentiles(percentiles)
     arr = _channels_last(_check_array(image), channel_axis)
     n_channels = arr.shape[-1]
+    if channel is not None and (isinstance(channel, bool) or not isinstance(channel, (int, np.integer))):
+        raise ValueError(f"channel must be an integer (a channel index), got {channel!r}")
     if channel is not None:
         if not -n_channels <= channel < n_channels:
             raise ValueError(f"channel {channel} does not exist; the image has {n_channels} channels")
