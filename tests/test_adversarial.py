@@ -521,3 +521,26 @@ def test_normalisation_arguments_are_checked(kwargs, match):
 
     with pytest.raises(ValueError, match=match):
         to_rgb_uint8(np.random.default_rng(0).random((20, 20)), **kwargs)
+
+
+def test_outputs_never_replace_an_input_image(tmp_path, capsys):
+    """segment -o <the input> replaced the image with its labels; a batch into the input
+    folder wrote a.tif's labels over an input image named a_labels.tif."""
+    img = tmp_path / "a.tif"
+    tifffile.imwrite(img, _cells())
+    before = img.read_bytes()
+    rc, _, err = _run(capsys, ["segment", str(img), "--point", "30,30", "-o", str(tmp_path / "." / "a.tif")])
+    assert rc == 1 and "is the input image" in _one_error_line(err) and img.read_bytes() == before
+    (tmp_path / "a_labels.tif").write_bytes(before)
+    csv = _write(tmp_path / "p.csv", "image,object,kind,x,y,label\n,1,point,30,30,1\n")
+    rc, _, err = _run(capsys, ["batch", str(tmp_path), "-o", str(tmp_path), "--prompts", str(csv), "--model",
+                               "edgesam-nuclei", "--no-progress"])
+    assert rc == 1 and "would overwrite the input image" in _one_error_line(err)
+    assert (tmp_path / "a_labels.tif").read_bytes() == before and not (tmp_path / "a.json").exists()
+    # the usual rerun into the input folder still works: earlier outputs are recognised as outputs
+    (tmp_path / "a_labels.tif").unlink()
+    for _ in range(2):
+        rc, printed, err = _run(capsys, ["batch", str(tmp_path), "-o", str(tmp_path), "--prompts", str(csv),
+                                         "--model", "edgesam-nuclei", "--no-progress"])
+        assert rc == 0, err
+    assert "0 ok, 1 skipped" in printed and img.read_bytes() == before

@@ -68,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"the output {args.output} must end in .tif or .tiff (labels are written as TIFF)")
     if not Path(args.image).exists():
         raise FileNotFoundError(f"image not found: {args.image}")
+    if Path(args.output).exists() and Path(args.output).resolve() == Path(args.image).resolve():
+        raise ValueError(f"the output {args.output} is the input image: choose another file name (e.g. labels.tif)")
     img = read_image(args.image)
     if img.is_stack:
         raise ValueError(

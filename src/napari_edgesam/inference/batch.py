@@ -299,6 +299,7 @@ def run_batch(
     remove_stale_temps(out)  # left by a killed earlier run
     config = replace(config, out_dir=str(out))
     keys = output_keys(paths)
+    _check_no_input_overwritten(paths, keys, out)
     records: dict[int, dict] = {}
     todo = []
     done = 0
@@ -341,6 +342,24 @@ def run_batch(
     return report
 
 
+
+
+def _check_no_input_overwritten(paths: Sequence[Path], keys: Sequence[str], out: Path) -> None:
+    """ValueError before any work if an output file would replace an input image (an output
+    folder holding the inputs, with e.g. ``a.tif`` and ``a_labels.tif`` among them)."""
+    def where(p: Path) -> str:
+        try:
+            return os.path.realpath(p)
+        except OSError:
+            return os.path.abspath(p)
+
+    inputs = {where(p): p for p in paths}
+    for p, key in zip(paths, keys, strict=True):
+        for target in output_paths(out, key):
+            victim = inputs.get(where(target))
+            if victim is not None:
+                raise ValueError(f"the output {target} of {p} would overwrite the input image {victim}: "
+                                 "choose an output folder that holds no input images")
 
 
 def _run_here(todo, config, predictor, cancel, finish) -> bool:
