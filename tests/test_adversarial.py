@@ -544,3 +544,15 @@ def test_outputs_never_replace_an_input_image(tmp_path, capsys):
                                          "--model", "edgesam-nuclei", "--no-progress"])
         assert rc == 0, err
     assert "0 ok, 1 skipped" in printed and img.read_bytes() == before
+
+
+@pytest.mark.parametrize("pattern", ["/tmp/*", "../*", "a/../../*"])
+def test_patterns_stay_inside_the_input_folder(tmp_path, pattern):
+    """'/tmp/*' was pathlib's 'Non-relative patterns are unsupported'; '../*' segmented the
+    images of the parent folder."""
+    from napari_edgesam.inference.io import find_inputs
+
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "outside.tif", _cells())
+    with pytest.raises(ValueError, match="must be relative to the input folder and stay inside it"):
+        find_inputs([tmp_path / "in"], pattern)

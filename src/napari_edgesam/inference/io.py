@@ -104,6 +104,11 @@ def find_inputs(inputs: Iterable[str | os.PathLike], pattern: str = "*") -> Disc
     reason, never dropped silently. An input named explicitly must exist (FileNotFoundError) and
     be an image or a folder (ValueError).
     """
+    pattern = pattern or "*"
+    parts = Path(pattern).parts
+    if Path(pattern).is_absolute() or ".." in parts or Path(pattern).drive:
+        raise ValueError(f"pattern {pattern!r} must be relative to the input folder and stay inside it "
+                         "(e.g. '*.tif', or '**/*.tif' for sub-folders)")
     found: dict[Path, None] = {}
     ignored: dict[Path, str] = {}
     for item in inputs:
@@ -115,7 +120,7 @@ def find_inputs(inputs: Iterable[str | os.PathLike], pattern: str = "*") -> Disc
         if is_image_file(p):
             found[p] = None
         elif p.is_dir():
-            for q in sorted(p.glob(pattern or "*")):
+            for q in sorted(p.glob(pattern)):
                 reason = _why_not_an_image(q)
                 if reason is None:
                     found[q] = None
