@@ -556,3 +556,23 @@ def test_patterns_stay_inside_the_input_folder(tmp_path, pattern):
     tifffile.imwrite(tmp_path / "outside.tif", _cells())
     with pytest.raises(ValueError, match="must be relative to the input folder and stay inside it"):
         find_inputs([tmp_path / "in"], pattern)
+
+
+def test_embedding_cache_disk_layer_under_attack(tmp_path, caplog):
+    from napari_edgesam.inference.embedding_cache import EmbeddingCache
+    from napari_edgesam.inference.predictor import ImageEmbedding
+
+    emb = ImageEmbedding(np.zeros((1, 256, 64, 64), np.float32), (40, 50), (819, 1024))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is a file, not a folder"):  # FileExistsError traceback before
+        EmbeddingCache(disk_dir=tmp_path / "file")
+    cache = EmbeddingCache(disk_dir=tmp_path / "c")
+    cache.disk_path("dir").mkdir()  # a folder where a cache file goes: a miss, not IsADirectoryError
+    assert EmbeddingCache(disk_dir=tmp_path / "c").get("dir") is None
+    cache.put("k", emb)
+    cache.disk_path("k").write_bytes(b"random bytes, no pickle in sight")
+    with caplog.at_level("WARNING"):
+        assert EmbeddingCache(disk_dir=tmp_path / "c").get("k") is None
+    text = " ".join(r.getMessage() for r in caplog.records)
+    assert "not an embedding cache file" in text and "pickle" not in text
+    assert not cache.disk_path("k").exists()
