@@ -227,7 +227,7 @@ def test_load_rejects_other_files(tmp_path, golden_checkpoint):
         load_box_head(golden_checkpoint)
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="cannot read"):
+    with pytest.raises(ValueError, match="is damaged or not a PyTorch file"):
         load_box_head(bad)
     with pytest.raises(FileNotFoundError):
         load_box_head(tmp_path / "missing.pth")

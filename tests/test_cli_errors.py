@@ -131,7 +131,7 @@ def test_batch_cli_errors(tmp_path, capsys, golden_checkpoint, make_golden_image
     rc, _, err = _run(capsys, [*base, "-o", str(blocker / "out")])
     assert rc == 1 and "Traceback" not in err
     assert _error_lines(err) == [f"napari-edgesam batch: error: cannot write to the output folder {blocker / 'out'}: "
-                                 "Not a directory; choose another folder or fix its permissions"]
+                                 f"{blocker} is a file, not a folder; choose another path"]
     # a broken image is an error row, the good one is done, the odd entries are listed
     out = tmp_path / "out"
     rc, printed, err = _run(capsys, [*base, "-o", str(out)])

@@ -203,9 +203,58 @@ def remove_stale_temps(folder: str | os.PathLike, *, older_than_s: float = 0.0) 
     return removed
 
 
+def _file_in_the_way(path: Path) -> Path | None:
+    """The first existing ancestor of ``path`` that is not a folder (so nothing can be created
+    below it), or None."""
+    for parent in reversed(path.parents):
+        try:
+            if parent.exists() and not parent.is_dir():
+                return parent
+        except OSError:
+            return None
+    return None
+
+
+def check_output_file(path: str | os.PathLike) -> Path:
+    """Check, before any work, that a file can be created at ``path``: ValueError naming the
+    problem when the path is empty, is an existing folder, or lies below an existing file.
+    (Permissions and free space show when writing.)"""
+    text = os.fspath(path)
+    if not str(text).strip():
+        raise ValueError("the output path is empty: give a file name such as labels.tif")
+    p = Path(text)
+    if p.is_dir():
+        raise ValueError(f"the output {p} is a folder: give a file name inside it, e.g. {p / 'labels.tif'}")
+    blocker = _file_in_the_way(p)
+    if blocker is not None:
+        raise ValueError(f"cannot write {p}: {blocker} is a file, not a folder (choose another path)")
+    return p
+
+
+def check_output_folder(folder: str | os.PathLike) -> Path:
+    """ValueError naming the problem when ``folder`` (an output folder) is empty text, an
+    existing file, or lies below an existing file; otherwise ``Path(folder)``."""
+    text = os.fspath(folder)
+    if not str(text).strip():
+        raise ValueError("the output folder is empty: give a folder name")
+    p = Path(text)
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"cannot write to the output folder {p}: it is a file, not a folder; choose another name")
+    blocker = _file_in_the_way(p)
+    if blocker is not None:
+        raise ValueError(f"cannot write to the output folder {p}: {blocker} is a file, not a folder; "
+                         "choose another path")
+    return p
+
+
 def describe_write_error(path: str | os.PathLike, err: OSError) -> str:
     """One line for a failed write of ``path``: the file, the reason and what to do."""
     reason = err.strerror or str(err)
+    blocker = _file_in_the_way(Path(path)) if err.errno in (errno.EEXIST, errno.ENOTDIR) else None
+    if blocker is not None:
+        return f"cannot write {path}: {blocker} is a file, not a folder (choose another path)"
+    if err.errno == errno.EISDIR:
+        return f"cannot write {path}: a folder of that name is in the way (remove or rename it)"
     if err.errno == errno.ENOSPC:
         hint = "the disk is full: free some space or choose another output folder"
     elif err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
@@ -227,6 +276,12 @@ def check_writable(folder: str | os.PathLike) -> Path:
     """Create ``folder`` (and parents) and prove a file can be written there (a temporary file
     is created, written, fsync-ed and removed). Raises OSError naming the folder otherwise."""
     folder = Path(folder)
+    try:
+        check_output_folder(folder)
+    except ValueError as err:
+        error = UnwritableFolderError(str(err))
+        error.errno = errno.ENOTDIR
+        raise error from None
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".write-probe-{os.getpid()}-{secrets.token_hex(4)}"  # unique: runs may share a folder

@@ -28,8 +28,11 @@ TOKEN_SLICES = {1: slice(0, 1), 3: slice(1, 4), 4: slice(0, 4)}
 
 def token_slice(num_multimask_outputs: int) -> slice:
     """The mask tokens returned for ``num_multimask_outputs`` (1 -> token 0, 3 -> 1..3, 4 -> 0..3)."""
+    n = num_multimask_outputs
     try:
-        return TOKEN_SLICES[int(num_multimask_outputs)]
+        if isinstance(n, bool) or int(n) != n:  # 1.5 or "4" must not become 1 or 4 silently
+            raise ValueError
+        return TOKEN_SLICES[int(n)]
     except (KeyError, TypeError, ValueError):
         raise ValueError(
             f"num_multimask_outputs must be 1, 3 or 4, got {num_multimask_outputs!r}"

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..constants import MASK_THRESHOLD
-from ..inference.postprocess import fill_holes, stability_score, upscale_logits
+from ..inference.postprocess import fill_holes, stability_in_image, upscale_logits
 from ..inference.prior import ProposalSet, choose_box_for_click, segment_click_with_prior
 from ..inference.propagation import mask_to_low_res_logits
 
@@ -371,8 +371,8 @@ def _segment_points(predictor, obj: ObjectPrompt, mask_input, candidate: int | N
         num_multimask_outputs=4, upscale=False,
     )
     low = pred.low_res_logits[0]
-    stability = stability_score(low)
-    i = int(candidate) % 4 if candidate is not None else int(np.argmax(stability))
     emb = predictor.embedding
+    stability = stability_in_image(low, emb.input_size)  # as predictor.segment
+    i = int(candidate) % 4 if candidate is not None else int(np.argmax(stability))
     mask = upscale_logits(low[i : i + 1], emb.input_size, emb.original_size)[0] > MASK_THRESHOLD
     return mask, float(stability[i]), low[i], i

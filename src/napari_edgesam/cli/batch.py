@@ -57,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prior", default=None, metavar="PATH|auto",
                         help="--mode boxes: the granularity prior, a .prior.pth/.prior.onnx file, or "
                              "'auto' (default) for the one stored beside the model file")
-    parser.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime"))
+    parser.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime", "openvino"))
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     parser.add_argument("--channel", type=int, default=None, help="segment this channel of multi-channel images")
     parser.add_argument("--overwrite", action="store_true", help="redo images whose outputs exist")

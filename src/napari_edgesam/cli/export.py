@@ -107,9 +107,11 @@ def _load_head(path: Path, encoder):
 def run(args: argparse.Namespace) -> int:
     if importlib.util.find_spec("torch") is None:
         raise RuntimeError("export needs PyTorch: pip install 'napari-edgesam[torch]'")
+    from .._atomic import check_output_folder
     from ..export.onnx_export import export_onnx
     from ..model.build import build_edge_sam
 
+    check_output_folder(args.output)  # before any work: a file named like the folder
     checkpoint = _checkpoint(args.model)
     prior = _prior_file(args.prior, checkpoint) if args.prior is not None else None
     model = build_edge_sam(checkpoint, allow_unsafe=args.allow_unsafe)

@@ -8,8 +8,10 @@ from pathlib import Path
 
 
 def _floats(text: str, n: tuple[int, ...], what: str) -> list[float]:
+    from ..inference.prompts import parse_number
+
     try:
-        values = [float(v) for v in text.split(",")]
+        values = [parse_number(v) for v in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{what} must be comma-separated numbers, got {text!r}") from None
     if len(values) not in n:
@@ -34,9 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    type=_point,
                    help="point in pixels, label 1 (positive, default) or 0 (negative); all points "
                         "(with at most one box) describe one object")
-    p.add_argument("-o", "--output", required=True, help="output label TIFF (written atomically)")
+    p.add_argument("-o", "--output", required=True, help="output label TIFF, .tif or .tiff (written atomically)")
     p.add_argument("--model", default="auto", help="model name or .pth/.onnx path (default: best available)")
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime"])
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "openvino"])
     p.add_argument("--device", default="auto")
     p.add_argument("--prior", default=None, metavar="PATH|auto",
                    help="granularity prior (box head) so that one click takes the whole object; "
@@ -54,7 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .._atomic import OutputWriteError, describe_write_error
+    from .._atomic import OutputWriteError, check_output_file, describe_write_error
     from ..inference.api import load_model
     from ..inference.io import read_image, write_labels
 
@@ -62,8 +64,13 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("give at least one --box or --point")
     if args.point and len(args.box) > 1:
         raise ValueError("points describe one object and go with at most one --box")
+    check_output_file(args.output)  # before any work: an empty name, a folder, a path below a file
+    if Path(args.output).suffix.lower() not in (".tif", ".tiff"):
+        raise ValueError(f"the output {args.output} must end in .tif or .tiff (labels are written as TIFF)")
     if not Path(args.image).exists():
         raise FileNotFoundError(f"image not found: {args.image}")
+    if Path(args.output).exists() and Path(args.output).resolve() == Path(args.image).resolve():
+        raise ValueError(f"the output {args.output} is the input image: choose another file name (e.g. labels.tif)")
     img = read_image(args.image)
     if img.is_stack:
         raise ValueError(
@@ -105,12 +112,22 @@ def run(args: argparse.Namespace) -> int:
             mask, score, _ = predictor.segment(coords, point_labels, box, fill_holes=fill)
         labels[mask & (labels == 0)] = k
     t2 = time.perf_counter()
+    present = np.zeros(len(objects) + 1, bool)
+    present[np.unique(labels)] = True
+    empty = [k for k in range(1, len(objects) + 1) if not present[k]]
+    if empty:  # said, not silent (as batch records them): a tiny box, or covered by an earlier object
+        import sys
+
+        which = ", ".join(f"#{k} ({'--box ' + ','.join(f'{v:g}' for v in args.box[k - 1]) if not args.point else 'the points'})"
+                          for k in empty[:10])
+        print(f"napari-edgesam segment: warning: {len(empty)} of {len(objects)} object(s) came out empty "
+              f"(no pixels, or all covered by earlier objects): {which}", file=sys.stderr)
     try:
         write_labels(args.output, labels)
     except OSError as err:
         raise OutputWriteError(describe_write_error(args.output, err)) from None
     print(
-        f"{args.output}: {len(objects)} object(s), {int((labels > 0).sum())} pixels "
+        f"{args.output}: {len(objects) - len(empty)} object(s), {int((labels > 0).sum())} pixels "
         f"[model {predictor.model_name}, {predictor.backend.name}; embed {t1 - t0:.2f} s, "
         f"decode {1000 * (t2 - t1):.0f} ms]"
     )

@@ -248,6 +248,11 @@ def load_model(
             ``"auto"`` to use the one stored beside the model file if there is one.
         backend_options: passed to the backend (e.g. ``num_threads``).
     """
+    from .backends import check_device
+
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise TypeError(f"name_or_path must be a model name or a file path, got {type(name_or_path).__name__}")
+    check_device(device)  # one message for every backend, before any file is read
     predictor = _load_predictor(
         name_or_path, backend, device, decoder, allow_download, allow_unsafe, backend_options
     )
@@ -264,7 +269,8 @@ def _attach_prior(predictor: EdgeSamPredictor, prior: str | os.PathLike, device:
         source = predictor.source_path
         path = find_prior(source) if source is not None else None
         if path is None:
-            logger.info("no granularity prior stored beside %s", source)
+            logger.warning("prior='auto': no granularity prior (.prior.pth/.prior.onnx) is stored beside %s; "
+                           "going on without one", source)
             return
     predictor.prior = load_prior(path, predictor, device=device)
 
@@ -272,6 +278,8 @@ def _attach_prior(predictor: EdgeSamPredictor, prior: str | os.PathLike, device:
 def _load_predictor(name_or_path, backend, device, decoder, allow_download, allow_unsafe, backend_options):
     _register_packaged_models()
     key = os.fspath(name_or_path)
+    if not key.strip():  # Path("") would be the current folder
+        raise ValueError("no model given (an empty name): use 'auto', a registered model name or a .pth/.onnx path")
     if key == "auto":
         key, why = choose_model(backend, allow_download=allow_download)
         logger.info("model auto: %s", why)
@@ -292,6 +300,8 @@ def _load_predictor(name_or_path, backend, device, decoder, allow_download, allo
         enc = weights.fetch_weight(key, "onnx_encoder", allow_download=allow_download)
         dec = weights.fetch_weight(key, "onnx_decoder", allow_download=allow_download)
         return _onnx_predictor(enc, dec, device, key, backend_options, kind)
+    if path.is_dir():
+        raise ValueError(f"model {path} is a folder: pass the .pth checkpoint or the *_encoder.onnx file inside it")
     if path.suffix.lower() in (".pth", ".pt"):
         sha = weights.verify_weight_file(path)
         if _resolve_backend("torch" if backend == "auto" else backend) != "torch":

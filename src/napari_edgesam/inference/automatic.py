@@ -95,7 +95,8 @@ class AutomaticConfig(MaskSettings):
 
     def _rules(self) -> list[tuple[bool, str, str]]:
         return [
-            (int(self.points_per_side) >= 1, "points_per_side", ">= 1"),
+            (1 <= int(self.points_per_side) <= 1024, "points_per_side",
+             "from 1 to 1024 (the model's input side; 32 or 64 are usual)"),
             (self.points_per_batch is None or int(self.points_per_batch) >= 1, "points_per_batch",
              "None (auto) or >= 1"),
             (self.num_multimask_outputs in (3, 4), "num_multimask_outputs", "3 or 4"),

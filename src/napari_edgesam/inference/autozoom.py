@@ -36,6 +36,7 @@ from ..constants import IMG_SIZE
 from .postprocess import fill_holes as _fill_holes
 from .predictor import ImageEmbedding
 from .preprocess import normalize_and_pad, resized_shape, to_rgb_uint8
+from .prompts import validate_prompt
 
 #: Object radius (pixels of the 1024 input frame) AutoZoom rescales objects to.
 DEFAULT_TARGET_RADIUS = 32.0
@@ -305,15 +306,8 @@ class AutoZoom:
         only zoomed out unless ``click_zoom_in`` (then an empty first mask is looked at again
         in a crop that magnifies it to a quarter of the target size). Interior holes are filled unless
         ``fill_holes`` is False."""
-        pts = None if point_coords is None else np.asarray(point_coords, np.float32).reshape(-1, 2)
-        lab = None if point_labels is None else np.asarray(point_labels, np.float32).reshape(-1)
-        bx = None if box is None else np.asarray(box, np.float32).reshape(4)
-        if pts is not None and (lab is None or lab.shape[0] != pts.shape[0]):
-            raise ValueError("point_coords need point_labels of the same length (1 positive, 0 negative)")
-        if pts is not None and pts.shape[0] == 0:
-            pts = lab = None
-        if pts is None and bx is None:
-            raise ValueError("give at least one point (point_coords + point_labels) or a box")
+        # the predictor's own checks (outside the image, NaN/inf, complex, labels, inverted boxes)
+        pts, lab, bx = validate_prompt(point_coords, point_labels, box, self.shape)
         result = self._segment(pts, lab, bx)
         if fill_holes and result.mask.any():
             result = ZoomResult(_fill_holes(result.mask), result.score, result.window, result.low_res)

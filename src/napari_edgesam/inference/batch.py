@@ -38,6 +38,7 @@ per worker process, so it can be shipped to Dask workers as is.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -67,7 +68,7 @@ from .batch_resume import (
     skipped_record,
 )
 from .io import IMAGE_SUFFIXES, ImageData, find_inputs, output_keys, read_image, write_csv, write_json, write_labels
-from .prompt_csv import CsvObject, prompt_identity, prompts_for_image
+from .prompt_csv import CsvObject, prompt_identity, prompts_for_image, unmatched_images
 
 __all__ = [
     "MODES", "REPORT_COLUMNS", "BatchConfig", "BatchProgress", "BatchReport", "PromptError", "check_prompts",
@@ -142,12 +143,10 @@ def process_one(path: str | os.PathLike, config: BatchConfig, key: str | None = 
     Returns:
         the record (also written as ``<key>.json`` unless cancelled).
     """
-    from .io import image_stem
-
     if not config.out_dir:
         raise ValueError("config.out_dir is empty: set it, or call run_batch(inputs, out_dir, config)")
     p = Path(path)
-    key = key or image_stem(p)
+    key = key or output_keys([p])[0]
     labels_path, record_path = output_paths(config.out_dir, key)
     record = {"input": str(p), "key": key, "status": "ok", "error": None, "n_objects": 0,
               "labels": labels_path.name, "mode": config.mode, "model": config.model}
@@ -211,7 +210,7 @@ def process_one(path: str | os.PathLike, config: BatchConfig, key: str | None = 
     try:
         write_json(record_path, record)
     except OSError as err:
-        logger.warning("%s: %s", p, _write_failure(record_path, err))
+        logger.warning("%s: %s", p, _write_failure(record_path, err), extra={"batch_image_error": True})
         record |= {"status": "error", "error": _write_failure(record_path, err)}
     return record
 
@@ -222,6 +221,8 @@ def _error_text(err: BaseException) -> str:
 
     if isinstance(err, (PromptError, ImageReadError, OutputWriteError)):
         return str(err)
+    if isinstance(err, ValueError) and str(err):  # ours say what is wrong (as the CLI prints them)
+        return " ".join(str(err).split())
     if isinstance(err, OSError) and err.strerror and err.filename:
         return f"{err.filename}: {err.strerror}"
     if isinstance(err, FileNotFoundError):
@@ -258,6 +259,8 @@ def run_batch(
         predictor: in-process only: use this predictor instead of loading ``config.model``.
     """
     t0 = time.perf_counter()
+    if not isinstance(out_dir, (str, os.PathLike)) or not os.fspath(out_dir).strip():  # '' would be the cwd
+        raise ValueError(f"out_dir must name an output folder, got {out_dir!r}")
     inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     found = find_inputs(inputs, pattern)
     outputs = [p for p in found.images if is_batch_output(p, out_dir)]  # out_dir inside (or = ) an input
@@ -274,10 +277,29 @@ def run_batch(
                          f"supported: {', '.join(IMAGE_SUFFIXES)}, .zarr" + (f"; ignored {listed}" if listed else ""))
     if config.mode == "prompts" and not Path(config.prompts).exists():
         raise FileNotFoundError(f"prompt file or folder not found: {config.prompts}")
+    if config.mode == "prompts":  # prompt rows for an image that is not among the inputs: said, not dropped
+        try:
+            stray = unmatched_images(config.prompts, paths)
+        except ValueError:
+            stray = []  # a CSV that cannot be read is reported per image
+        for n, (name, where) in enumerate(stray):
+            reason = (f"prompt rows for image {name!r} ({where}) match no input image (by file name or stem); "
+                      "check the name's spelling and case")
+            if n < 10:
+                logger.warning("%s", reason)
+            elif n == 10:
+                logger.warning("... and %d more image names of %s that match no input (see report.csv)",
+                               len(stray) - 10, config.prompts)
+            ignored.append({"input": str(config.prompts), "key": name, "status": "ignored", "error": reason,
+                            "n_objects": 0, "seconds": 0.0})
     out = check_writable(out_dir)  # before the first image, not after the last
+    for name in ("report.json", "report.csv"):  # a folder of that name would fail only at the end
+        if (out / name).is_dir():
+            raise OutputWriteError(_write_failure(out / name, IsADirectoryError(errno.EISDIR, "Is a directory")))
     remove_stale_temps(out)  # left by a killed earlier run
     config = replace(config, out_dir=str(out))
     keys = output_keys(paths)
+    _check_no_input_overwritten(paths, keys, out)
     records: dict[int, dict] = {}
     todo = []
     done = 0
@@ -320,6 +342,24 @@ def run_batch(
     return report
 
 
+
+
+def _check_no_input_overwritten(paths: Sequence[Path], keys: Sequence[str], out: Path) -> None:
+    """ValueError before any work if an output file would replace an input image (an output
+    folder holding the inputs, with e.g. ``a.tif`` and ``a_labels.tif`` among them)."""
+    def where(p: Path) -> str:
+        try:
+            return os.path.realpath(p)
+        except OSError:
+            return os.path.abspath(p)
+
+    inputs = {where(p): p for p in paths}
+    for p, key in zip(paths, keys, strict=True):
+        for target in output_paths(out, key):
+            victim = inputs.get(where(target))
+            if victim is not None:
+                raise ValueError(f"the output {target} of {p} would overwrite the input image {victim}: "
+                                 "choose an output folder that holds no input images")
 
 
 def _run_here(todo, config, predictor, cancel, finish) -> bool:

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from .automatic import AutomaticConfig
 from .automatic_boxes import BoxAutomaticConfig
 from .automatic_modes import AnyAutomaticConfig, find_model_prior
@@ -74,6 +76,11 @@ class BatchConfig:
             object.__setattr__(self, "prior", os.fspath(self.prior) if self.prior is not None else "auto")
         elif self.prior is not None:
             raise ValueError(f"prior={self.prior!r} is only used by mode 'boxes' (mode is {self.mode!r})")
+        if self.channel is not None and (isinstance(self.channel, bool)
+                                         or not isinstance(self.channel, (int, np.integer))):
+            raise ValueError(f"channel must be None or an integer (a channel index), got {self.channel!r}")
+        if not isinstance(self.model, (str, os.PathLike)) or not os.fspath(self.model).strip():
+            raise ValueError(f"model must be a model name or a .pth/.onnx path, got {self.model!r}")
         if not 0.0 < self.merge_iou <= 1.0:
             raise ValueError(f"merge_iou must be in (0, 1], got {self.merge_iou}")
 

@@ -178,7 +178,13 @@ class EmbeddingCache:
         self.max_bytes = int(max_bytes)
         self.disk_dir = None if disk_dir is None else Path(disk_dir)
         if self.disk_dir is not None:
-            self.disk_dir.mkdir(parents=True, exist_ok=True)
+            if self.disk_dir.exists() and not self.disk_dir.is_dir():
+                raise ValueError(f"the embedding cache folder {self.disk_dir} is a file, not a folder")
+            try:
+                self.disk_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise ValueError(f"cannot create the embedding cache folder {self.disk_dir}: "
+                                 f"{err.strerror or err}") from None
         self._entries: OrderedDict[str, ImageEmbedding] = OrderedDict()
         self._nbytes = 0
         self._lock = threading.Lock()
@@ -365,9 +371,11 @@ class EmbeddingCache:
         if self.disk_dir is None:
             return None
         path = self.disk_path(key)
-        if not path.exists():
+        if not path.is_file():  # missing, or something else (a folder) in the way: a miss
             return None
         try:
+            if _magic(path) != b"PK\x03\x04":  # numpy would call anything else "pickled data"
+                raise ValueError("not an embedding cache file (damaged, or another kind of file)")
             with np.load(path, allow_pickle=False) as z:
                 version = _scalar(z["version"], "version")
                 if version != DISK_FORMAT_VERSION:
@@ -387,13 +395,21 @@ class EmbeddingCache:
             return None
         except Exception as err:  # noqa: BLE001 - any damage or crafted content: discard, recompute
             logger.warning("ignoring and deleting unreadable embedding cache file %s: %s", path, err)
-            path.unlink(missing_ok=True)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as gone:  # e.g. a read-only folder: it stays a miss
+                logger.warning("could not delete %s: %s", path, gone)
             return None
         try:
             os.utime(path)  # recently used: evicted last
         except OSError:  # e.g. a read-only folder: the order of eviction is all that suffers
             pass
         return emb
+
+
+def _magic(path: Path) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read(4)
 
 
 def _scalar(value: np.ndarray, name: str) -> int:

@@ -104,6 +104,11 @@ def find_inputs(inputs: Iterable[str | os.PathLike], pattern: str = "*") -> Disc
     reason, never dropped silently. An input named explicitly must exist (FileNotFoundError) and
     be an image or a folder (ValueError).
     """
+    pattern = pattern or "*"
+    parts = Path(pattern).parts
+    if Path(pattern).is_absolute() or ".." in parts or Path(pattern).drive:
+        raise ValueError(f"pattern {pattern!r} must be relative to the input folder and stay inside it "
+                         "(e.g. '*.tif', or '**/*.tif' for sub-folders)")
     found: dict[Path, None] = {}
     ignored: dict[Path, str] = {}
     for item in inputs:
@@ -115,7 +120,7 @@ def find_inputs(inputs: Iterable[str | os.PathLike], pattern: str = "*") -> Disc
         if is_image_file(p):
             found[p] = None
         elif p.is_dir():
-            for q in sorted(p.glob(pattern or "*")):
+            for q in sorted(p.glob(pattern)):
                 reason = _why_not_an_image(q)
                 if reason is None:
                     found[q] = None
@@ -143,9 +148,16 @@ def image_stem(path: Path) -> str:
     return path.stem
 
 
+#: Output names of the run itself (``report.json``/``report.csv``): an image named like one
+#: gets its suffix added (``report.tif`` -> ``report_tif``), else its record would be overwritten.
+RESERVED_KEYS = ("report",)
+
+
 def output_keys(paths: Sequence[Path]) -> list[str]:
-    """Unique output names: the stem, with the suffix (then the parent folder) added on clashes."""
-    keys = [image_stem(p) for p in paths]
+    """Unique output names: the stem, with the suffix (then the parent folder) added on clashes
+    (also with the run's own ``report`` files, compared without case)."""
+    keys = [f"{image_stem(p)}_{p.suffix.lstrip('.').lower() or 'zarr'}" if image_stem(p).lower() in RESERVED_KEYS
+            else image_stem(p) for p in paths]
     for attempt in (lambda p: f"{image_stem(p)}_{p.suffix.lstrip('.').lower()}",
                     lambda p: f"{p.parent.name}_{image_stem(p)}_{p.suffix.lstrip('.').lower()}"):
         counts = defaultdict(int)
@@ -173,7 +185,13 @@ class ImageData:
 
 
 def _arrange(arr: np.ndarray, axes: str | None, source: str) -> ImageData:
-    """Reorder to ``[Z]YX[C]`` using axis names (``TZCYXS``-style) or, without them, the shape."""
+    """Reorder to ``[Z]YX[C]`` using axis names (``TZCYXS``-style) or, without them, the shape.
+    Only real numbers (bool, int, float) and non-empty arrays are images (ImageReadError)."""
+    if arr.dtype.kind not in "buif":  # complex, strings, dates, objects: from any format
+        raise ImageReadError(f"{source} holds a {arr.dtype} array; images must be real numbers (bool, int, float)"
+                             + ("; convert it, e.g. to its magnitude" if arr.dtype.kind == "c" else ""))
+    if arr.size == 0:
+        raise ImageReadError(f"{source} holds an empty image (shape {arr.shape}): nothing to segment")
     if axes is None:
         if arr.ndim == 2:
             axes = "YX"
@@ -261,10 +279,7 @@ def _read_file(p: Path, suffix: str) -> tuple[np.ndarray, str | None]:
         with open(p, "rb") as fh:
             if fh.read(6) != b"\x93NUMPY":  # numpy would call any other file "pickled data"
                 raise ImageReadError(f"{p} is not a .npy file (damaged, or another format with this suffix)")
-        arr = np.load(p, allow_pickle=False)
-        if arr.dtype.kind not in "buif":
-            raise ImageReadError(f"{p} holds a {arr.dtype} array; images must be numbers (bool, int, float)")
-        return arr, None
+        return np.load(p, allow_pickle=False), None
     from PIL import Image
 
     with Image.open(p) as im:
@@ -297,7 +312,12 @@ def _read_failure(p: Path, err: BaseException) -> str:
 def _read_zarr(p: Path) -> ImageData:
     import zarr
 
-    node = zarr.open(str(p), mode="r")
+    try:
+        node = zarr.open(str(p), mode="r")
+    except Exception as err:  # noqa: BLE001 - zarr's "no group/array found" and format errors
+        detail = " ".join(str(err).split())[:200]
+        raise ImageReadError(f"{p} is not a readable zarr store (no array or group metadata, or damaged: "
+                             f"{type(err).__name__}: {detail})") from None
     if hasattr(node, "shape"):
         return _arrange(np.asarray(node[...]), None, str(p))
     attrs = dict(node.attrs)

@@ -85,6 +85,19 @@ def stability_score(
     return np.where(union > 0, inter / np.maximum(union, 1), 0.0).astype(np.float32)
 
 
+def stability_in_image(low_res: np.ndarray, input_size: tuple[int, int]) -> np.ndarray:
+    """:func:`stability_score` of ``... x 256 x 256`` low-res logits (EdgeSAM's score, over the
+    whole 1024 frame as the official predictor computes it), but 0 for a mask with no pixel over
+    the image: the logits also cover the frame's padding (beyond the first ``ceil(h / 4)`` rows
+    and ``ceil(w / 4)`` columns for a resized image of ``input_size`` ``(h, w)``), where a
+    candidate can be stable without a single pixel in the image."""
+    scale = IMG_SIZE / low_res.shape[-1]
+    rows = max(1, int(np.ceil(input_size[0] / scale)))
+    cols = max(1, int(np.ceil(input_size[1] / scale)))
+    inside = (low_res[..., :rows, :cols] > MASK_THRESHOLD).any((-1, -2))
+    return np.where(inside, stability_score(low_res), 0.0).astype(np.float32)
+
+
 def fill_holes(mask: np.ndarray, max_area: int | None = None) -> np.ndarray:
     """Fill the interior holes of one object's ``H x W`` boolean mask.
 

@@ -18,9 +18,18 @@ import numpy as np
 from ..constants import MASK_THRESHOLD, token_slice
 from .backends import Backend
 from .postprocess import fill_holes as _fill_holes
-from .postprocess import stability_score, upscale_logits
+from .postprocess import stability_in_image, stability_score, upscale_logits
 from .preprocess import DEFAULT_PERCENTILES, prepare_input, to_rgb_uint8
-from .prompts import to_decoder_prompts, validate_box, validate_mask_input, validate_points
+from .prompts import (
+    _real,
+    check_candidate,
+    check_k_nearest,
+    to_decoder_prompts,
+    validate_box,
+    validate_click,
+    validate_mask_input,
+    validate_points,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +78,32 @@ class ImageEmbedding:
     @property
     def nbytes(self) -> int:
         return int(self.features.nbytes)
+
+
+def _check_embedding(emb: ImageEmbedding, shape: tuple | None = (1, 256, 64, 64)) -> None:
+    """ValueError unless ``emb`` can be decoded: features finite floats of ``shape`` (the
+    backend's ``embedding_shape``, ``1 x 256 x 64 x 64`` for EdgeSAM; any 4D ``1 x ...`` when
+    None), ``original_size`` two integers >= 1, ``input_size`` two integers in 1..1024 (a damaged
+    cache or a hand-made embedding would otherwise decode to garbage or fail in the backend)."""
+    f = emb.features
+    ok_shape = isinstance(f, np.ndarray) and (f.shape == tuple(shape) if shape is not None
+                                              else f.ndim == 4 and f.shape[0] == 1)
+    if not isinstance(f, np.ndarray) or f.dtype.kind != "f" or not ok_shape:
+        what = f"{f.dtype} array of shape {f.shape}" if isinstance(f, np.ndarray) else type(f).__name__
+        raise ValueError(f"embedding features must be a float array of shape {shape or '(1, C, H, W)'}; "
+                         f"got a {what}")
+    try:
+        orig = tuple(int(v) for v in emb.original_size)
+        inp = tuple(int(v) for v in emb.input_size)
+    except (TypeError, ValueError):
+        raise ValueError(f"embedding sizes must be (h, w) integers; got original_size {emb.original_size!r}, "
+                         f"input_size {emb.input_size!r}") from None
+    if len(orig) != 2 or min(orig) < 1 or len(inp) != 2 or min(inp) < 1 or max(inp) > 1024:
+        raise ValueError(f"embedding sizes are invalid: original_size {emb.original_size!r} (h, w >= 1), "
+                         f"input_size {emb.input_size!r} (h, w in 1..1024)")
+    if not np.isfinite(f).all():
+        raise ValueError("embedding features contain NaN or inf (a damaged cache file, or a diverged model): "
+                         "compute the embedding again")
 
 
 @dataclass(frozen=True)
@@ -162,6 +197,7 @@ class EdgeSamPredictor:
         prior's :class:`~napari_edgesam.inference.prior.ProposalSet` for it."""
         if not isinstance(embedding, ImageEmbedding):
             raise TypeError(f"expected an ImageEmbedding, got {type(embedding).__name__}")
+        _check_embedding(embedding, getattr(self.backend, "embedding_shape", None))
         self._embedding, self._proposals = embedding, proposals
 
     def reset_image(self) -> None:
@@ -252,19 +288,27 @@ class EdgeSamPredictor:
         emb = self.embedding
         coords = labels = None
         if point_coords is not None:
-            pc = np.asarray(point_coords, np.float32)
+            pc = _real(point_coords, "point_coords")  # complex or ragged input is an error, not truncated
             if pc.ndim != 3 or pc.shape[-1] != 2:
                 raise ValueError(f"point_coords must have shape (B, N, 2); got {pc.shape}")
-            pl = np.asarray(point_labels) if point_labels is not None else None
+            try:
+                pl = np.asarray(point_labels) if point_labels is not None else None
+            except ValueError:
+                pl = None
             if pl is None or pl.shape != pc.shape[:2]:
                 raise ValueError(f"point_labels must have shape {pc.shape[:2]}")
             if pc.shape[0] == 0:
                 raise ValueError("the batch of prompts is empty: point_coords has shape (0, N, 2); give B >= 1")
+            if pc.shape[1] == 0 and boxes is None:
+                raise ValueError(f"point_coords has shape {pc.shape}: no points and no boxes; give N >= 1 points "
+                                 "per prompt or boxes")
             checked = [validate_points(c, lab, emb.original_size) for c, lab in zip(pc, pl)]
             coords = np.stack([c for c, _ in checked])
             labels = np.stack([lab for _, lab in checked])
+            if coords.shape[1] == 0:  # boxes only (an empty point list, as predict allows)
+                coords = labels = None
         if boxes is not None:
-            b = np.asarray(boxes, np.float32)
+            b = _real(boxes, "boxes")
             if b.ndim != 2 or b.shape[1] != 4:
                 raise ValueError(f"boxes must have shape (B, 4); got {b.shape}")
             if b.shape[0] == 0:
@@ -331,12 +375,14 @@ class EdgeSamPredictor:
     ) -> tuple[np.ndarray, float, np.ndarray]:
         """One mask by EdgeSAM's rule: boxes use token 0; point-only prompts take the most
         stable of the 4 masks (the IoU head was never distilled). ``candidate`` (0-3) forces a
-        token for point prompts. With ``fill_holes`` (the default) the mask's interior holes
+        token for point prompts (anything else is a ValueError). With ``fill_holes`` (the default) the mask's interior holes
         are filled (:func:`~napari_edgesam.inference.postprocess.fill_holes`); pass False to
         keep them (e.g. ring-shaped objects). Returns mask ``H x W`` bool, stability score
-        (of the decoder's mask), low-res ``256 x 256`` logits (unfilled).
+        (of the decoder's mask; 0 for a mask with no pixel in the image), low-res
+        ``256 x 256`` logits (unfilled).
         """
         n = 1 if box is not None else 4
+        candidate = check_candidate(candidate)
         coords, labels, boxes = self._check_prompts(point_coords, point_labels, box)
         out = self._decode(
             coords, labels, boxes,
@@ -344,10 +390,12 @@ class EdgeSamPredictor:
             n, False, True, upscale=False,
         )
         low = out.low_res_logits[0]
-        stab = out.scores[0]
-        i = 0 if n == 1 else (int(candidate) % 4 if candidate is not None else int(np.argmax(stab)))
-        # only the chosen candidate is brought to full size (memory: one H x W float32 plane)
         emb = self.embedding
+        # the decoder's 256 x 256 logits also cover the padding of the 1024 frame: a candidate
+        # lying only there (no pixel in the image) scores 0, not a perfect 1
+        stab = stability_in_image(low, emb.input_size)
+        i = 0 if n == 1 else (candidate if candidate is not None else int(np.argmax(stab)))
+        # only the chosen candidate is brought to full size (memory: one H x W float32 plane)
         mask = upscale_logits(low[i : i + 1], emb.input_size, emb.original_size)[0] > MASK_THRESHOLD
         if fill_holes:
             mask = _fill_holes(mask)
@@ -361,10 +409,11 @@ class EdgeSamPredictor:
         box (proposals containing the point, the ``k_nearest`` by centre, the best score)
         that joins the point; otherwise this is ``segment([point], [1])``.
         """
+        k_nearest = check_k_nearest(k_nearest)
+        pt = validate_click(point, self.embedding.original_size)
         if self._proposals is not None:
             from .prior import segment_click_with_prior
 
-            return segment_click_with_prior(self, self._proposals, point, k_nearest=k_nearest,
+            return segment_click_with_prior(self, self._proposals, pt[0], k_nearest=k_nearest,
                                             fill_holes=fill_holes)
-        return self.segment(np.asarray(point, np.float32).reshape(1, 2), np.ones(1, np.float32),
-                            fill_holes=fill_holes)
+        return self.segment(pt, np.ones(1, np.float32), fill_holes=fill_holes)

@@ -37,7 +37,7 @@ def _check_array(image: object) -> np.ndarray:
             f"image has complex values (dtype {arr.dtype}); pass a real image, e.g. np.abs(image) "
             "for the magnitude or image.real"
         )
-    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+    if arr.dtype.kind not in "iuf":  # (timedelta64 counts as an integer for numpy)
         raise TypeError(f"image must hold integer or floating-point numbers, got dtype {arr.dtype}")
     if arr.ndim not in (2, 3):
         raise ValueError(
@@ -58,6 +58,26 @@ def check_gamma(gamma: object) -> float:
     if not np.isfinite(g) or g <= 0:
         raise ValueError(f"gamma must be a finite number > 0, got {gamma!r}")
     return g
+
+
+def _two_numbers(values: object, what: str) -> tuple[float, float]:
+    """``values`` as two finite floats ``(low, high)`` with ``low <= high``; ValueError otherwise."""
+    try:
+        lo, hi = (float(v) for v in values)  # also refuses complex, None, strings like "ab"
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be two numbers (low, high), got {values!r}") from None
+    if not (np.isfinite(lo) and np.isfinite(hi)) or hi < lo:
+        raise ValueError(f"{what} must be finite with low <= high, got {values!r}")
+    return lo, hi
+
+
+def check_percentiles(percentiles: object) -> tuple[float, float]:
+    """``percentiles`` as ``(low, high)`` with ``0 <= low < high <= 100`` (ValueError otherwise:
+    ``(99, 1)`` would turn every image black)."""
+    lo, hi = _two_numbers(percentiles, "percentiles")
+    if not 0.0 <= lo < hi <= 100.0:
+        raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {percentiles!r}")
+    return lo, hi
 
 
 def _channels_last(arr: np.ndarray, channel_axis: int | None) -> np.ndarray:
@@ -88,18 +108,35 @@ def _rows_per_chunk(arr: np.ndarray) -> int:
     return max(1, CHUNK_BYTES // per_row)
 
 
-def _percentile_limits(x: np.ndarray, percentiles: Sequence[float]) -> tuple | None:
-    """Percentiles of the finite values of ``x`` (as float32), or None if there are none.
+_F32_MAX = float(np.finfo(np.float32).max)
 
-    The finite values are gathered chunk by chunk into one float32 buffer that is then
-    partitioned in place: 4 bytes per value, no float64 copy of the image.
+
+def _work_dtype(x: np.ndarray) -> type:
+    """float32, or float64 for float data with finite values past float32's range (e.g. 1e300,
+    which would become inf in float32 and then count as missing). Scans float64 input in chunks."""
+    if x.dtype.kind != "f" or x.dtype.itemsize <= 4:
+        return np.float32
+    rows = _rows_per_chunk(x)
+    for r0 in range(0, x.shape[0], rows):
+        c = np.abs(x[r0 : r0 + rows])
+        if (c[np.isfinite(c)] > _F32_MAX).any():
+            return np.float64
+    return np.float32
+
+
+def _percentile_limits(x: np.ndarray, percentiles: Sequence[float], work: type = np.float32) -> tuple | None:
+    """Percentiles of the finite values of ``x`` (in ``work``, float32 unless the values need
+    float64), or None if there are none.
+
+    The finite values are gathered chunk by chunk into one buffer that is then partitioned in
+    place: 4 bytes per value (8 for float64 beyond float32's range: no more than the input).
     """
-    buf = np.empty(x.size, np.float32)
+    buf = np.empty(x.size, work)
     n = 0
     rows = _rows_per_chunk(x)
     check = np.issubdtype(x.dtype, np.floating)
     for r0 in range(0, x.shape[0], rows):
-        c = x[r0 : r0 + rows].astype(np.float32)
+        c = x[r0 : r0 + rows].astype(work)
         if check:
             c = c[np.isfinite(c)]
         buf[n : n + c.size] = c.reshape(-1)
@@ -112,30 +149,35 @@ def _percentile_limits(x: np.ndarray, percentiles: Sequence[float]) -> tuple | N
 def _stretch_params(
     x: np.ndarray, limits: Sequence[float] | None, percentiles: Sequence[float]
 ) -> tuple | None:
-    """``(lo, scale)`` mapping ``x`` to [0, 1]; None when ``x`` has no finite value."""
+    """``(lo, scale, f, work)`` mapping ``x`` to [0, 1] as ``(x * f - lo * f) * scale`` computed
+    in the float type ``work``; None when ``x`` has no finite value."""
+    work = _work_dtype(x)
     if limits is None:
-        found = _percentile_limits(x, percentiles)
+        found = _percentile_limits(x, percentiles, work)
         if found is None:
             return None
         lo, hi = found
     else:
-        if len(limits) != 2:
+        if np.ndim(limits) != 1 or len(limits) != 2:
             raise ValueError(f"contrast_limits must be (low, high), got {limits!r}")
-        lo, hi = float(limits[0]), float(limits[1])
-        if not (np.isfinite(lo) and np.isfinite(hi)) or hi < lo:
-            raise ValueError(f"contrast_limits must be finite with low <= high, got {limits!r}")
-    scale = 1.0 / (hi - lo) if hi > lo else 0.0
-    return lo, scale
+        lo, hi = _two_numbers(limits, "contrast_limits")
+    # ``(x - lo) * scale`` maps [lo, hi] to [0, 1]; for a span past float64's range (e.g. -1e308
+    # to 1e308) x, lo and hi are halved first (``f``) so that the span is finite
+    with np.errstate(over="ignore"):
+        f = 1.0 if np.isfinite(np.float64(hi) - np.float64(lo)) else 0.5
+    scale = 1.0 / (hi * f - lo * f) if hi > lo else 0.0
+    return lo, scale, f, work
 
 
 def _stretch_chunk(x: np.ndarray, params: tuple | None, gamma: float) -> np.ndarray:
     """Map one chunk to [0, 1] with ``params`` from :func:`_stretch_params`; NaN/inf -> low."""
-    x = x.astype(np.float32, copy=False)
     if params is None:
         return np.zeros(x.shape, np.float32)
-    lo, scale = params
+    lo, scale, f, work = params
+    x = x.astype(work, copy=False)
     finite = np.isfinite(x)
-    y = np.clip((np.where(finite, x, lo) - lo) * scale, 0.0, 1.0)
+    with np.errstate(over="ignore", invalid="ignore"):  # a huge range: clipped below
+        y = np.clip((np.where(finite, x, lo) * f - lo * f) * scale, 0.0, 1.0)
     if gamma != 1.0:
         y = y**gamma
     return y
@@ -177,8 +219,11 @@ def to_rgb_uint8(
         ``H x W x 3`` uint8.
     """
     gamma = check_gamma(gamma)
+    percentiles = check_percentiles(percentiles)
     arr = _channels_last(_check_array(image), channel_axis)
     n_channels = arr.shape[-1]
+    if channel is not None and (isinstance(channel, bool) or not isinstance(channel, (int, np.integer))):
+        raise ValueError(f"channel must be an integer (a channel index), got {channel!r}")
     if channel is not None:
         if not -n_channels <= channel < n_channels:
             raise ValueError(f"channel {channel} does not exist; the image has {n_channels} channels")

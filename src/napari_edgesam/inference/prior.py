@@ -349,7 +349,14 @@ class OnnxBoxPrior:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if num_threads is not None:
             options.intra_op_num_threads = int(num_threads)
-        self.session = ort.InferenceSession(str(self.path), options, providers=_providers_for(device))
+        providers = _providers_for(device)
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=providers)
+        except Exception as err:  # noqa: BLE001 - onnxruntime raises its own types for a bad file
+            detail = " ".join(str(err).split())[:200]
+            raise ValueError(f"prior {self.path} ({self.path.stat().st_size:,} bytes) could not be loaded as an "
+                             f"ONNX file (damaged, truncated or not ONNX: {detail}); export it again with "
+                             "'napari-edgesam export MODEL -o DIR --prior auto'") from None
         inputs = [i.name for i in self.session.get_inputs()]
         outputs = [o.name for o in self.session.get_outputs()]
         if inputs != ["image"] or not {"boxes", "scores"} <= set(outputs):

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from .io import image_stem, rowcol_to_xy
+from .prompts import parse_number
 
 
 @dataclass(frozen=True)
@@ -76,12 +77,9 @@ def _num(row: dict, key: str, where: str, default: float | None = None) -> float
             return default
         raise ValueError(f"{where}: column {key!r} is empty")
     try:
-        number = float(value)
-    except ValueError:
-        raise ValueError(f"{where}: {key}={value!r} is not a number") from None
-    if not np.isfinite(number):
-        raise ValueError(f"{where}: {key}={value!r} is not a finite number")
-    return number
+        return parse_number(value)
+    except ValueError as err:
+        raise ValueError(f"{where}: {key}={err}") from None
 
 
 def _slice_index(value: float, where: str, key: str = "z") -> int:
@@ -121,6 +119,10 @@ def read_prompt_csv(path: str | os.PathLike) -> PromptTable:
         return {"": _napari_points(rows, p)}
     if {"x", "y"} <= set(header) or {"x0", "y0", "x1", "y1"} <= set(header):
         return _edgesam_rows(rows, p)
+    other = next((sep for sep in (";", "\t", "|") if len(header) == 1 and sep in header[0]), None)
+    if other is not None:
+        raise ValueError(f"{p}: the columns are separated by {other!r}; prompt CSVs are comma-separated "
+                         "(save the file as CSV with commas)")
     raise ValueError(
         f"{p}: unrecognised prompt CSV header {header}; expected napari-edgesam columns "
         "(object,kind,x,y,label,x0,y0,x1,y1[,image,z]) or a napari Points/Shapes CSV export"
@@ -205,6 +207,20 @@ def _edgesam_rows(rows: list[dict], p: Path) -> PromptTable:
         labels = np.array(g["labels"], np.int64) if g["labels"] else None
         table[image].append(CsvObject(obj, pts, labels, g["box"], g["z"], _rows_text(p, g["rows"])))
     return dict(table)
+
+
+def unmatched_images(source: str | os.PathLike, images: Sequence[Path]) -> list[tuple[str, str]]:
+    """Image names in a prompt CSV ``source`` (a file) that match none of ``images`` (by file
+    name or stem, as :func:`prompts_for_image` matches them): ``[(name, where), ...]`` with the
+    rows of the first object, so that prompts written for a misspelt or missing image are
+    reported rather than silently unused. Empty for a folder of per-image CSVs."""
+    src = Path(source)
+    if not src.is_file():
+        return []
+    table = read_prompt_csv(src)
+    known = {p.name for p in images} | {image_stem(p) for p in images}
+    return [(name, objs[0].source if objs else str(src)) for name, objs in table.items()
+            if name and name not in known]
 
 
 def prompts_for_image(source: str | os.PathLike, image: Path) -> list[CsvObject]:

@@ -8,6 +8,8 @@ inverted box is an error everywhere, never clamped or dropped.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from ..constants import (
@@ -17,6 +19,26 @@ from ..constants import (
     LOW_RES_SIZE,
 )
 from .preprocess import scale_coords
+
+#: A number as written in a prompt file or on the command line: decimal, optional exponent.
+#: (Python's float() would also take "1_0" as 10, "0x1F" no, "nan"/"inf" yes: none of these.)
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def parse_number(text: str) -> float:
+    """``text`` (surrounding blanks allowed) as a float; ValueError unless it is a plain decimal
+    number such as ``12``, ``-3.5`` or ``1e3`` (no ``1_0``, ``nan``, ``inf``, ``0x1F``, ``30,5``)."""
+    t = str(text).strip()
+    try:
+        value = float(t)
+    except ValueError:
+        value = None
+    if value is not None and not np.isfinite(value):
+        raise ValueError(f"{text!r} is not a finite number")
+    if value is None or not _NUMBER.fullmatch(t):
+        raise ValueError(f"{text!r} is not a number")
+    return value
+
 
 #: How far outside the image (in pixels) a prompt may lie and still be accepted.
 EDGE_TOLERANCE = 0.5
@@ -35,8 +57,12 @@ def _inside(coords: np.ndarray, size: tuple[int, int], what: str) -> None:
 
 
 def _real(values: object, what: str) -> np.ndarray:
-    """``values`` as float64; ValueError for complex or non-numeric input (never drops parts)."""
-    raw = np.asarray(values)
+    """``values`` as float64; ValueError for complex or non-numeric input (never drops parts)
+    and for ragged nested sequences."""
+    try:
+        raw = np.asarray(values)
+    except ValueError:  # ragged nesting: numpy's "inhomogeneous shape" message
+        raise ValueError(f"{what} must be a regular array of numbers (all rows of the same length)") from None
     if np.iscomplexobj(raw):
         raise ValueError(f"{what} must be real numbers; got complex values")
     if raw.dtype.kind not in "biuf":
@@ -86,6 +112,36 @@ def validate_box(box: object, image_size: tuple[int, int]) -> np.ndarray:
     return arr.astype(np.float32)
 
 
+def validate_click(point: object, image_size: tuple[int, int]) -> np.ndarray:
+    """Check one click ``(x, y)`` in pixels (a ``1 x 2`` array is accepted too); returns
+    float32 shape ``(1, 2)``."""
+    arr = _real(point, "point")
+    if arr.shape not in ((2,), (1, 2)):
+        raise ValueError(f"point must be one (x, y) pair; got shape {arr.shape}")
+    arr = arr.reshape(1, 2)
+    if not np.isfinite(arr).all():
+        raise ValueError("point contains NaN or inf")
+    _inside(arr, image_size, "point")
+    return arr.astype(np.float32)
+
+
+def check_k_nearest(k_nearest: object) -> int:
+    """``k_nearest`` of the click rule as an int; ValueError unless it is an integer >= 1."""
+    if isinstance(k_nearest, bool) or not isinstance(k_nearest, (int, np.integer)) or k_nearest < 1:
+        raise ValueError(f"k_nearest must be a positive integer, got {k_nearest!r}")
+    return int(k_nearest)
+
+
+def check_candidate(candidate: object) -> int | None:
+    """A forced candidate token for point prompts: None, or an integer 0-3 (no wrap-around)."""
+    if candidate is None:
+        return None
+    if isinstance(candidate, (bool, np.bool_)) or not isinstance(candidate, (int, np.integer)) \
+            or not 0 <= candidate <= 3:
+        raise ValueError(f"candidate must be None or one of 0, 1, 2, 3 (the 4 mask tokens), got {candidate!r}")
+    return int(candidate)
+
+
 def validate_prompt(
     point_coords: object | None, point_labels: object | None, box: object | None, image_size: tuple[int, int]
 ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
@@ -108,7 +164,7 @@ def validate_prompt(
 
 def validate_mask_input(mask_input: object, batch: int = 1) -> np.ndarray:
     """Accept ``256 x 256``, ``1 x 256 x 256`` or ``B x 1 x 256 x 256`` low-res logits."""
-    arr = np.asarray(mask_input, dtype=np.float32)
+    arr = _real(mask_input, "mask_input").astype(np.float32)
     s = LOW_RES_SIZE
     if arr.shape == (s, s):
         arr = arr[None, None]

@@ -329,6 +329,11 @@ def propagate_objects(
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
     if int(n_slices) < 1:
         raise ValueError(f"n_slices must be >= 1, got {n_slices}")
+    for name, value in (("min_stability", min_stability), ("min_overlap", min_overlap)):
+        if not (isinstance(value, (int, float, np.number)) and 0.0 <= float(value) <= 1.0):  # NaN never stops
+            raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+    if isinstance(min_area, bool) or not isinstance(min_area, (int, np.integer)) or min_area < 0:
+        raise ValueError(f"min_area must be an integer >= 0, got {min_area!r}")
     if not seeds:
         raise ValueError("give at least one object to propagate (seeds is empty)")
     if use_mask_input and not getattr(getattr(predictor, "backend", None), "supports_mask_input", True):

@@ -295,7 +295,11 @@ class TiledImage:
                 local_lab = lab[inside]
         if bx is not None:
             local_box = np.array([max(bx[0], t.x0), max(bx[1], t.y0), min(bx[2], t.x1), min(bx[3], t.y1)]) - [t.x0, t.y0, t.x0, t.y0]
-            if local_box[2] <= local_box[0] or local_box[3] <= local_box[1]:
+            # the box's part in this tile; a zero-width/height box (accepted by the predictor, as
+            # SAM does) keeps its line, not only boxes with an area
+            degenerate = bx[2] <= bx[0] or bx[3] <= bx[1]
+            if local_box[2] < local_box[0] or local_box[3] < local_box[1] or (
+                    not degenerate and (local_box[2] == local_box[0] or local_box[3] == local_box[1])):
                 local_box = None
         if so_far.any() and (local_lab is None or not (local_lab == 1).any()) and local_box is None:
             seed = self._seed_point(so_far[t.slices])

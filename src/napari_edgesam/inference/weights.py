@@ -135,6 +135,8 @@ def verify_weight_file(path: str | os.PathLike[str], *, expected_size: int | Non
     Used both for cached downloads and for user-supplied ``.pth``/``.onnx`` files.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"weight file {path} is a folder, not a file")
     if not path.is_file():
         raise FileNotFoundError(f"weight file not found: {path}")
     advice = f"Delete {path} and download it again."
@@ -231,6 +233,12 @@ def get_weight_file(model_name: str, kind: str) -> WeightFile:
 def _download(wf: WeightFile, target: Path, pinned: str | None, progress: bool) -> Path:
     failures: list[str] = []
     mismatch = False
+    try:  # a cache path below a file, or unwritable, is not "offline"
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise WeightsUnavailableError(
+            f"cannot create the weights cache folder {target.parent} for {wf.filename} "
+            f"({err.strerror or err}): set {CACHE_ENV} to a folder you can write") from None
     known_hash = f"sha256:{pinned}" if pinned else None
     for url in wf.urls:
         logger.info("downloading %s from %s", wf.filename, url)

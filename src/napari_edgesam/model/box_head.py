@@ -379,14 +379,24 @@ def load_box_head(path: str | os.PathLike, map_location: str | torch.device = "c
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"box head file not found: {path}")
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # noqa: BLE001 - unpickling errors have many types
-        raise ValueError(f"cannot read box head file {path}: {err}") from err
+    from .build import check_finite, read_checkpoint
+
+    # damaged vs. holding objects told apart, one line each; a box head file never needs unpickling
+    obj = read_checkpoint(path, unsafe_fix="A box head file holds only tensors and plain data: train or "
+                                           "save it again with napari-edgesam train prior.")
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise ValueError(f"{path} is not a box head file (expected format {FORMAT!r})")
-    head = BoxHead(BoxHeadConfig.from_dict(obj["config"]))
-    missing, unexpected = head.load_state_dict(obj["state_dict"], strict=False)
+    if not isinstance(obj.get("config"), dict) or not isinstance(obj.get("state_dict"), dict):
+        raise ValueError(f"{path} is a damaged box head file (no config or state dict)")
+    try:
+        head = BoxHead(BoxHeadConfig.from_dict(obj["config"]))
+    except (TypeError, ValueError, KeyError) as err:
+        raise ValueError(f"{path} is a damaged box head file (its config: {err})") from None
+    check_finite(obj["state_dict"], str(path))
+    try:
+        missing, unexpected = head.load_state_dict(obj["state_dict"], strict=False)
+    except RuntimeError as err:  # tensor shapes that do not fit the config
+        raise ValueError(f"{path}: state dict does not match the config ({' '.join(str(err).split())[:300]})") from None
     if missing or unexpected:
         raise ValueError(f"{path}: state dict does not match the config (missing {missing}, unexpected {unexpected})")
     return head.eval(), dict(obj.get("meta") or {})

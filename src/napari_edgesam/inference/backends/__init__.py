@@ -7,6 +7,25 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 
+def check_device(device: object) -> str:
+    """``device`` if it names a device this package runs on: ``"auto"``, ``"cpu"``, ``"mps"``,
+    ``"cuda"`` or ``"cuda:N"``; otherwise a ValueError saying which ones (no torch import)."""
+    import re
+
+    if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}")
+    return device
+
+
+def check_num_threads(num_threads: object) -> int | None:
+    """``num_threads`` of a backend: None (the library's choice) or an integer >= 1."""
+    if num_threads is None:
+        return None
+    if isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer)) or num_threads < 1:
+        raise ValueError(f"num_threads must be a positive integer, got {num_threads!r}")
+    return int(num_threads)
+
+
 @runtime_checkable
 class Backend(Protocol):
     """What the predictor needs from an inference engine.

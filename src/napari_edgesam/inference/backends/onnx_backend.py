@@ -128,6 +128,8 @@ class OnnxBackend:
     """
 
     name = "onnxruntime"
+    #: What ``encode`` returns (checked when an embedding is set from elsewhere, e.g. a cache).
+    embedding_shape = (1, 256, 64, 64)
 
     def __init__(
         self,
@@ -146,9 +148,9 @@ class OnnxBackend:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Idle ORT worker threads spinning would slow down other work in the process (torch).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if num_threads is not None:
-            if int(num_threads) < 1:
-                raise ValueError(f"num_threads must be a positive integer, got {num_threads!r}")
+        from . import check_num_threads
+
+        if check_num_threads(num_threads) is not None:
             options.intra_op_num_threads = int(num_threads)
         self.encoder = _session(self.encoder_path, "encoder", options, providers)
         _check_encoder(self.encoder, self.encoder_path)

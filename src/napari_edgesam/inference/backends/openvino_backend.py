@@ -55,6 +55,8 @@ class OpenVinoBackend:
     """
 
     name = "openvino"
+    #: What ``encode`` returns (checked when an embedding is set from elsewhere, e.g. a cache).
+    embedding_shape = (1, 256, 64, 64)
 
     def __init__(
         self,
@@ -80,9 +82,9 @@ class OpenVinoBackend:
             # f32 everywhere: the masks must not depend on whether the CPU has bf16 units
             "INFERENCE_PRECISION_HINT": "f32",
         }
-        if num_threads is not None:
-            if int(num_threads) < 1:
-                raise ValueError(f"num_threads must be a positive integer, got {num_threads!r}")
+        from . import check_num_threads
+
+        if check_num_threads(num_threads) is not None:
             config["INFERENCE_NUM_THREADS"] = int(num_threads)
         core = ov.Core()
         if cache:

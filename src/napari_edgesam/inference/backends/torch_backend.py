@@ -17,6 +17,11 @@ logger = logging.getLogger(__name__)
 
 def resolve_device(device: str = "auto") -> torch.device:
     """``"auto"`` -> cuda, then mps, then cpu; otherwise the named device (checked)."""
+    if isinstance(device, torch.device):
+        device = str(device)
+    from . import check_device
+
+    check_device(device)
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -50,6 +55,8 @@ class TorchBackend:
     """
 
     name = "torch"
+    #: What ``encode`` returns (checked when an embedding is set from elsewhere, e.g. a cache).
+    embedding_shape = (1, 256, 64, 64)
     provides_iou_scores = True
     supports_mask_input = True
 
@@ -66,7 +73,9 @@ class TorchBackend:
         fast_decoder: bool = True,
     ) -> None:
         self.device = resolve_device(device)
-        if num_threads is not None:
+        from . import check_num_threads
+
+        if check_num_threads(num_threads) is not None:
             torch.set_num_threads(int(num_threads))
         model = model.eval()
         if fuse:
