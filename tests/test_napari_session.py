@@ -70,6 +70,28 @@ def test_point_prompt_matches_segment_and_refinement_reuses_logits(golden_predic
     np.testing.assert_array_equal(third.objects[0].mask, mask)
 
 
+def test_refinement_without_mask_input_for_models_whose_mask_path_loses(golden_predictor, embedded):
+    """``refine_with_mask_input = False`` (set by ``load_model`` for the shipped model): a second
+    point decodes from the prompts alone."""
+    import copy
+
+    predictor = copy.copy(golden_predictor)
+    predictor.refine_with_mask_input = False
+    session = Session()
+    pts, labels = _point(60, 45)
+    session.decode(predictor, embedded, "p", [ObjectPrompt(pts, labels)])
+    pts2, labels2 = np.vstack([pts, [[20, 80]]]), np.array([1, 0])
+    second = session.decode(predictor, embedded, "p", [ObjectPrompt(pts2, labels2)])
+    np.testing.assert_array_equal(second.objects[0].mask, golden_predictor.segment(pts2, labels2)[0])
+
+
+def test_shipped_model_refines_without_mask_input(golden_predictor):
+    from napari_edgesam.inference.api import load_model
+
+    assert load_model("edgesam-nuclei", backend="onnxruntime").refine_with_mask_input is False
+    assert golden_predictor.refine_with_mask_input is True  # any other model: SAM's use
+
+
 def test_box_prompt_uses_token_zero(golden_predictor, embedded):
     session = Session()
     box = np.array([30, 20, 90, 70], np.float32)

@@ -226,7 +226,8 @@ class Session:
         results, memory = [], []
         single = proposals is not None and is_single_click(objects)
         for i, obj in enumerate(objects):
-            mask_input = self.mask_input_for(plane_key, i, obj)
+            mask_input = self.mask_input_for(plane_key, i, obj) if getattr(
+                predictor, "refine_with_mask_input", True) else None
             prior_box = shown_box = None
             if single:
                 prior_box = choose_box_for_click(obj.points[0], proposals.boxes, proposals.scores, k_nearest)

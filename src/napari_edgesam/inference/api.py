@@ -296,10 +296,13 @@ def _load_predictor(name_or_path, backend, device, decoder, allow_download, allo
         logger.info("model %s on %s (%s)", key, kind, why)
         if kind == "torch":
             ckpt = weights.fetch_weight(key, "pth", allow_download=allow_download)
-            return _torch_predictor(ckpt, device, key, allow_unsafe, backend_options)
-        enc = weights.fetch_weight(key, "onnx_encoder", allow_download=allow_download)
-        dec = weights.fetch_weight(key, "onnx_decoder", allow_download=allow_download)
-        return _onnx_predictor(enc, dec, device, key, backend_options, kind)
+            predictor = _torch_predictor(ckpt, device, key, allow_unsafe, backend_options)
+        else:
+            enc = weights.fetch_weight(key, "onnx_encoder", allow_download=allow_download)
+            dec = weights.fetch_weight(key, "onnx_decoder", allow_download=allow_download)
+            predictor = _onnx_predictor(enc, dec, device, key, backend_options, kind)
+        predictor.refine_with_mask_input = spec.mask_input_refines
+        return predictor
     if path.is_dir():
         raise ValueError(f"model {path} is a folder: pass the .pth checkpoint or the *_encoder.onnx file inside it")
     if path.suffix.lower() in (".pth", ".pt"):

@@ -146,6 +146,11 @@ class EdgeSamPredictor:
         #: when set, ``set_image`` also computes box proposals used by :meth:`segment_click`.
         self.prior = None
         self._proposals = None
+        #: Interactive refinements (another point on an object) pass the previous low-res
+        #: logits as ``mask_input`` (SAM's use). ``load_model`` sets False for models whose mask
+        #: path makes refinements worse (see ``ModelSpec.mask_input_refines``); ``predict``
+        #: itself always uses a ``mask_input`` it is given.
+        self.refine_with_mask_input = True
         #: The weights file the model came from, if any (set by ``load_model``).
         self.source_path = None
 

@@ -124,7 +124,8 @@ def evaluate_heldout(
 
 
 def package(checkpoint: str, dest: str | Path) -> Path:
-    """Write the shipped model: a float16 official-layout state dict (small, strict-loadable)."""
+    """Write the shipped model: a float16 official-layout state dict (small, strict-loadable);
+    ``dest`` is the file, or a folder to write ``edge_sam_nuclei.pth`` into."""
 
     from ..checkpoint import atomic_torch_save
     from ..export import load_trained_model, official_state_dict
@@ -132,6 +133,8 @@ def package(checkpoint: str, dest: str | Path) -> Path:
     model, meta = load_trained_model(checkpoint)
     sd = {k: (v.half() if v.is_floating_point() else v) for k, v in official_state_dict(model).items()}
     dest = Path(dest)
+    if dest.is_dir():
+        dest = dest / "edge_sam_nuclei.pth"
     dest.parent.mkdir(parents=True, exist_ok=True)
     atomic_torch_save(sd, dest)
     logger.info("packaged %s (%d bytes) from %s (%s)", dest, dest.stat().st_size, checkpoint, meta)
