@@ -13,16 +13,20 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-#: OpenMP threads that wait passively (sleep) instead of spinning. PyTorch's OpenMP teams spin
-#: between parallel regions by default; on a CPU shared with other programs (napari, a browser,
-#: other analysis) the spinning threads and the other programs' threads take each other's time
-#: slices and a decoder call went from 22 ms to 300-760 ms; passive waiting kept it at ~90 ms
-#: (``benchmarks/bench_contention.py``). libgomp reads the setting once, when torch loads, so it
-#: is set here, before our code imports torch; an explicit ``OMP_WAIT_POLICY`` is kept, and
+#: OpenMP threads that spin only briefly before they sleep. PyTorch's OpenMP teams spin for a
+#: long time between parallel regions by default (libgomp: 300,000 iterations; Intel/LLVM
+#: OpenMP: 200 ms); on a CPU shared with other programs (napari, a browser, other analysis)
+#: the spinning threads and the other programs take each other's time slices: beside two busy
+#: processes a decoder call went from 18 ms to 768 ms. A short spin (``GOMP_SPINCOUNT=3000``,
+#: ``KMP_BLOCKTIME=1`` ms) kept it at ~47 ms there and at ~20 ms on a quiet CPU, where fully
+#: passive waiting cost 29 ms (``benchmarks/bench_contention.py``). OpenMP reads these once,
+#: when torch loads, so they are set here, before our code imports torch; settings the user
+#: made (``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT``, ``KMP_BLOCKTIME``) are kept, and
 #: ``NAPARI_EDGESAM_OMP_PASSIVE=0`` leaves the environment alone.
-PASSIVE_OPENMP = os.environ.get("NAPARI_EDGESAM_OMP_PASSIVE", "1") != "0" and "torch" not in sys.modules
-if PASSIVE_OPENMP:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+SHORT_OPENMP_SPIN = os.environ.get("NAPARI_EDGESAM_OMP_PASSIVE", "1") != "0" and "torch" not in sys.modules
+if SHORT_OPENMP_SPIN and "OMP_WAIT_POLICY" not in os.environ:
+    os.environ.setdefault("GOMP_SPINCOUNT", "3000")
+    os.environ.setdefault("KMP_BLOCKTIME", "1")
 
 _LAZY = {
     "build_edge_sam": "napari_edgesam.model.build",

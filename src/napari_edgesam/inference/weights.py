@@ -67,9 +67,6 @@ class ModelSpec:
     description: str
     files: dict[str, WeightFile] = field(default_factory=dict)
     licence: str = ""
-    #: Its ONNX decoder has the extended interface (mask input, IoU scores: our exports), so
-    #: onnxruntime loses nothing against torch and is the CPU default (see ``api.choose_backend``).
-    onnx_extended: bool = False
     #: Refining an object with the previous decode's low-res logits as ``mask_input`` makes
     #: its masks better (SAM's interactive use). False for a model whose mask path lost to
     #: decoding without it: interactive refinements then decode without the logits

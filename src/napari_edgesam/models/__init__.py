@@ -48,7 +48,6 @@ def register_packaged_models() -> None:
         weights.register_model(
             weights.ModelSpec(name=name, description=description, files=found,
                               licence="BSD-3-Clause (weights trained by napari-edgesam on BSD-3 data)",
-                              onnx_extended="onnx_encoder" in found,
                               # its mask path (trained alone, stage 4) still loses to none: box +
                               # corrective point 0.727 vs 0.828 mIoU on synthetic training nuclei
                               mask_input_refines=False)
