@@ -56,7 +56,8 @@ def test_mode_follows_the_umask(tmp_path, umask, mask, mode):
 @pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
 def test_training_and_model_writers_use_it(tmp_path, umask):
     torch = pytest.importorskip("torch")
-    from napari_edgesam.training.checkpoint import atomic_torch_save, atomic_write_text as text
+    from napari_edgesam.training.checkpoint import atomic_torch_save
+    from napari_edgesam.training.checkpoint import atomic_write_text as text
     from napari_edgesam.training.evaluate import write_json_atomic
 
     umask(0o022)

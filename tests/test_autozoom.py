@@ -316,9 +316,9 @@ def test_batch_prompts_with_autozoom(tmp_path):
     pytest.importorskip("torch")
     import tifffile
 
+    from napari_edgesam.datasets import synthetic_nuclei_sized
     from napari_edgesam.inference.api import load_model
     from napari_edgesam.inference.batch import BatchConfig, run_batch
-    from napari_edgesam.datasets import synthetic_nuclei_sized
 
     image, labels = synthetic_nuclei_sized(seed=5, shape=(512, 512), radius=64)
     src = tmp_path / "big.tif"

@@ -64,7 +64,7 @@ def test_geometric_pipeline_keeps_masks_on_their_objects(banded):
                 # one nucleus, one grey level: the mask sits on its object
                 assert vals.size == 1 and (vals[0] - 20) % 3 == 0 and vals[0] > 20, vals
                 checked += 1
-            for (x0, y0, x1, y1), (px, py), m in zip(s["boxes"].numpy(), s["points"].numpy(), s["masks"].numpy()):
+            for (x0, y0, x1, y1), (px, py), _mask in zip(s["boxes"].numpy(), s["points"].numpy(), s["masks"].numpy()):
                 assert 0 <= x0 <= px <= x1 <= w and 0 <= y0 <= py <= y1 <= h
     assert checked > 10
 

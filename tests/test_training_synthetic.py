@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from napari_edgesam.training.synthetic import KINDS, REGIMES, rich_nuclei_labels, rich_synthetic_nuclei
+from napari_edgesam.training.synthetic import (
+    KINDS,
+    REGIMES,
+    rich_nuclei_labels,
+    rich_synthetic_nuclei,
+)
 
 
 def assert_consistent(labels):

@@ -131,7 +131,6 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..inference.batch import run_batch
-
     from ._choice import resolve_model
 
     args.model = resolve_model(args.model, args.backend)

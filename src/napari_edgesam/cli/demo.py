@@ -40,7 +40,6 @@ def choose_model(name: str | None, backend: str = "auto", device: str = "auto"):
     """
     from .._napari.model_panel import load_predictor
     from ..inference.api import list_models
-
     from ..inference.weights import WeightsUnavailableError
 
     def load_model(name, backend, device, allow_download=True):

@@ -67,7 +67,16 @@ from .batch_resume import (
     same_result_parameters,
     skipped_record,
 )
-from .io import IMAGE_SUFFIXES, ImageData, find_inputs, output_keys, read_image, write_csv, write_json, write_labels
+from .io import (
+    IMAGE_SUFFIXES,
+    ImageData,
+    find_inputs,
+    output_keys,
+    read_image,
+    write_csv,
+    write_json,
+    write_labels,
+)
 from .prompt_csv import CsvObject, prompt_identity, prompts_for_image, unmatched_images
 
 __all__ = [

@@ -111,6 +111,41 @@ def _check_decoder(session: ort.InferenceSession, path: Path) -> bool:
     return extended
 
 
+def decoder_feeds(embeddings: np.ndarray, point_coords: np.ndarray, point_labels: np.ndarray,
+                  mask_input: np.ndarray | None, extended: bool, decoder_name: str) -> list[dict[str, np.ndarray]]:
+    """The inputs of an EdgeSAM ONNX decoder for ``B`` prompts (shared by the runtimes that run
+    these files): one feed for the extended decoder (batched, with a zero mask input and
+    ``has_mask_input`` 0 when none is given), one feed per prompt for the official decoder
+    (batch 1, no mask input: ``ValueError`` if one is given). Shapes as :meth:`OnnxBackend.decode`."""
+    emb = np.ascontiguousarray(embeddings, dtype=np.float32)
+    coords = np.ascontiguousarray(point_coords, dtype=np.float32)
+    labels = np.ascontiguousarray(point_labels, dtype=np.float32)
+    if coords.ndim != 3 or coords.shape[-1] != 2 or labels.shape != coords.shape[:2]:
+        raise ValueError(
+            f"point_coords must be (B, N, 2) and point_labels (B, N); got {coords.shape} and {labels.shape}"
+        )
+    batch = coords.shape[0]
+    if not extended:
+        if mask_input is not None:
+            raise ValueError(
+                f"the decoder {decoder_name} (official interface) has no mask input; "
+                "export one with 'napari-edgesam export' or use the torch backend"
+            )
+        return [{"image_embeddings": emb, "point_coords": coords[i : i + 1], "point_labels": labels[i : i + 1]}
+                for i in range(batch)]
+    size = (1, LOW_RES_SIZE, LOW_RES_SIZE)
+    if mask_input is None:
+        masks_in, has = np.zeros((batch, *size), np.float32), np.zeros(1, np.float32)
+    else:
+        masks_in = np.asarray(mask_input, np.float32)
+        if masks_in.ndim != 4 or masks_in.shape[1:] != size or masks_in.shape[0] not in (1, batch):
+            raise ValueError(f"mask_input must have shape ({batch}, 1, {LOW_RES_SIZE}, {LOW_RES_SIZE}); "
+                             f"got {masks_in.shape}")
+        masks_in, has = np.ascontiguousarray(np.broadcast_to(masks_in, (batch, *size))), np.ones(1, np.float32)
+    return [{"image_embeddings": emb, "point_coords": coords, "point_labels": labels,
+             "mask_input": masks_in, "has_mask_input": has}]
+
+
 class OnnxBackend:
     """Runs an EdgeSAM encoder/decoder pair of ONNX files with onnxruntime.
 
@@ -191,40 +226,10 @@ class OnnxBackend:
             low-res logits ``B x 4 x 256 x 256`` and IoU-head scores ``B x 4`` (None for the
             official decoder).
         """
-        emb = np.ascontiguousarray(embeddings, dtype=np.float32)
-        coords = np.ascontiguousarray(point_coords, dtype=np.float32)
-        labels = np.ascontiguousarray(point_labels, dtype=np.float32)
-        if coords.ndim != 3 or coords.shape[-1] != 2 or labels.shape != coords.shape[:2]:
-            raise ValueError(
-                f"point_coords must be (B, N, 2) and point_labels (B, N); got {coords.shape} and {labels.shape}"
-            )
-        batch = coords.shape[0]
+        feeds = decoder_feeds(embeddings, point_coords, point_labels, mask_input, self.extended,
+                              self.decoder_path.name)
         if not self.extended:
-            if mask_input is not None:
-                raise ValueError(
-                    f"the decoder {self.decoder_path.name} (official interface) has no mask input; "
-                    "export one with 'napari-edgesam export' or use the torch backend"
-                )
-            masks = [
-                self.decoder.run(["masks"], {
-                    "image_embeddings": emb, "point_coords": coords[i : i + 1],
-                    "point_labels": labels[i : i + 1],
-                })[0]
-                for i in range(batch)
-            ]
+            masks = [self.decoder.run(["masks"], feed)[0] for feed in feeds]
             return np.concatenate(masks, 0), None
-        if mask_input is None:
-            masks_in = np.zeros((batch, 1, LOW_RES_SIZE, LOW_RES_SIZE), np.float32)
-            has = np.zeros(1, np.float32)
-        else:
-            masks_in = np.asarray(mask_input, np.float32)
-            size = (1, LOW_RES_SIZE, LOW_RES_SIZE)
-            if masks_in.ndim != 4 or masks_in.shape[1:] != size or masks_in.shape[0] not in (1, batch):
-                raise ValueError(f"mask_input must have shape ({batch}, 1, {LOW_RES_SIZE}, {LOW_RES_SIZE}); got {masks_in.shape}")
-            masks_in = np.ascontiguousarray(np.broadcast_to(masks_in, (batch, *size)))
-            has = np.ones(1, np.float32)
-        masks, iou = self.decoder.run(["masks", IOU_OUTPUT], {
-            "image_embeddings": emb, "point_coords": coords, "point_labels": labels,
-            "mask_input": masks_in, "has_mask_input": has,
-        })
+        masks, iou = self.decoder.run(["masks", IOU_OUTPUT], feeds[0])
         return masks, iou

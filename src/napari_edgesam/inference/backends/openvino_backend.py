@@ -17,8 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ...constants import EMBED_DIM, EMBED_SIZE, IMG_SIZE, LOW_RES_SIZE
-from .onnx_backend import DECODER_INPUTS, ENCODER_INPUT, ENCODER_OUTPUT, IOU_OUTPUT, MASK_INPUTS
+from ...constants import EMBED_DIM, EMBED_SIZE, IMG_SIZE
+from .onnx_backend import (
+    DECODER_INPUTS,
+    ENCODER_INPUT,
+    ENCODER_OUTPUT,
+    IOU_OUTPUT,
+    MASK_INPUTS,
+    decoder_feeds,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -142,31 +149,11 @@ class OpenVinoBackend:
         ``1 x 256 x 64 x 64`` embedding, ``B x N x 2`` (x, y) in the 1024 frame, ``B x N``
         labels, optional ``B x 1 x 256 x 256`` mask input -> ``B x 4 x 256 x 256`` logits and
         ``B x 4`` IoU scores (None for the official decoder)."""
-        emb = np.ascontiguousarray(embeddings, dtype=np.float32)
-        coords = np.ascontiguousarray(point_coords, dtype=np.float32)
-        labels = np.ascontiguousarray(point_labels, dtype=np.float32)
-        if coords.ndim != 3 or coords.shape[-1] != 2 or labels.shape != coords.shape[:2]:
-            raise ValueError(
-                f"point_coords must be (B, N, 2) and point_labels (B, N); got {coords.shape} and {labels.shape}")
-        batch = coords.shape[0]
+        feeds = decoder_feeds(embeddings, point_coords, point_labels, mask_input, self.extended,
+                              self.decoder_path.name)
         if not self.extended:
-            if mask_input is not None:
-                raise ValueError(f"the decoder {self.decoder_path.name} (official interface) has no mask input; "
-                                 "export one with 'napari-edgesam export' or use the torch backend")
-            masks = [self._run_decoder({"image_embeddings": emb, "point_coords": coords[i:i + 1],
-                                        "point_labels": labels[i:i + 1]})[0] for i in range(batch)]
-            return np.concatenate(masks, 0), None
-        size = (1, LOW_RES_SIZE, LOW_RES_SIZE)
-        if mask_input is None:
-            masks_in, has = np.zeros((batch, *size), np.float32), np.zeros(1, np.float32)
-        else:
-            masks_in = np.asarray(mask_input, np.float32)
-            if masks_in.ndim != 4 or masks_in.shape[1:] != size or masks_in.shape[0] not in (1, batch):
-                raise ValueError(f"mask_input must have shape ({batch}, 1, {LOW_RES_SIZE}, {LOW_RES_SIZE}); "
-                                 f"got {masks_in.shape}")
-            masks_in, has = np.ascontiguousarray(np.broadcast_to(masks_in, (batch, *size))), np.ones(1, np.float32)
-        return self._run_decoder({"image_embeddings": emb, "point_coords": coords, "point_labels": labels,
-                                  "mask_input": masks_in, "has_mask_input": has})
+            return np.concatenate([self._run_decoder(feed)[0] for feed in feeds], 0), None
+        return self._run_decoder(feeds[0])
 
     def _run_decoder(self, inputs: dict) -> tuple[np.ndarray, np.ndarray | None]:
         with self._dec_lock:
