@@ -5,17 +5,20 @@ from __future__ import annotations
 import logging
 
 from napari.layers import Image, Labels
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QFileDialog,
     QFormLayout,
+    QFrame,
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QLineEdit,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QVBoxLayout,
     QWidget,
 )
@@ -164,10 +167,23 @@ class InteractiveWidget(QWidget):
         sform.addRow(self.quality)
         keys_box = QGroupBox("Shortcuts")
         QVBoxLayout(keys_box).addWidget(self.shortcuts)
-        layout = QVBoxLayout(self)
+        # The groups sit in a vertical scroll area: on a short screen the dock scrolls instead of
+        # squeezing the wrapped labels (the prompt hint was cut to two half lines at 1000 px).
+        inner = QWidget()
+        layout = QVBoxLayout(inner)
         for box in (model_box, seg_box, stack_box, keys_box):
             layout.addWidget(box)
         layout.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll.setWidget(inner)
+        # as wide as the content needs (the scroll area alone would let the dock cut it off)
+        scroll.setMinimumWidth(inner.minimumSizeHint().width() + scroll.verticalScrollBar().sizeHint().width() + 16)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scroll)
 
     def _connect(self) -> None:
         c = self.controller

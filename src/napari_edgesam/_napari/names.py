@@ -112,7 +112,7 @@ PROMPT_HINT = (f"Click on the image to add points (layer '{POINTS_LAYER}'). For 
 
 # -- granularity prior -----------------------------------------------------------------------
 #: The checkbox of the whole-object click.
-AUTOZOOM_TEXT = "AutoZoom boxes (crop at the model's best scale)"
+AUTOZOOM_TEXT = "AutoZoom boxes (crop at the best scale)"
 AUTOZOOM_TIP = ("A box around an object much smaller or larger than the nuclei the model knows best is "
                 "segmented in a crop embedded at that scale (cached; a new crop takes about as long as "
                 "embedding the image). Clicks are not zoomed.")
