@@ -79,6 +79,7 @@ def test_info_json(capsys, tmp_path, monkeypatch):
     info = json.loads(capsys.readouterr().out)
     assert info["cache_dir"] == str(tmp_path)
     assert "cpu" in info["devices"]
+    assert info["auto_backend"].startswith("torch (torch is installed")  # torch is in the test env
     names = {m["name"] for m in info["models"]}
     assert {"edgesam", "edgesam-3x"} <= names
 

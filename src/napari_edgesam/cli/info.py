@@ -39,7 +39,8 @@ def collect() -> dict:
     from ..inference import weights
     from ..inference.api import list_models, torch_available
 
-    backends = {"onnxruntime": _version("onnxruntime"), "torch": _version("torch") if torch_available() else None}
+    backends = {"onnxruntime": _version("onnxruntime"), "torch": _version("torch") if torch_available() else None,
+                "openvino": _version("openvino")}
     if backends["onnxruntime"]:
         import onnxruntime as ort
 
@@ -54,6 +55,7 @@ def collect() -> dict:
         "napari": _version("napari"),
         "models": list_models(),
         "auto_model": _auto_model(),
+        "auto_backend": _auto_backend(),
     }
 
 
@@ -67,6 +69,19 @@ def _auto_model() -> str:
         return f"none on this machine ({err})"
 
 
+def _auto_backend() -> str:
+    """The backend ``--backend auto`` runs that model on, and why (one line)."""
+    from ..inference import weights
+    from ..inference.api import choose_backend, choose_model
+
+    try:
+        name = choose_model(allow_download=False)[0]
+        backend, why = choose_backend(weights.MODEL_REGISTRY[name])
+    except (RuntimeError, ValueError, KeyError) as err:
+        return f"none ({err})"
+    return f"{backend} ({why})"
+
+
 def run(args: argparse.Namespace) -> int:
     info = collect()
     if args.json:
@@ -74,10 +89,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"napari-edgesam {info['napari-edgesam']} (Python {info['python']}, napari {info['napari'] or 'not installed'})")
     b = info["backends"]
-    print(f"backends: onnxruntime {b['onnxruntime'] or 'missing'}; torch {b['torch'] or 'not installed'}")
+    print(f"backends: onnxruntime {b['onnxruntime'] or 'missing'}; torch {b['torch'] or 'not installed'}; "
+          f"openvino {b['openvino'] or 'not installed'}")
     print(f"devices: {', '.join(info['devices'])}")
     print(f"weights cache: {info['cache_dir']} (override with ${info['cache_env']})")
     print(f"default model (--model auto): {info['auto_model']}")
+    print(f"default backend (--backend auto): {info['auto_backend']}")
     print("models:")
     for m in info["models"]:
         print(f"  {m['name']}: {m['description']}")

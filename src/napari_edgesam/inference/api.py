@@ -89,7 +89,7 @@ def choose_backend(spec: weights.ModelSpec, backend: str = "auto") -> tuple[str,
                              "use backend='onnxruntime'")
         return _resolve_backend("torch", f" (asked for model {spec.name!r})"), "asked for"
     if has_pth and torch_available():
-        return "torch", "torch is installed (the fastest path measured here)"
+        return "torch", "torch is installed: the fastest path measured here"
     if has_onnx:
         return "onnxruntime", "torch is not installed" if has_pth else "the model has ONNX files only"
     raise ValueError(f"model {spec.name!r} needs PyTorch (it has only a .pth checkpoint): "
