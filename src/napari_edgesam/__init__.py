@@ -17,9 +17,10 @@ __version__ = "0.1.0"
 #: long time between parallel regions by default (libgomp: 300,000 iterations; Intel/LLVM
 #: OpenMP: 200 ms); on a CPU shared with other programs (napari, a browser, other analysis)
 #: the spinning threads and the other programs take each other's time slices: beside two busy
-#: processes a decoder call went from 18 ms to 768 ms. A short spin (``GOMP_SPINCOUNT=3000``,
-#: ``KMP_BLOCKTIME=1`` ms) kept it at ~47 ms there and at ~20 ms on a quiet CPU, where fully
-#: passive waiting cost 29 ms (``benchmarks/bench_contention.py``). OpenMP reads these once,
+#: processes a decoder call went from 17 ms to 56-768 ms and an encode 11x slower. A short spin
+#: (``GOMP_SPINCOUNT=3000``, ``KMP_BLOCKTIME=1`` ms) kept the decoder at ~44 ms there and ~19 ms on
+#: a quiet CPU, where fully passive waiting cost 33 ms (``python benchmarks/bench_contention.py
+#: --rounds 7 --decodes 40``; the README's table). OpenMP reads these once,
 #: when torch loads, so they are set here, before our code imports torch; settings the user
 #: made (``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT``, ``KMP_BLOCKTIME``) are kept, and
 #: ``NAPARI_EDGESAM_OMP_PASSIVE=0`` leaves the environment alone.
