@@ -1,9 +1,12 @@
 """EdgeSamPredictor: the official predictor's semantics, for microscopy images.
 
-``set_image`` once, then ``predict`` many times. Coordinates are (x, y) in pixels of the
-original image; boxes are (x0, y0, x1, y1). The image embedding can be computed, cached
-and restored separately (``compute_embedding`` / ``set_embedding``), which is what the
-napari plugin, 3D propagation and batch processing build on.
+The stateless core is two calls: :meth:`EdgeSamPredictor.encode` (image -> :class:`ImageEmbedding`,
+carrying the granularity prior's proposals when the predictor has a prior) and
+:meth:`EdgeSamPredictor.decode` / :meth:`~EdgeSamPredictor.decode_batch` (embedding + prompts ->
+masks, scores, low-res logits), which never touch the predictor's state; ``segment`` and
+``segment_click`` take ``embedding=`` too. The official-style ``set_image`` once, then ``predict``
+many times, is a thin layer over them. Coordinates are (x, y) in pixels of the original image;
+boxes are (x0, y0, x1, y1).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -65,15 +68,22 @@ class ImageEmbedding:
         features: ``1 x 256 x 64 x 64`` (float32, or float16 when stored compactly).
         original_size: ``(h, w)`` of the image that was embedded.
         input_size: ``(h, w)`` of that image after the longest-side resize to 1024.
+        proposals: the granularity prior's box proposals for the same image
+            (a :class:`~napari_edgesam.inference.prior.ProposalSet`), or None without a prior.
     """
 
     features: np.ndarray
     original_size: tuple[int, int]
     input_size: tuple[int, int]
+    proposals: object | None = None
 
     def astype(self, dtype: np.dtype | type) -> ImageEmbedding:
         """A copy with ``features`` in ``dtype`` (e.g. ``np.float16`` for caches)."""
-        return ImageEmbedding(self.features.astype(dtype), self.original_size, self.input_size)
+        return replace(self, features=self.features.astype(dtype))
+
+    def with_proposals(self, proposals: object | None) -> ImageEmbedding:
+        """The same embedding carrying ``proposals`` (a ``ProposalSet`` or None)."""
+        return replace(self, proposals=proposals)
 
     @property
     def nbytes(self) -> int:
@@ -145,7 +155,6 @@ class EdgeSamPredictor:
         #: Optional granularity prior (a box head, see :mod:`napari_edgesam.inference.prior`):
         #: when set, ``set_image`` also computes box proposals used by :meth:`segment_click`.
         self.prior = None
-        self._proposals = None
         #: Interactive refinements (another point on an object) pass the previous low-res
         #: logits as ``mask_input`` (SAM's use). ``load_model`` sets False for models whose mask
         #: path makes refinements worse (see ``ModelSpec.mask_input_refines``); ``predict``
@@ -155,7 +164,7 @@ class EdgeSamPredictor:
         self.source_path = None
 
     # -- image -------------------------------------------------------------------------------
-    def compute_embedding(
+    def encode(
         self,
         image: np.ndarray,
         *,
@@ -169,49 +178,62 @@ class EdgeSamPredictor:
 
         ``image``: ``H x W`` grey, ``H x W x 3`` RGB, or multi-channel; any integer or float
         dtype. See :func:`~napari_edgesam.inference.preprocess.to_rgb_uint8` for the intensity
-        normalisation (contrast limits, percentiles, gamma, NaN handling).
+        normalisation (contrast limits, percentiles, gamma, NaN handling). With a :attr:`prior`
+        the embedding carries its box proposals (from the same encoder pass when the prior
+        shares the torch encoder).
         """
         rgb = to_rgb_uint8(
             image, channel_axis=channel_axis, channel=channel,
             contrast_limits=contrast_limits, gamma=gamma, percentiles=percentiles,
         )
+        return self.encode_rgb(rgb)
+
+    def encode_rgb(self, rgb: np.ndarray) -> ImageEmbedding:
+        """:meth:`encode` for an ``H x W x 3`` uint8 RGB image (no intensity normalisation)."""
+        if self.prior is not None:
+            from .prior import embed_rgb_with_proposals
+
+            emb, proposals = embed_rgb_with_proposals(self, self.prior, rgb)
+            return emb.with_proposals(proposals)
         return self.embed_rgb(rgb)
 
+    def compute_embedding(self, image: np.ndarray, **normalisation) -> ImageEmbedding:
+        """The embedding alone (no proposals, even with a prior); see :meth:`encode`."""
+        return self.embed_rgb(to_rgb_uint8(image, **normalisation))
+
     def embed_rgb(self, rgb: np.ndarray) -> ImageEmbedding:
-        """Embed an ``H x W x 3`` uint8 RGB image (no intensity normalisation)."""
+        """Embed an ``H x W x 3`` uint8 RGB image (no intensity normalisation, no proposals)."""
         x, input_size = prepare_input(rgb)
         features = self.backend.encode(x)
         return ImageEmbedding(features, tuple(rgb.shape[:2]), tuple(input_size))
 
     def set_image(self, image: np.ndarray, **normalisation) -> ImageEmbedding:
-        """Embed ``image`` and make it the current image; returns the embedding.
-
-        With a :attr:`prior`, box proposals are computed too (in the same encoder pass when
-        the prior shares the torch encoder).
-        """
-        if self.prior is not None:
-            from .prior import embed_with_proposals
-
-            self._embedding, self._proposals = embed_with_proposals(self, self.prior, image, **normalisation)
-        else:
-            self._embedding, self._proposals = self.compute_embedding(image, **normalisation), None
+        """Embed ``image`` (:meth:`encode`) and make it the current image; returns the embedding."""
+        self._embedding = self.encode(image, **normalisation)
         return self._embedding
 
     def set_embedding(self, embedding: ImageEmbedding, proposals=None) -> None:
-        """Make a previously computed (e.g. cached) embedding current, optionally with the
-        prior's :class:`~napari_edgesam.inference.prior.ProposalSet` for it."""
+        """Make a previously computed (e.g. cached) embedding current; ``proposals`` (a
+        :class:`~napari_edgesam.inference.prior.ProposalSet`), when given, replace the ones it carries."""
+        self._embedding = self.checked(embedding)
+        if proposals is not None:
+            self._embedding = self._embedding.with_proposals(proposals)
+
+    def checked(self, embedding: ImageEmbedding) -> ImageEmbedding:
+        """``embedding`` if this predictor's backend can decode it; TypeError or ValueError naming
+        the problem otherwise."""
         if not isinstance(embedding, ImageEmbedding):
             raise TypeError(f"expected an ImageEmbedding, got {type(embedding).__name__}")
         _check_embedding(embedding, getattr(self.backend, "embedding_shape", None))
-        self._embedding, self._proposals = embedding, proposals
+        return embedding
 
     def reset_image(self) -> None:
-        self._embedding, self._proposals = None, None
+        self._embedding = None
 
     @property
     def proposals(self):
         """The prior's box proposals for the current image (None without a prior)."""
-        return self._proposals
+        return None if self._embedding is None else self._embedding.proposals
 
     @property
     def is_image_set(self) -> bool:
@@ -223,9 +245,17 @@ class EdgeSamPredictor:
             raise RuntimeError("no image is set: call set_image(image) or set_embedding(...) first")
         return self._embedding
 
+    def _given(self, embedding: ImageEmbedding | None) -> ImageEmbedding:
+        return self.embedding if embedding is None else self.checked(embedding)
+
     # -- prompts -----------------------------------------------------------------------------
-    def predict(
+    def predict(self, *args, **kwargs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`decode` on the current image (the official ``SamPredictor.predict``)."""
+        return self.decode(self.embedding, *args, **kwargs)
+
+    def decode(
         self,
+        embedding: ImageEmbedding,
         point_coords: np.ndarray | None = None,
         point_labels: np.ndarray | None = None,
         box: np.ndarray | None = None,
@@ -234,9 +264,10 @@ class EdgeSamPredictor:
         return_logits: bool = False,
         use_stability_score: bool = False,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Segment one object in the current image.
+        """Segment one object of ``embedding``'s image; the predictor's state is not used.
 
         Args:
+            embedding: from :meth:`encode` (or a cache).
             point_coords: ``N x 2`` (x, y) pixel coordinates.
             point_labels: ``N`` labels, 1 positive, 0 negative.
             box: ``(x0, y0, x1, y1)`` in pixels.
@@ -247,32 +278,22 @@ class EdgeSamPredictor:
         Returns:
             masks ``C x H x W``, scores ``C``, low-res logits ``C x 256 x 256``.
         """
-        coords, labels, boxes = self._check_prompts(point_coords, point_labels, box)
+        emb = self.checked(embedding)
+        coords, labels, boxes = _check_prompts(emb, point_coords, point_labels, box)
         out = self._decode(
-            coords, labels, boxes,
+            emb, coords, labels, boxes,
             None if mask_input is None else validate_mask_input(mask_input, 1),
             num_multimask_outputs, return_logits, use_stability_score, upscale=True,
         )
         return out.masks[0], out.scores[0], out.low_res_logits[0]
 
-    def _check_prompts(self, point_coords, point_labels, box) -> tuple:
-        """Validated ``(coords 1 x N x 2 | None, labels 1 x N | None, boxes 1 x 4 | None)``."""
-        emb = self.embedding
-        coords = labels = boxes = None
-        if point_coords is not None or point_labels is not None:
-            if point_coords is None:
-                raise ValueError("point_labels were given without point_coords")
-            coords, labels = validate_points(point_coords, point_labels, emb.original_size)
-            if coords.shape[0] == 0:
-                coords = labels = None
-        if box is not None:
-            boxes = validate_box(box, emb.original_size)[None]
-        if coords is None and boxes is None:
-            raise ValueError("give at least one point (point_coords + point_labels) or a box")
-        return (None if coords is None else coords[None], None if labels is None else labels[None], boxes)
+    def predict_batch(self, *args, **kwargs) -> Prediction:
+        """:meth:`decode_batch` on the current image."""
+        return self.decode_batch(self.embedding, *args, **kwargs)
 
-    def predict_batch(
+    def decode_batch(
         self,
+        embedding: ImageEmbedding,
         point_coords: np.ndarray | None = None,
         point_labels: np.ndarray | None = None,
         boxes: np.ndarray | None = None,
@@ -282,15 +303,17 @@ class EdgeSamPredictor:
         use_stability_score: bool = False,
         upscale: bool = True,
     ) -> Prediction:
-        """Segment ``B`` objects with one decoder call.
+        """Segment ``B`` objects of ``embedding``'s image with one decoder call; the
+        predictor's state is not used.
 
         Args:
+            embedding: from :meth:`encode` (or a cache).
             point_coords: ``B x N x 2`` (x, y) pixels; ``point_labels``: ``B x N``.
             boxes: ``B x 4`` (x0, y0, x1, y1) pixels.
             mask_input: ``B x 1 x 256 x 256`` low-res logits.
             upscale: also compute full-size masks (``masks`` is None otherwise).
         """
-        emb = self.embedding
+        emb = self.checked(embedding)
         coords = labels = None
         if point_coords is not None:
             pc = _real(point_coords, "point_coords")  # complex or ragged input is an error, not truncated
@@ -328,11 +351,12 @@ class EdgeSamPredictor:
             raise ValueError("the batch of prompts is empty")
         masks_in = None if mask_input is None else validate_mask_input(mask_input, batch)
         return self._decode(
-            coords, labels, boxes, masks_in, num_multimask_outputs, return_logits, use_stability_score, upscale
+            emb, coords, labels, boxes, masks_in, num_multimask_outputs, return_logits, use_stability_score, upscale
         )
 
     def _decode(
         self,
+        emb: ImageEmbedding,
         coords: np.ndarray | None,
         labels: np.ndarray | None,
         boxes: np.ndarray | None,
@@ -343,7 +367,6 @@ class EdgeSamPredictor:
         upscale: bool,
     ) -> Prediction:
         sl = token_slice(num_multimask_outputs)
-        emb = self.embedding
         if mask_input is not None and not self.backend.supports_mask_input:
             raise ValueError(
                 f"the {self.backend.name} backend's decoder has no mask input; use the torch "
@@ -377,25 +400,27 @@ class EdgeSamPredictor:
         candidate: int | None = None,
         *,
         fill_holes: bool = True,
+        embedding: ImageEmbedding | None = None,
     ) -> tuple[np.ndarray, float, np.ndarray]:
         """One mask by EdgeSAM's rule: boxes use token 0; point-only prompts take the most
         stable of the 4 masks (the IoU head was never distilled). ``candidate`` (0-3) forces a
         token for point prompts (anything else is a ValueError). With ``fill_holes`` (the default) the mask's interior holes
         are filled (:func:`~napari_edgesam.inference.postprocess.fill_holes`); pass False to
-        keep them (e.g. ring-shaped objects). Returns mask ``H x W`` bool, stability score
+        keep them (e.g. ring-shaped objects). ``embedding``: segment in this embedding's image
+        instead of the current one (the predictor's state is not used). Returns mask ``H x W`` bool, stability score
         (of the decoder's mask; 0 for a mask with no pixel in the image), low-res
         ``256 x 256`` logits (unfilled).
         """
         n = 1 if box is not None else 4
         candidate = check_candidate(candidate)
-        coords, labels, boxes = self._check_prompts(point_coords, point_labels, box)
+        emb = self._given(embedding)
+        coords, labels, boxes = _check_prompts(emb, point_coords, point_labels, box)
         out = self._decode(
-            coords, labels, boxes,
+            emb, coords, labels, boxes,
             None if mask_input is None else validate_mask_input(mask_input, 1),
             n, False, True, upscale=False,
         )
         low = out.low_res_logits[0]
-        emb = self.embedding
         # the decoder's 256 x 256 logits also cover the padding of the 1024 frame: a candidate
         # lying only there (no pixel in the image) scores 0, not a perfect 1
         stab = stability_in_image(low, emb.input_size)
@@ -406,19 +431,37 @@ class EdgeSamPredictor:
             mask = _fill_holes(mask)
         return mask, float(stab[i]), low[i]
 
-    def segment_click(self, point: Sequence[float], k_nearest: int = 5, *,
-                      fill_holes: bool = True) -> tuple[np.ndarray, float, np.ndarray]:
-        """Segment the whole object under one positive click ``(x, y)``.
+    def segment_click(self, point: Sequence[float], k_nearest: int = 5, *, fill_holes: bool = True,
+                      embedding: ImageEmbedding | None = None) -> tuple[np.ndarray, float, np.ndarray]:
+        """Segment the whole object under one positive click ``(x, y)`` (in ``embedding``'s
+        image, or the current one).
 
-        With a prior and proposals for the current image, EdgeSAM's granularity rule picks a
-        box (proposals containing the point, the ``k_nearest`` by centre, the best score)
-        that joins the point; otherwise this is ``segment([point], [1])``.
+        With proposals on the embedding, EdgeSAM's granularity rule picks a box (proposals
+        containing the point, the ``k_nearest`` by centre, the best score) that joins the point;
+        otherwise this is ``segment([point], [1])``.
         """
         k_nearest = check_k_nearest(k_nearest)
-        pt = validate_click(point, self.embedding.original_size)
-        if self._proposals is not None:
-            from .prior import segment_click_with_prior
+        emb = self._given(embedding)
+        pt = validate_click(point, emb.original_size)
+        box = None
+        if emb.proposals is not None:
+            from .prior import click_box
 
-            return segment_click_with_prior(self, self._proposals, pt[0], k_nearest=k_nearest,
-                                            fill_holes=fill_holes)
-        return self.segment(pt, np.ones(1, np.float32), fill_holes=fill_holes)
+            box = click_box(emb.proposals, pt[0], emb.original_size, k_nearest)
+        return self.segment(pt, np.ones(1, np.float32), box, fill_holes=fill_holes, embedding=emb)
+
+
+def _check_prompts(emb: ImageEmbedding, point_coords, point_labels, box) -> tuple:
+    """Validated ``(coords 1 x N x 2 | None, labels 1 x N | None, boxes 1 x 4 | None)``."""
+    coords = labels = boxes = None
+    if point_coords is not None or point_labels is not None:
+        if point_coords is None:
+            raise ValueError("point_labels were given without point_coords")
+        coords, labels = validate_points(point_coords, point_labels, emb.original_size)
+        if coords.shape[0] == 0:
+            coords = labels = None
+    if box is not None:
+        boxes = validate_box(box, emb.original_size)[None]
+    if coords is None and boxes is None:
+        raise ValueError("give at least one point (point_coords + point_labels) or a box")
+    return (None if coords is None else coords[None], None if labels is None else labels[None], boxes)

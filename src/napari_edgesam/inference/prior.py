@@ -177,6 +177,19 @@ def choose_box_for_click(
     return b[nearest[int(np.argmax(s[nearest]))]].astype(np.float32)
 
 
+def click_box(proposals: ProposalSet, point: Sequence[float], image_size: tuple[int, int],
+              k_nearest: int = 5) -> np.ndarray | None:
+    """The box the granularity rule (:func:`choose_box_for_click`) joins to one positive click
+    ``(x, y)`` on an image of ``image_size`` ``(h, w)``, or None (no proposal around it)."""
+    if not isinstance(proposals, ProposalSet):
+        raise TypeError(f"proposals must be a ProposalSet, got {type(proposals).__name__}")
+    if tuple(int(v) for v in image_size) != proposals.original_size:
+        raise ValueError(f"the proposals are of a {proposals.original_size} image but the predictor's image is "
+                         f"{tuple(image_size)}: compute proposals for the current image first")
+    return choose_box_for_click(np.asarray(point, np.float32).reshape(2), proposals.boxes, proposals.scores,
+                                k_nearest)
+
+
 def segment_click_with_prior(
     predictor, proposals: ProposalSet, point: Sequence[float], *, k_nearest: int = 5, fill_holes: bool = True
 ) -> tuple[np.ndarray, float, np.ndarray]:
@@ -189,14 +202,8 @@ def segment_click_with_prior(
     Returns:
         mask ``H x W`` bool, stability score, low-res logits ``256 x 256`` (as ``segment``).
     """
-    if not isinstance(proposals, ProposalSet):
-        raise TypeError(f"proposals must be a ProposalSet, got {type(proposals).__name__}")
-    size = tuple(predictor.embedding.original_size)
-    if size != proposals.original_size:
-        raise ValueError(f"the proposals are of a {proposals.original_size} image but the predictor's image is "
-                         f"{size}: compute proposals for the current image first")
     pt = np.asarray(point, np.float32).reshape(1, 2)
-    box = choose_box_for_click(pt[0], proposals.boxes, proposals.scores, k_nearest)
+    box = click_box(proposals, pt[0], predictor.embedding.original_size, k_nearest)
     keep = {} if fill_holes else {"fill_holes": False}  # predictor-likes without the option fill nothing
     return predictor.segment(pt, np.ones(1, np.float32), box, **keep)
 
