@@ -18,10 +18,11 @@ from _helpers import (
     matched_ious,
     synthetic_instances,
 )
+from napari_edgesam.coords import rowcol_to_xy
 from napari_edgesam.inference.automatic import AutomaticConfig
 from napari_edgesam.inference.automatic_boxes import BoxAutomaticConfig
 from napari_edgesam.inference.batch import BatchConfig, process_one, run_batch
-from napari_edgesam.inference.io import discover_inputs, output_keys, read_image, rowcol_to_xy
+from napari_edgesam.inference.io import discover_inputs, output_keys, read_image
 from napari_edgesam.inference.prompt_csv import prompts_for_image, read_prompt_csv
 
 FAST = AutomaticConfig(points_per_side=16)

@@ -8,10 +8,11 @@ import time
 import numpy as np
 import pytest
 
+from napari_edgesam.coords import get_plane, plane_index
 from napari_edgesam.inference.embedding_cache import EmbeddingCache, data_signature
 from napari_edgesam.inference.predictor import ImageEmbedding
 from napari_edgesam.inference.preprocess import resized_shape
-from napari_edgesam.inference.slices import SliceEmbedder, get_plane, neighbour_order, plane_index
+from napari_edgesam.inference.slices import SliceEmbedder, neighbour_order
 
 
 class CountingEncoder:

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from napari.layers import Image, Labels, Layer, Points, Shapes
 
-from ..inference.io import rowcol_to_xy
+from ..coords import rowcol_to_xy
 from . import names
 from .embedding import ImageView
 from .planes import Plane

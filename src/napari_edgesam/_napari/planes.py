@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ..inference.slices import plane_index
+from ..coords import plane_index
 
 
 @dataclass(frozen=True)

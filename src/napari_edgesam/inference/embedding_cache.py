@@ -125,7 +125,7 @@ def embedding_key(
         model_name: the predictor's model name (embeddings differ between models).
         signature: :func:`data_signature` of the whole layer data.
         index: index of the plane in the data, e.g. ``(z,)`` or the tuple from
-            :func:`~napari_edgesam.inference.slices.plane_index` (``slice(None)`` on the
+            :func:`~napari_edgesam.coords.plane_index` (``slice(None)`` on the
             displayed axes, written ``:``).
         normalisation: contrast limits, gamma, channel ... (a tuple or a dict); floats are
             rounded to 6 significant digits so identical settings give identical keys.

@@ -8,7 +8,7 @@ cannot be read raises :class:`ImageReadError` (a ValueError) with one line namin
 what is wrong with it (empty, truncated, not that format...). Prompt CSVs are read by
 :mod:`napari_edgesam.inference.prompt_csv`.
 
-napari's (row, column) coordinates become (x, y) in :func:`rowcol_to_xy` and nowhere else.
+napari's (row, column) coordinates become (x, y) in :func:`napari_edgesam.coords.rowcol_to_xy`.
 """
 
 from __future__ import annotations
@@ -31,15 +31,6 @@ logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy")
 ZARR_SUFFIX = ".zarr"
-
-# -- coordinates ------------------------------------------------------------------------------
-def rowcol_to_xy(rowcol: np.ndarray) -> np.ndarray:
-    """napari ``... x 2`` (row, column) -> ``... x 2`` (x, y). The only such conversion here."""
-    arr = np.asarray(rowcol, np.float64)
-    if arr.shape[-1] != 2:
-        raise ValueError(f"expected (row, column) pairs in the last axis; got shape {arr.shape}")
-    return arr[..., ::-1].copy()
-
 
 # -- inputs -----------------------------------------------------------------------------------
 def is_zarr(path: Path) -> bool:

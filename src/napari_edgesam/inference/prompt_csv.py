@@ -34,7 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import image_stem, rowcol_to_xy
+from ..coords import rowcol_to_xy
+from .io import image_stem
 from .prompts import parse_number
 
 
