@@ -31,7 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("napari_edgesam.cli.demo", "open napari with a sample image and a segmented object"),
     "batch": ("napari_edgesam.cli.batch", "segment many images (automatic or from prompt files)"),
     "export": ("napari_edgesam.cli.export", "export a model to ONNX"),
-    "train": ("napari_edgesam.cli.train", "distil, fine-tune, evaluate and export models"),
+    "train": ("napari_edgesam.cli.train", "distil, fine-tune, evaluate and export models; train priors; recipes"),
 }
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-FORMAT = "%(levelname)s %(name)s: %(message)s"
+LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
 
 def log_level(verbose: int, default: int = logging.WARNING) -> int:
@@ -21,7 +21,7 @@ def configure_logging(verbose: int, default: int = logging.WARNING) -> int:
     """Configure the root logger for a command (level from :func:`log_level`, one format);
     third-party readers' chatter (tifffile) is silenced unless ``-v``. Returns the level."""
     level = log_level(verbose, default)
-    logging.basicConfig(level=level, format=FORMAT)
+    logging.basicConfig(level=level, format=LOG_FORMAT)
     if verbose == 0:  # readers' own warnings (e.g. tifffile on a damaged file) would add lines
         logging.getLogger("tifffile").setLevel(logging.ERROR)
     return level

@@ -98,7 +98,7 @@ class PriorTrainConfig:
 
 
 @dataclass
-class TrainResult:
+class PriorTrainResult:
     """The trained head (eval mode), per-epoch history and the validation metrics."""
 
     head: BoxHead
@@ -163,7 +163,7 @@ def train_prior(
     *,
     encoder: torch.nn.Module | None = None,
     log: Callable[[dict], None] | None = None,
-) -> TrainResult:
+) -> PriorTrainResult:
     """Cache features, train the head, evaluate on the held-out images, save to ``cfg.output``.
 
     ``encoder``: use this frozen encoder instead of loading ``cfg.model`` (tests, notebooks).
@@ -231,7 +231,7 @@ def train_prior(
     }
     save_box_head(head.cpu(), cfg.output, meta)
     logger.info("wrote %s", cfg.output)
-    return TrainResult(head, history, validation, seconds_caching)
+    return PriorTrainResult(head, history, validation, seconds_caching)
 
 
 # -- CLI --------------------------------------------------------------------------------------
