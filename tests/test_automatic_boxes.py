@@ -164,7 +164,7 @@ def test_where_a_models_prior_is(tmp_path):
     model.write_bytes(b"not loaded")
     assert find_model_prior(model) is None and find_model_prior("no-such-model") is None
     message = missing_prior_message(model)
-    assert str(tmp_path / "lab_model.prior.pth") in message and "training.prior train" in message
+    assert str(tmp_path / "lab_model.prior.pth") in message and "napari-edgesam train prior" in message
     assert "edgesam-nuclei" in message
     (tmp_path / "lab_model.prior.pth").write_bytes(b"x")
     assert find_model_prior(str(model)) == tmp_path / "lab_model.prior.pth"

@@ -187,9 +187,12 @@ def test_train_help_lists_the_prior_steps(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["train", "prior-evaluate", "--help"])
     assert "--clicks" in capsys.readouterr().out
-    with pytest.raises(SystemExit) as exc:  # options after the step are forwarded, --help too
+    with pytest.raises(SystemExit) as exc:  # the step's options come from training.evaluate
         main(["train", "evaluate", "--help"])
     assert exc.value.code == 0 and "--images" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "recipe", "nuclei", "prepare", "--help"])
+    assert exc.value.code == 0 and "--stardist-wheel" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exc:
         main(["export", "--help"])
     assert "--prior" in capsys.readouterr().out

@@ -6,17 +6,9 @@ import numpy as np
 import pytest
 
 from napari_edgesam.datasets import synthetic_nuclei_2d
-from napari_edgesam.training.evaluate import (
-    MODES,
-    evaluate,
-    format_table,
-    interior_point,
-    iou,
-    mask_box,
-    otsu_box,
-    otsu_threshold,
-    refinement_point,
-)
+from napari_edgesam.training.eval_baseline import otsu_box, otsu_threshold
+from napari_edgesam.training.eval_metrics import interior_point, iou, mask_box, refinement_point
+from napari_edgesam.training.evaluate import MODES, evaluate, format_table
 
 
 def disk(shape, cy, cx, r):

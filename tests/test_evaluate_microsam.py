@@ -7,15 +7,13 @@ import pytest
 from scipy import ndimage as ndi
 
 from napari_edgesam.datasets import synthetic_nuclei_2d
-from napari_edgesam.training.evaluate import (
+from napari_edgesam.training.eval_metrics import (
     IOU_THRESHOLDS,
     corrective_point,
-    evaluate,
-    format_table,
-    iterative_prompting,
     matched_segmentation_accuracy,
     segmentation_accuracy,
 )
+from napari_edgesam.training.evaluate import evaluate, format_table, iterative_prompting
 
 
 def test_thresholds():

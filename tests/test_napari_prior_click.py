@@ -22,7 +22,8 @@ from _helpers import CountingBackend
 from napari_edgesam._napari import layers as L
 from napari_edgesam._napari import names
 from napari_edgesam._napari.interactive_widget import InteractiveWidget
-from napari_edgesam._napari.model_panel import NO_PRIOR_REASON, ModelPanel, load_predictor
+from napari_edgesam._napari.model_panel import ModelPanel
+from napari_edgesam.inference.loading import NO_PRIOR_REASON, load_predictor
 from napari_edgesam._napari.names import WHOLE_OBJECT_TIP
 from napari_edgesam._napari.session import PRIOR_CHOICE, ObjectPrompt, Session
 from napari_edgesam.datasets import synthetic_nuclei_2d
@@ -166,7 +167,7 @@ def test_checkbox_follows_the_prior(make_widget, golden_predictor, predictor, qt
     w.set_predictor(EdgeSamPredictor(golden_predictor.backend, "golden"))
     assert not w.whole_object.isEnabled() and not w.whole_object.isChecked()
     assert w.whole_object.toolTip() == NO_PRIOR_REASON
-    assert "python -m napari_edgesam.training.prior train" in w.whole_object.toolTip()
+    assert "napari-edgesam train prior" in w.whole_object.toolTip()
     assert not w.controller.prior_on
     w.set_predictor(predictor)
     assert w.whole_object.isEnabled() and not w.whole_object.isChecked()  # available, off by default

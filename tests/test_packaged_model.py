@@ -8,7 +8,7 @@ import pytest
 
 from napari_edgesam.datasets import synthetic_nuclei_2d
 from napari_edgesam.inference.api import best_available_model, list_models, load_model
-from napari_edgesam.training.evaluate import iou, mask_box
+from napari_edgesam.training.eval_metrics import iou, mask_box
 
 pytest.importorskip("torch")
 

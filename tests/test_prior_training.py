@@ -175,8 +175,8 @@ def golden_encoder(golden_state_dict):
 @pytest.fixture(scope="module")
 def feature_store(golden_encoder, tmp_path_factory):
     from napari_edgesam.training.config import DataConfig
-    from napari_edgesam.training.data import find_records
     from napari_edgesam.training.prior.data import FeatureStore, cache_features, store_digest
+    from napari_edgesam.training.records import find_records
 
     images, labels = write_dataset(tmp_path_factory.mktemp("nuclei"), 3, 192)
     cfg = DataConfig(images=str(images), labels=str(labels))
@@ -220,11 +220,11 @@ def test_training_steps_reduce_the_loss_and_find_the_nuclei(feature_store):
 
 @pytest.mark.slow
 def test_train_prior_cli_end_to_end(tmp_path, golden_checkpoint):
-    from napari_edgesam.training.prior.__main__ import main
+    from napari_edgesam.cli import main
 
     images, labels = write_dataset(tmp_path / "data", 4, 160, seed0=10)
     out = tmp_path / "nuclei.prior.pth"
-    rc = main(["train", "--images", str(images), "--labels", str(labels), "--model", str(golden_checkpoint),
+    rc = main(["train", "prior", "--images", str(images), "--labels", str(labels), "--model", str(golden_checkpoint),
                "--output", str(out), "--img-size", "160", "--epochs", "2", "--batch-size", "2",
                "--channels", "16", "--val-fraction", "0.25", "--num-threads", "1", "--cache-dir", str(tmp_path / "cache")])
     assert rc == 0 and out.is_file()
@@ -233,12 +233,12 @@ def test_train_prior_cli_end_to_end(tmp_path, golden_checkpoint):
     assert set(meta["validation"]) >= {"recall50", "ap50"} and len(meta["encoder_signature"]) == 384
     json.dumps(meta)  # plain data only
     report = tmp_path / "eval.json"
-    rc = main(["evaluate", "--images", str(images), "--labels", str(labels), "--model", str(golden_checkpoint),
+    rc = main(["train", "prior-evaluate", "--images", str(images), "--labels", str(labels), "--model", str(golden_checkpoint),
                "--prior", str(out), "--limit", "1", "--clicks", "--json", str(report)])
     assert rc == 0
     result = json.loads(report.read_text())
     assert result["proposals"]["images"] == 1 and 0 <= result["proposals"]["recall50"] <= 1
     clicks = result["clicks"]
     assert clicks["instances"] >= 5 and 0 <= clicks["without"] <= 1 and 0 <= clicks["with"] <= 1
-    assert main(["train", "--images", str(tmp_path / "nowhere"), "--output", str(out),
+    assert main(["train", "prior", "--images", str(tmp_path / "nowhere"), "--output", str(out),
                  "--model", str(golden_checkpoint)]) == 1

@@ -25,12 +25,8 @@ from napari_edgesam.model.sam import (  # noqa: E402
     build_sam_vit,
     extract_sam_state_dict,
 )
-from napari_edgesam.model.vit import (  # noqa: E402
-    VIT_CONFIGS,
-    ImageEncoderViT,
-    decomposed_rel_pos_bias,
-    get_rel_pos,
-)
+from napari_edgesam.model.vit import VIT_CONFIGS, ImageEncoderViT  # noqa: E402
+from napari_edgesam.model.vit_windows import decomposed_rel_pos_bias, get_rel_pos  # noqa: E402
 
 GOLDEN_DIR = Path(__file__).parent / "data" / "golden"
 REL_TOL = 1e-4

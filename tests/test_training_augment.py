@@ -170,11 +170,11 @@ def test_augmentation_generator_and_metrics_import_without_torch():
                     raise ModuleNotFoundError(name)
         sys.meta_path.insert(0, Block())
         import numpy as np
-        from napari_edgesam.training import augment, synthetic, evaluate
+        from napari_edgesam.training import augment, synthetic, evaluate, eval_metrics
         img, lab, _ = synthetic.rich_synthetic_nuclei(np.random.default_rng(0), (64, 64), "small")
         rgb = np.repeat((img / img.max() * 255).astype(np.uint8)[..., None], 3, -1)
         augment.random_scale_crop(rgb, lab, np.random.default_rng(0), 64)
-        print(evaluate.segmentation_accuracy(lab, lab).mean())
+        print(eval_metrics.segmentation_accuracy(lab, lab).mean())
         """
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

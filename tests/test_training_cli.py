@@ -1,4 +1,4 @@
-"""``napari-edgesam train ...`` and ``python -m napari_edgesam.training``."""
+"""``napari-edgesam train ...`` (also ``python -m napari_edgesam train ...``, what torchrun runs)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,14 @@ import torch
 
 from _helpers import one_thread  # noqa: F401
 from napari_edgesam.cli import main as cli_main
-from napari_edgesam.cli.train import main
 from napari_edgesam.training.synthetic import write_folder_dataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def main(argv: list[str]) -> int:
+    """``napari-edgesam train ARGV...``."""
+    return cli_main(["train", *argv])
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +65,7 @@ def test_finetune_then_export_through_the_top_level_cli(config_file, tmp_path, c
 
 def test_module_entry_point_lists_configs():
     proc = subprocess.run(
-        [sys.executable, "-m", "napari_edgesam.training", "configs"], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "napari_edgesam", "train", "configs"], capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0, proc.stderr
     assert "paper_phase1" in proc.stdout and "cpu_finetune" in proc.stdout

@@ -8,7 +8,8 @@ import math
 import pytest
 
 from napari_edgesam.cli.train import resolve_config, shipped_configs
-from napari_edgesam.training.config import ConfigError, TrainConfig, apply_override
+from napari_edgesam.training.config import ConfigError, TrainConfig
+from napari_edgesam.training.config_files import apply_override
 from napari_edgesam.training.schedule import CosineSchedule
 
 

@@ -22,9 +22,9 @@ from napari_edgesam.training.data import (
     collate,
     downsample_masks,
     epoch_batches,
-    find_records,
     nearest_resize,
 )
+from napari_edgesam.training.records import find_records
 from napari_edgesam.training.rle import decode_rle
 from napari_edgesam.training.synthetic import write_folder_dataset, write_sa1b_dataset
 

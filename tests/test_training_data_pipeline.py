@@ -10,7 +10,8 @@ from scipy import ndimage as ndi
 from _helpers import one_thread  # noqa: F401
 from napari_edgesam.constants import PIXEL_MEAN, PIXEL_STD
 from napari_edgesam.training.config import ConfigError, DataConfig, TrainConfig
-from napari_edgesam.training.data import TrainingDataset, find_records
+from napari_edgesam.training.data import TrainingDataset
+from napari_edgesam.training.records import find_records
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ALL = ["hflip", "vflip", "rot90", "scale", "intensity"]

@@ -9,11 +9,12 @@ import torch
 from _helpers import one_thread  # noqa: F401
 from napari_edgesam.model import build_edge_sam
 from napari_edgesam.training.config import DataConfig, TeacherConfig
-from napari_edgesam.training.data import TrainingDataset, find_records
+from napari_edgesam.training.data import TrainingDataset
+from napari_edgesam.training.records import find_records
 from napari_edgesam.training.student import set_input_size
 from napari_edgesam.training.synthetic import write_folder_dataset
 from napari_edgesam.training.teacher import Teacher, build_teacher, decode_prompts, teacher_identity
-from napari_edgesam.training.teacher_cache import EmbeddingCache, precompute_embeddings
+from napari_edgesam.training.teacher_cache import TeacherEmbeddingCache, precompute_embeddings
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -78,7 +79,7 @@ def test_precompute_is_float16_and_resumable(tmp_path, golden_model):
     cfg = DataConfig(images=str(images))
     ds = TrainingDataset(find_records(cfg), cfg, img_size=64, with_instances=False)
     teacher = Teacher(build_edge_sam(golden_model.state_dict()), "edgesam@test", img_size=64)
-    cache = EmbeddingCache(tmp_path / "cache", teacher.name, 64, create=True)
+    cache = TeacherEmbeddingCache(tmp_path / "cache", teacher.name, 64, create=True)
     assert precompute_embeddings(ds, teacher, cache, batch_size=2, progress=False) == 3
     arr = cache.load(ds.records[1].key)
     assert arr.dtype == np.float16 and arr.shape == (256, 4, 4)
@@ -91,6 +92,6 @@ def test_precompute_is_float16_and_resumable(tmp_path, golden_model):
     assert precompute_embeddings(ds, teacher, cache, progress=False) == 1
     assert not list(cache.root.glob("*.tmp"))
     with pytest.raises(ValueError, match="another setup"):
-        EmbeddingCache(tmp_path / "cache", "sam-vit_h@x", 64)
+        TeacherEmbeddingCache(tmp_path / "cache", "sam-vit_h@x", 64)
     with pytest.raises(FileNotFoundError, match="precompute"):
-        EmbeddingCache(tmp_path / "nothing", teacher.name, 64)
+        TeacherEmbeddingCache(tmp_path / "nothing", teacher.name, 64)

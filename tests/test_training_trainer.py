@@ -116,7 +116,7 @@ def test_resume_refuses_another_input_size(tmp_path, blobs):
 
 
 def test_phase1_from_cached_teacher_embeddings(tmp_path, blobs, golden_checkpoint):
-    from napari_edgesam.cli.train import main
+    from napari_edgesam.cli import main
 
     images, _ = blobs
     cfg = _cfg(
@@ -126,7 +126,7 @@ def test_phase1_from_cached_teacher_embeddings(tmp_path, blobs, golden_checkpoin
     )
     path = tmp_path / "p1.json"
     path.write_text(json.dumps(cfg.to_dict()))
-    assert main(["precompute", "--config", str(path)]) == 0
+    assert main(["train", "precompute", "--config", str(path)]) == 0
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 3
     trainer = Trainer(cfg)
     trainer.setup()

@@ -9,6 +9,7 @@ LOW_RES_SIZE = 256
 #: Side of the image embedding grid; embeddings are ``256 x 64 x 64``.
 EMBED_SIZE = 64
 EMBED_DIM = 256
+#: SAM's input normalisation (RGB, 0-255 scale), used by the model, preprocessing and training.
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
 MASK_THRESHOLD = 0.0

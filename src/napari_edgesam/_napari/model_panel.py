@@ -1,6 +1,6 @@
-"""The model chooser: registered model or custom file, backend, device, and a Load button;
-and :func:`load_predictor`, which loads the chosen model with the granularity prior stored
-beside it."""
+"""The model chooser: registered model or custom file, backend, device, and a Load button.
+The chosen model is loaded with the granularity prior stored beside it by
+:func:`napari_edgesam.inference.loading.load_predictor` (Qt-free; imported here for the controller)."""
 
 from __future__ import annotations
 
@@ -19,42 +19,12 @@ from qtpy.QtWidgets import (
 )
 
 from ..inference.api import why_model
+from ..inference.loading import NO_PRIOR_REASON, load_predictor  # noqa: F401 - the controller's import
 from . import names
 from .text import default_model, wrapping
 from .workers import start_worker
 
 logger = logging.getLogger(__name__)
-
-NO_PRIOR_REASON = names.NO_PRIOR_REASON
-
-
-def load_predictor(name_or_path: str, backend: str = "auto", device: str = "auto", *,
-                   allow_download: bool = True, **backend_options):
-    """Load a model (as ``load_model``) and attach the granularity prior stored beside its
-    weights file (``find_prior``), if any. A prior that cannot be used (e.g. a ``.prior.pth``
-    for an ONNX model) leaves the model without one: it still loads. ``backend_options`` go
-    to the backend (e.g. ``num_threads``).
-
-    Returns:
-        ``(predictor, reason)``: ``reason`` is "" when ``predictor.prior`` is set, otherwise
-        why there is none (for the user).
-    """
-    from ..inference.api import load_model
-    from ..inference.prior import find_prior, load_prior
-
-    predictor = load_model(name_or_path, backend=backend, device=device, allow_download=allow_download,
-                           **backend_options)
-    source = getattr(predictor, "source_path", None)
-    path = find_prior(source) if source is not None else None
-    if path is None:
-        return predictor, NO_PRIOR_REASON
-    try:
-        predictor.prior = load_prior(path, predictor, device=device)
-    except Exception as err:  # any broken prior file: the model itself is fine
-        logger.warning("could not load the granularity prior %s: %s", path, err)
-        return predictor, f"the granularity prior {path.name} beside this model cannot be used: {err}"
-    logger.info("granularity prior %s attached to %s", path.name, predictor.model_name)
-    return predictor, ""
 
 
 def registered_models() -> list[str]:

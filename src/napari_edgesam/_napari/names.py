@@ -123,6 +123,3 @@ WHOLE_OBJECT_TIP = ("One positive click (no other point, no box) segments the wh
                     "'Next candidate' shows the 4 plain candidates.")
 NO_MODEL_TIP = "load a model first"
 
-#: Why a model has no granularity prior, when nothing is stored beside it.
-NO_PRIOR_REASON = ("no granularity prior beside this model; train one with "
-                   "`python -m napari_edgesam.training.prior train` (or `napari-edgesam train prior`)")

@@ -4,6 +4,11 @@ Each sub-command lives in its own module with ``add_arguments(parser)`` and ``ru
 Modules are imported when the parser is built, so they must not import torch or napari at
 module level.
 
+This is the package's one command-line entry point (``napari-edgesam``, ``python -m
+napari_edgesam``): training, the granularity prior and the recipes are steps of ``train``, and
+logging is configured here only (:mod:`.logs`); a command module may define
+``default_log_level() -> int`` (training: INFO on the main process).
+
 Errors: every error a command raises is printed as one line, ``napari-edgesam <command>: error:
 <what, naming the file> [hint]``, exit status 1; ``--debug`` shows the traceback instead.
 Ctrl+C exits with status 130.
@@ -17,6 +22,8 @@ import importlib
 import logging
 import sys
 
+from .logs import configure_logging
+
 #: command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "segment": ("napari_edgesam.cli.segment", "segment one image from point or box prompts"),
@@ -24,7 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("napari_edgesam.cli.demo", "open napari with a sample image and a segmented object"),
     "batch": ("napari_edgesam.cli.batch", "segment many images (automatic or from prompt files)"),
     "export": ("napari_edgesam.cli.export", "export a model to ONNX"),
-    "train": ("napari_edgesam.cli.train", "distil, fine-tune, evaluate and export models"),
+    "train": ("napari_edgesam.cli.train", "distil, fine-tune, evaluate and export models; train priors; recipes"),
 }
 
 
@@ -79,18 +86,16 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         module.add_arguments(p)
         _add_debug(p, argparse.SUPPRESS)  # also accepted after the command
-        p.set_defaults(_run=module.run)
+        p.set_defaults(_run=module.run, _module=module)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING - 10 * min(args.verbose, 2), format="%(levelname)s %(name)s: %(message)s"
-    )
-    if args.verbose == 0:  # readers' own warnings (e.g. tifffile on a damaged file) would add lines
-        logging.getLogger("tifffile").setLevel(logging.ERROR)
+    module = getattr(args, "_module", None)
+    default_level = getattr(module, "default_log_level", None)
+    configure_logging(args.verbose, default_level() if default_level else logging.WARNING)
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2

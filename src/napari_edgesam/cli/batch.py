@@ -19,7 +19,7 @@ EPILOG = """modes:
                           prior (box head): few decoder calls instead of ~1000 points; needs a
                           prior (--prior auto finds <model>.prior.pth beside the model file,
                           e.g. the shipped edgesam-nuclei; train one with
-                          python -m napari_edgesam.training.prior train ...)
+                          napari-edgesam train prior ...)
   --prompts FILE|FOLDER   the objects given in prompt CSV files
   stacks are segmented per slice and merged in 3D; images larger than --tile-size are tiled
 

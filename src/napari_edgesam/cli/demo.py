@@ -38,8 +38,8 @@ def choose_model(name: str | None, backend: str = "auto", device: str = "auto"):
     takes the whole object). Raises RuntimeError listing what was tried and what to do when
     nothing loads.
     """
-    from .._napari.model_panel import load_predictor
     from ..inference.api import list_models
+    from ..inference.loading import load_predictor
     from ..inference.weights import WeightsUnavailableError
 
     def load_model(name, backend, device, allow_download=True):

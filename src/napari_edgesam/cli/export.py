@@ -51,9 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _checkpoint(model: str) -> Path:
     """The ``.pth`` of a registered (downloaded or shipped) model name, or the given path."""
     from ..inference import weights
-    from ..inference.api import _register_packaged_models
 
-    _register_packaged_models()
     if model in weights.MODEL_REGISTRY:
         if "pth" not in weights.MODEL_REGISTRY[model].files:
             raise ValueError(f"model {model!r} has no PyTorch checkpoint to export (its files: "

@@ -5,15 +5,20 @@
     napari-edgesam train finetune   --config FILE [...]
     napari-edgesam train precompute --config FILE [...]
     napari-edgesam train export     --checkpoint last.pt --output model.pth [--onnx DIR]
-    napari-edgesam train evaluate   ...   (options of napari_edgesam.training.evaluate)
+    napari-edgesam train evaluate   --model M --images DIR --labels DIR [--out-json F]
     napari-edgesam train prior      --images DIR --labels DIR --model M --output X.prior.pth [...]
     napari-edgesam train prior-evaluate --images DIR --labels DIR --model M --prior X.prior.pth [--clicks]
+    napari-edgesam train recipe nuclei {prepare,evaluate,package} ...
 
 ``FILE`` is a JSON/TOML/YAML file or the name of a shipped config (``napari-edgesam train
-configs`` lists them). Multi-process: ``torchrun --nproc_per_node N -m napari_edgesam.training
+configs`` lists them). Multi-process: ``torchrun --nproc_per_node N -m napari_edgesam train
 phase2 --config FILE``. ``prior`` and ``prior-evaluate`` train and evaluate the granularity
-prior (box head; :mod:`napari_edgesam.training.prior`). This module imports torch only when a
-command runs.
+prior (box head; :mod:`napari_edgesam.training.prior`); ``recipe nuclei`` prepares the data,
+evaluates and packages the shipped ``edgesam-nuclei`` model
+(:mod:`napari_edgesam.training.recipes.nuclei`). The training modules define each step's
+options (``add_arguments(parser)``) and work (``run(args)``); only this module builds the parser,
+and only :func:`napari_edgesam.cli.main` parses it and configures logging. This module imports
+torch only when a command runs.
 """
 
 from __future__ import annotations
@@ -27,11 +32,16 @@ from pathlib import Path
 
 PHASE_COMMANDS = ("phase1", "phase2", "finetune", "precompute")
 #: step -> module with ``add_arguments(parser)`` and ``run(args)`` (imported when the step is used)
-PRIOR_COMMANDS = {
+MODULE_COMMANDS = {
+    "evaluate": "napari_edgesam.training.evaluate",
     "prior": "napari_edgesam.training.prior.train_prior",
     "prior-evaluate": "napari_edgesam.training.prior.evaluate_prior",
 }
-STEPS = (*PHASE_COMMANDS, "export", "configs", "evaluate", *PRIOR_COMMANDS)
+#: recipe name -> its module (``add_arguments(parser)`` adds its sub-steps, ``run(args)``)
+RECIPES = {
+    "nuclei": "napari_edgesam.training.recipes.nuclei",
+}
+STEPS = (*PHASE_COMMANDS, "export", "configs", *MODULE_COMMANDS, "recipe")
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "training" / "configs"
 
 
@@ -53,24 +63,28 @@ def resolve_config(name: str) -> Path:
     raise FileNotFoundError(f"config {name!r} is neither a file nor a shipped config ({sorted(shipped)})")
 
 
+def default_log_level() -> int:
+    """Training steps log their progress: INFO on the main process, WARNING on the others."""
+    return logging.INFO if _is_main() else logging.WARNING
+
+
 class _StepParser(argparse.ArgumentParser):
     """A step's parser whose arguments are added only when the step is parsed, so that building
-    the CLI imports no torch: ``arguments_from`` names a module with ``add_arguments(parser)``;
-    ``forward_to`` stores all the step's arguments, unparsed, in that namespace attribute."""
+    the CLI imports no torch: ``arguments_from`` names a module with ``add_arguments(parser)``."""
 
-    def __init__(self, *args, arguments_from: str | None = None, forward_to: str | None = None, **kwargs) -> None:
+    def __init__(self, *args, arguments_from: str | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._arguments_from = arguments_from
-        self._forward_to = forward_to
 
     def parse_known_args(self, args=None, namespace=None):
-        if self._forward_to is not None:
-            namespace = argparse.Namespace() if namespace is None else namespace
-            setattr(namespace, self._forward_to, list(sys.argv[1:] if args is None else args))
-            return namespace, []
         if self._arguments_from is not None:
-            importlib.import_module(self._arguments_from).add_arguments(self)
-            self._arguments_from = None
+            name, self._arguments_from = self._arguments_from, None
+            try:
+                module = importlib.import_module(name)
+            except ImportError as err:
+                self.error(f"this step is not available in this installation: {err}")
+            module.add_arguments(self)
+            self.set_defaults(_step_module=name)
         return super().parse_known_args(args, namespace)
 
 
@@ -92,14 +106,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--output", required=True, help="output .pth (official layout; a .json is written beside it)")
     p.add_argument("--onnx", metavar="DIR", default=None, help="also write encoder/decoder ONNX files into DIR")
     sub.add_parser("configs", help="list the shipped configs")
-    sub.add_parser("evaluate", help="evaluate a model (mIoU with boxes / points)", add_help=False,
-                   forward_to="evaluate_args")
-    sub.add_parser("prior", arguments_from=PRIOR_COMMANDS["prior"],
+    sub.add_parser("evaluate", arguments_from=MODULE_COMMANDS["evaluate"],
+                   help="evaluate a model (mIoU with boxes / points)",
+                   description="mIoU of a model with box and point prompts (and corrective points) on labelled images")
+    sub.add_parser("prior", arguments_from=MODULE_COMMANDS["prior"],
                    help="train the granularity prior (box head on the frozen encoder)",
                    description="train the granularity prior (box head on the frozen encoder); writes X.prior.pth")
-    sub.add_parser("prior-evaluate", arguments_from=PRIOR_COMMANDS["prior-evaluate"],
+    sub.add_parser("prior-evaluate", arguments_from=MODULE_COMMANDS["prior-evaluate"],
                    help="box recall/AP50 (and single-click mIoU) of a granularity prior",
                    description="box recall@0.5 and AP50 (and, with --clicks, single-click mIoU) of a prior")
+    p = sub.add_parser("recipe", help="the steps of a shipped model's recipe (data, evaluation, packaging)",
+                       description="the steps of a shipped model's recipe: RECIPE STEP ...")
+    recipes = p.add_subparsers(dest="recipe", metavar="RECIPE", parser_class=_StepParser, required=True)
+    recipes.add_parser("nuclei", arguments_from=RECIPES["nuclei"],
+                       help="edgesam-nuclei: prepare the data, evaluate on the held-out half, package",
+                       description="the edgesam-nuclei recipe: prepare the data, evaluate on the held-out half, package")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -107,14 +128,12 @@ def run(args: argparse.Namespace) -> int:
     if cmd is None:
         print(f"usage: napari-edgesam train {{{','.join(STEPS)}}} ...", file=sys.stderr)
         return 2
-    if cmd in PRIOR_COMMANDS:
-        return int(importlib.import_module(PRIOR_COMMANDS[cmd]).run(args) or 0)
+    if cmd in MODULE_COMMANDS or cmd == "recipe":
+        return int(importlib.import_module(args._step_module).run(args) or 0)
     if cmd == "configs":
         for name, path in shipped_configs().items():
             print(f"{name:28s} {path}")
         return 0
-    if cmd == "evaluate":
-        return _evaluate(args.evaluate_args)
     if cmd == "export":
         from ..training.export import export_checkpoint
 
@@ -155,10 +174,11 @@ def _run_phase(cmd: str, args: argparse.Namespace) -> int:
 
 
 def _precompute(cfg) -> int:
-    from ..training.data import TrainingDataset, find_records
+    from ..training.data import TrainingDataset
     from ..training.distributed import barrier, init_distributed, shutdown_distributed
+    from ..training.records import find_records
     from ..training.teacher import build_teacher
-    from ..training.teacher_cache import EmbeddingCache, precompute_embeddings
+    from ..training.teacher_cache import TeacherEmbeddingCache, precompute_embeddings
 
     if cfg.teacher.kind == "none" or not cfg.teacher.cache_dir:
         raise ValueError("precompute needs teacher.kind ('sam' or 'edgesam') and teacher.cache_dir")
@@ -166,9 +186,9 @@ def _precompute(cfg) -> int:
     try:
         teacher = build_teacher(cfg.teacher, cfg.model.img_size, seed=cfg.run.seed + 1)
         if info.is_main:  # rank 0 writes the manifest, the others wait for it
-            EmbeddingCache(cfg.teacher.cache_dir, teacher.name, cfg.model.img_size, create=True)
+            TeacherEmbeddingCache(cfg.teacher.cache_dir, teacher.name, cfg.model.img_size, create=True)
         barrier()
-        cache = EmbeddingCache(cfg.teacher.cache_dir, teacher.name, cfg.model.img_size)
+        cache = TeacherEmbeddingCache(cfg.teacher.cache_dir, teacher.name, cfg.model.img_size)
         data = TrainingDataset(find_records(cfg.data), cfg.data, cfg.model.img_size, cfg.run.seed, with_instances=False)
         n = precompute_embeddings(
             data, teacher, cache, batch_size=cfg.teacher.batch_size, info=info, device=device,
@@ -180,30 +200,6 @@ def _precompute(cfg) -> int:
     return 0
 
 
-def _evaluate(argv: list[str]) -> int:
-    try:
-        from ..training import evaluate
-    except ImportError as err:
-        raise RuntimeError(f"evaluation is not available in this installation: {err}") from err
-    if not hasattr(evaluate, "main"):
-        raise RuntimeError("napari_edgesam.training.evaluate has no main(argv) entry point")
-    return int(evaluate.main(argv) or 0)
-
-
 def _is_main() -> bool:
     return os.environ.get("RANK", "0") in ("", "0")
 
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m napari_edgesam.training STEP ...`` (same as ``napari-edgesam train STEP ...``)."""
-    parser = argparse.ArgumentParser(prog="napari-edgesam train", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="count", default=0)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    level = logging.INFO if args.verbose or _is_main() else logging.WARNING
-    logging.basicConfig(level=level if args.verbose < 2 else logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return run(args)
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as err:
-        print(f"napari-edgesam train: error: {err}", file=sys.stderr)
-        return 1

@@ -27,17 +27,7 @@ def torch_available() -> bool:
 
 def list_models() -> list[dict]:
     """Registered models: name, description, licence, formats and cache state (no network)."""
-    _register_packaged_models()
     return weights.list_models()
-
-
-def _register_packaged_models() -> None:
-    """Register models shipped inside the package (if any are installed)."""
-    try:
-        from ..models import register_packaged_models
-    except ImportError:
-        return
-    register_packaged_models()
 
 
 def _resolve_backend(backend: str, what: str = "") -> str:
@@ -144,7 +134,6 @@ def choose_model(backend: str = "auto", allow_download: bool = True) -> tuple[st
     (wrong size or hash) is skipped with its reason. Raises ``RuntimeError`` saying what to
     do when no model is available.
     """
-    _register_packaged_models()
     skipped: list[str] = []
     for name in AUTO_ORDER:
         spec = weights.MODEL_REGISTRY.get(name)
@@ -198,7 +187,6 @@ def _reason(name: str, spec: weights.ModelSpec, skipped: list[str] | None = None
 
 def why_model(name: str) -> str:
     """One line saying why the registered model ``name`` (on this machine) is used by default."""
-    _register_packaged_models()
     return _reason(name, weights.MODEL_REGISTRY[name])
 
 
@@ -272,7 +260,6 @@ def _attach_prior(predictor: EdgeSamPredictor, prior: str | os.PathLike, device:
 
 
 def _load_predictor(name_or_path, backend, device, decoder, allow_download, allow_unsafe, backend_options):
-    _register_packaged_models()
     key = os.fspath(name_or_path)
     if not key.strip():  # Path("") would be the current folder
         raise ValueError("no model given (an empty name): use 'auto', a registered model name or a .pth/.onnx path")

@@ -109,7 +109,7 @@ def missing_prior_message(model: str | os.PathLike) -> str:
     where = f" (looked for {beside})" if beside is not None else ""
     return (
         f"model {os.fspath(model)!r} has no granularity prior beside its weights{where}. Train one with "
-        f"'python -m napari_edgesam.training.prior train --model {os.fspath(model)} --images DIR --labels DIR "
+        f"'napari-edgesam train prior --model {os.fspath(model)} --images DIR --labels DIR "
         f"--output {beside or 'MODEL_STEM.prior.pth'}' (saved beside the model, it is found automatically), "
         "pass a .prior.pth/.prior.onnx path instead of 'auto', or use the shipped model "
         "'edgesam-nuclei', which has one"

@@ -74,6 +74,8 @@ class ModelSpec:
     mask_input_refines: bool = True
 
 
+#: name -> model; built once, at import, by :func:`_build_registry` (users add theirs with
+#: :func:`register_model`).
 MODEL_REGISTRY: dict[str, ModelSpec] = {}
 
 
@@ -100,8 +102,38 @@ def _edgesam_spec(name: str, stem: str, description: str) -> ModelSpec:
     }, EDGESAM_LICENCE)
 
 
-register_model(_edgesam_spec("edgesam", "edge_sam", "EdgeSAM (RepViT encoder, SA-1B distilled)"))
-register_model(_edgesam_spec("edgesam-3x", "edge_sam_3x", "EdgeSAM-3x (3x longer distillation)"))
+def _packaged_spec(name: str, entry: dict, root: Path) -> ModelSpec | None:
+    """The spec of a model shipped in the package (``napari_edgesam.models``) from the files
+    installed under ``root``; None when none is (ONNX files count only as a pair)."""
+    found = {}
+    for kind, rel in entry["files"].items():
+        path = root / rel
+        if path.is_file():
+            found[kind] = WeightFile(filename=path.name, size=path.stat().st_size, local_path=path,
+                                     licence=entry["file_licence"])
+    if not {"onnx_encoder", "onnx_decoder"} <= set(found):
+        found.pop("onnx_encoder", None)
+        found.pop("onnx_decoder", None)
+    if not found:
+        return None
+    return ModelSpec(name=name, description=entry["description"], files=found, licence=entry["licence"],
+                     mask_input_refines=entry.get("mask_input_refines", True))
+
+
+def _build_registry() -> None:
+    """The one place the registry is built: EdgeSAM's released models (downloaded on first use)
+    and the models shipped in the package whose files are installed (stat calls, no network)."""
+    register_model(_edgesam_spec("edgesam", "edge_sam", "EdgeSAM (RepViT encoder, SA-1B distilled)"))
+    register_model(_edgesam_spec("edgesam-3x", "edge_sam_3x", "EdgeSAM-3x (3x longer distillation)"))
+    from .. import models
+
+    for name, entry in models.PACKAGED.items():
+        spec = _packaged_spec(name, entry, models.PACKAGED_DIR)
+        if spec is not None:
+            register_model(spec)
+
+
+_build_registry()
 
 
 def cache_dir() -> Path:

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..constants import PIXEL_MEAN, PIXEL_STD
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
 from .vit import VIT_CONFIGS, ImageEncoderViT, vit_config
@@ -23,18 +24,12 @@ from .vit import VIT_CONFIGS, ImageEncoderViT, vit_config
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "PIXEL_MEAN",
-    "PIXEL_STD",
     "Sam",
     "VIT_CONFIGS",
     "build_sam_vit",
     "extract_sam_state_dict",
     "load_checkpoint_file",
 ]
-
-#: SAM's input normalisation (RGB, 0-255 scale).
-PIXEL_MEAN = (123.675, 116.28, 103.53)
-PIXEL_STD = (58.395, 57.12, 57.375)
 
 #: Keys under which training checkpoints keep the model's state dict, in order of preference.
 _WRAPPER_KEYS = ("model_state", "model", "state_dict")

@@ -36,10 +36,14 @@ micro-sam's protocol (Archit et al., Nature Methods 2025), reported beside it:
   region (missed object pixels), negative inside a false-positive one (ties go to the false
   negative). mIoU and mSA are reported after each iteration; a perfect prediction stops the
   clicks (its result is carried to the later iterations).
+
+The metrics and the points derived from a mask are in :mod:`.eval_metrics`, the Otsu baseline in
+:mod:`.eval_baseline`; this module runs the protocols and reports them.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import math
@@ -49,131 +53,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage as ndi
+
+from .eval_baseline import otsu_box, otsu_point, otsu_threshold, to_grey
+from .eval_metrics import (
+    corrective_point,
+    interior_point,
+    iou,
+    mask_box,
+    matched_segmentation_accuracy,
+    refinement_point,
+)
 
 logger = logging.getLogger(__name__)
 
 MODES = ("box", "box+1", "box+2", "point", "point+1", "point+2")
-#: IoU thresholds of mSA: 0.50, 0.55, ..., 0.95.
-IOU_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
 #: Corrective points after the first prompt in micro-sam's iterative prompting.
 N_CORRECTIVE = 7
-_EPS = 1e-9
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of two boolean masks (1.0 when both are empty)."""
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
-
-
-def mask_box(mask: np.ndarray) -> np.ndarray:
-    """Bounding box ``(x0, y0, x1, y1)`` of a boolean ``H x W`` mask, in pixel coordinates
-    (x1, y1 are the last pixel's coordinates, like SAM's evaluation boxes)."""
-    ys, xs = np.nonzero(mask)
-    if ys.size == 0:
-        raise ValueError("mask is empty")
-    return np.array([xs.min(), ys.min(), xs.max(), ys.max()], np.float32)
-
-
-def interior_point(mask: np.ndarray) -> np.ndarray:
-    """``(x, y)`` of the pixel of ``mask`` farthest from its boundary."""
-    if not mask.any():
-        raise ValueError("mask is empty")
-    dist = ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
-    y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
-    return np.array([x, y], np.float32)
-
-
-def refinement_point(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, int] | None:
-    """Next click from the error of ``pred`` against ``gt``: ``((x, y), label)`` or None if
-    the prediction is perfect. Positive in the larger false-negative region, negative in the
-    larger false-positive region (whichever error region is larger)."""
-    fn = gt & ~pred
-    fp = pred & ~gt
-    if not fn.any() and not fp.any():
-        return None
-    fn_d = ndi.distance_transform_edt(np.pad(fn, 1))[1:-1, 1:-1]
-    fp_d = ndi.distance_transform_edt(np.pad(fp, 1))[1:-1, 1:-1]
-    positive = fn_d.max() >= fp_d.max()
-    dist = fn_d if positive else fp_d
-    y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
-    return np.array([x, y], np.float32), int(positive)
-
-
-def segmentation_accuracy(
-    pred: np.ndarray, gt: np.ndarray, thresholds: Sequence[float] = IOU_THRESHOLDS
-) -> np.ndarray:
-    """``SA(t) = TP / (TP + FP + FN)`` of an instance segmentation for each threshold.
-
-    Args:
-        pred, gt: ``H x W`` integer label images (0 background).
-    Returns:
-        float array, one SA per threshold (1.0 where both have no objects).
-    """
-    from scipy.optimize import linear_sum_assignment
-
-    pred, gt = np.asarray(pred), np.asarray(gt)
-    if pred.shape != gt.shape:
-        raise ValueError(f"prediction {pred.shape} and ground truth {gt.shape} differ in shape")
-    p_ids, p_inv = np.unique(pred, return_inverse=True)
-    g_ids, g_inv = np.unique(gt, return_inverse=True)
-    n_p, n_g = len(p_ids), len(g_ids)
-    inter = np.bincount(p_inv.ravel() * n_g + g_inv.ravel(), minlength=n_p * n_g).reshape(n_p, n_g)
-    p_keep, g_keep = p_ids != 0, g_ids != 0
-    inter = inter[p_keep][:, g_keep].astype(np.float64)
-    p_area, g_area = np.bincount(p_inv.ravel())[p_keep], np.bincount(g_inv.ravel())[g_keep]
-    ious = inter / np.maximum(p_area[:, None] + g_area[None, :] - inter, 1)
-    out = []
-    for t in thresholds:
-        ok = ious >= t - _EPS
-        tp = 0
-        if ok.any():
-            rows, cols = linear_sum_assignment(-ok.astype(np.float64))
-            tp = int(ok[rows, cols].sum())
-        denom = tp + (len(p_area) - tp) + (len(g_area) - tp)
-        out.append(1.0 if denom == 0 else tp / denom)
-    return np.array(out)
-
-
-def matched_segmentation_accuracy(
-    ious: Sequence[float], nonempty: Sequence[bool], thresholds: Sequence[float] = IOU_THRESHOLDS
-) -> np.ndarray:
-    """SA per threshold of per-object prompted predictions (the matched-object definition of
-    the module doc): ``ious[i]`` is the IoU of object ``i``'s prediction with object ``i``,
-    ``nonempty[i]`` whether that prediction has any pixel."""
-    v = np.asarray(ious, np.float64)
-    ne = np.asarray(nonempty, bool)
-    if v.shape != ne.shape:
-        raise ValueError("ious and nonempty must have the same length")
-    out = []
-    for t in thresholds:
-        hit = v >= t - _EPS
-        tp = int(hit.sum())
-        fn = int((~hit).sum())
-        fp = int((~hit & ne).sum())
-        out.append(1.0 if tp + fp + fn == 0 else tp / (tp + fp + fn))
-    return np.array(out)
-
-
-def corrective_point(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, int] | None:
-    """micro-sam's next click: ``((x, y), label)`` at the pixel farthest from the boundary of the
-    largest (by area, 4-connected) error region; label 1 in a false-negative region, 0 in a
-    false-positive one (ties: false negative). None when ``pred == gt``."""
-    best = None
-    for region, label in ((gt & ~pred, 1), (pred & ~gt, 0)):
-        comp, n = ndi.label(region)
-        if n == 0:
-            continue
-        sizes = np.bincount(comp.ravel())[1:]
-        k = int(np.argmax(sizes))
-        if best is None or sizes[k] > best[0]:
-            best = (int(sizes[k]), comp == k + 1, label)
-    if best is None:
-        return None
-    dist = ndi.distance_transform_edt(np.pad(best[1], 1))[1:-1, 1:-1]
-    y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
-    return np.array([x, y], np.float32), best[2]
 
 
 @dataclass
@@ -224,50 +119,6 @@ def iterative_prompting(
             break
         points.append((float(nxt[0][0]), float(nxt[0][1]), int(nxt[1])))
     return IterativeResult(ious, nonempty, points, bool(use_mask_input))
-
-
-def otsu_threshold(values: np.ndarray) -> float:
-    """Otsu's threshold of a 1-D array of intensities."""
-    v = np.asarray(values, np.float64).ravel()
-    if v.size == 0 or v.min() == v.max():
-        return float(v.min()) if v.size else 0.0
-    hist, edges = np.histogram(v, bins=256)
-    centres = (edges[:-1] + edges[1:]) / 2
-    w0 = np.cumsum(hist)
-    w1 = w0[-1] - w0
-    m0 = np.cumsum(hist * centres) / np.maximum(w0, 1)
-    m1 = (np.sum(hist * centres) - np.cumsum(hist * centres)) / np.maximum(w1, 1)
-    between = w0 * w1 * (m0 - m1) ** 2
-    return float(centres[int(np.argmax(between))])
-
-
-def _grey(image: np.ndarray) -> np.ndarray:
-    img = np.asarray(image, np.float32)
-    return img.mean(-1) if img.ndim == 3 else img
-
-
-def otsu_box(image: np.ndarray, box: np.ndarray) -> np.ndarray:
-    """Baseline for a box: Otsu inside the box, its largest connected component."""
-    grey = _grey(image)
-    x0, y0, x1, y1 = (int(round(v)) for v in box)
-    crop = grey[y0 : y1 + 1, x0 : x1 + 1]
-    fg = crop > otsu_threshold(crop)
-    lab, n = ndi.label(fg)
-    out = np.zeros(grey.shape, bool)
-    if n:
-        sizes = ndi.sum_labels(fg, lab, index=np.arange(1, n + 1))
-        out[y0 : y1 + 1, x0 : x1 + 1] = lab == (1 + int(np.argmax(sizes)))
-    return out
-
-
-def otsu_point(image: np.ndarray, point: np.ndarray, threshold: float | None = None) -> np.ndarray:
-    """Baseline for a point: the component of the image's Otsu foreground under the point."""
-    grey = _grey(image)
-    fg = grey > (otsu_threshold(grey) if threshold is None else threshold)
-    lab, _ = ndi.label(fg)
-    x, y = int(round(point[0])), int(round(point[1]))
-    k = lab[y, x]
-    return lab == k if k else np.zeros(grey.shape, bool)
 
 
 @dataclass
@@ -362,7 +213,7 @@ def evaluate(
         order = [i for i, c in sorted(zip(ids, counts), key=lambda t: -t[1]) if c >= min_area]
         if max_instances is not None:
             order = order[:max_instances]
-        grey_thr = otsu_threshold(_grey(image))
+        grey_thr = otsu_threshold(to_grey(image))
         for k in order:
             gt = labels == k
             for start in ("box", "point"):
@@ -423,11 +274,8 @@ def load_pairs(pairs: Sequence[tuple[str, str]]) -> list[tuple[np.ndarray, np.nd
     return [(read(i), read(m)) for i, m in pairs]
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``napari-edgesam train evaluate --model M --images DIR --labels DIR [--out-json F]``."""
-    import argparse
-
-    ap = argparse.ArgumentParser(prog="napari-edgesam train evaluate", description=__doc__.splitlines()[0])
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options of ``napari-edgesam train evaluate`` (parsed by :func:`napari_edgesam.cli.main`)."""
     ap.add_argument("--model", required=True, help="model name or .pth/.onnx path")
     ap.add_argument("--images", required=True, help="folder of images")
     ap.add_argument("--labels", required=True, help="folder of instance label images (same file names)")
@@ -438,7 +286,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-mask-input", action="store_true",
                     help="iterative prompting without the previous logits as mask input (micro-sam uses them)")
     ap.add_argument("--out-json", default=None)
-    args = ap.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``napari-edgesam train evaluate --model M --images DIR --labels DIR [--out-json F]``."""
     from ..inference.api import load_model
 
     images = sorted(p for p in Path(args.images).iterdir() if p.suffix.lower() in (".tif", ".tiff", ".png", ".jpg"))
@@ -459,6 +310,3 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(summary, f"{args.model} on {len(images)} image(s)"))
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

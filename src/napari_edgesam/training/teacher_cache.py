@@ -32,7 +32,7 @@ MANIFEST = "manifest.json"
 CACHE_FORMAT = 1
 
 
-class EmbeddingCache:
+class TeacherEmbeddingCache:
     """A folder of float16 teacher embeddings for one teacher at one input size.
 
     Args:
@@ -116,7 +116,7 @@ class EmbeddingCache:
 def precompute_embeddings(
     dataset,
     teacher,
-    cache: EmbeddingCache,
+    cache: TeacherEmbeddingCache,
     *,
     batch_size: int = 4,
     info: DistInfo | None = None,

@@ -31,10 +31,11 @@ from .checkpoint import (
     set_rng_state,
 )
 from .config import ConfigError, TrainConfig
-from .data import TrainingDataset, collate, epoch_batches, find_records
+from .data import TrainingDataset, collate, epoch_batches
 from .distributed import DistInfo, barrier, broadcast_buffers, init_distributed
 from .export import export_official
 from .loop import Objective
+from .records import find_records
 from .runlog import RunLogger, progress_bar
 from .schedule import CosineSchedule, set_lr
 from .student import (
@@ -46,7 +47,7 @@ from .student import (
     trainable_parameters,
 )
 from .teacher import Teacher, build_teacher, teacher_identity
-from .teacher_cache import EmbeddingCache
+from .teacher_cache import TeacherEmbeddingCache
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +187,7 @@ class Trainer:
         records = find_records(cfg.data)
         cache = None
         if cfg.teacher.cache_dir and cfg.phase in ("phase1", "phase2"):
-            cache = EmbeddingCache(cfg.teacher.cache_dir, teacher_identity(cfg.teacher, cfg.model.img_size), cfg.model.img_size)
+            cache = TeacherEmbeddingCache(cfg.teacher.cache_dir, teacher_identity(cfg.teacher, cfg.model.img_size), cfg.model.img_size)
             missing = cache.missing([r.key for r in records])
             if missing:
                 raise RuntimeError(

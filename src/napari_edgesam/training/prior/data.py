@@ -24,7 +24,8 @@ from ..._atomic import atomic_open
 from ...inference.preprocess import normalize_and_pad
 from ...model.box_head import STAGES, encoder_signature
 from ..config import DataConfig
-from ..data import Record, TrainingDataset, read_array
+from ..data import TrainingDataset
+from ..records import Record, read_array
 from ..sa1b import decode_annotations, read_annotations
 
 logger = logging.getLogger(__name__)

@@ -6,7 +6,7 @@
 * What it is for: single-click mIoU with and without the prior (click at each instance's
   interior centre; EdgeSAM's rule alone vs. the paper's box-from-proposals rule).
 
-``python -m napari_edgesam.training.prior evaluate --images DIR --labels DIR --model M --prior P``
+``napari-edgesam train prior-evaluate --images DIR --labels DIR --model M --prior P``
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def click_miou(predictor, prior, pairs: Sequence[tuple[np.ndarray, np.ndarray]],
         embed_with_proposals,
         segment_click_with_prior,
     )
-    from ..evaluate import interior_point, iou
+    from ..eval_metrics import interior_point, iou
 
     without, with_prior, used = [], [], 0
     t_plain = t_prior = t_props = 0.0
@@ -166,8 +166,8 @@ def run(args: argparse.Namespace) -> int:
     from ...inference.api import load_model
     from ...inference.prior import load_prior
     from ..config import DataConfig
-    from ..data import find_records, read_array
     from ..evaluate import write_json_atomic
+    from ..records import find_records, read_array
     from .data import FeatureStore, cache_features, store_digest
 
     records = find_records(DataConfig(kind=args.kind, images=args.images, labels=args.labels, limit=args.limit))

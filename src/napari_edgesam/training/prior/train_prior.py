@@ -6,7 +6,7 @@ decay, gradient clipping; the FCOS loss of :mod:`.losses`. The trained head is w
 atomically with its config and ``meta`` (encoder name and signature, input size, data,
 epochs, seconds per epoch, validation recall/AP50).
 
-``python -m napari_edgesam.training.prior train --images DIR --labels DIR --model M --output P``
+``napari-edgesam train prior --images DIR --labels DIR --model M --output P``
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 
 from ...model.box_head import BoxHead, BoxHeadConfig, encoder_signature, save_box_head
 from ..config import DataConfig
-from ..data import find_records
+from ..records import find_records
 from .data import FeatureStore, cache_features, load_batch, store_digest
 from .evaluate_prior import evaluate_head
 from .losses import prior_loss
@@ -98,7 +98,7 @@ class PriorTrainConfig:
 
 
 @dataclass
-class TrainResult:
+class PriorTrainResult:
     """The trained head (eval mode), per-epoch history and the validation metrics."""
 
     head: BoxHead
@@ -145,10 +145,8 @@ def _split(keys: list[str], fraction: float, seed: int) -> tuple[list[str], list
 def load_frozen_encoder(model: str, device: str = "cpu") -> torch.nn.Module:
     """The fused, frozen image encoder of a registered model name or ``.pth`` path."""
     from ...inference import weights
-    from ...inference.api import _register_packaged_models
     from ...model.build import build_edge_sam
 
-    _register_packaged_models()
     path = Path(model)
     if model in weights.MODEL_REGISTRY:
         path = weights.fetch_weight(model, "pth")
@@ -165,7 +163,7 @@ def train_prior(
     *,
     encoder: torch.nn.Module | None = None,
     log: Callable[[dict], None] | None = None,
-) -> TrainResult:
+) -> PriorTrainResult:
     """Cache features, train the head, evaluate on the held-out images, save to ``cfg.output``.
 
     ``encoder``: use this frozen encoder instead of loading ``cfg.model`` (tests, notebooks).
@@ -233,7 +231,7 @@ def train_prior(
     }
     save_box_head(head.cpu(), cfg.output, meta)
     logger.info("wrote %s", cfg.output)
-    return TrainResult(head, history, validation, seconds_caching)
+    return PriorTrainResult(head, history, validation, seconds_caching)
 
 
 # -- CLI --------------------------------------------------------------------------------------

@@ -8,10 +8,10 @@ evaluation and never seen in training. Images are used whole (never tiled): the 
 256x256 tiles learnt nuclei at the tiles' frame-relative size and did badly on whole images:
 the decoder is sensitive to object size relative to the frame, not only in pixels.)
 
-    python -m napari_edgesam.training.recipes.nuclei prepare --stardist-wheel W --out data/nuclei
+    napari-edgesam train recipe nuclei prepare --stardist-wheel W --out data/nuclei
     napari-edgesam train finetune --config src/napari_edgesam/training/configs/nuclei_cpu.json
-    python -m napari_edgesam.training.recipes.nuclei evaluate --model runs/nuclei/last.pth ...
-    python -m napari_edgesam.training.recipes.nuclei package --checkpoint runs/nuclei/last.pth ...
+    napari-edgesam train recipe nuclei evaluate --model runs/nuclei/last.pth ...
+    napari-edgesam train recipe nuclei package --checkpoint runs/nuclei/last.pth ...
 
 v2 (``configs/nuclei_cpu_v2.json``): fine-tunes the shipped v1 weights at 1024 on the left half
 (24 copies, each a different random view) + the 40 DSB-like synthetic images, with every
@@ -19,15 +19,15 @@ augmentation (objects rescaled to span 6-400 px of the frame, flips/rot90, fluor
 intensity) and 24 rich synthetic images per epoch (:func:`..synthetic.rich_synthetic_nuclei`).
 One command trains (rerun it to resume after an interruption), one retrains the prior::
 
-    python -m napari_edgesam.training.recipes.nuclei prepare --stardist-wheel W --out data/nuclei_v2 --dsb-repeat 24
+    napari-edgesam train recipe nuclei prepare --stardist-wheel W --out data/nuclei_v2 --dsb-repeat 24
     napari-edgesam train finetune --config nuclei_cpu_v2
-    python -m napari_edgesam.training.recipes.nuclei package --checkpoint runs/nuclei_v2/model.pth \
+    napari-edgesam train recipe nuclei package --checkpoint runs/nuclei_v2/model.pth \
         --dest runs/nuclei_v2/edge_sam_nuclei.pth
     napari-edgesam train prior --images data/nuclei_v2/train/images --labels data/nuclei_v2/train/labels \
         --val-images data/nuclei_v2/heldout/images --val-labels data/nuclei_v2/heldout/labels \
         --model runs/nuclei_v2/edge_sam_nuclei.pth --output runs/nuclei_v2/edge_sam_nuclei.prior.pth \
         --epochs 10 --num-threads 2
-    python -m napari_edgesam.training.recipes.nuclei evaluate --model runs/nuclei_v2/edge_sam_nuclei.pth --data data/nuclei_v2
+    napari-edgesam train recipe nuclei evaluate --model runs/nuclei_v2/edge_sam_nuclei.pth --data data/nuclei_v2
 
 Run time (estimate): 748 steps (17 epochs x 44 steps, batch 2). v1's stage 3 took 7.5 s/step at
 the same size (1024, batch 2, 8 instances, one refinement) on two threads of a quiet 2-core
@@ -141,9 +141,9 @@ def package(checkpoint: str, dest: str | Path) -> Path:
     return dest
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m napari_edgesam.training.recipes.nuclei", description=__doc__.splitlines()[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The steps of ``napari-edgesam train recipe nuclei`` (parsed by :func:`napari_edgesam.cli.main`)."""
+    sub = parser.add_subparsers(dest="recipe_step", metavar="STEP", required=True)
     p = sub.add_parser("prepare", help="write the training and the held-out images")
     p.add_argument("--stardist-wheel", required=True, help="stardist wheel (pip download --no-deps stardist)")
     p.add_argument("--out", required=True)
@@ -158,16 +158,14 @@ def main(argv: list[str] | None = None) -> int:
     k = sub.add_parser("package", help="fp16 official-layout weights for shipping")
     k.add_argument("--checkpoint", required=True)
     k.add_argument("--dest", required=True)
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.cmd == "prepare":
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the parsed recipe step (``args.recipe_step``: prepare, evaluate or package)."""
+    if args.recipe_step == "prepare":
         print(json.dumps(prepare(args.stardist_wheel, args.out, args.n_synthetic, dsb_repeat=args.dsb_repeat), indent=2))
-    elif args.cmd == "evaluate":
+    elif args.recipe_step == "evaluate":
         evaluate_heldout(args.model, args.data, args.out_json, iterations=args.iterations, mask_input=not args.no_mask_input)
     else:
         print(package(args.checkpoint, args.dest))
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
