@@ -18,7 +18,7 @@ SRC = next(p / "src" for p in Path(__file__).resolve().parents if (p / "src" / P
 
 #: layer of each top-level module or package; an import may only go to the same or a lower number
 LAYERS: dict[str, int] = {
-    "constants": 0, "coords": 0, "_atomic": 0, "datasets": 0,
+    "constants": 0, "coords": 0, "cachedir": 0, "_atomic": 0, "datasets": 0,
     "model": 1,
     "inference": 2, "models": 2,
     "interactive": 3, "export": 3,

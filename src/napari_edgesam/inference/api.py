@@ -318,6 +318,7 @@ def _torch_predictor(path: Path, device: str, name: str, allow_unsafe: bool, opt
         return TorchBackend(build_edge_sam(path, allow_unsafe=allow_unsafe), device, **options)
 
     predictor = EdgeSamPredictor(compute_thread.run(build), model_name=name)
+    weights.confirm_loaded(path)  # a fetched file's hash is recorded once it has loaded
     predictor.source_path = Path(path)
     return predictor
 

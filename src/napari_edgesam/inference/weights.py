@@ -25,9 +25,10 @@ from pathlib import Path
 
 import pooch
 
+from ..cachedir import CACHE_ENV, cache_dir
+
 logger = logging.getLogger(__name__)
 
-CACHE_ENV = "NAPARI_EDGESAM_CACHE"
 HASHES_FILE = "recorded_sha256.json"
 KINDS = ("pth", "onnx_encoder", "onnx_decoder")
 
@@ -134,14 +135,6 @@ def _build_registry() -> None:
 
 
 _build_registry()
-
-
-def cache_dir() -> Path:
-    """Weight cache directory: ``$NAPARI_EDGESAM_CACHE`` or the OS cache (not created)."""
-    override = os.environ.get(CACHE_ENV)
-    if override:
-        return Path(override).expanduser()
-    return Path(pooch.os_cache("napari-edgesam"))
 
 
 def sha256_of(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:

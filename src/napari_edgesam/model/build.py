@@ -101,7 +101,7 @@ def _is_int_pickle(fh) -> bool:
 def damaged_file_fix(path: Path) -> str:
     """The fix for a damaged weight file, which depends on where it is."""
     try:
-        from ..inference.weights import cache_dir
+        from ..cachedir import cache_dir
 
         in_cache = path.resolve().parent == cache_dir().expanduser().resolve()
     except Exception:  # noqa: BLE001 - no cache configured: give the general advice
@@ -253,8 +253,4 @@ def build_edge_sam(
             source = f"checkpoint {checkpoint}"
             sd = extract_state_dict(read_checkpoint(checkpoint, allow_unsafe=allow_unsafe), source)
         load_state_dict_strict(model, sd, source)
-        if not isinstance(checkpoint, Mapping):
-            from ..inference.weights import confirm_loaded
-
-            confirm_loaded(checkpoint)  # a fetched file's hash is recorded once it has loaded
     return model.eval()

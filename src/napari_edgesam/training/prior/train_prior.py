@@ -153,6 +153,7 @@ def load_frozen_encoder(model: str, device: str = "cpu") -> torch.nn.Module:
     elif not path.is_file():
         raise FileNotFoundError(f"model {model!r} is neither a registered name nor a .pth file")
     encoder = build_edge_sam(path).image_encoder.fuse().eval().to(device)
+    weights.confirm_loaded(path)  # a fetched file's hash is recorded once it has loaded
     for p in encoder.parameters():
         p.requires_grad_(False)
     return encoder
