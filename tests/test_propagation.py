@@ -42,36 +42,27 @@ def ellipsoid(n_slices, centre, radii):
 
 
 class FakePredictor:
-    """'Segments' a known label volume: on the current slice it returns the labelled region
-    that contains the prompt point or, failing that, overlaps the prompt box most; empty if
-    the box touches none. Stability comes from ``stability(z, label)``. Every call is logged."""
+    """'Segments' a known label volume: on the slice of the given embedding it returns the
+    labelled region that contains the prompt point or, failing that, overlaps the prompt box
+    most; empty if the box touches none. Stability comes from ``stability(z, label)``. Every
+    call is logged. Stateless like ``EdgeSamPredictor.decode``: it has no ``set_embedding``,
+    so propagation cannot rely on a current image."""
 
     def __init__(self, truth, stability=None):
         self.truth = truth
         self.stability = stability or (lambda z, label: 0.95)
-        self._embedding = None
-        self.set_calls: list[int] = []
-        self.decodes: list[tuple[int, int]] = []  # (z, batch size)
+        self.decodes: list[tuple[int, int]] = []  # (z, batch size), one per decoder call
         self.mask_inputs: list[tuple[int, np.ndarray]] = []
 
-    def set_embedding(self, emb):
-        self._embedding = emb
-        self.set_calls.append(self.z)
+    @staticmethod
+    def z_of(emb):
+        return int(emb.features.ravel()[0])
 
-    @property
-    def embedding(self):
-        if self._embedding is None:
-            raise RuntimeError("call set_embedding first")
-        return self._embedding
-
-    @property
-    def z(self):
-        return int(self._embedding.features.ravel()[0])
-
-    def _segment(self, point, box, mask_input):
-        labels = self.truth[self.z]
+    def _segment(self, emb, point, box, mask_input):
+        z = self.z_of(emb)
+        labels = self.truth[z]
         if mask_input is not None:
-            self.mask_inputs.append((self.z, np.asarray(mask_input).reshape(256, 256)))
+            self.mask_inputs.append((z, np.asarray(mask_input).reshape(256, 256)))
         x0, y0, x1, y1 = np.asarray(box).round().astype(int)
         px, py = np.asarray(point).reshape(-1, 2)[0].round().astype(int)
         label = labels[py, px]
@@ -81,25 +72,25 @@ class FakePredictor:
             label = ids[keep][np.argmax(counts[keep])] if keep.any() else 0
         if label == 0:
             return np.zeros((H, W), bool), 0.0
-        return labels == label, float(self.stability(self.z, int(label)))
+        return labels == label, float(self.stability(z, int(label)))
 
-    def _outputs(self, mask, score):
-        low = mask_to_low_res_logits(mask, self.embedding.input_size, (H, W))
+    def _outputs(self, emb, mask, score):
+        low = mask_to_low_res_logits(mask, emb.input_size, (H, W))
         return mask[None], np.float32([score]), low[None]
 
-    def predict(self, point_coords=None, point_labels=None, box=None, mask_input=None,
-                num_multimask_outputs=1, return_logits=False, use_stability_score=False):
+    def decode(self, emb, point_coords=None, point_labels=None, box=None, mask_input=None,
+               num_multimask_outputs=1, return_logits=False, use_stability_score=False):
         assert num_multimask_outputs == 1 and use_stability_score and box is not None
         assert np.all(point_labels == 1)
-        self.decodes.append((self.z, 1))
-        return self._outputs(*self._segment(point_coords, box, mask_input))
+        self.decodes.append((self.z_of(emb), 1))
+        return self._outputs(emb, *self._segment(emb, point_coords, box, mask_input))
 
-    def predict_batch(self, point_coords=None, point_labels=None, boxes=None, mask_input=None,
-                      num_multimask_outputs=1, return_logits=False, use_stability_score=False, upscale=True):
+    def decode_batch(self, emb, point_coords=None, point_labels=None, boxes=None, mask_input=None,
+                     num_multimask_outputs=1, return_logits=False, use_stability_score=False, upscale=True):
         assert num_multimask_outputs == 1 and use_stability_score
-        self.decodes.append((self.z, len(boxes)))
+        self.decodes.append((self.z_of(emb), len(boxes)))
         outs = [
-            self._outputs(*self._segment(p, b, None if mask_input is None else mask_input[i]))
+            self._outputs(emb, *self._segment(emb, p, b, None if mask_input is None else mask_input[i]))
             for i, (p, b) in enumerate(zip(point_coords, boxes, strict=True))
         ]
         return Prediction(np.stack([o[0] for o in outs]), np.stack([o[1] for o in outs]), np.stack([o[2] for o in outs]))
@@ -289,8 +280,9 @@ def test_two_objects_share_each_slice_embedding():
         assert results[obj].slices == z_true
         assert all(iou(results[obj].masks[z], truth_obj[z]) > 0.9 for z in z_true)
         assert results[obj].stopped == {"forward": STOP_VANISHED, "backward": STOP_VANISHED}
-    # each slice's embedding was fetched and set once, and both objects were batched there
-    assert len(get.calls) == len(set(get.calls)) == len(fake.set_calls)
+    # each slice's embedding was fetched once and decoded in one call, both objects batched there
+    assert len(get.calls) == len(set(get.calls)) == len(fake.decodes)
+    assert [z for z, _ in fake.decodes] == get.calls
     assert any(size == 2 for _, size in fake.decodes)
     assert sorted(seen) == sorted((o, z) for o in results for z in results[o].slices if z not in results[o].seeded)
     labels = results_to_labels(results, (n, H, W))
@@ -322,7 +314,7 @@ def test_errors_reach_the_caller():
     truth[:, 10:20, 10:20] = 1
 
     class Broken(FakePredictor):
-        def predict(self, *args, **kwargs):
+        def decode(self, *args, **kwargs):
             raise RuntimeError("decoder failed")
 
     with pytest.raises(RuntimeError, match="decoder failed"):
