@@ -11,7 +11,7 @@ import logging
 
 import numpy as np
 from napari.layers import Image, Labels
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_info
 from qtpy.QtCore import QObject, Signal
 
 from ..inference.autozoom import AutoZoom, CropEmbeddingCache
@@ -20,14 +20,15 @@ from . import names, stack
 from .embedding import EmbeddingService, ImageView
 from .image_watch import ImageWatch
 from .keys import ShortcutBinder
-from .model_panel import NO_PRIOR_REASON, load_predictor
+from .layer_set import EdgeSamLayers
+from .model_loading import load_in_background
+from .model_panel import NO_PRIOR_REASON
 from .planes import Plane
 from .propagate import PropagationRunner
 from .propagation_job import PropagationJob, choose_seeds
 from .result_text import describe
 from .session import PlaneResult, Session, group_prompts, is_single_click
-from .text import one_line
-from .workers import LatestRunner, error_reporter, keep_alive_while, start_worker
+from .workers import LatestRunner, error_reporter, keep_alive_while
 
 logger = logging.getLogger(__name__)
 
@@ -101,8 +102,8 @@ class InteractiveController(QObject):
         self._cycles = 0  # candidate changes so far
         self.closed = False
         self._muted = False
-        self._points = self._boxes = None
         self._keys = ShortcutBinder(self)
+        self._layers = EdgeSamLayers(viewer, self._keys, self._prompts_changed)
         self._decode = LatestRunner(self._decode_job, self._apply_decode, "EdgeSAM decoder",
                                     min_interval_ms=DECODE_DEBOUNCE_MS, parent=self)
         self._watch = ImageWatch(viewer, parent=self)
@@ -177,28 +178,10 @@ class InteractiveController(QObject):
         With ``only_if_none`` the loaded model is dropped if a predictor was set meanwhile
         (automatic loading at start-up must not replace the user's or a test's choice).
         """
-
-        def loaded(result) -> None:
-            predictor, prior_reason = result
-            if self.closed or (only_if_none and self.predictor is not None):
-                return
-            try:
-                self.set_predictor(predictor, prior_reason)
-            except RuntimeError as err:  # the widget was destroyed while the model loaded
-                if "deleted" not in str(err):
-                    raise
-                logger.debug("model %s loaded after its widget was closed", name_or_path)
-
-        self.status.emit(f"loading {name_or_path}...")
-        return start_worker(load_predictor, name_or_path, backend=backend, device=device,
-                            allow_download=not only_if_none, on_result=loaded, on_error=self._load_failed)
-
-    def _load_failed(self, err: BaseException) -> None:
-        message = one_line(err)
-        logger.warning("could not load the model: %s", message)
-        logger.debug("model loading failed", exc_info=err)
-        self.status.emit(f"could not load the model: {message}")
-        show_error(f"EdgeSAM could not load the model: {message}")
+        return load_in_background(
+            name_or_path, self.set_predictor, self.status.emit, backend=backend, device=device,
+            allow_download=not only_if_none,
+            wanted=lambda: not (self.closed or (only_if_none and self.predictor is not None)))
 
     # -- image -------------------------------------------------------------------------------
     def set_image_layer(self, layer: Image | None, channel_axis: int | None = None,
@@ -249,27 +232,11 @@ class InteractiveController(QObject):
         """The (points, boxes) prompt layers, created for the image layer if needed."""
         if self.image_layer is None:
             raise RuntimeError("choose an image layer first")
-        points = L.get_or_create_points(self.viewer, self.image_layer)
-        boxes = L.get_or_create_boxes(self.viewer, self.image_layer)
-        for old, new in ((self._points, points), (self._boxes, boxes)):
-            if old is not new:
-                new.events.data.connect(self._prompts_changed)
-                self._keys.bind(new)
-        self._points, self._boxes = points, boxes
-        return points, boxes
+        return self._layers.prompts(self.image_layer)
 
     def preview_layer(self, create: bool = True) -> Labels | None:
         """The "EdgeSAM preview" labels layer (matching the image layer's shape)."""
-        if self.image_layer is None:
-            return None
-        if not create:
-            layer = self.viewer.layers[names.PREVIEW_LAYER] if names.PREVIEW_LAYER in self.viewer.layers else None
-            ok = isinstance(layer, Labels) and tuple(layer.data.shape) == L.spatial_shape(self.image_layer)
-            return layer if ok else None
-        layer = L.get_or_create_labels(self.viewer, names.PREVIEW_LAYER, self.image_layer, np.uint16)
-        L.style_preview(layer)
-        self._keys.bind(layer)
-        return layer
+        return None if self.image_layer is None else self._layers.preview(self.image_layer, create)
 
     def target_layer(self, create: bool = False) -> Labels | None:
         """The chosen target labels layer; with ``create``, "EdgeSAM labels" if none is chosen."""
@@ -391,10 +358,7 @@ class InteractiveController(QObject):
         self._generation += 1
         self._muted = True
         try:
-            if self._points is not None and len(self._points.data):
-                self._points.data = np.empty((0, self._points.ndim))
-            if self._boxes is not None and self._boxes.nshapes:
-                self._boxes.data = []
+            self._layers.remove_prompts()
         finally:
             self._muted = False
         preview = self.preview_layer(create=False)
@@ -408,23 +372,19 @@ class InteractiveController(QObject):
 
     def draw_box(self) -> None:
         """Select the boxes layer with its rectangle tool (the next drag on the canvas draws a box)."""
-        if self.image_layer is None:
-            self.status.emit("choose an image layer first")
-            return
-        _, boxes = self.prompt_layers()
-        self.viewer.layers.selection.active = boxes
-        boxes.mode = "add_rectangle"
-        self.status.emit(f"drag a box around an object (layer '{boxes.name}'); 'Add points' to click again")
+        self._select_tool(1, "add_rectangle", "drag a box around an object (layer '{}'); 'Add points' to click again")
 
     def add_points(self) -> None:
         """Select the points layer in add mode (the next click on the canvas adds a point)."""
+        self._select_tool(0, "add", "click to add points (layer '{}')")
+
+    def _select_tool(self, which: int, mode: str, message: str) -> None:
         if self.image_layer is None:
             self.status.emit("choose an image layer first")
             return
-        points, _ = self.prompt_layers()
-        self.viewer.layers.selection.active = points
-        points.mode = "add"
-        self.status.emit(f"click to add points (layer '{points.name}')")
+        layer = self.prompt_layers()[which]
+        self._layers.select_tool(layer, mode)
+        self.status.emit(message.format(layer.name))
 
     def commit(self):
         """Write the preview objects into the target labels (new ids) and clear the prompts."""
