@@ -147,8 +147,8 @@ def test_job_passes_its_settings_to_a_stand_in():
     assert got and got[0][:2] == (4, 3)
 
 
-def test_the_job_module_is_qt_free():
-    code = ("import sys, napari_edgesam._napari.propagation_job; "
+def test_the_job_and_status_text_modules_are_qt_free():
+    code = ("import sys, napari_edgesam._napari.propagation_job, napari_edgesam._napari.result_text; "
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('qtpy', 'napari', 'PyQt5', 'PySide2', 'magicgui')); "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
