@@ -185,9 +185,11 @@ def test_propagation_with_the_golden_model(widget, qtbot):
         L.add_box(boxes, c.current_plane(), (20, 15, 60, 45))
     seed = viewer.layers[names.PREVIEW_LAYER].data[3].copy()
     c.propagation_options = {"min_stability": 0.0, "min_overlap": 0.0, "min_area": 1}
+    state = dict(vars(c.predictor))
     with qtbot.waitSignal(c.propagated, timeout=TIMEOUT) as blocker:
         assert c.propagate("both")
     results = blocker.args[0]
+    assert vars(c.predictor) == state  # propagation only decodes: the predictor is not changed
     res = results[1]
     assert res.seeded == (3,)
     preview = viewer.layers[names.PREVIEW_LAYER].data
