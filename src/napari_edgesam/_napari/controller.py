@@ -69,11 +69,6 @@ class InteractiveController(QObject):
         self.embeddings.busy.connect(self.embedding_busy)
         self.embeddings.prior_failed.connect(self._prior_failed)
         self.propagation = PropagationRunner(parent=self)
-        self.propagation.partial.connect(self._propagated_slice)
-        self.propagation.completed.connect(self._propagation_done)
-        self.propagation.message.connect(self.status)
-        #: Further keyword arguments of ``propagate_objects`` (stop rules ...) for new propagations.
-        self.propagation_options: dict = {}
         self.predictor = None
         self._decoder = None
         self.image_layer: Image | None = None
@@ -109,6 +104,11 @@ class InteractiveController(QObject):
         self._watch = ImageWatch(viewer, parent=self)
         self._watch.settled.connect(self.refresh)
         self._watch.pixels_changed.connect(self._pixels_changed)
+        self.propagation.partial.connect(self._propagated_slice)
+        self.propagation.completed.connect(self._propagation_done)
+        self.propagation.message.connect(self.status)
+        #: Further keyword arguments of ``propagate_objects`` (stop rules ...) for new propagations.
+        self.propagation_options: dict = {}
         self._keys.bind(viewer)
 
     # -- model -------------------------------------------------------------------------------
