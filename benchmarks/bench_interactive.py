@@ -224,7 +224,7 @@ class Bench:
         self._watch(boxes)
         s = self.size
         self._prompt_and_wait(lambda: L.add_box(boxes, c.current_plane(), (0.4 * s, 0.4 * s, 0.6 * s, 0.6 * s)))
-        c.propagation.options = {"min_stability": 0.0, "min_overlap": 0.0, "min_area": 1}  # walk every slice
+        c.propagation_options = {"min_stability": 0.0, "min_overlap": 0.0, "min_area": 1}  # walk every slice
         for label in ("cold", "warm"):
             if label == "warm":
                 done = []
@@ -232,12 +232,12 @@ class Bench:
                 c.precompute()
                 wait(self.app, lambda done=done: bool(done))
             finished = []
-            c.propagation.finished.connect(finished.append)
+            c.propagated.connect(finished.append)
             start = time.perf_counter()
-            c.propagation.start("both")
+            c.propagate("both")
             wait(self.app, lambda finished=finished: bool(finished))
             elapsed = time.perf_counter() - start
-            c.propagation.finished.disconnect(finished.append)
+            c.propagated.disconnect(finished.append)
             visited = sum(len(r.masks) - len(r.seeded) for r in finished[0].values())
             self.results.append((f"propagation ({label})", [visited / elapsed],
                                  f"{visited} slices in {elapsed:.2f} s ({'embeddings computed on the way' if label == 'cold' else 'precomputed'})"))

@@ -13,8 +13,8 @@ from qtpy.QtWidgets import QApplication
 from _helpers import CountingBackend
 from napari_edgesam._napari import layers as L
 from napari_edgesam._napari import names
-from napari_edgesam._napari.controller import _describe
 from napari_edgesam._napari.interactive_widget import InteractiveWidget
+from napari_edgesam._napari.result_text import describe
 from napari_edgesam._napari.samples import make_nuclei_2d
 from napari_edgesam._napari.session import ObjectPrompt, Session
 from napari_edgesam.inference.predictor import EdgeSamPredictor
@@ -109,11 +109,11 @@ def test_a_whole_object_click_that_falls_back_says_why(golden_predictor):
     inside = session.decode(p, emb, "a", [ObjectPrompt(np.float32([[20, 20]]), np.array([1]))],
                             proposals=proposals)
     assert inside.objects[0].prior_box is not None and inside.objects[0].note == ""
-    assert "whole object: granularity prior" in _describe(inside)
+    assert "whole object: granularity prior" in describe(inside)
     outside = session.decode(p, emb, "b", [ObjectPrompt(np.float32([[100, 80]]), np.array([1]))],
                              proposals=proposals)
     assert outside.objects[0].prior_box is None and outside.objects[0].candidate is not None
-    text = _describe(outside)
+    text = describe(outside)
     assert "whole object not taken" in text and "no box of the granularity prior contains the click" in text
     no_prior = session.decode(p, emb, "c", [ObjectPrompt(np.float32([[100, 80]]), np.array([1]))])
-    assert "whole object" not in _describe(no_prior)  # the prior is off: nothing to explain
+    assert "whole object" not in describe(no_prior)  # the prior is off: nothing to explain

@@ -107,7 +107,7 @@ def test_closing_the_viewer_closes_the_controller_and_ends_its_workers(make_napa
         return {1: PropagationResult({3: mask, 4: mask}, {3: 1.0, 4: 0.9}, {"forward": "cancelled"}, (3,))}
 
     c.propagation.propagate_fn = waits_for_cancel
-    assert c.propagation.start("both")
+    assert c.propagate("both")
     qtbot.waitUntil(lambda: bool(started), timeout=TIMEOUT)
     viewer.close()
     qtbot.waitUntil(lambda: c.closed, timeout=TIMEOUT)

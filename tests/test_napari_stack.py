@@ -130,7 +130,7 @@ def test_propagation_wiring_with_a_stub(widget, qtbot):
 
     c.propagation.propagate_fn = fake_propagate
     widget.direction.setCurrentText("forward (z+)")
-    with qtbot.waitSignal(c.propagation.finished, timeout=TIMEOUT) as blocker:
+    with qtbot.waitSignal(c.propagated, timeout=TIMEOUT) as blocker:
         widget.propagate.click()
     results = blocker.args[0]
     assert calls["direction"] == "forward" and calls["n"] == N_SLICES
@@ -167,8 +167,8 @@ def test_propagate_a_committed_label_back_into_its_id(widget, qtbot):
         return {1: PropagationResult({3: m, 2: m}, {3: 1.0, 2: 0.9}, {}, (3,))}
 
     c.propagation.propagate_fn = fake_propagate
-    with qtbot.waitSignal(c.propagation.finished, timeout=TIMEOUT):
-        assert c.propagation.start("backward")
+    with qtbot.waitSignal(c.propagated, timeout=TIMEOUT):
+        assert c.propagate("backward")
     assert list(seen["seeds"]) == [1] and list(seen["seeds"][1]) == [3]
     assert c.keep_ids == {1: 1}
     record = c.commit()
@@ -184,10 +184,12 @@ def test_propagation_with_the_golden_model(widget, qtbot):
     with qtbot.waitSignal(c.preview_updated, timeout=TIMEOUT):
         L.add_box(boxes, c.current_plane(), (20, 15, 60, 45))
     seed = viewer.layers[names.PREVIEW_LAYER].data[3].copy()
-    c.propagation.options = {"min_stability": 0.0, "min_overlap": 0.0, "min_area": 1}
-    with qtbot.waitSignal(c.propagation.finished, timeout=TIMEOUT) as blocker:
-        assert c.propagation.start("both")
+    c.propagation_options = {"min_stability": 0.0, "min_overlap": 0.0, "min_area": 1}
+    state = dict(vars(c.predictor))
+    with qtbot.waitSignal(c.propagated, timeout=TIMEOUT) as blocker:
+        assert c.propagate("both")
     results = blocker.args[0]
+    assert vars(c.predictor) == state  # propagation only decodes: the predictor is not changed
     res = results[1]
     assert res.seeded == (3,)
     preview = viewer.layers[names.PREVIEW_LAYER].data
@@ -212,7 +214,7 @@ def test_propagation_can_be_cancelled(widget, qtbot):
         return {1: PropagationResult({3: mask, 4: mask}, {3: 1.0, 4: 0.9}, {"forward": "cancelled"}, (3,))}
 
     c.propagation.propagate_fn = waits_for_cancel
-    with qtbot.waitSignal(c.propagation.finished, timeout=TIMEOUT):
+    with qtbot.waitSignal(c.propagated, timeout=TIMEOUT):
         widget.propagate.click()
         qtbot.waitUntil(lambda: bool(started), timeout=TIMEOUT)
         assert c.propagation.running

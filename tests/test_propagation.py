@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from _propagation_fakes import FakePredictor
 from napari_edgesam.inference.postprocess import upscale_logits
-from napari_edgesam.inference.predictor import ImageEmbedding, Prediction
+from napari_edgesam.inference.predictor import ImageEmbedding
 from napari_edgesam.inference.preprocess import resized_shape
 from napari_edgesam.inference.propagation import (
     STOP_ANNOTATED,
@@ -39,70 +40,6 @@ def ellipsoid(n_slices, centre, radii):
     zz, yy, xx = np.mgrid[0:n_slices, 0:H, 0:W].astype(np.float32)
     (cz, cy, cx), (rz, ry, rx) = centre, radii
     return ((zz - cz) / rz) ** 2 + ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
-
-
-class FakePredictor:
-    """'Segments' a known label volume: on the current slice it returns the labelled region
-    that contains the prompt point or, failing that, overlaps the prompt box most; empty if
-    the box touches none. Stability comes from ``stability(z, label)``. Every call is logged."""
-
-    def __init__(self, truth, stability=None):
-        self.truth = truth
-        self.stability = stability or (lambda z, label: 0.95)
-        self._embedding = None
-        self.set_calls: list[int] = []
-        self.decodes: list[tuple[int, int]] = []  # (z, batch size)
-        self.mask_inputs: list[tuple[int, np.ndarray]] = []
-
-    def set_embedding(self, emb):
-        self._embedding = emb
-        self.set_calls.append(self.z)
-
-    @property
-    def embedding(self):
-        if self._embedding is None:
-            raise RuntimeError("call set_embedding first")
-        return self._embedding
-
-    @property
-    def z(self):
-        return int(self._embedding.features.ravel()[0])
-
-    def _segment(self, point, box, mask_input):
-        labels = self.truth[self.z]
-        if mask_input is not None:
-            self.mask_inputs.append((self.z, np.asarray(mask_input).reshape(256, 256)))
-        x0, y0, x1, y1 = np.asarray(box).round().astype(int)
-        px, py = np.asarray(point).reshape(-1, 2)[0].round().astype(int)
-        label = labels[py, px]
-        if label == 0:
-            ids, counts = np.unique(labels[y0 : y1 + 1, x0 : x1 + 1], return_counts=True)
-            keep = ids > 0
-            label = ids[keep][np.argmax(counts[keep])] if keep.any() else 0
-        if label == 0:
-            return np.zeros((H, W), bool), 0.0
-        return labels == label, float(self.stability(self.z, int(label)))
-
-    def _outputs(self, mask, score):
-        low = mask_to_low_res_logits(mask, self.embedding.input_size, (H, W))
-        return mask[None], np.float32([score]), low[None]
-
-    def predict(self, point_coords=None, point_labels=None, box=None, mask_input=None,
-                num_multimask_outputs=1, return_logits=False, use_stability_score=False):
-        assert num_multimask_outputs == 1 and use_stability_score and box is not None
-        assert np.all(point_labels == 1)
-        self.decodes.append((self.z, 1))
-        return self._outputs(*self._segment(point_coords, box, mask_input))
-
-    def predict_batch(self, point_coords=None, point_labels=None, boxes=None, mask_input=None,
-                      num_multimask_outputs=1, return_logits=False, use_stability_score=False, upscale=True):
-        assert num_multimask_outputs == 1 and use_stability_score
-        self.decodes.append((self.z, len(boxes)))
-        outs = [
-            self._outputs(*self._segment(p, b, None if mask_input is None else mask_input[i]))
-            for i, (p, b) in enumerate(zip(point_coords, boxes, strict=True))
-        ]
-        return Prediction(np.stack([o[0] for o in outs]), np.stack([o[1] for o in outs]), np.stack([o[2] for o in outs]))
 
 
 def embeddings_for(n_slices):
@@ -289,8 +226,9 @@ def test_two_objects_share_each_slice_embedding():
         assert results[obj].slices == z_true
         assert all(iou(results[obj].masks[z], truth_obj[z]) > 0.9 for z in z_true)
         assert results[obj].stopped == {"forward": STOP_VANISHED, "backward": STOP_VANISHED}
-    # each slice's embedding was fetched and set once, and both objects were batched there
-    assert len(get.calls) == len(set(get.calls)) == len(fake.set_calls)
+    # each slice's embedding was fetched once and decoded in one call, both objects batched there
+    assert len(get.calls) == len(set(get.calls)) == len(fake.decodes)
+    assert [z for z, _ in fake.decodes] == get.calls
     assert any(size == 2 for _, size in fake.decodes)
     assert sorted(seen) == sorted((o, z) for o in results for z in results[o].slices if z not in results[o].seeded)
     labels = results_to_labels(results, (n, H, W))
@@ -322,7 +260,7 @@ def test_errors_reach_the_caller():
     truth[:, 10:20, 10:20] = 1
 
     class Broken(FakePredictor):
-        def predict(self, *args, **kwargs):
+        def decode(self, *args, **kwargs):
             raise RuntimeError("decoder failed")
 
     with pytest.raises(RuntimeError, match="decoder failed"):

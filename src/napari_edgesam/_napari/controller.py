@@ -11,34 +11,32 @@ import logging
 
 import numpy as np
 from napari.layers import Image, Labels
-from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QObject, QTimer, Signal
+from napari.utils.notifications import show_info
+from qtpy.QtCore import QObject, Signal
 
 from ..inference.autozoom import AutoZoom, CropEmbeddingCache
 from . import layers as L
-from . import names
+from . import names, stack
 from .embedding import EmbeddingService, ImageView
+from .image_watch import ImageWatch
 from .keys import ShortcutBinder
-from .model_panel import NO_PRIOR_REASON, load_predictor
+from .layer_set import EdgeSamLayers
+from .model_loading import load_in_background
+from .model_panel import NO_PRIOR_REASON
 from .planes import Plane
 from .propagate import PropagationRunner
+from .propagation_job import PropagationJob, choose_seeds
+from .result_text import describe
 from .session import PlaneResult, Session, group_prompts, is_single_click
-from .text import one_line
-from .workers import LatestRunner, error_reporter, start_worker
+from .workers import LatestRunner, error_reporter, keep_alive_while
 
 logger = logging.getLogger(__name__)
 
 #: Milliseconds between decoder runs during bursts of prompt edits.
 DECODE_DEBOUNCE_MS = 30
-#: Milliseconds of calm after a contrast/gamma change before the plane is embedded again.
-CONTRAST_DEBOUNCE_MS = 300
-#: Milliseconds of calm after a slice change before the new plane is embedded.
-SLICE_DEBOUNCE_MS = 80
 #: AutoZoom crop embeddings kept (fp16, 2 MiB each).
 CROP_CACHE_SIZE = 32
 _FINAL_ACTIONS = ("added", "changed", "removed")
-#: Closed controllers whose workers still run (kept alive until they end).
-_CLOSING: set = set()
 
 
 class InteractiveController(QObject):
@@ -47,7 +45,8 @@ class InteractiveController(QObject):
     Signals: ``preview_updated(PlaneResult)``, ``status(str)``, ``model_changed(str)``,
     ``committed(CommitRecord)``, ``target_changed(object)``, ``polarity_changed(bool)``,
     ``embedding_busy(bool, str)``, ``prior_changed(available, reason)`` (whether the model has
-    a usable granularity prior, and if not why).
+    a usable granularity prior, and if not why), ``propagated(results or None)`` (a 3D
+    propagation ended; None if it failed or is outdated), ``propagation_summary(str)``.
     """
 
     preview_updated = Signal(object)
@@ -58,6 +57,8 @@ class InteractiveController(QObject):
     polarity_changed = Signal(bool)
     embedding_busy = Signal(bool, str)
     prior_changed = Signal(bool, str)
+    propagated = Signal(object)
+    propagation_summary = Signal(str)
 
     def __init__(self, viewer, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -67,7 +68,7 @@ class InteractiveController(QObject):
         self.embeddings.ready.connect(lambda _key: self.refresh())
         self.embeddings.busy.connect(self.embedding_busy)
         self.embeddings.prior_failed.connect(self._prior_failed)
-        self.propagation = PropagationRunner(self, parent=self)
+        self.propagation = PropagationRunner(parent=self)
         self.predictor = None
         self._decoder = None
         self.image_layer: Image | None = None
@@ -95,30 +96,20 @@ class InteractiveController(QObject):
         self._last_question: tuple | None = None
         self._cycles = 0  # candidate changes so far
         self.closed = False
-        self._drawn_at: tuple | None = None
         self._muted = False
-        self._points = self._boxes = None
         self._keys = ShortcutBinder(self)
+        self._layers = EdgeSamLayers(viewer, self._keys, self._prompts_changed)
         self._decode = LatestRunner(self._decode_job, self._apply_decode, "EdgeSAM decoder",
                                     min_interval_ms=DECODE_DEBOUNCE_MS, parent=self)
-        self._contrast_timer = self._timer(CONTRAST_DEBOUNCE_MS, self.refresh)
-        self._slice_timer = self._timer(SLICE_DEBOUNCE_MS, self.refresh)
-        for ev in (viewer.dims.events.current_step, viewer.dims.events.order, viewer.dims.events.ndisplay):
-            ev.connect(self._view_changed)
+        self._watch = ImageWatch(viewer, parent=self)
+        self._watch.settled.connect(self.refresh)
+        self._watch.pixels_changed.connect(self._pixels_changed)
+        self.propagation.partial.connect(self._propagated_slice)
+        self.propagation.completed.connect(self._propagation_done)
+        self.propagation.message.connect(self.status)
+        #: Further keyword arguments of ``propagate_objects`` (stop rules ...) for new propagations.
+        self.propagation_options: dict = {}
         self._keys.bind(viewer)
-
-    def _view_changed(self, event=None) -> None:
-        self._slice_timer.start()
-
-    def _contrast_changed(self, event=None) -> None:
-        self._contrast_timer.start()
-
-    def _timer(self, ms: int, slot) -> QTimer:
-        timer = QTimer(self)
-        timer.setSingleShot(True)
-        timer.setInterval(ms)
-        timer.timeout.connect(slot)
-        return timer
 
     # -- model -------------------------------------------------------------------------------
     def set_predictor(self, predictor, prior_reason: str | None = None) -> None:
@@ -187,28 +178,10 @@ class InteractiveController(QObject):
         With ``only_if_none`` the loaded model is dropped if a predictor was set meanwhile
         (automatic loading at start-up must not replace the user's or a test's choice).
         """
-
-        def loaded(result) -> None:
-            predictor, prior_reason = result
-            if self.closed or (only_if_none and self.predictor is not None):
-                return
-            try:
-                self.set_predictor(predictor, prior_reason)
-            except RuntimeError as err:  # the widget was destroyed while the model loaded
-                if "deleted" not in str(err):
-                    raise
-                logger.debug("model %s loaded after its widget was closed", name_or_path)
-
-        self.status.emit(f"loading {name_or_path}...")
-        return start_worker(load_predictor, name_or_path, backend=backend, device=device,
-                            allow_download=not only_if_none, on_result=loaded, on_error=self._load_failed)
-
-    def _load_failed(self, err: BaseException) -> None:
-        message = one_line(err)
-        logger.warning("could not load the model: %s", message)
-        logger.debug("model loading failed", exc_info=err)
-        self.status.emit(f"could not load the model: {message}")
-        show_error(f"EdgeSAM could not load the model: {message}")
+        return load_in_background(
+            name_or_path, self.set_predictor, self.status.emit, backend=backend, device=device,
+            allow_download=not only_if_none,
+            wanted=lambda: not (self.closed or (only_if_none and self.predictor is not None)))
 
     # -- image -------------------------------------------------------------------------------
     def set_image_layer(self, layer: Image | None, channel_axis: int | None = None,
@@ -218,17 +191,7 @@ class InteractiveController(QObject):
             return
         if layer is self.image_layer and (channel_axis, channel) == (self.channel_axis, self.channel):
             return
-        if self.image_layer is not None and layer is not self.image_layer:
-            for ev in (self.image_layer.events.contrast_limits, self.image_layer.events.gamma):
-                ev.disconnect(self._contrast_changed)
-            self.image_layer.events.data.disconnect(self._image_data_changed)
-            self.image_layer.events.set_data.disconnect(self._image_redrawn)
-        if layer is not None and layer is not self.image_layer:
-            layer.events.contrast_limits.connect(self._contrast_changed)
-            layer.events.gamma.connect(self._contrast_changed)
-            layer.events.data.connect(self._image_data_changed)
-            layer.events.set_data.connect(self._image_redrawn)
-        self._drawn_at = self._view_state()
+        self._watch.watch(layer)
         self.image_layer, self.channel_axis, self.channel = layer, channel_axis, channel
         self.embeddings.cancel_background()
         self.session.forget()
@@ -240,25 +203,11 @@ class InteractiveController(QObject):
             self.prompt_layers()
         self.refresh()
 
-    def _image_data_changed(self, event=None) -> None:
-        if self.image_layer is not None:
-            self.embeddings.forget_data(L.image_data(self.image_layer))
+    def _pixels_changed(self, layer) -> None:
+        """The image's pixels may differ: its content signature is computed again (in a
+        worker, before any embedding is looked up), so an embedding of other pixels is never served."""
+        self.embeddings.forget_data(L.image_data(layer))
         self.refresh()
-
-    def _view_state(self) -> tuple:
-        dims = self.viewer.dims
-        return tuple(dims.current_step), tuple(dims.order), dims.ndisplay
-
-    def _image_redrawn(self, event=None) -> None:
-        """napari redrew the image layer. After a slice change that is all; in the same view
-        (``layer.refresh()`` after an in-place edit such as ``layer.data[...] = ...``) the
-        pixels may have changed: the content signature is computed again (in a worker, before
-        any embedding is looked up), so an embedding of other pixels is never served."""
-        state = self._view_state()
-        if state != self._drawn_at:
-            self._drawn_at = state
-            return
-        self._image_data_changed()
 
     def current_plane(self) -> Plane | None:
         """The displayed plane of the image layer (None without an image or in a 3D view)."""
@@ -283,27 +232,11 @@ class InteractiveController(QObject):
         """The (points, boxes) prompt layers, created for the image layer if needed."""
         if self.image_layer is None:
             raise RuntimeError("choose an image layer first")
-        points = L.get_or_create_points(self.viewer, self.image_layer)
-        boxes = L.get_or_create_boxes(self.viewer, self.image_layer)
-        for old, new in ((self._points, points), (self._boxes, boxes)):
-            if old is not new:
-                new.events.data.connect(self._prompts_changed)
-                self._keys.bind(new)
-        self._points, self._boxes = points, boxes
-        return points, boxes
+        return self._layers.prompts(self.image_layer)
 
     def preview_layer(self, create: bool = True) -> Labels | None:
         """The "EdgeSAM preview" labels layer (matching the image layer's shape)."""
-        if self.image_layer is None:
-            return None
-        if not create:
-            layer = self.viewer.layers[names.PREVIEW_LAYER] if names.PREVIEW_LAYER in self.viewer.layers else None
-            ok = isinstance(layer, Labels) and tuple(layer.data.shape) == L.spatial_shape(self.image_layer)
-            return layer if ok else None
-        layer = L.get_or_create_labels(self.viewer, names.PREVIEW_LAYER, self.image_layer, np.uint16)
-        L.style_preview(layer)
-        self._keys.bind(layer)
-        return layer
+        return None if self.image_layer is None else self._layers.preview(self.image_layer, create)
 
     def target_layer(self, create: bool = False) -> Labels | None:
         """The chosen target labels layer; with ``create``, "EdgeSAM labels" if none is chosen."""
@@ -384,7 +317,7 @@ class InteractiveController(QObject):
         plane.write(preview.data, result.labels)
         preview.refresh()
         self._prompted.add(plane.key)
-        self.status.emit(_describe(result))
+        self.status.emit(describe(result))
         self.embeddings.hold_prefetch()
         self.preview_updated.emit(result)
 
@@ -425,10 +358,7 @@ class InteractiveController(QObject):
         self._generation += 1
         self._muted = True
         try:
-            if self._points is not None and len(self._points.data):
-                self._points.data = np.empty((0, self._points.ndim))
-            if self._boxes is not None and self._boxes.nshapes:
-                self._boxes.data = []
+            self._layers.remove_prompts()
         finally:
             self._muted = False
         preview = self.preview_layer(create=False)
@@ -442,23 +372,19 @@ class InteractiveController(QObject):
 
     def draw_box(self) -> None:
         """Select the boxes layer with its rectangle tool (the next drag on the canvas draws a box)."""
-        if self.image_layer is None:
-            self.status.emit("choose an image layer first")
-            return
-        _, boxes = self.prompt_layers()
-        self.viewer.layers.selection.active = boxes
-        boxes.mode = "add_rectangle"
-        self.status.emit(f"drag a box around an object (layer '{boxes.name}'); 'Add points' to click again")
+        self._select_tool(1, "add_rectangle", "drag a box around an object (layer '{}'); 'Add points' to click again")
 
     def add_points(self) -> None:
         """Select the points layer in add mode (the next click on the canvas adds a point)."""
+        self._select_tool(0, "add", "click to add points (layer '{}')")
+
+    def _select_tool(self, which: int, mode: str, message: str) -> None:
         if self.image_layer is None:
             self.status.emit("choose an image layer first")
             return
-        points, _ = self.prompt_layers()
-        self.viewer.layers.selection.active = points
-        points.mode = "add"
-        self.status.emit(f"click to add points (layer '{points.name}')")
+        layer = self.prompt_layers()[which]
+        self._layers.select_tool(layer, mode)
+        self.status.emit(message.format(layer.name))
 
     def commit(self):
         """Write the preview objects into the target labels (new ids) and clear the prompts."""
@@ -503,6 +429,60 @@ class InteractiveController(QObject):
         except ValueError as err:
             show_info(str(err))
 
+    # -- 3D propagation ---------------------------------------------------------------------
+    def propagate(self, direction: str = "both") -> bool:
+        """Follow the preview objects (or the target's selected label) along the stack, in a
+        worker; the slices stream into the preview. False (with a status message) when there
+        is nothing to do. ``direction``: ``"both"``, ``"forward"`` or ``"backward"``."""
+        if self.propagation.running:
+            self.status.emit("a propagation is already running")
+            return False
+        job = self.propagation_job(direction)
+        if job is None:
+            return False
+        if job.keep_ids:
+            self.keep_ids = dict(job.keep_ids)
+        self.status.emit(f"propagating {len(job.seeds)} object(s) {direction}...")
+        return self.propagation.run(job, self.predictor)
+
+    def propagation_job(self, direction: str = "both") -> PropagationJob | None:
+        """The propagation of what is on screen now (None, with a status message, if none)."""
+        view = self.current_view()
+        if view is None or self.predictor is None:
+            self.status.emit("load a model and choose an image first")
+            return None
+        plane, axis = view.plane, view.plane.stack_axis
+        if axis is None:
+            self.status.emit("propagation needs a stack (Z x Y x X): this image is 2D")
+            return None
+        preview, target = self.preview_layer(), self.target_layer()
+        seeds, keep_ids = choose_seeds(
+            preview.data, plane, axis, lambda: L.prompted_positions(*self.prompt_layers(), plane, axis),
+            None if target is None else target.data, 0 if target is None else int(target.selected_label))
+        if not seeds:
+            self.status.emit("nothing to propagate: segment an object (or select a committed label) first")
+            return None
+        embeddings = self.embeddings
+        return PropagationJob(plane, axis, seeds, lambda z: embeddings.embed_now(view, plane.at(axis, z)),
+                              direction, self._generation, keep_ids, self.propagation_options, preview)
+
+    def _propagated_slice(self, item: tuple) -> None:
+        job, obj, z, mask = item
+        if job.generation == self._generation and job.write_slice(job.preview.data, obj, z, mask):
+            job.preview.refresh()
+
+    def _propagation_done(self, out: tuple) -> None:
+        job, results, cancelled = out
+        if results is None or job.generation != self._generation:
+            self.propagated.emit(None)
+            return
+        job.write_results(job.preview.data, results)
+        job.preview.refresh()
+        job.preview.metadata["edgesam_propagation"] = stack.score_table(results)
+        self.propagation_summary.emit(stack.summarise(results))
+        self.status.emit("propagation finished" + (" (cancelled)" if cancelled else ""))
+        self.propagated.emit(results)
+
     @property
     def busy(self) -> bool:
         """A worker of this controller is running or waiting (decoder, embedding,
@@ -517,41 +497,13 @@ class InteractiveController(QObject):
         never report to deleted Qt objects."""
         if self.closed:
             return
-        dims = self.viewer.dims.events
-        for ev in (dims.current_step, dims.order, dims.ndisplay):
-            ev.disconnect(self._view_changed)
         self.set_image_layer(None)
+        self._watch.stop()
         self.closed = True
         self.embeddings.cancel_background()
         self.propagation.cancel()
         self._decode.cancel_pending()
-        self._slice_timer.stop()
-        self._contrast_timer.stop()
         self.unbind_keys()
         self.embeddings.clear()
-        if self.busy:
-            _CLOSING.add(self)
-            self._reaper = self._timer(100, self._reap)
-            self._reaper.setSingleShot(False)
-            self._reaper.start()
+        keep_alive_while(self, lambda: self.busy)
 
-    def _reap(self) -> None:
-        if not self.busy:
-            self._reaper.stop()
-            _CLOSING.discard(self)
-
-
-def _describe(result: PlaneResult) -> str:
-    parts = []
-    for i, obj in enumerate(result.objects, 1):
-        text = f"object {i}: stability {obj.score:.2f}"
-        if obj.candidate is not None:
-            text += f" (candidate {obj.candidate + 1} of 4)"
-        elif obj.prior_box is not None:
-            text += " (whole object: granularity prior)"
-        if obj.note:
-            text += f"; whole object not taken: {obj.note}"
-        parts.append(text)
-    if result.ignored_points:
-        parts.append(f"{result.ignored_points} point(s) outside every box ignored")
-    return "; ".join(parts) or "no prompts"

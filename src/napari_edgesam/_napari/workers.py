@@ -217,3 +217,25 @@ class CancellableRunner(QObject):
 def wait_for_workers(timeout_ms: int = 30_000) -> bool:
     """Block until every thread-pool job has finished (for shutdown and tests)."""
     return QThreadPool.globalInstance().waitForDone(int(timeout_ms))
+
+
+#: Objects kept alive by :func:`keep_alive_while` until their workers end.
+_KEPT: set = set()
+
+
+def keep_alive_while(obj: QObject, busy: Callable[[], bool], interval_ms: int = 100) -> None:
+    """Hold a reference to ``obj`` while ``busy()`` is True (polled on the main thread every
+    ``interval_ms``): a closed object whose workers still run never reports to deleted Qt objects."""
+    if not busy():
+        return
+    _KEPT.add(obj)
+    timer = QTimer(obj)
+
+    def check() -> None:
+        if not busy():
+            timer.stop()
+            _KEPT.discard(obj)
+
+    timer.setInterval(interval_ms)
+    timer.timeout.connect(check)
+    timer.start()
