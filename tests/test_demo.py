@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from napari_edgesam._napari.demo import demo_box
 from napari_edgesam.cli import demo
 from napari_edgesam.inference import weights
 
@@ -36,7 +37,7 @@ def test_demo_box_surrounds_the_central_nucleus():
     from napari_edgesam._napari.samples import make_nuclei_2d
 
     image = make_nuclei_2d()
-    x0, y0, x1, y1 = demo.demo_box(image)
+    x0, y0, x1, y1 = demo_box(image)
     assert 0 <= x0 < x1 < image.shape[1] and 0 <= y0 < y1 < image.shape[0]
     assert 10 < x1 - x0 < 60 and 10 < y1 - y0 < 60
     inside = image[int(y0):int(y1) + 1, int(x0):int(x1) + 1]
