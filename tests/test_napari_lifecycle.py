@@ -65,13 +65,12 @@ def test_in_place_edit_and_refresh_gives_a_new_embedding(make_napari_viewer, pre
     view = c.current_view()
     emb = c.embeddings.lookup(view)
     ref = EdgeSamPredictor(backend.inner)  # not counted
-    fresh = ref.compute_embedding(new_pixels, **view.normalisation)
+    fresh = ref.encode(new_pixels, **view.normalisation)
     # the cache keeps float16 features: equal to the new pixels' embedding up to that rounding
     np.testing.assert_allclose(emb.features.astype(np.float32), fresh.features, rtol=2e-3, atol=1e-3)
     assert np.abs(emb.features.astype(np.float32) - old.features.astype(np.float32)).max() > 0.1
     # the preview is the answer on the new pixels
-    ref.set_embedding(emb)
-    mask, _, _ = ref.segment(np.float32([[40, 30]]), np.int64([1]))
+    mask, _, _ = ref.segment(np.float32([[40, 30]]), np.int64([1]), embedding=emb)
     np.testing.assert_array_equal(viewer.layers[names.PREVIEW_LAYER].data > 0, mask)
     # a slice/redraw without an edit costs no encoder run
     layer.refresh()

@@ -8,14 +8,15 @@ import time
 import numpy as np
 import pytest
 
-from napari_edgesam.inference.embedding_cache import EmbeddingCache, data_signature
+from napari_edgesam.inference.embedding_cache import EmbeddingCache
+from napari_edgesam.inference.embedding_keys import data_signature
 from napari_edgesam.inference.predictor import ImageEmbedding
 from napari_edgesam.inference.preprocess import resized_shape
 from napari_edgesam.inference.slices import SliceEmbedder, get_plane, neighbour_order, plane_index
 
 
 class CountingEncoder:
-    """Stands in for EdgeSamPredictor.compute_embedding: features encode the image mean."""
+    """Stands in for EdgeSamPredictor.encode: features encode the image mean."""
 
     model_name = "stub"
 
@@ -24,7 +25,7 @@ class CountingEncoder:
         self.delay = delay
         self._lock = threading.Lock()
 
-    def compute_embedding(self, image, **normalisation):
+    def encode(self, image, **normalisation):
         with self._lock:
             self.calls.append(normalisation)
         time.sleep(self.delay)
@@ -121,7 +122,7 @@ def test_concurrent_requests_for_one_slice_embed_once(volume):
 
 def test_encoder_error_propagates_and_does_not_block(volume):
     class Failing(CountingEncoder):
-        def compute_embedding(self, image, **normalisation):
+        def encode(self, image, **normalisation):
             raise RuntimeError("boom")
 
     emb = SliceEmbedder(Failing(), EmbeddingCache())

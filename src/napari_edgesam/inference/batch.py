@@ -54,7 +54,7 @@ import numpy as np
 from .._atomic import OutputWriteError, check_writable, remove_stale_temps
 from .._atomic import describe_write_error as _write_failure
 from .automatic_common import Cancelled
-from .automatic_modes import missing_prior_message, segment_automatic_any
+from .automatic_modes import segment_automatic_any
 from .batch_config import MODES, REPORT_COLUMNS, BatchConfig, BatchProgress, BatchReport
 from .batch_prompts import PromptError, check_prompts, normalisation, segment_prompts
 from .batch_resume import (
@@ -77,6 +77,7 @@ from .io import (
     write_json,
     write_labels,
 )
+from .prior import missing_prior_message
 from .prompt_csv import CsvObject, prompt_identity, prompts_for_image, unmatched_images
 
 __all__ = [

@@ -23,6 +23,7 @@ from .backends import Backend
 from .postprocess import fill_holes as _fill_holes
 from .postprocess import stability_in_image, stability_score, upscale_logits
 from .preprocess import DEFAULT_PERCENTILES, prepare_input, to_rgb_uint8
+from .prior import click_box, encode_with_prior
 from .prompts import (
     _real,
     check_candidate,
@@ -35,6 +36,9 @@ from .prompts import (
 )
 
 logger = logging.getLogger(__name__)
+
+#: The default ``prior`` of :meth:`EdgeSamPredictor.encode`: the predictor's own :attr:`~EdgeSamPredictor.prior`.
+OWN_PRIOR = object()
 
 
 def _as_backend(obj: object, device: str) -> Backend:
@@ -153,7 +157,8 @@ class EdgeSamPredictor:
         self._embedding: ImageEmbedding | None = None
         self._warned_scores = False
         #: Optional granularity prior (a box head, see :mod:`napari_edgesam.inference.prior`):
-        #: when set, ``set_image`` also computes box proposals used by :meth:`segment_click`.
+        #: when set, :meth:`encode` (and ``set_image``) also computes the box proposals that
+        #: :meth:`segment_click` uses.
         self.prior = None
         #: Interactive refinements (another point on an object) pass the previous low-res
         #: logits as ``mask_input`` (SAM's use). ``load_model`` sets False for models whose mask
@@ -173,39 +178,34 @@ class EdgeSamPredictor:
         contrast_limits: Sequence[float] | None = None,
         gamma: float = 1.0,
         percentiles: Sequence[float] = DEFAULT_PERCENTILES,
+        prior: object = OWN_PRIOR,
     ) -> ImageEmbedding:
         """Embed a 2D image without changing the predictor's state.
 
         ``image``: ``H x W`` grey, ``H x W x 3`` RGB, or multi-channel; any integer or float
         dtype. See :func:`~napari_edgesam.inference.preprocess.to_rgb_uint8` for the intensity
-        normalisation (contrast limits, percentiles, gamma, NaN handling). With a :attr:`prior`
-        the embedding carries its box proposals (from the same encoder pass when the prior
-        shares the torch encoder).
+        normalisation (contrast limits, percentiles, gamma, NaN handling). ``prior``: whose box
+        proposals the embedding carries (:attr:`ImageEmbedding.proposals`): the predictor's own
+        :attr:`prior` by default, None for none (and no prior pass), or another prior. They
+        come from the same encoder pass when the prior shares the backend's encoder (a torch
+        prior on the torch backend); an ONNX prior runs a pass of its own.
         """
         rgb = to_rgb_uint8(
             image, channel_axis=channel_axis, channel=channel,
             contrast_limits=contrast_limits, gamma=gamma, percentiles=percentiles,
         )
-        return self.encode_rgb(rgb)
+        return self.encode_rgb(rgb, prior=prior)
 
-    def encode_rgb(self, rgb: np.ndarray) -> ImageEmbedding:
+    def encode_rgb(self, rgb: np.ndarray, *, prior: object = OWN_PRIOR) -> ImageEmbedding:
         """:meth:`encode` for an ``H x W x 3`` uint8 RGB image (no intensity normalisation)."""
-        if self.prior is not None:
-            from .prior import embed_rgb_with_proposals
-
-            emb, proposals = embed_rgb_with_proposals(self, self.prior, rgb)
-            return emb.with_proposals(proposals)
-        return self.embed_rgb(rgb)
-
-    def compute_embedding(self, image: np.ndarray, **normalisation) -> ImageEmbedding:
-        """The embedding alone (no proposals, even with a prior); see :meth:`encode`."""
-        return self.embed_rgb(to_rgb_uint8(image, **normalisation))
-
-    def embed_rgb(self, rgb: np.ndarray) -> ImageEmbedding:
-        """Embed an ``H x W x 3`` uint8 RGB image (no intensity normalisation, no proposals)."""
+        prior = self.prior if prior is OWN_PRIOR else prior
         x, input_size = prepare_input(rgb)
-        features = self.backend.encode(x)
-        return ImageEmbedding(features, tuple(rgb.shape[:2]), tuple(input_size))
+        input_size = (int(input_size[0]), int(input_size[1]))
+        original = (int(rgb.shape[0]), int(rgb.shape[1]))
+        if prior is None:
+            return ImageEmbedding(self.backend.encode(x), original, input_size)
+        features, proposals = encode_with_prior(prior, self.backend, x, input_size, original)
+        return ImageEmbedding(features, original, input_size, proposals)
 
     def set_image(self, image: np.ndarray, **normalisation) -> ImageEmbedding:
         """Embed ``image`` (:meth:`encode`) and make it the current image; returns the embedding."""
@@ -445,8 +445,6 @@ class EdgeSamPredictor:
         pt = validate_click(point, emb.original_size)
         box = None
         if emb.proposals is not None:
-            from .prior import click_box
-
             box = click_box(emb.proposals, pt[0], emb.original_size, k_nearest)
         return self.segment(pt, np.ones(1, np.float32), box, fill_holes=fill_holes, embedding=emb)
 
