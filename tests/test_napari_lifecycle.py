@@ -13,7 +13,7 @@ from napari_edgesam._napari import names
 from napari_edgesam._napari.embedding import EmbeddingService
 from napari_edgesam._napari.interactive_widget import InteractiveWidget
 from napari_edgesam._napari.samples import make_nuclei_2d, make_nuclei_3d
-from napari_edgesam.inference import embedding_cache
+from napari_edgesam.inference import embedding_keys
 from napari_edgesam.inference.predictor import EdgeSamPredictor
 from napari_edgesam.inference.propagation import PropagationResult
 
@@ -27,15 +27,15 @@ def predictor(golden_predictor):
 
 
 def test_an_off_grid_edit_of_a_large_numpy_array_changes_its_signature(monkeypatch):
-    monkeypatch.setattr(embedding_cache, "FULL_HASH_BYTES", 1000)  # "large": the sampled path
+    monkeypatch.setattr(embedding_keys, "FULL_HASH_BYTES", 1000)  # "large": the sampled path
     data = np.random.default_rng(0).integers(0, 255, (40, 64, 64), dtype=np.uint8)
     sampled = set(np.linspace(0, 39, 32).astype(int))
     z = next(i for i in range(40) if i not in sampled)
-    before = embedding_cache.data_signature(data)
+    before = embedding_keys.data_signature(data)
     service = EmbeddingService()
     sig = service.signature(data, compute=True)
     data[z, 1, 1] ^= 0xFF
-    assert embedding_cache.data_signature(data) == before  # what a sampled key misses
+    assert embedding_keys.data_signature(data) == before  # what a sampled key misses
     assert service.signature(data, compute=True) == sig  # memoised until told
     service.forget_data(data)
     assert service.signature(data, compute=True) != sig

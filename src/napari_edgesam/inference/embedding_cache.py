@@ -25,12 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .embedding_keys import FULL_HASH_BYTES, data_signature, embedding_key, key_prefix
+from .embedding_keys import data_signature, embedding_key, key_prefix  # re-exported: the keys of this cache
 from .predictor import ImageEmbedding
 from .prior import ProposalSet
 
-__all__ = ["DEFAULT_MAX_DISK_BYTES", "DISK_FORMAT_VERSION", "FULL_HASH_BYTES", "EmbeddingCache",
-           "data_signature", "embedding_key", "key_prefix"]
+__all__ = ["DEFAULT_MAX_DISK_BYTES", "DISK_FORMAT_VERSION", "EmbeddingCache", "data_signature", "embedding_key",
+           "key_prefix"]
 
 logger = logging.getLogger(__name__)
 
