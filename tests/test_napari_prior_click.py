@@ -398,3 +398,42 @@ def test_proposals_are_kept_on_disk_with_the_embeddings(make_widget, nuclei_mode
     with np.load(files[0], allow_pickle=False) as z:
         np.testing.assert_array_equal(z["proposal_boxes"], found_first.boxes)
         assert str(z["proposal_tag"]) == found_first.tag is not None
+
+
+def test_proposals_of_another_prior_are_not_served(make_widget, nuclei_model, tmp_path, qtbot):
+    """A cached embedding keeps its proposals with the tag of the prior that made them: a session
+    with another prior (another file, or the file retrained) takes the embedding from the disk
+    but finds its own proposals in a worker, and puts them back."""
+    image = _nuclei(7)[0]
+    found = []
+    for tag in ("prior-A", "prior-B"):
+        p = EdgeSamPredictor(CountingBackend(nuclei_model.backend), nuclei_model.model_name)
+        p.prior = CountingPrior(nuclei_model.prior)
+        p.prior.source_tag = tag  # what load_prior records: the file's identity
+        w = make_widget(None, p)
+        w.controller.embeddings.set_cache_dir(tmp_path / "cache")
+        w.viewer.add_image(image, name="nuclei")
+        wait_ready(qtbot, w.controller)
+        found.append((p, w.controller, w.controller.embeddings.lookup_proposals(w.controller.current_view())))
+    (first, _, a), (second, c, b) = found
+    assert first.prior.calls == {"embed_and_propose": 1}
+    assert second.backend.encodes == 0 and second.prior.calls == {"propose": 1}  # embedding from disk, own proposals
+    assert a.tag == "prior-A" and b.tag == "prior-B"
+    np.testing.assert_allclose(b.boxes, a.boxes, atol=1e-3)  # the same head underneath
+    cached = c.embeddings.cache.get(c.embeddings.key(c.current_view()))
+    assert cached.proposals is b  # put back: they travel with the embedding from now on
+
+
+def test_one_click_runs_the_rule_once(make_widget, predictor, qtbot, monkeypatch):
+    import napari_edgesam.inference.prior.rule as rule
+
+    calls = []
+    real = rule.choose_box_for_click
+    monkeypatch.setattr(rule, "choose_box_for_click", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    image, labels = _nuclei()
+    w = make_widget(image, predictor)
+    c = w.controller
+    wait_ready(qtbot, c)
+    _, xy = typical_nucleus(labels)
+    result = click(qtbot, c, xy)
+    assert result.objects[0].prior_box is not None and len(calls) == 1
