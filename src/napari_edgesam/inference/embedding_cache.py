@@ -25,7 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .embedding_keys import data_signature, embedding_key, key_prefix  # re-exported: the keys of this cache
+from .embedding_keys import (  # re-exported: the keys of this cache
+    data_signature,
+    embedding_key,
+    key_prefix,
+)
 from .predictor import ImageEmbedding
 from .prior import ProposalSet
 
