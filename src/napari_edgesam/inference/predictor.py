@@ -22,7 +22,7 @@ from .backends import Backend, as_backend
 from .postprocess import fill_holes as _fill_holes
 from .postprocess import stability_in_image, stability_score, upscale_logits
 from .preprocess import DEFAULT_PERCENTILES, prepare_input, to_rgb_uint8
-from .prior import click_box, encode_with_prior
+from .prior import ProposalSet, click_box, encode_with_prior
 from .prompts import (
     check_candidate,
     check_k_nearest,
@@ -54,13 +54,13 @@ class ImageEmbedding:
     features: np.ndarray
     original_size: tuple[int, int]
     input_size: tuple[int, int]
-    proposals: object | None = None
+    proposals: ProposalSet | None = None
 
     def astype(self, dtype: np.dtype | type) -> ImageEmbedding:
         """A copy with ``features`` in ``dtype`` (e.g. ``np.float16`` for caches)."""
         return replace(self, features=self.features.astype(dtype))
 
-    def with_proposals(self, proposals: object | None) -> ImageEmbedding:
+    def with_proposals(self, proposals: ProposalSet | None) -> ImageEmbedding:
         """The same embedding carrying ``proposals`` (a ``ProposalSet`` or None)."""
         return replace(self, proposals=proposals)
 
@@ -187,7 +187,7 @@ class EdgeSamPredictor:
         self._embedding = self.encode(image, **normalisation)
         return self._embedding
 
-    def set_embedding(self, embedding: ImageEmbedding, proposals=None) -> None:
+    def set_embedding(self, embedding: ImageEmbedding, proposals: ProposalSet | None = None) -> None:
         """Make a previously computed (e.g. cached) embedding current; ``proposals`` (a
         :class:`~napari_edgesam.inference.prior.ProposalSet`), when given, replace the ones it carries."""
         self._embedding = self.checked(embedding)
@@ -206,7 +206,7 @@ class EdgeSamPredictor:
         self._embedding = None
 
     @property
-    def proposals(self):
+    def proposals(self) -> ProposalSet | None:
         """The prior's box proposals for the current image (None without a prior)."""
         return None if self._embedding is None else self._embedding.proposals
 
