@@ -161,7 +161,7 @@ def test_one_call_for_both_modes():
 
 
 def test_where_a_models_prior_is(tmp_path):
-    from napari_edgesam.inference.prior import find_model_prior, missing_prior_message
+    from napari_edgesam.inference.model_prior import find_model_prior, missing_prior_message
 
     shipped = find_model_prior("edgesam-nuclei")
     assert shipped is not None and shipped.name == "edge_sam_nuclei.prior.pth"
@@ -169,7 +169,7 @@ def test_where_a_models_prior_is(tmp_path):
     model.write_bytes(b"not loaded")
     assert find_model_prior(model) is None and find_model_prior("no-such-model") is None
     message = missing_prior_message(model)
-    assert str(tmp_path / "lab_model.prior.pth") in message and "training.prior train" in message
+    assert str(tmp_path / "lab_model.prior.pth") in message and "napari-edgesam train prior" in message
     assert "edgesam-nuclei" in message
     (tmp_path / "lab_model.prior.pth").write_bytes(b"x")
     assert find_model_prior(str(model)) == tmp_path / "lab_model.prior.pth"

@@ -295,7 +295,7 @@ def test_boxes_mode_stack_is_merged_in_3d(tmp_path):
 def test_boxes_mode_without_a_prior_fails_clearly(image_folder, tmp_path):
     folder, _ = image_folder
     config = BatchConfig(mode="boxes", model="my-model.pth")
-    with pytest.raises(ValueError, match=r"'my-model.pth' has no granularity prior.*training\.prior train"):
+    with pytest.raises(ValueError, match=r"'my-model.pth' has no granularity prior.*napari-edgesam train prior"):
         run_batch([folder], tmp_path / "out", config, predictor=BoxOraclePredictor())  # no prior attached
     record = process_one(folder / "a.tif", BatchConfig(mode="boxes", out_dir=str(tmp_path / "o")),
                          predictor=BoxOraclePredictor())

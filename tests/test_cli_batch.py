@@ -132,6 +132,6 @@ def test_cli_boxes_mode_without_a_prior_says_how_to_get_one(inputs, tmp_path, go
                str(golden_checkpoint), "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 1 and "has no granularity prior" in err and str(golden_checkpoint) in err
-    assert str(golden_checkpoint.with_name("edge_sam.prior.pth")) in err and "training.prior train" in err
+    assert str(golden_checkpoint.with_name("edge_sam.prior.pth")) in err and "napari-edgesam train prior" in err
     rc = main(["batch", str(inputs), "-o", str(tmp_path / "out"), "--auto", "--prior", "auto"])
     assert rc == 1 and "--mode boxes" in capsys.readouterr().err

@@ -77,7 +77,7 @@ from .io import (
     write_json,
     write_labels,
 )
-from .prior import missing_prior_message
+from .model_prior import missing_prior_message
 from .prompt_csv import CsvObject, prompt_identity, prompts_for_image, unmatched_images
 
 __all__ = [

@@ -13,7 +13,7 @@ import numpy as np
 from .automatic import AutomaticConfig
 from .automatic_boxes import BoxAutomaticConfig
 from .automatic_modes import AnyAutomaticConfig
-from .prior import find_model_prior
+from .model_prior import find_model_prior
 
 MODES = ("auto", "boxes", "prompts")
 REPORT_COLUMNS = ("input", "key", "status", "n_objects", "seconds", "error")

@@ -9,19 +9,17 @@ object (EdgeSAM paper, "granularity prior"):
   its embedding (:func:`encode_with_prior`, used by ``EdgeSamPredictor.encode``);
 * :mod:`.torch_prior` (:class:`TorchBoxPrior`, one encoder pass with the torch backend) and
   :mod:`.onnx_prior` (:class:`OnnxBoxPrior`, onnxruntime-only installs);
-* :mod:`.files`: where a model's prior is, loading it, its identity tag, the box-head file.
+* :mod:`.files`: the prior beside a model file, loading it, its identity tag, the box-head file
+  (by registered model name: :mod:`napari_edgesam.inference.model_prior`).
 
 Nothing here imports torch at module level, nor the predictor.
 """
 
 from .files import (
     FORMAT,
-    find_model_prior,
     find_prior,
     load_box_head,
     load_prior,
-    missing_prior_message,
-    model_files,
     prior_path_for,
     prior_tag,
     save_box_head,
@@ -43,12 +41,9 @@ __all__ = [
     "click_box",
     "compute_proposals",
     "encode_with_prior",
-    "find_model_prior",
     "find_prior",
     "load_box_head",
     "load_prior",
-    "missing_prior_message",
-    "model_files",
     "nms_boxes",
     "prior_path_for",
     "prior_tag",
