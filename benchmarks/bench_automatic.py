@@ -5,7 +5,7 @@ call costs what the released model costs; the masks themselves are arbitrary, wh
 changes how many candidates survive the filters (reported as "objects").
 
 Rows:
-  * decoder cost per prompt for several prompts-per-call (``predict_batch``, low-res only);
+  * decoder cost per prompt for several prompts-per-call (``decode_batch``, low-res only);
   * unbatched reference: the 32 x 32 grid as 1024 ``predict()`` calls of one point each
     (4 masks upscaled to full size per call, like a naive loop), then the same filtering;
     timed on ``--unbatched-points`` grid points and extrapolated to 1024 (marked "extrapolated");
@@ -96,21 +96,20 @@ def main(argv: list[str] | None = None) -> int:
     predictor = EdgeSamPredictor(TorchBackend(build_edge_sam(golden_state_dict()), "cpu"), "edgesam-golden")
     image = nuclei_image(0)
     t = time.perf_counter()
-    emb = predictor.compute_embedding(image)
+    emb = predictor.encode(image)
     add(["embedding (encoder, 1024x1024)", "1 call", f"{time.perf_counter() - t:.2f} s", "", "measured"])
     default = AutomaticConfig()
     grid = point_grid(image.shape, default.points_per_side)
 
     # decoder cost per prompt by batch size (32 prompts each, after one warm-up call)
-    predictor.set_embedding(emb)
     per_prompt = {}
     for bs in [int(b) for b in args.batch_sizes.split(",")]:
         pts = grid[: max(bs, 32)]
-        predictor.predict_batch(pts[:bs, None], np.ones((bs, 1)), num_multimask_outputs=4, upscale=False)
+        predictor.decode_batch(emb, pts[:bs, None], np.ones((bs, 1)), num_multimask_outputs=4, upscale=False)
         t = time.perf_counter()
         for i in range(0, len(pts), bs):
             c = pts[i : i + bs]
-            predictor.predict_batch(c[:, None], np.ones((len(c), 1)), num_multimask_outputs=4, upscale=False)
+            predictor.decode_batch(emb, c[:, None], np.ones((len(c), 1)), num_multimask_outputs=4, upscale=False)
         per_prompt[bs] = (time.perf_counter() - t) / len(pts)
         add([f"decoder, {bs} prompt(s) per call", f"{len(pts)} prompts",
              f"{per_prompt[bs] * 1e3:.1f} ms/prompt", "", "measured"])
@@ -123,23 +122,22 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     cands = []
     for p in sub:
-        _, scores, low = predictor.predict(p[None], np.ones(1), num_multimask_outputs=4)
+        _, scores, low = predictor.decode(emb, p[None], np.ones(1), num_multimask_outputs=4)
         cands += _filter_chunk(p[None], Prediction(None, scores[None], low[None]), emb, cfg_all, covered)
     masks_to_labels(nms(cands, cfg_all.nms_thresh), image.shape, cfg_all.min_area)
     unbatched_s = (time.perf_counter() - t) * len(grid) / n_sub
-    predictor.reset_image()
     add([f"unbatched {default.points_per_side}x{default.points_per_side} grid, predict() per point",
          f"{len(grid)} calls", f"{unbatched_s:.1f} s", "1.00x", f"extrapolated from {n_sub} points"])
 
     # batched, every point decoded: batching + low-res filtering + in-box upscaling only
     calls = {"n": 0}
-    real = predictor.predict_batch
+    real = predictor.decode_batch
 
     def counting(*a, **k):
         calls["n"] += 1
         return real(*a, **k)
 
-    predictor.predict_batch = counting
+    predictor.decode_batch = counting
     cfg = AutomaticConfig(skip_covered=False)
     per_call = "auto: 64/16/4 timed, fastest kept"
     t = time.perf_counter()
@@ -161,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         report = run_batch([folder], Path(tmp) / "out", BatchConfig(), predictor=predictor)
         secs = time.perf_counter() - t
-    del predictor.predict_batch
+    del predictor.decode_batch
     if report.count("ok") != args.images:
         raise RuntimeError(f"batch run failed: {report.records}")
     objects = sum(r["n_objects"] for r in report.records) / args.images

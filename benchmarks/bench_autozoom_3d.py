@@ -77,7 +77,7 @@ def propagation(predictor, image: np.ndarray, labels: np.ndarray) -> None:
     zooms: dict = {}
 
     def get_embedding(z: int):
-        return embeddings.setdefault(z, predictor.compute_embedding(image[z]))
+        return embeddings.setdefault(z, predictor.encode(image[z]))
 
     def zoom_for(z: int) -> AutoZoom:
         return zooms.setdefault(z, AutoZoom(predictor, image[z], cache=cache, image_key=("slice", z)))

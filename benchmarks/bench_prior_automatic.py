@@ -56,7 +56,7 @@ def main() -> None:
     image, gt = tifffile.imread(args.image), tifffile.imread(args.labels)
     predictor = load_model(args.model, backend="torch", device="cpu")
     prior = load_prior(args.prior, predictor)
-    emb = predictor.compute_embedding(image)
+    emb = predictor.encode(image, prior=None)
     rows = []
     t = time.perf_counter()
     grid = segment_automatic(predictor, image, AutomaticConfig(), embedding=emb)

@@ -12,7 +12,6 @@ because thread teams persist for the life of a process.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import subprocess
@@ -30,17 +29,16 @@ def child(clicks: int) -> dict:
     loader, encoder, decoder = ThreadPoolExecutor(1), ThreadPoolExecutor(1), ThreadPoolExecutor(1)
     predictor = loader.submit(load_model, "edgesam-nuclei", device="cpu", allow_download=False).result()
     image, _ = synthetic_nuclei_2d(0)
-    clicker = copy.copy(predictor)
-    clicker.set_embedding(encoder.submit(predictor.compute_embedding, image).result())
+    emb = encoder.submit(predictor.encode, image).result()
     point, label = np.array([[256.0, 256.0]], np.float32), np.ones(1, np.float32)
     segment, encode = [], []
     for i in range(clicks + 3):
         if i % 5 == 0:  # a prefetch now and then
             t = time.perf_counter()
-            encoder.submit(predictor.compute_embedding, image).result()
+            encoder.submit(predictor.encode, image).result()
             encode.append(time.perf_counter() - t)
         t = time.perf_counter()
-        decoder.submit(clicker.segment, point, label).result()
+        decoder.submit(predictor.segment, point, label, embedding=emb).result()
         if i >= 3:
             segment.append(time.perf_counter() - t)
     return {"segment_ms": 1000 * float(np.median(segment)), "encode_ms": 1000 * float(np.median(encode))}

@@ -25,8 +25,9 @@ from scipy import ndimage
 
 from napari_edgesam.constants import IMG_SIZE, LOW_RES_SIZE, token_slice
 from napari_edgesam.inference.postprocess import stability_score, upscale_logits
-from napari_edgesam.inference.predictor import ImageEmbedding, Prediction
+from napari_edgesam.inference.predictor import OWN_PRIOR, ImageEmbedding, Prediction
 from napari_edgesam.inference.preprocess import resized_shape, to_rgb_uint8
+from napari_edgesam.inference.prior import propose_rgb
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,8 @@ def one_thread():
 
 
 class _OracleBase:
-    """Image state of the oracles: the embedding holds the instance label image."""
+    """Image state of the oracles: the embedding holds the instance label image. Like the
+    predictor, ``decode_batch``/``segment(embedding=)`` never use or change the current image."""
 
     def __init__(self, seed: int = 0, prior=None) -> None:
         self.backend = SimpleNamespace(name="oracle", supports_mask_input=False, provides_iou_scores=False)
@@ -56,9 +58,10 @@ class _OracleBase:
         self._rng = np.random.default_rng(seed)
         self._cache: dict = {}
 
-    def embed_rgb(self, rgb: np.ndarray) -> ImageEmbedding:
+    def encode_rgb(self, rgb: np.ndarray, *, prior=OWN_PRIOR) -> ImageEmbedding:
         """Pixel value v > 0 of channel 0 means "instance of class v"; instances are the
-        connected components of each value inside the embedded image (or tile)."""
+        connected components of each value inside the embedded image (or tile). With a prior
+        (the oracle's own by default), the embedding carries its proposals."""
         v = rgb[..., 0].astype(np.int64)
         lab = np.zeros(v.shape, np.int64)
         n = 0
@@ -67,13 +70,15 @@ class _OracleBase:
             lab[cc > 0] = cc[cc > 0] + n
             n += k
         self.embedded += 1
-        return ImageEmbedding(lab[None, None].astype(np.float32), tuple(v.shape), resized_shape(v.shape))
+        emb = ImageEmbedding(lab[None, None].astype(np.float32), tuple(v.shape), resized_shape(v.shape))
+        prior = self.prior if prior is OWN_PRIOR else prior
+        return emb if prior is None else emb.with_proposals(propose_rgb(prior, rgb))
 
-    def compute_embedding(self, image, **norm) -> ImageEmbedding:
-        return self.embed_rgb(to_rgb_uint8(image, **norm))
+    def encode(self, image, *, prior=OWN_PRIOR, **norm) -> ImageEmbedding:
+        return self.encode_rgb(to_rgb_uint8(image, **norm), prior=prior)
 
     def set_image(self, image, **norm):
-        self._emb = self.compute_embedding(image, **norm)
+        self._emb = self.encode(image, **norm)
         return self._emb
 
     def set_embedding(self, emb, proposals=None):
@@ -92,11 +97,16 @@ class _OracleBase:
             raise RuntimeError("no image is set")
         return self._emb
 
-    def _labels(self) -> np.ndarray:
-        return np.asarray(self.embedding.features[0, 0], np.int64)
+    def predict_batch(self, *args, **kwargs) -> Prediction:
+        return self.decode_batch(self.embedding, *args, **kwargs)
 
-    def _to_low(self, mask: np.ndarray) -> np.ndarray:
-        ih, iw = self.embedding.input_size
+    @staticmethod
+    def _labels(emb) -> np.ndarray:
+        return np.asarray(emb.features[0, 0], np.int64)
+
+    @staticmethod
+    def _to_low(mask: np.ndarray, emb) -> np.ndarray:
+        ih, iw = emb.input_size
         img = Image.fromarray(mask.astype(np.float32)).resize((iw, ih), Image.BILINEAR)
         frame = np.zeros((IMG_SIZE, IMG_SIZE), np.float32)
         frame[:ih, :iw] = np.clip(np.asarray(img), 0, 1)
@@ -107,29 +117,29 @@ class _OracleBase:
 class LabelOraclePredictor(_OracleBase):
     """Point-prompt oracle (see the module docstring)."""
 
-    def _maps(self) -> tuple[np.ndarray, np.ndarray]:
-        """Instance labels and background components of the current embedding (cached)."""
-        features = self.embedding.features
+    def _maps(self, emb) -> tuple[np.ndarray, np.ndarray]:
+        """Instance labels and background components of ``emb`` (cached)."""
+        features = emb.features
         if self._cache.get("features") is not features:  # identity, not id(): ids get reused
-            lab = self._labels()
+            lab = self._labels(emb)
             self._cache = {"features": features, "maps": (lab, ndimage.label(lab == 0)[0])}
         return self._cache["maps"]
 
-    def _object(self, x: float, y: float) -> tuple[tuple, np.ndarray]:
-        lab, bg = self._maps()
+    def _object(self, emb, x: float, y: float) -> tuple[tuple, np.ndarray]:
+        lab, bg = self._maps(emb)
         r, c = int(y), int(x)
         if lab[r, c] > 0:
             return ("fg", int(lab[r, c])), lab == lab[r, c]
         return ("bg", int(bg[r, c])), bg == bg[r, c]
 
-    def object_mask(self, x: float, y: float) -> np.ndarray:
-        return self._object(x, y)[1]
+    def object_mask(self, x: float, y: float, embedding=None) -> np.ndarray:
+        return self._object(self.embedding if embedding is None else embedding, x, y)[1]
 
-    def _tokens(self, x: float, y: float) -> np.ndarray:
-        key, mask = self._object(x, y)
+    def _tokens(self, emb, x: float, y: float) -> np.ndarray:
+        key, mask = self._object(emb, x, y)
         store = self._cache.setdefault("tokens", {})
         if key not in store:
-            low = self._to_low(mask)
+            low = self._to_low(mask, emb)
             crisp = 20.0 * (low - 0.5)
             soft = 8.0 * (ndimage.gaussian_filter(ndimage.maximum_filter(low, 5), 3) - 0.5)
             store[key] = (crisp, soft, np.full_like(low, 10.0))
@@ -137,30 +147,32 @@ class LabelOraclePredictor(_OracleBase):
         noise = self._rng.normal(0, 0.5, crisp.shape).astype(np.float32)
         return np.stack([crisp, soft, whole, noise]).astype(np.float32)
 
-    def predict_batch(self, point_coords=None, point_labels=None, boxes=None, mask_input=None,
-                      num_multimask_outputs=1, return_logits=False, use_stability_score=False,
-                      upscale=True) -> Prediction:
+    def decode_batch(self, embedding, point_coords=None, point_labels=None, boxes=None, mask_input=None,
+                     num_multimask_outputs=1, return_logits=False, use_stability_score=False,
+                     upscale=True) -> Prediction:
         pc = np.asarray(point_coords, np.float32)
         assert pc.ndim == 3 and pc.shape[2] == 2 and np.asarray(point_labels).shape == pc.shape[:2]
         self.calls += 1
         self.prompts += len(pc)
-        low = np.stack([self._tokens(*p[0]) for p in pc])[:, token_slice(num_multimask_outputs)]
+        low = np.stack([self._tokens(embedding, *p[0]) for p in pc])[:, token_slice(num_multimask_outputs)]
         scores = stability_score(low) if use_stability_score else np.full(low.shape[:2], 0.5, np.float32)
         masks = None
         if upscale:
-            masks = upscale_logits(low, self.embedding.input_size, self.embedding.original_size) > 0
+            masks = upscale_logits(low, embedding.input_size, embedding.original_size) > 0
         return Prediction(masks, scores, low)
 
-    def segment(self, point_coords=None, point_labels=None, box=None, mask_input=None, candidate=None):
+    def segment(self, point_coords=None, point_labels=None, box=None, mask_input=None, candidate=None, *,
+                fill_holes=True, embedding=None):
+        emb = self.embedding if embedding is None else embedding
         if box is not None:
             x, y = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
         else:
             pts = np.asarray(point_coords).reshape(-1, 2)
             lab = np.asarray(point_labels).reshape(-1)
             x, y = pts[lab == 1][0]
-        h, w = self.embedding.original_size
-        mask = self.object_mask(min(x, w - 1), min(y, h - 1))
-        return mask, 1.0, self._to_low(mask)
+        h, w = emb.original_size
+        mask = self.object_mask(min(x, w - 1), min(y, h - 1), emb)
+        return mask, 1.0, self._to_low(mask, emb)
 
 
 class BoxOraclePredictor(_OracleBase):
@@ -170,26 +182,26 @@ class BoxOraclePredictor(_OracleBase):
         super().__init__(seed, prior)
         self.upscaled = False
 
-    def _answer(self, box) -> np.ndarray:
-        lab = self._labels()
+    def _answer(self, emb, box) -> np.ndarray:
+        lab = self._labels(emb)
         x0, y0, x1, y1 = (int(round(v)) for v in box)
         inside = lab[max(y0, 0):y1, max(x0, 0):x1]
         ids, counts = np.unique(inside[inside > 0], return_counts=True)
         if len(ids) and counts.max() >= 0.3 * inside.size:
-            return 20.0 * (self._to_low(lab == ids[np.argmax(counts)]) - 0.5)
+            return 20.0 * (self._to_low(lab == ids[np.argmax(counts)], emb) - 0.5)
         return self._rng.normal(0, 0.5, (LOW_RES_SIZE, LOW_RES_SIZE)).astype(np.float32)
 
-    def predict_batch(self, point_coords=None, point_labels=None, boxes=None, mask_input=None,
-                      num_multimask_outputs=1, return_logits=False, use_stability_score=False, upscale=True):
+    def decode_batch(self, embedding, point_coords=None, point_labels=None, boxes=None, mask_input=None,
+                     num_multimask_outputs=1, return_logits=False, use_stability_score=False, upscale=True):
         assert point_coords is None and num_multimask_outputs == 1
         b = np.asarray(boxes, np.float32)
         assert b.ndim == 2 and b.shape[1] == 4
-        h, w = self.embedding.original_size
+        h, w = embedding.original_size
         assert (b >= -0.5).all() and (b[:, [0, 2]] <= w + 0.5).all() and (b[:, [1, 3]] <= h + 0.5).all()
         self.calls += 1
         self.prompts += len(b)
         self.upscaled |= upscale
-        low = np.stack([self._answer(x) for x in b])[:, None]
+        low = np.stack([self._answer(embedding, x) for x in b])[:, None]
         return Prediction(None, stability_score(low), low)
 
 

@@ -240,7 +240,7 @@ def test_load_model_errors_are_clear(tmp_path):
 
 def test_damaged_box_head_file_is_called_damaged(tmp_path):
     pytest.importorskip("torch")
-    from napari_edgesam.model.box_head import load_box_head
+    from napari_edgesam.inference.prior import load_box_head
 
     (tmp_path / "x.prior.pth").write_text("garbage")
     # was torch's 'Weights only load failed. In PyTorch 2.6, we changed the default...'

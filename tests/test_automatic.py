@@ -189,11 +189,9 @@ def test_config_validation_names_the_bad_value():
 # -- the real model ---------------------------------------------------------------------------
 def test_upscale_in_box_equals_full_upscaling(golden_predictor, make_golden_image):
     img = make_golden_image(h=300, w=450)
-    emb = golden_predictor.compute_embedding(img)
-    golden_predictor.set_embedding(emb)
-    pred = golden_predictor.predict_batch(np.array([[[100.0, 80.0]], [[300.0, 200.0]]]), np.ones((2, 1)),
-                                          num_multimask_outputs=4, upscale=False)
-    golden_predictor.reset_image()
+    emb = golden_predictor.encode(img)
+    pred = golden_predictor.decode_batch(emb, np.array([[[100.0, 80.0]], [[300.0, 200.0]]]), np.ones((2, 1)),
+                                         num_multimask_outputs=4, upscale=False)
     full = upscale_logits(pred.low_res_logits, emb.input_size, emb.original_size) > 0
     checked = 0
     for b in range(2):
@@ -214,7 +212,7 @@ def test_golden_model_plumbing(golden_predictor, make_golden_image):
     img = make_golden_image(h=256, w=320)
     cfg = AutomaticConfig(points_per_side=4, points_per_batch=8, stability_thresh=0.0, min_area=0,
                           hole_area=0, max_area_fraction=1.0, require_point_inside=False, skip_covered=False)
-    emb = golden_predictor.compute_embedding(img)
+    emb = golden_predictor.encode(img)
     masks = generate_masks(golden_predictor, emb, cfg)
     assert masks and all(m.mask.dtype == bool and m.area > 0 for m in masks)
     assert all(0 <= m.y0 and m.y0 + m.mask.shape[0] <= 256 and m.x0 + m.mask.shape[1] <= 320 for m in masks)

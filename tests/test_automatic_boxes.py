@@ -19,7 +19,12 @@ from _helpers import (
     synthetic_instances,
     truth_boxes,
 )
-from napari_edgesam.inference.automatic import Cancelled, masks_to_labels
+from napari_edgesam.inference.automatic import (
+    AutomaticConfig,
+    Cancelled,
+    generate_masks,
+    masks_to_labels,
+)
 from napari_edgesam.inference.automatic_boxes import (
     BoxAutomaticConfig,
     generate_masks_from_boxes,
@@ -41,7 +46,7 @@ def instances(shape=(400, 560), n=12, seed=3):
 def test_boxes_become_instances_with_few_batched_calls():
     image, truth = instances()
     stub = BoxOraclePredictor()
-    emb = stub.embed_rgb(np.repeat(image[..., None], 3, -1))
+    emb = stub.encode_rgb(np.repeat(image[..., None], 3, -1))
     tb = truth_boxes(truth)
     rng = np.random.default_rng(1)
     dupes = tb[:6] + rng.uniform(-1, 1, (6, 4)).astype(np.float32)    # near-duplicates -> box NMS
@@ -55,7 +60,7 @@ def test_boxes_become_instances_with_few_batched_calls():
     assert len(decoded) == len(tb) + 2  # duplicates and weak boxes are not decoded
     masks = generate_masks_from_boxes(stub, emb, props, cfg)
     assert stub.prompts == len(decoded) and stub.calls == -(-len(decoded) // 5)
-    assert not stub.upscaled and not stub.is_image_set  # previous (no) image restored
+    assert not stub.upscaled and not stub.is_image_set  # the predictor's state is not used
     assert len(masks) == len(tb)
     labels = masks_to_labels(masks, truth.shape)
     ious = matched_ious(truth, labels)
@@ -66,7 +71,7 @@ def test_boxes_become_instances_with_few_batched_calls():
 def test_box_agreement_filter_drops_masks_that_overflow_their_box():
     image, truth = instances(n=4, seed=5)
     stub = BoxOraclePredictor()
-    emb = stub.embed_rgb(np.repeat(image[..., None], 3, -1))
+    emb = stub.encode_rgb(np.repeat(image[..., None], 3, -1))
     tb = truth_boxes(truth)
     # a box covering only the centre part of object 0: the oracle answers the whole object
     x0, y0, x1, y1 = tb[0]
@@ -107,7 +112,7 @@ def test_region_and_tiles():
 def test_cancel_and_validation():
     image, truth = instances(n=6)
     stub = BoxOraclePredictor()
-    emb = stub.embed_rgb(np.repeat(image[..., None], 3, -1))
+    emb = stub.encode_rgb(np.repeat(image[..., None], 3, -1))
     props = ProposalSet(truth_boxes(truth), np.full(6, 0.9), truth.shape)
     cancel = threading.Event()
     cancel.set()
@@ -156,7 +161,7 @@ def test_one_call_for_both_modes():
 
 
 def test_where_a_models_prior_is(tmp_path):
-    from napari_edgesam.inference.automatic_modes import find_model_prior, missing_prior_message
+    from napari_edgesam.inference.model_prior import find_model_prior, missing_prior_message
 
     shipped = find_model_prior("edgesam-nuclei")
     assert shipped is not None and shipped.name == "edge_sam_nuclei.prior.pth"
@@ -203,19 +208,23 @@ def test_golden_model_box_mode_runs_in_one_encoder_pass(golden_predictor, make_g
     assert np.unique(labels).tolist() == list(range(int(labels.max()) + 1))
 
 
-def test_the_current_image_and_its_proposals_are_restored(golden_predictor, make_golden_image):
-    from napari_edgesam.inference.automatic_common import embedding_set
-
-    emb = golden_predictor.compute_embedding(make_golden_image(seed=3, h=64, w=80))
-    other = golden_predictor.compute_embedding(make_golden_image(seed=4, h=64, w=96))
+def test_the_current_image_and_its_proposals_are_untouched(golden_predictor, make_golden_image):
+    """Both automatic modes decode the embedding they are given; the predictor's current image
+    (and its proposals) stays what it was, nothing is set and restored."""
+    emb = golden_predictor.encode(make_golden_image(seed=3, h=64, w=80))
+    other = golden_predictor.encode(make_golden_image(seed=4, h=64, w=96))
     props = ProposalSet(np.float32([[1, 2, 30, 40]]), np.float32([0.9]), (64, 80))
+    other_props = ProposalSet(np.float32([[4, 4, 40, 50], [50, 10, 90, 60]]), np.float32([0.9, 0.8]), (64, 96))
     golden_predictor.set_embedding(emb, props)
     try:
-        with embedding_set(golden_predictor, other):
-            assert golden_predictor.embedding is other and golden_predictor.proposals is None
-        assert golden_predictor.embedding is emb and golden_predictor.proposals is props
+        calls = []
+        golden_predictor.set_embedding = lambda *a, **k: calls.append(a)  # nobody may call it now
+        generate_masks_from_boxes(golden_predictor, other, other_props,
+                                  BoxAutomaticConfig(score_thresh=0.0, stability_thresh=0.0, min_box_iou=0.0))
+        generate_masks(golden_predictor, other, AutomaticConfig(points_per_side=4, stability_thresh=0.0))
+        del golden_predictor.set_embedding
+        assert calls == []
+        assert golden_predictor.embedding.features is emb.features and golden_predictor.proposals is props
     finally:
+        golden_predictor.__dict__.pop("set_embedding", None)
         golden_predictor.reset_image()
-    with embedding_set(golden_predictor, other):
-        pass
-    assert not golden_predictor.is_image_set

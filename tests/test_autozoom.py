@@ -184,7 +184,7 @@ def test_autozoom_bad_prompts():
     with pytest.raises(ValueError, match="band"):
         AutoZoom(predictor, image, band=0.5)
     with pytest.raises(ValueError, match="embedding is of a"):
-        AutoZoom(predictor, image, embedding=predictor.compute_embedding(np.zeros((32, 64), np.uint8)))
+        AutoZoom(predictor, image, embedding=predictor.encode(np.zeros((32, 64), np.uint8)))
 
 
 # -- holes ----------------------------------------------------------------------------------
@@ -226,7 +226,7 @@ def test_interactive_session_fills_holes_unless_asked_not_to():
     shape = (256, 256)
     ring = _ellipse(shape, 128, 128, 60, 50, ring=0.4)
     predictor = EdgeSamPredictor(ImageOracleBackend(), "oracle")
-    emb = predictor.compute_embedding(_image(ring))
+    emb = predictor.encode(_image(ring))
     click = ObjectPrompt(np.float32([[178, 128]]), np.float32([1]))
     boxed = ObjectPrompt(np.zeros((0, 2), np.float32), np.zeros(0, np.float32), np.float32([150, 80, 190, 180]))
     for obj in (click, boxed):
@@ -349,7 +349,7 @@ def test_interactive_session_with_autozoom():
     truth = _ellipse(shape, 800, 600, 6, 5)  # 4 px in the frame: too coarse without a zoom
     predictor = EdgeSamPredictor(ImageOracleBackend(), "oracle")
     image = _image(truth)
-    emb = predictor.compute_embedding(image)
+    emb = predictor.encode(image)
     zoom = AutoZoom(predictor, image, embedding=emb, click_zoom_in=True)
     session = Session()
     box = ObjectPrompt(np.zeros((0, 2), np.float32), np.zeros(0, np.float32), _box(truth))

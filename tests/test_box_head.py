@@ -11,7 +11,13 @@ from _helpers import one_thread  # noqa: F401
 
 torch = pytest.importorskip("torch")
 
-from napari_edgesam.inference.prior import nms_boxes, select_proposals  # noqa: E402
+from napari_edgesam.inference.prior import (  # noqa: E402
+    load_box_head,
+    nms_boxes,
+    prior_path_for,
+    save_box_head,
+    select_proposals,
+)
 from napari_edgesam.model.box_head import (  # noqa: E402
     BoxHead,
     BoxHeadConfig,
@@ -19,11 +25,8 @@ from napari_edgesam.model.box_head import (  # noqa: E402
     box_iou,
     decode_dense,
     encoder_signature,
-    load_box_head,
     locations,
     nms,
-    prior_path_for,
-    save_box_head,
     select_boxes,
     signatures_match,
 )

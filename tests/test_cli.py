@@ -107,8 +107,9 @@ def test_segment_single_click_with_prior(tmp_path, image_file, golden_checkpoint
     import torch
 
     from napari_edgesam.inference.api import load_model
+    from napari_edgesam.inference.prior import save_box_head
     from napari_edgesam.model import build_edge_sam
-    from napari_edgesam.model.box_head import BoxHead, encoder_signature, save_box_head
+    from napari_edgesam.model.box_head import BoxHead, encoder_signature
 
     model_dir = tmp_path / "model"
     model_dir.mkdir()

@@ -23,8 +23,14 @@ tifffile = pytest.importorskip("tifffile")
 import napari_edgesam.models  # noqa: E402
 from napari_edgesam.cli import main  # noqa: E402
 from napari_edgesam.datasets import synthetic_nuclei_2d  # noqa: E402
-from napari_edgesam.inference.prior import ProposalSet, box_iou, choose_box_for_click  # noqa: E402
-from napari_edgesam.model.box_head import BoxHead, load_box_head, save_box_head  # noqa: E402
+from napari_edgesam.inference.prior import (  # noqa: E402
+    ProposalSet,
+    box_iou,
+    choose_box_for_click,
+    load_box_head,
+    save_box_head,
+)
+from napari_edgesam.model.box_head import BoxHead  # noqa: E402
 
 SHIPPED = Path(napari_edgesam.models.__file__).parent / "edgesam_nuclei"
 SHIPPED_PTH = SHIPPED / "edge_sam_nuclei.pth"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -55,9 +54,7 @@ def test_backend_and_postprocessing_use_the_compute_thread(golden_predictor, mak
     monkeypatch.setattr(torch, "matmul", spy)
     image = make_golden_image()
     with ThreadPoolExecutor(2) as pool:
-        emb = pool.submit(golden_predictor.compute_embedding, image).result()
-        predictor = copy.copy(golden_predictor)
-        predictor.set_embedding(emb)
-        masks, _, _ = pool.submit(predictor.predict, np.array([[20.0, 30.0]]), np.array([1])).result()
+        emb = pool.submit(golden_predictor.encode, image).result()
+        masks, _, _ = pool.submit(golden_predictor.decode, emb, np.array([[20.0, 30.0]]), np.array([1])).result()
     assert masks.shape[-2:] == emb.original_size
     assert len(threads) >= 4 and len(set(threads)) == 1 and threading.get_ident() not in threads

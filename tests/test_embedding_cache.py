@@ -10,9 +10,9 @@ import time
 import numpy as np
 import pytest
 
-from napari_edgesam.inference.embedding_cache import (
+from napari_edgesam.inference.embedding_cache import EmbeddingCache
+from napari_edgesam.inference.embedding_keys import (
     FULL_HASH_BYTES,
-    EmbeddingCache,
     data_signature,
     embedding_key,
     key_prefix,
@@ -181,7 +181,7 @@ def test_data_signature_changes_with_content_shape_and_dtype():
 
 
 def test_data_signature_of_large_array_samples(monkeypatch):
-    import napari_edgesam.inference.embedding_cache as ec
+    import napari_edgesam.inference.embedding_keys as ec
 
     monkeypatch.setattr(ec, "FULL_HASH_BYTES", 1000)  # force the sampled path
     assert ec.FULL_HASH_BYTES < FULL_HASH_BYTES
@@ -218,7 +218,7 @@ def test_data_signature_of_scalars_and_lazy_like_arrays():
 
 
 def test_data_signature_reads_lazy_data_only_where_it_samples(monkeypatch):
-    import napari_edgesam.inference.embedding_cache as ec
+    import napari_edgesam.inference.embedding_keys as ec
 
     class Lazy:
         """A dask/zarr-like array that records what is read."""

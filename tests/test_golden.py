@@ -134,5 +134,5 @@ def test_layout_error_is_caught(golden_state_dict, edge_golden, golden_cases):
 def test_preprocessing_off_by_one_is_caught(golden_predictor, edge_golden):
     """Embedding a one-pixel-shifted image moves the embedding well beyond tolerance."""
     shifted = np.roll(edge_golden["image"], 1, axis=1)
-    emb = golden_predictor.compute_embedding(shifted)
+    emb = golden_predictor.encode(shifted)
     assert rel_err(emb.features, edge_golden["image_embeddings"]) > 10 * EMB_RTOL

@@ -93,9 +93,9 @@ def test_stack_all_slices_merged_in_3d(make_napari_viewer, qtbot):
 
 
 class SlowOracle(LabelOraclePredictor):
-    def embed_rgb(self, rgb):
+    def encode_rgb(self, rgb, **kwargs):
         time.sleep(0.5)
-        return super().embed_rgb(rgb)
+        return super().encode_rgb(rgb, **kwargs)
 
 
 def test_cancel_and_errors_reach_the_status(viewer_and_widget, qtbot):
@@ -188,9 +188,9 @@ def test_prior_boxes_cancel(make_napari_viewer, qtbot):
 
 
 class SlowBoxOracle(BoxOraclePredictor):
-    def embed_rgb(self, rgb):
+    def encode_rgb(self, rgb, **kwargs):
         time.sleep(0.3)
-        return super().embed_rgb(rgb)
+        return super().encode_rgb(rgb, **kwargs)
 
 
 def _boxes_item(widget):

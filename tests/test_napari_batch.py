@@ -84,9 +84,9 @@ def test_batch_widget_prompt_mode_with_napari_points_csv(widget, folder, tmp_pat
 
 
 class SlowOracle(LabelOraclePredictor):
-    def embed_rgb(self, rgb):
+    def encode_rgb(self, rgb, **kwargs):
         time.sleep(0.3)
-        return super().embed_rgb(rgb)
+        return super().encode_rgb(rgb, **kwargs)
 
 
 def test_batch_widget_cancel_and_validation(widget, folder, tmp_path, qtbot):

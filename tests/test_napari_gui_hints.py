@@ -4,8 +4,6 @@ whole-object click, and no hint on how to draw a box."""
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pytest
 from qtpy.QtWidgets import QApplication
@@ -102,9 +100,9 @@ def test_draw_box_and_add_points_buttons_select_the_tools(widget, qtbot):
 
 def test_a_whole_object_click_that_falls_back_says_why(golden_predictor):
     image = make_nuclei_2d((96, 128), count=6, seed=5)
-    emb = golden_predictor.compute_embedding(image)
+    emb = golden_predictor.encode(image)
     proposals = ProposalSet(np.float32([[10, 10, 40, 40]]), np.float32([0.9]), (96, 128))
-    p = copy.copy(golden_predictor)
+    p = golden_predictor
     session = Session()
     inside = session.decode(p, emb, "a", [ObjectPrompt(np.float32([[20, 20]]), np.array([1]))],
                             proposals=proposals)

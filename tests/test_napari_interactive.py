@@ -7,8 +7,6 @@ embedding, commits copy it into the target under a new id, undo restores the pix
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pytest
 from app_model.types import KeyBinding
@@ -49,9 +47,7 @@ def wait_embedded(qtbot, c):
 
 def expected_mask(c, predictor, **prompt):
     """``predictor.segment`` on the cached embedding of the current plane."""
-    p = copy.copy(predictor)
-    p.set_embedding(c.embeddings.lookup(c.current_view()))
-    return p.segment(**prompt)
+    return predictor.segment(**prompt, embedding=c.embeddings.lookup(c.current_view()))
 
 
 def add_point_and_wait(qtbot, c, xy, positive=True):
@@ -201,7 +197,7 @@ def test_contrast_change_re_embeds_what_the_user_sees(widget, predictor, golden_
     assert view.normalisation["gamma"] == pytest.approx(0.7)
     assert c.embeddings.key(view) != old_key
     # the embedding is of the image as displayed
-    expected = golden_predictor.compute_embedding(image.data, contrast_limits=view.normalisation["contrast_limits"], gamma=0.7)
+    expected = golden_predictor.encode(image.data, contrast_limits=view.normalisation["contrast_limits"], gamma=0.7)
     np.testing.assert_allclose(c.embeddings.lookup(view).features, expected.features, atol=2e-2, rtol=1e-2)
     # back to the old display: served from the cache, no encoder call
     with qtbot.waitSignal(c.preview_updated, timeout=TIMEOUT):

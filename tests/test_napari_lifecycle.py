@@ -13,7 +13,7 @@ from napari_edgesam._napari import names
 from napari_edgesam._napari.embedding import EmbeddingService
 from napari_edgesam._napari.interactive_widget import InteractiveWidget
 from napari_edgesam._napari.samples import make_nuclei_2d, make_nuclei_3d
-from napari_edgesam.inference import embedding_cache
+from napari_edgesam.inference import embedding_keys
 from napari_edgesam.inference.predictor import EdgeSamPredictor
 from napari_edgesam.inference.propagation import PropagationResult
 
@@ -27,15 +27,15 @@ def predictor(golden_predictor):
 
 
 def test_an_off_grid_edit_of_a_large_numpy_array_changes_its_signature(monkeypatch):
-    monkeypatch.setattr(embedding_cache, "FULL_HASH_BYTES", 1000)  # "large": the sampled path
+    monkeypatch.setattr(embedding_keys, "FULL_HASH_BYTES", 1000)  # "large": the sampled path
     data = np.random.default_rng(0).integers(0, 255, (40, 64, 64), dtype=np.uint8)
     sampled = set(np.linspace(0, 39, 32).astype(int))
     z = next(i for i in range(40) if i not in sampled)
-    before = embedding_cache.data_signature(data)
+    before = embedding_keys.data_signature(data)
     service = EmbeddingService()
     sig = service.signature(data, compute=True)
     data[z, 1, 1] ^= 0xFF
-    assert embedding_cache.data_signature(data) == before  # what a sampled key misses
+    assert embedding_keys.data_signature(data) == before  # what a sampled key misses
     assert service.signature(data, compute=True) == sig  # memoised until told
     service.forget_data(data)
     assert service.signature(data, compute=True) != sig
@@ -65,13 +65,12 @@ def test_in_place_edit_and_refresh_gives_a_new_embedding(make_napari_viewer, pre
     view = c.current_view()
     emb = c.embeddings.lookup(view)
     ref = EdgeSamPredictor(backend.inner)  # not counted
-    fresh = ref.compute_embedding(new_pixels, **view.normalisation)
+    fresh = ref.encode(new_pixels, **view.normalisation)
     # the cache keeps float16 features: equal to the new pixels' embedding up to that rounding
     np.testing.assert_allclose(emb.features.astype(np.float32), fresh.features, rtol=2e-3, atol=1e-3)
     assert np.abs(emb.features.astype(np.float32) - old.features.astype(np.float32)).max() > 0.1
     # the preview is the answer on the new pixels
-    ref.set_embedding(emb)
-    mask, _, _ = ref.segment(np.float32([[40, 30]]), np.int64([1]))
+    mask, _, _ = ref.segment(np.float32([[40, 30]]), np.int64([1]), embedding=emb)
     np.testing.assert_array_equal(viewer.layers[names.PREVIEW_LAYER].data > 0, mask)
     # a slice/redraw without an edit costs no encoder run
     layer.refresh()

@@ -8,7 +8,6 @@ each distinct plane once.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import shutil
 import threading
@@ -23,10 +22,10 @@ from napari_edgesam._napari import layers as L
 from napari_edgesam._napari import names
 from napari_edgesam._napari.interactive_widget import InteractiveWidget
 from napari_edgesam._napari.model_panel import ModelPanel
-from napari_edgesam.inference.loading import NO_PRIOR_REASON, load_predictor
 from napari_edgesam._napari.names import WHOLE_OBJECT_TIP
 from napari_edgesam._napari.session import PRIOR_CHOICE, ObjectPrompt, Session
 from napari_edgesam.datasets import synthetic_nuclei_2d
+from napari_edgesam.inference.loading import NO_PRIOR_REASON, load_predictor
 from napari_edgesam.inference.predictor import EdgeSamPredictor
 from napari_edgesam.inference.prior import ProposalSet, compute_proposals
 
@@ -133,12 +132,21 @@ def click(qtbot, c, xy, positive=True):
     return do(qtbot, c, lambda: L.add_point(points, c.current_plane(), xy, positive))
 
 
-def decoder_on_cache(c, predictor, with_proposals: bool = True):
-    """A copy of the predictor holding the cached embedding (and proposals) of the plane."""
-    p = copy.copy(predictor)
-    view = c.current_view()
-    p.set_embedding(c.embeddings.lookup(view), c.embeddings.lookup_proposals(view) if with_proposals else None)
-    return p
+class decoder_on_cache:  # noqa: N801 - reads like the function it replaces
+    """``segment``/``segment_click`` of the predictor on the cached embedding of the plane (with
+    the proposals of the prior in use, or none); the predictor's state is not used."""
+
+    def __init__(self, c, predictor, with_proposals: bool = True) -> None:
+        view = c.current_view()
+        emb = c.embeddings.lookup(view)
+        self.predictor = predictor
+        self.embedding = emb.with_proposals(c.embeddings.lookup_proposals(view) if with_proposals else None)
+
+    def segment(self, *args, **kwargs):
+        return self.predictor.segment(*args, embedding=self.embedding, **kwargs)
+
+    def segment_click(self, *args, **kwargs):
+        return self.predictor.segment_click(*args, embedding=self.embedding, **kwargs)
 
 
 def typical_nucleus(labels: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
@@ -227,28 +235,29 @@ def test_session_rule_with_known_proposals(golden_predictor):
     """Qt-free: the session applies EdgeSAM's rule to given proposals, and falls back to the
     4 candidates where no proposal holds the click."""
     image = _nuclei()[0][:96, :128]
-    emb = golden_predictor.compute_embedding(image)
+    emb = golden_predictor.encode(image)
     proposals = ProposalSet(np.float32([[10, 10, 40, 40], [5, 5, 120, 90], [60, 50, 100, 90]]),
                             np.float32([0.9, 0.5, 0.8]), (96, 128))
-    p = copy.copy(golden_predictor)
-    p.set_embedding(emb, proposals)
+    p = golden_predictor
+    with_props = emb.with_proposals(proposals)
     session = Session()
     inside = ObjectPrompt(np.float32([[20, 20]]), np.array([1]))
     got = session.decode(p, emb, "k", [inside], proposals=proposals).objects[0]
     np.testing.assert_array_equal(got.prior_box, [10, 10, 40, 40])  # best score among those holding it
-    np.testing.assert_array_equal(got.mask, p.segment_click((20, 20))[0])
-    np.testing.assert_array_equal(got.mask, p.segment(np.float32([[20, 20]]), np.ones(1), np.float32([10, 10, 40, 40]))[0])
+    np.testing.assert_array_equal(got.mask, p.segment_click((20, 20), embedding=with_props)[0])
+    np.testing.assert_array_equal(got.mask, p.segment(np.float32([[20, 20]]), np.ones(1), np.float32([10, 10, 40, 40]),
+                                                      embedding=emb)[0])
     whole = got.mask
     for k in range(4):  # prior -> the 4 candidates -> prior
         assert session.cycle_candidate("k") == k
         res = session.decode(p, emb, "k", [inside], proposals=proposals).objects[0]
         assert res.candidate == k and res.prior_box is None
-        np.testing.assert_array_equal(res.mask, p.segment(np.float32([[20, 20]]), np.ones(1), candidate=k)[0])
+        np.testing.assert_array_equal(res.mask, p.segment(np.float32([[20, 20]]), np.ones(1), candidate=k, embedding=emb)[0])
     assert session.cycle_candidate("k") == PRIOR_CHOICE
     np.testing.assert_array_equal(session.decode(p, emb, "k", [inside], proposals=proposals).objects[0].mask, whole)
     outside = ObjectPrompt(np.float32([[125, 94]]), np.array([1]))
     got = session.decode(p, emb, "o", [outside], proposals=proposals).objects[0]
-    plain, _, _ = p.segment(np.float32([[125, 94]]), np.ones(1))
+    plain, _, _ = p.segment(np.float32([[125, 94]]), np.ones(1), embedding=emb)
     assert got.prior_box is None and got.candidate is not None
     np.testing.assert_array_equal(got.mask, plain)
     assert session.cycle_candidate("o") == (got.candidate + 1) % 4  # plain cycling, no prior step
@@ -385,4 +394,47 @@ def test_proposals_are_kept_on_disk_with_the_embeddings(make_widget, nuclei_mode
     assert second.prior.calls == {} and second.backend.encodes == 0  # all from the disk
     np.testing.assert_array_equal(found_second.boxes, found_first.boxes)
     np.testing.assert_array_equal(found_second.scores, found_first.scores)
-    assert len(list((tmp_path / "cache").glob("*.proposals.npz"))) == 1
+    files = list((tmp_path / "cache").glob("*.npz"))  # one file: the embedding with its proposals
+    assert len(files) == 1
+    with np.load(files[0], allow_pickle=False) as z:
+        np.testing.assert_array_equal(z["proposal_boxes"], found_first.boxes)
+        assert str(z["proposal_tag"]) == found_first.tag is not None
+
+
+def test_proposals_of_another_prior_are_not_served(make_widget, nuclei_model, tmp_path, qtbot):
+    """A cached embedding keeps its proposals with the tag of the prior that made them: a session
+    with another prior (another file, or the file retrained) takes the embedding from the disk
+    but finds its own proposals in a worker, and puts them back."""
+    image = _nuclei(7)[0]
+    found = []
+    for tag in ("prior-A", "prior-B"):
+        p = EdgeSamPredictor(CountingBackend(nuclei_model.backend), nuclei_model.model_name)
+        p.prior = CountingPrior(nuclei_model.prior)
+        p.prior.source_tag = tag  # what load_prior records: the file's identity
+        w = make_widget(None, p)
+        w.controller.embeddings.set_cache_dir(tmp_path / "cache")
+        w.viewer.add_image(image, name="nuclei")
+        wait_ready(qtbot, w.controller)
+        found.append((p, w.controller, w.controller.embeddings.lookup_proposals(w.controller.current_view())))
+    (first, _, a), (second, c, b) = found
+    assert first.prior.calls == {"embed_and_propose": 1}
+    assert second.backend.encodes == 0 and second.prior.calls == {"propose": 1}  # embedding from disk, own proposals
+    assert a.tag == "prior-A" and b.tag == "prior-B"
+    np.testing.assert_allclose(b.boxes, a.boxes, atol=1e-3)  # the same head underneath
+    cached = c.embeddings.cache.get(c.embeddings.key(c.current_view()))
+    assert cached.proposals is b  # put back: they travel with the embedding from now on
+
+
+def test_one_click_runs_the_rule_once(make_widget, predictor, qtbot, monkeypatch):
+    import napari_edgesam.inference.prior.rule as rule
+
+    calls = []
+    real = rule.choose_box_for_click
+    monkeypatch.setattr(rule, "choose_box_for_click", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    image, labels = _nuclei()
+    w = make_widget(image, predictor)
+    c = w.controller
+    wait_ready(qtbot, c)
+    _, xy = typical_nucleus(labels)
+    result = click(qtbot, c, xy)
+    assert result.objects[0].prior_box is not None and len(calls) == 1

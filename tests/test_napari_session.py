@@ -14,7 +14,7 @@ def embedded(golden_predictor):
     rng = np.random.default_rng(3)
     img = rng.normal(500, 50, (96, 128))
     img[30:60, 40:80] += 900
-    return golden_predictor.compute_embedding(img.astype(np.uint16))
+    return golden_predictor.encode(img.astype(np.uint16))
 
 
 def _point(x, y, label=1):
@@ -50,7 +50,7 @@ def test_point_prompt_matches_segment_and_refinement_reuses_logits(golden_predic
     session = Session()
     pts, labels = _point(60, 45)
     first = session.decode(golden_predictor, embedded, "p", [ObjectPrompt(pts, labels)])
-    mask, score, low = golden_predictor.segment(pts, labels)
+    mask, score, low = golden_predictor.segment(pts, labels, embedding=embedded)
     res = first.objects[0]
     np.testing.assert_array_equal(res.mask, mask)
     assert res.score == pytest.approx(score)
@@ -61,7 +61,7 @@ def test_point_prompt_matches_segment_and_refinement_reuses_logits(golden_predic
     # a second point refines the same object: the previous logits are the mask input
     pts2, labels2 = np.vstack([pts, [[20, 80]]]), np.array([1, 0])
     second = session.decode(golden_predictor, embedded, "p", [ObjectPrompt(pts2, labels2)])
-    expected, _, _ = golden_predictor.segment(pts2, labels2, mask_input=low[None])
+    expected, _, _ = golden_predictor.segment(pts2, labels2, mask_input=low[None], embedding=embedded)
     np.testing.assert_array_equal(second.objects[0].mask, expected)
 
     # removing the point again decodes from scratch (no stale mask input)
@@ -70,19 +70,17 @@ def test_point_prompt_matches_segment_and_refinement_reuses_logits(golden_predic
     np.testing.assert_array_equal(third.objects[0].mask, mask)
 
 
-def test_refinement_without_mask_input_for_models_whose_mask_path_loses(golden_predictor, embedded):
+def test_refinement_without_mask_input_for_models_whose_mask_path_loses(golden_predictor, embedded, monkeypatch):
     """``refine_with_mask_input = False`` (set by ``load_model`` for the shipped model): a second
     point decodes from the prompts alone."""
-    import copy
-
-    predictor = copy.copy(golden_predictor)
-    predictor.refine_with_mask_input = False
+    predictor = golden_predictor
+    monkeypatch.setattr(predictor, "refine_with_mask_input", False)
     session = Session()
     pts, labels = _point(60, 45)
     session.decode(predictor, embedded, "p", [ObjectPrompt(pts, labels)])
     pts2, labels2 = np.vstack([pts, [[20, 80]]]), np.array([1, 0])
     second = session.decode(predictor, embedded, "p", [ObjectPrompt(pts2, labels2)])
-    np.testing.assert_array_equal(second.objects[0].mask, golden_predictor.segment(pts2, labels2)[0])
+    np.testing.assert_array_equal(second.objects[0].mask, golden_predictor.segment(pts2, labels2, embedding=embedded)[0])
 
 
 def test_shipped_model_refines_without_mask_input(golden_predictor):
@@ -96,7 +94,7 @@ def test_box_prompt_uses_token_zero(golden_predictor, embedded):
     session = Session()
     box = np.array([30, 20, 90, 70], np.float32)
     out = session.decode(golden_predictor, embedded, "b", [ObjectPrompt(np.empty((0, 2), np.float32), np.empty(0, int), box)])
-    expected, score, _ = golden_predictor.segment(box=box)
+    expected, score, _ = golden_predictor.segment(box=box, embedding=embedded)
     np.testing.assert_array_equal(out.objects[0].mask, expected)
     assert out.objects[0].candidate is None
     assert session.cycle_candidate("b") is None  # boxes have one mask only
@@ -112,7 +110,7 @@ def test_cycle_candidate_walks_through_the_four_masks(golden_predictor, embedded
         chosen = session.cycle_candidate("c")
         res = session.decode(golden_predictor, embedded, "c", [obj]).objects[0]
         assert res.candidate == chosen == (seen[-1] + 1) % 4
-        expected, _, _ = golden_predictor.segment(pts, labels, candidate=chosen)
+        expected, _, _ = golden_predictor.segment(pts, labels, candidate=chosen, embedding=embedded)
         np.testing.assert_array_equal(res.mask, expected)
         seen.append(chosen)
     assert sorted(seen) == [0, 1, 2, 3]

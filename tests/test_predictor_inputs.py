@@ -61,7 +61,7 @@ def test_predict_before_set_image(golden_predictor):
 )
 def test_bad_images(golden_predictor, image, err, match):
     with pytest.raises(err, match=match):
-        golden_predictor.compute_embedding(image)
+        golden_predictor.encode(image)
 
 
 def test_box_on_edges_and_empty_point_list(predictor):

@@ -130,7 +130,7 @@ def test_a_six_slice_stack_is_not_taken_for_channels():
 
 def test_composite_image_embeds(golden_predictor):
     img = np.random.default_rng(3).integers(0, 255, (60, 80, 6), dtype=np.uint8)
-    emb = golden_predictor.compute_embedding(img)
+    emb = golden_predictor.encode(img)
     assert emb.original_size == (60, 80) and np.isfinite(emb.features).all()
 
 
@@ -170,7 +170,7 @@ def test_complex_images_are_refused(golden_predictor, dtype):
     with pytest.raises(TypeError, match="complex values.*np.abs"):
         to_rgb_uint8(img)
     with pytest.raises(TypeError, match="complex"):
-        golden_predictor.compute_embedding(img)
+        golden_predictor.encode(img)
 
 
 def test_empty_predict_batch_says_so(golden_predictor, edge_golden):

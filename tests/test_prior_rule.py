@@ -8,13 +8,8 @@ import numpy as np
 import pytest
 
 from _helpers import one_thread  # noqa: F401
-from napari_edgesam.inference.predictor import ImageEmbedding
-from napari_edgesam.inference.prior import (
-    ProposalSet,
-    choose_box_for_click,
-    find_prior,
-    segment_click_with_prior,
-)
+from napari_edgesam.inference.predictor import EdgeSamPredictor, ImageEmbedding
+from napari_edgesam.inference.prior import ProposalSet, choose_box_for_click, find_prior
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -97,35 +92,41 @@ def test_proposal_set_maps_sorts_and_filters():
         ProposalSet(np.float32([[0, 0, np.nan, 1]]), np.float32([0.5]), (10, 10))
 
 
-# -- segment_click_with_prior -----------------------------------------------------------------
-class RecordingPredictor:
-    """Records the prompts ``segment`` receives."""
+# -- segment_click with the embedding's proposals ---------------------------------------------
+class RecordingPredictor(EdgeSamPredictor):
+    """Records the prompts ``segment`` receives (and the embedding they are for)."""
 
-    def __init__(self, size=(100, 120)):
-        self.embedding = ImageEmbedding(np.zeros((1, 256, 64, 64), np.float32), size, (853, 1024))
+    def __init__(self):
+        super().__init__(SimpleNamespace(name="recording", encode=lambda x: None))
         self.calls = []
 
-    def segment(self, point_coords=None, point_labels=None, box=None, mask_input=None, candidate=None):
-        self.calls.append((np.asarray(point_coords), np.asarray(point_labels), None if box is None else np.asarray(box)))
-        return np.zeros(self.embedding.original_size, bool), 0.9, np.zeros((256, 256), np.float32)
+    def segment(self, point_coords=None, point_labels=None, box=None, mask_input=None, candidate=None, *,
+                fill_holes=True, embedding=None):
+        self.calls.append((np.asarray(point_coords), np.asarray(point_labels), None if box is None else np.asarray(box),
+                           embedding))
+        return np.zeros(embedding.original_size, bool), 0.9, np.zeros((256, 256), np.float32)
 
 
 def test_segment_click_sends_box_and_point_or_point_alone():
     pred = RecordingPredictor()
+    emb = ImageEmbedding(np.zeros((1, 256, 64, 64), np.float32), (100, 120), (853, 1024))
     props = ProposalSet(np.float32([[10, 10, 40, 30], [0, 0, 120, 100]]), np.float32([0.9, 0.3]), (100, 120))
-    mask, stab, low = segment_click_with_prior(pred, props, (20, 20))
+    mask, stab, low = pred.segment_click((20, 20), embedding=emb.with_proposals(props))
     assert mask.shape == (100, 120) and stab == 0.9 and low.shape == (256, 256)
-    coords, labels, box = pred.calls[-1]
+    coords, labels, box, used = pred.calls[-1]
     np.testing.assert_array_equal(coords, [[20, 20]])
     np.testing.assert_array_equal(labels, [1])
     np.testing.assert_array_equal(box, [10, 10, 40, 30])
+    assert used.proposals is props and not pred.is_image_set  # the predictor's state is not used
     only_small = ProposalSet(props.boxes[:1], props.scores[:1], (100, 120))
-    segment_click_with_prior(pred, only_small, (80, 80))
+    pred.segment_click((80, 80), embedding=emb.with_proposals(only_small))
     assert pred.calls[-1][2] is None  # no proposal contains the point: the point goes alone
+    pred.segment_click((80, 80), embedding=emb)
+    assert pred.calls[-1][2] is None  # no proposals at all: the point alone
     with pytest.raises(ValueError, match="current image"):
-        segment_click_with_prior(pred, ProposalSet(props.boxes, props.scores, (50, 50)), (20, 20))
+        pred.segment_click((20, 20), embedding=emb.with_proposals(ProposalSet(props.boxes, props.scores, (50, 50))))
     with pytest.raises(TypeError, match="ProposalSet"):
-        segment_click_with_prior(pred, (props.boxes, props.scores), (20, 20))
+        pred.segment_click((20, 20), embedding=emb.with_proposals((props.boxes, props.scores)))
 
 
 def test_find_prior_beside_model(tmp_path):
@@ -141,13 +142,8 @@ def test_find_prior_beside_model(tmp_path):
 @pytest.fixture(scope="module")
 def torch_prior(golden_predictor, tmp_path_factory):
     torch = pytest.importorskip("torch")
-    from napari_edgesam.inference.prior import load_prior
-    from napari_edgesam.model.box_head import (
-        BoxHead,
-        BoxHeadConfig,
-        encoder_signature,
-        save_box_head,
-    )
+    from napari_edgesam.inference.prior import load_prior, save_box_head
+    from napari_edgesam.model.box_head import BoxHead, BoxHeadConfig, encoder_signature
 
     torch.manual_seed(0)
     head = BoxHead(BoxHeadConfig(channels=32, score_thresh=0.0, max_detections=40))
@@ -158,12 +154,12 @@ def torch_prior(golden_predictor, tmp_path_factory):
 
 
 def test_one_pass_embedding_equals_the_predictors(golden_predictor, torch_prior, make_golden_image):
-    from napari_edgesam.inference.prior import embed_with_proposals
-
     prior, _ = torch_prior
     image = make_golden_image(seed=3, h=300, w=500)
-    emb, props = embed_with_proposals(golden_predictor, prior, image)
-    ref = golden_predictor.compute_embedding(image)
+    emb = golden_predictor.encode(image, prior=prior)
+    props = emb.proposals
+    ref = golden_predictor.encode(image)  # the golden predictor has no prior of its own
+    assert ref.proposals is None
     assert emb.original_size == ref.original_size and emb.input_size == ref.input_size
     # one graph: the prior reads the taps of the backend's own encoder pass, so the embedding
     # is the same bits as the predictor's on any CPU (no kernel-choice tolerance needed)
@@ -172,17 +168,16 @@ def test_one_pass_embedding_equals_the_predictors(golden_predictor, torch_prior,
     h, w = ref.original_size
     assert props.boxes.min() >= 0 and props.boxes[:, 2].max() <= w and props.boxes[:, 3].max() <= h
     # the click rule on the golden model: the prompt with a box decodes (token 0)
-    golden_predictor.set_embedding(emb)
     x, y = (props.boxes[0, :2] + props.boxes[0, 2:]) / 2
-    mask, stab, low = segment_click_with_prior(golden_predictor, props, (x, y))
+    mask, stab, low = golden_predictor.segment_click((x, y), embedding=emb)
     assert mask.shape == (h, w) and low.shape == (256, 256) and 0 <= stab <= 1
-    golden_predictor.reset_image()
+    assert not golden_predictor.is_image_set
 
 
 def test_head_from_another_encoder_is_refused(golden_predictor, tmp_path):
     pytest.importorskip("torch")
-    from napari_edgesam.inference.prior import load_prior
-    from napari_edgesam.model.box_head import BoxHead, save_box_head
+    from napari_edgesam.inference.prior import load_prior, save_box_head
+    from napari_edgesam.model.box_head import BoxHead
 
     path = save_box_head(BoxHead(), tmp_path / "other.prior.pth", {"encoder": "other", "encoder_signature": [1.0] * 384})
     with pytest.raises(ValueError, match="another encoder"):

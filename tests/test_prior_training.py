@@ -11,7 +11,8 @@ torch = pytest.importorskip("torch")
 tifffile = pytest.importorskip("tifffile")
 
 from napari_edgesam.datasets import synthetic_nuclei_2d  # noqa: E402
-from napari_edgesam.model.box_head import BoxHead, BoxHeadConfig, HeadOutput, load_box_head  # noqa: E402
+from napari_edgesam.inference.prior import load_box_head  # noqa: E402
+from napari_edgesam.model.box_head import BoxHead, BoxHeadConfig, HeadOutput  # noqa: E402
 from napari_edgesam.training.prior.data import instance_boxes, sa1b_boxes, scale_boxes  # noqa: E402
 from napari_edgesam.training.prior.evaluate_prior import average_precision, box_recall  # noqa: E402
 from napari_edgesam.training.prior.losses import giou_loss, prior_loss, sigmoid_focal_loss  # noqa: E402

@@ -9,14 +9,15 @@ import numpy as np
 import pytest
 
 from napari_edgesam.coords import get_plane, plane_index
-from napari_edgesam.inference.embedding_cache import EmbeddingCache, data_signature
+from napari_edgesam.inference.embedding_cache import EmbeddingCache
+from napari_edgesam.inference.embedding_keys import data_signature
 from napari_edgesam.inference.predictor import ImageEmbedding
 from napari_edgesam.inference.preprocess import resized_shape
 from napari_edgesam.inference.slices import SliceEmbedder, neighbour_order
 
 
 class CountingEncoder:
-    """Stands in for EdgeSamPredictor.compute_embedding: features encode the image mean."""
+    """Stands in for EdgeSamPredictor.encode: features encode the image mean."""
 
     model_name = "stub"
 
@@ -25,7 +26,7 @@ class CountingEncoder:
         self.delay = delay
         self._lock = threading.Lock()
 
-    def compute_embedding(self, image, **normalisation):
+    def encode(self, image, **normalisation):
         with self._lock:
             self.calls.append(normalisation)
         time.sleep(self.delay)
@@ -122,7 +123,7 @@ def test_concurrent_requests_for_one_slice_embed_once(volume):
 
 def test_encoder_error_propagates_and_does_not_block(volume):
     class Failing(CountingEncoder):
-        def compute_embedding(self, image, **normalisation):
+        def encode(self, image, **normalisation):
             raise RuntimeError("boom")
 
     emb = SliceEmbedder(Failing(), EmbeddingCache())

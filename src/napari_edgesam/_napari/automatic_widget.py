@@ -30,12 +30,8 @@ from qtpy.QtWidgets import QVBoxLayout, QWidget
 from ..inference.automatic import AutomaticConfig
 from ..inference.automatic_boxes import BoxAutomaticConfig
 from ..inference.automatic_common import Cancelled
-from ..inference.automatic_modes import (
-    AnyAutomaticConfig,
-    find_model_prior,
-    missing_prior_message,
-    segment_automatic_any,
-)
+from ..inference.automatic_modes import AnyAutomaticConfig, segment_automatic_any
+from ..inference.model_prior import find_model_prior, missing_prior_message
 from .layers import rectangle_to_box, rows_cols_to_xy
 from .text import default_model, one_line, wrapping
 from .workers import CancellableRunner

@@ -6,7 +6,6 @@ tests, the demo and the benchmark drive it directly. Everything slow runs in wor
 
 from __future__ import annotations
 
-import copy
 import logging
 
 import numpy as np
@@ -70,7 +69,6 @@ class InteractiveController(QObject):
         self.embeddings.prior_failed.connect(self._prior_failed)
         self.propagation = PropagationRunner(parent=self)
         self.predictor = None
-        self._decoder = None
         self.image_layer: Image | None = None
         self.channel_axis: int | None = None
         self.channel: int | None = None
@@ -122,7 +120,6 @@ class InteractiveController(QObject):
         if self.predictor is not None and predictor is not self.predictor:
             self.embeddings.clear()  # another model (perhaps under the same name)
         self.predictor = predictor
-        self._decoder = copy.copy(predictor)  # own embedding state: decodes never disturb others
         self.embeddings.set_predictor(predictor)
         has_prior = getattr(predictor, "prior", None) is not None
         self.prior_reason = "" if has_prior else (prior_reason or NO_PRIOR_REASON)
@@ -276,7 +273,7 @@ class InteractiveController(QObject):
         if emb is None:
             self.embeddings.request(view)
             return
-        proposals = self.embeddings.proposals.get(cache_key) if self.prior_on else None
+        proposals = self.embeddings.proposals_of(emb) if self.prior_on else None
         if self.prior_on and proposals is None:  # cached without them: found in a worker
             self.embeddings.request(view)
             if is_single_click(objects):
@@ -304,9 +301,9 @@ class InteractiveController(QObject):
     def _decode_job(self, emb, plane: Plane, objects, ignored: int, question: tuple, proposals=None, zoom=None):
         if zoom is not None:  # boxes are segmented at the model's best scale (crops cached)
             view, cache_key = zoom
-            zoom = AutoZoom(self._decoder, view.image(plane), embedding=emb, proposals=proposals,
+            zoom = AutoZoom(self.predictor, view.image(plane), embedding=emb, proposals=proposals,
                             cache=self._crop_cache, image_key=cache_key, **view.normalisation)
-        return question, plane, self.session.decode(self._decoder, emb, plane.key, objects, ignored, proposals,
+        return question, plane, self.session.decode(self.predictor, emb, plane.key, objects, ignored, proposals,
                                                     zoom=zoom)
 
     def _apply_decode(self, out: tuple[tuple, Plane, PlaneResult]) -> None:

@@ -6,9 +6,10 @@ and the :class:`~napari_edgesam.inference.slices.SliceEmbedder`, embeds the curr
 worker, then prefetches its neighbours along the stack axis, and precomputes whole stacks.
 
 With a granularity prior switched on (:meth:`EmbeddingService.set_prior`) every plane embedded
-from then on also gets its box proposals in the same encoder pass, kept in a small
-:class:`~napari_edgesam._napari.proposals.ProposalStore` under the plane's cache key; a plane whose embedding was cached without
-them (from disk, or before the prior was on) gets them in a worker when it is requested.
+from then on also gets its box proposals in the same encoder pass (``predictor.encode``); they
+travel with the embedding through the cache (memory and disk), tagged with the prior that made
+them. A plane whose embedding was cached without them (from disk, before the prior was on, or
+by another prior) gets them in a worker when it is requested, and is put back with them.
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ from pathlib import Path
 import numpy as np
 from qtpy.QtCore import QObject, Signal
 
-from ..inference.embedding_cache import EmbeddingCache, data_signature
+from ..inference.embedding_cache import EmbeddingCache
+from ..inference.embedding_keys import data_signature
 from ..inference.predictor import ImageEmbedding
-from ..inference.prior import ProposalSet, prior_tag
+from ..inference.prior import ProposalSet, compute_proposals, prior_tag
 from ..inference.slices import SliceEmbedder, neighbour_order
 from .planes import Plane
-from .proposals import ProposalStore, _CacheWithProposals, _ProposingPredictor
 from .workers import LatestRunner, Relay, error_reporter, start_worker
 
 logger = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ _MAX_SIGNATURES = 4
 @dataclass(frozen=True)
 class ImageView:
     """What to embed: ``data`` (the layer's full-resolution array), the plane, and the keyword
-    arguments of ``compute_embedding`` (contrast limits, gamma, channel handling)."""
+    arguments of ``predictor.encode`` (contrast limits, gamma, channel handling)."""
 
     data: object = field(repr=False, compare=False)
     plane: Plane
@@ -90,10 +91,10 @@ class EmbeddingService(QObject):
         #: Neighbours (in slices) embedded in the background around the current slice.
         self.prefetch_radius = PREFETCH_RADIUS
         self.cache = EmbeddingCache(self.max_bytes)
-        #: The prior's proposals by the same keys as :attr:`cache`.
-        self.proposals = ProposalStore()
         self.embedder: SliceEmbedder | None = None
-        self._encoder: _ProposingPredictor | None = None
+        self._predictor = None
+        self._prior = None
+        self._encode_lock = threading.Lock()  # encoder and prior runs, one at a time
         self._signatures: dict[int, tuple[object, str]] = {}
         self._sig_lock = threading.Lock()
         self._prefetch_cancel = threading.Event()
@@ -110,28 +111,64 @@ class EmbeddingService(QObject):
 
     # -- configuration -----------------------------------------------------------------------
     def set_predictor(self, predictor) -> None:
-        """Use ``predictor`` (its ``compute_embedding``) from now on, without a prior (see
+        """Use ``predictor`` (its ``encode``) from now on, without a prior (see
         :meth:`set_prior`)."""
         self.cancel_background()
-        self._encoder = _ProposingPredictor(predictor, self._failures.item)
+        self._predictor = predictor
+        self._prior = None
         self._build_embedder()
 
     def _build_embedder(self) -> None:
-        self.embedder = SliceEmbedder(self._encoder, _CacheWithProposals(self.cache, self.proposals, self._encoder))
+        self.embedder = SliceEmbedder(self._predictor, self.cache, encode=self._encode)
 
     def set_prior(self, prior) -> None:
         """Propose boxes with ``prior`` (the predictor's granularity prior) for every plane
         embedded or requested from now on; None: no proposals."""
-        if self._encoder is None:
+        if self._predictor is None:
             raise RuntimeError("no model is loaded: load a model (or call set_predictor) first")
-        self._encoder.prior = prior
-        if prior is not None:
-            self.proposals.set_disk(self.cache.disk_dir, prior_tag(prior))
+        self._prior = prior
 
     @property
     def prior(self):
         """The prior in use, or None."""
-        return None if self._encoder is None else self._encoder.prior
+        return self._prior
+
+    def proposals_of(self, emb: ImageEmbedding | None) -> ProposalSet | None:
+        """The proposals ``emb`` carries if the prior in use made them (same :func:`prior_tag`),
+        else None (no prior on, none computed yet, or another prior's)."""
+        prior = self._prior
+        found = None if emb is None or prior is None else emb.proposals
+        return found if isinstance(found, ProposalSet) and found.tag == prior_tag(prior) else None
+
+    def _encode(self, image: np.ndarray, **normalisation) -> ImageEmbedding:
+        """``predictor.encode`` with the prior in use; a failing prior is switched off (reported
+        once, on the main thread) and the plane is embedded without it."""
+        predictor, prior = self._predictor, self._prior
+        with self._encode_lock:
+            if prior is not None:
+                try:
+                    return predictor.encode(image, prior=prior, **normalisation)
+                except Exception as err:  # shown to the user; the plane is embedded without it
+                    self._switch_prior_off(prior, err)
+            return predictor.encode(image, prior=None, **normalisation)
+
+    def _propose(self, image: np.ndarray, **normalisation) -> ProposalSet | None:
+        """The proposals of the prior in use for an image whose embedding exists (None without
+        a prior, or when it fails: then it is switched off)."""
+        prior = self._prior
+        if prior is None:
+            return None
+        with self._encode_lock:
+            try:
+                return compute_proposals(prior, image, **normalisation)
+            except Exception as err:
+                self._switch_prior_off(prior, err)
+                return None
+
+    def _switch_prior_off(self, prior, err: BaseException) -> None:
+        if self._prior is prior:
+            self._prior = None
+        self._failures.item(err)
 
     def _prior_broke(self, err: BaseException) -> None:
         error_reporter("EdgeSAM granularity prior (switched off)")(err)
@@ -141,15 +178,12 @@ class EmbeddingService(QObject):
         """Keep embeddings also on disk in ``directory`` (None: memory only)."""
         self.cancel_background()
         self.cache = EmbeddingCache(self.max_bytes, disk_dir=directory or None)
-        if self.prior is not None:
-            self.proposals.set_disk(self.cache.disk_dir, prior_tag(self.prior))
-        if self._encoder is not None:
+        if self._predictor is not None:
             self._build_embedder()
 
     def clear(self) -> None:
-        """Forget the embeddings held in memory and all proposals (another model)."""
+        """Forget the embeddings (and their proposals) held in memory (another model)."""
         self.cache.clear()
-        self.proposals.clear()
 
     # -- keys --------------------------------------------------------------------------------
     def signature(self, data: object, compute: bool = False) -> str | None:
@@ -195,9 +229,9 @@ class EmbeddingService(QObject):
         return None if key is None else self.cache.get(key)
 
     def lookup_proposals(self, view: ImageView) -> ProposalSet | None:
-        """The stored proposals of the view's plane, or None (fast; main thread)."""
-        key = self.key(view)
-        return None if key is None else self.proposals.get(key)
+        """The cached proposals of the view's plane made by the prior in use, or None (fast;
+        main thread)."""
+        return self.proposals_of(self.lookup(view))
 
     def embed_now(self, view: ImageView, plane: Plane | None = None) -> ImageEmbedding:
         """Embed (or fetch) a plane in the calling thread: for workers only."""
@@ -223,13 +257,12 @@ class EmbeddingService(QObject):
         computed = key not in self.cache
         if computed:
             self._notify_busy(view)
-            self.embedder.embed(view.image(), key, **view.normalisation)  # with proposals if on
-        encoder = self._encoder
-        if encoder.prior is not None and key not in self.proposals:  # cached without them
+        emb = self.embedder.embed(view.image(), key, **view.normalisation)  # with proposals if on
+        if self._prior is not None and self.proposals_of(emb) is None:  # cached without them
             self._notify_busy(view, "finding the objects of")
-            found = encoder.propose(view.image(), **view.normalisation)
+            found = self._propose(view.image(), **view.normalisation)
             if found is not None:
-                self.proposals.put(key, found)
+                self.cache.put(key, emb.with_proposals(found))  # they travel with it from now on
         return key, view, computed
 
     def _notify_busy(self, view: ImageView, doing: str = "embedding") -> None:

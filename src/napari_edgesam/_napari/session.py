@@ -10,8 +10,9 @@ Coordinates are ``(x, y)`` pixels of the plane, boxes ``(x0, y0, x1, y1)``.
 
 With the box proposals of a granularity prior, a single positive click (the ambiguous case,
 :func:`is_single_click`) takes the whole object by EdgeSAM's rule
-(:func:`~napari_edgesam.inference.prior.segment_click_with_prior`); more points, negative
-points or a box refine as usual.
+(:func:`~napari_edgesam.inference.prior.click_box`, run once per click, its box then
+joins the point); more points, negative points or a box refine as usual. The predictor is used
+statelessly (``segment(..., embedding=)``, ``decode_batch(embedding, ...)``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 
 from ..constants import MASK_THRESHOLD
 from ..inference.postprocess import fill_holes, stability_in_image, upscale_logits
-from ..inference.prior import ProposalSet, choose_box_for_click, segment_click_with_prior
+from ..inference.prior import ProposalSet, click_box
 from ..inference.propagation import mask_to_low_res_logits
 
 logger = logging.getLogger(__name__)
@@ -204,7 +205,8 @@ class Session:
         takes the whole object: the proposal EdgeSAM's rule picks (``k_nearest``) joins the
         point, as ``predictor.segment_click``; with no proposal around the point, or after
         :meth:`cycle_candidate`, it falls back to the 4 candidates. Asking the same question
-        twice gives the same answer. Call it from one thread at a time per predictor.
+        twice gives the same answer. The predictor's state (current image) is neither used nor
+        changed.
 
         ``zoom``: an :class:`~napari_edgesam.inference.autozoom.AutoZoom` of this plane (made
         with this ``embedding`` and ``proposals``): objects with a box are then segmented with AutoZoom
@@ -217,10 +219,6 @@ class Session:
         if forced is not None and (not objects or not previous or previous[0].prompt.anchor != objects[0].anchor):
             forced = None  # a new object: back to the most stable candidate
             self._forced_candidate.pop(plane_key, None)
-        if proposals is None:
-            predictor.set_embedding(embedding)
-        else:
-            predictor.set_embedding(embedding, proposals)
         h, w = embedding.original_size
         labels = np.zeros((h, w), np.uint16)
         results, memory = [], []
@@ -229,8 +227,8 @@ class Session:
             mask_input = self.mask_input_for(plane_key, i, obj) if getattr(
                 predictor, "refine_with_mask_input", True) else None
             prior_box = shown_box = None
-            if single:
-                prior_box = choose_box_for_click(obj.points[0], proposals.boxes, proposals.scores, k_nearest)
+            if single:  # the rule, once per click: its box is what the decoder gets below
+                prior_box = click_box(proposals, obj.points[0], embedding.original_size, k_nearest)
             if zoom is not None and forced is None and obj.box is not None:
                 points = obj.points if len(obj.points) else None
                 zoomed = zoom.segment(points, obj.labels if points is not None else None, obj.box,
@@ -238,17 +236,17 @@ class Session:
                 mask, score, chosen, shown_box = zoomed.mask, zoomed.score, None, None
                 low = zoomed.low_res if zoomed.window is None else mask_to_low_res_logits(
                     np.asarray(mask, bool), embedding.input_size, embedding.original_size)
-            elif prior_box is not None and forced is None:
-                mask, score, low = segment_click_with_prior(predictor, proposals, obj.points[0], k_nearest=k_nearest,
-                                                            fill_holes=self.fill_holes)
+            elif prior_box is not None and forced is None:  # as predictor.segment_click
+                mask, score, low = predictor.segment(obj.points[:1], np.ones(1, np.float32), prior_box,
+                                                     fill_holes=self.fill_holes, embedding=embedding)
                 chosen, shown_box = None, prior_box
             elif obj.box is None:
-                mask, score, low, chosen = _segment_points(predictor, obj, mask_input, forced)
+                mask, score, low, chosen = _segment_points(predictor, embedding, obj, mask_input, forced)
             else:
                 points = obj.points if len(obj.points) else None
                 mask, score, low = predictor.segment(
                     points, obj.labels if points is not None else None, obj.box, mask_input,
-                    **({} if self.fill_holes else {"fill_holes": False}),
+                    fill_holes=self.fill_holes, embedding=embedding,
                 )
                 chosen = None
             mask = np.asarray(mask, bool)
@@ -363,16 +361,15 @@ class Session:
         return record
 
 
-def _segment_points(predictor, obj: ObjectPrompt, mask_input, candidate: int | None):
-    """``predictor.segment`` for a point-only prompt, also telling which of the 4 candidates
-    it is (the most stable one, or ``candidate``). One decoder call; only the chosen mask is
-    upscaled to full size."""
-    pred = predictor.predict_batch(
-        obj.points[None], obj.labels[None], None, None if mask_input is None else mask_input[None],
+def _segment_points(predictor, emb, obj: ObjectPrompt, mask_input, candidate: int | None):
+    """``predictor.segment`` for a point-only prompt in ``emb``'s image, also telling which of
+    the 4 candidates it is (the most stable one, or ``candidate``). One decoder call; only the
+    chosen mask is upscaled to full size."""
+    pred = predictor.decode_batch(
+        emb, obj.points[None], obj.labels[None], None, None if mask_input is None else mask_input[None],
         num_multimask_outputs=4, upscale=False,
     )
     low = pred.low_res_logits[0]
-    emb = predictor.embedding
     stability = stability_in_image(low, emb.input_size)  # as predictor.segment
     i = int(candidate) % 4 if candidate is not None else int(np.argmax(stability))
     mask = upscale_logits(low[i : i + 1], emb.input_size, emb.original_size)[0] > MASK_THRESHOLD

@@ -89,7 +89,8 @@ def _prior_file(prior: str, checkpoint: Path) -> Path:
 
 def _load_head(path: Path, encoder):
     """The head and its meta; ``ValueError`` if it was trained on another encoder."""
-    from ..model.box_head import encoder_signature, load_box_head, signatures_match
+    from ..inference.prior import load_box_head
+    from ..model.box_head import encoder_signature, signatures_match
 
     head, meta = load_box_head(path)
     expected = meta.get("encoder_signature")

@@ -5,7 +5,7 @@ Pipeline for one 2D image (or one tile of a large image):
 1. A regular grid of points (isotropic spacing, ``points_per_side`` along the longest side),
    ordered coarse to fine.
 2. Chunks of ``points_per_batch`` points go through ONE decoder call each
-   (:meth:`EdgeSamPredictor.predict_batch`, ``upscale=False``; by default 64 per call on a
+   (:meth:`EdgeSamPredictor.decode_batch`, ``upscale=False``; by default 64 per call on a
    GPU, and on a CPU the fastest of 64/16/4 as timed on the first chunks); every point yields
    4 (or 3) candidate masks, like SAM's multimask output.
 3. Candidates are filtered on the 256 x 256 low-res logits: stability score (EdgeSAM's IoU head
@@ -41,7 +41,6 @@ from .automatic_common import (
     MaskSettings,
     ProgressFn,
     check_cancel,
-    embedding_set,
     segment_image,
     segment_volume,
     volume_normalisation,
@@ -193,16 +192,15 @@ def generate_masks(
     """Run the point grid on one embedded image and return the masks kept by NMS.
 
     Args:
-        predictor: an :class:`EdgeSamPredictor` (or anything with ``predict_batch``,
-            ``set_embedding``, ``embedding``, ``is_image_set``, ``reset_image``).
-        embedding: the image's embedding; the predictor's current image is restored afterwards.
+        predictor: an :class:`EdgeSamPredictor` (or anything with ``decode_batch(embedding, ...)``);
+            its state (current image) is neither used nor changed.
+        embedding: the image's embedding.
         progress: ``progress(done_points, total_points)`` after each chunk.
         cancel: an object with ``is_set()`` (e.g. ``threading.Event``); raises :class:`Cancelled`.
     Returns:
         masks sorted by descending score, in pixel coordinates of ``embedding.original_size``.
     """
-    with embedding_set(predictor, embedding):
-        return _generate(predictor, embedding, config, progress, cancel)
+    return _generate(predictor, embedding, config, progress, cancel)
 
 
 #: Prompts per decoder call when ``points_per_batch`` is None: fixed on a GPU; on a CPU each
@@ -263,8 +261,8 @@ def _generate(predictor, emb, cfg, progress, cancel) -> list[MaskCandidate]:
         size = sizer.next()
         chunk, remaining = remaining[:size], remaining[size:]
         t0 = time.perf_counter()
-        pred = predictor.predict_batch(
-            point_coords=chunk[:, None, :], point_labels=np.ones((len(chunk), 1), np.float32),
+        pred = predictor.decode_batch(
+            emb, point_coords=chunk[:, None, :], point_labels=np.ones((len(chunk), 1), np.float32),
             num_multimask_outputs=cfg.num_multimask_outputs,
             use_stability_score=cfg.iou_thresh == 0, upscale=False,
         )
@@ -314,7 +312,7 @@ def segment_automatic(
             if tuple(embedding.original_size) != rgb.shape[:2]:
                 raise ValueError(f"embedding is of a {embedding.original_size} image, not {rgb.shape[:2]}")
             emb = embedding
-        emb = emb if emb is not None else predictor.embed_rgb(rgb)
+        emb = emb if emb is not None else predictor.encode_rgb(rgb, prior=None)  # no proposals needed
         masks = generate_masks(predictor, emb, config, progress=report, cancel=cancel)
         return masks_to_labels(masks, rgb.shape[:2], config.min_area, config.min_visible_fraction)
 

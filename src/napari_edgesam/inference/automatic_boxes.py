@@ -3,11 +3,11 @@
 Pipeline for one 2D image (or tile):
 
 1. One encoder pass gives the embedding and the box proposals
-   (:func:`~napari_edgesam.inference.prior.embed_rgb_with_proposals`).
+   (:meth:`EdgeSamPredictor.encode_rgb(rgb, prior=prior) <napari_edgesam.inference.predictor.EdgeSamPredictor.encode_rgb>`).
 2. Proposals below ``score_thresh`` are dropped, the rest go through box NMS and at most
    ``max_proposals`` are kept.
 3. Chunks of ``boxes_per_batch`` boxes are decoded with ONE decoder call each
-   (``predict_batch(boxes=..., num_multimask_outputs=1, upscale=False)``: a box prompt uses
+   (``decode_batch(embedding, boxes=..., num_multimask_outputs=1, upscale=False)``: a box prompt uses
    token 0, one mask per box).
 4. Masks are filtered on their 256 x 256 logits (stability score), upscaled only inside their
    bounding box, cleaned (islands, holes), and must agree with their prompt box (IoU of the
@@ -31,11 +31,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..constants import MASK_THRESHOLD
-from .automatic_common import MaskSettings, ProgressFn, check_cancel, embedding_set, segment_image
+from .automatic_common import MaskSettings, ProgressFn, check_cancel, segment_image
 from .masks import MaskCandidate, candidate_from_logits, masks_to_labels, nms
 from .postprocess import stability_score
 from .predictor import ImageEmbedding
-from .prior import ProposalSet, box_iou, embed_rgb_with_proposals, nms_boxes
+from .prior import ProposalSet, box_iou, nms_boxes
 
 logger = logging.getLogger(__name__)
 
@@ -109,8 +109,9 @@ def generate_masks_from_boxes(
     """Decode the proposals of one embedded image and return the masks kept by NMS.
 
     Args:
-        predictor: an :class:`EdgeSamPredictor` (``predict_batch``, ``set_embedding``, ...).
-        embedding: the image's embedding; the predictor's current image is restored afterwards.
+        predictor: an :class:`EdgeSamPredictor` (``decode_batch(embedding, ...)``); its state
+            (current image) is neither used nor changed.
+        embedding: the image's embedding.
         proposals: the prior's boxes for the same image.
         progress: ``progress(done_boxes, total_boxes)`` after each decoder call.
         cancel: an object with ``is_set()``; raises :class:`Cancelled`.
@@ -122,15 +123,14 @@ def generate_masks_from_boxes(
     boxes, scores = prompt_boxes(proposals, config)
     candidates: list[MaskCandidate] = []
     n = config.boxes_per_batch
-    with embedding_set(predictor, embedding):
-        for start in range(0, len(boxes), n):
-            check_cancel(cancel)
-            chunk = boxes[start : start + n]
-            pred = predictor.predict_batch(boxes=chunk, num_multimask_outputs=1, use_stability_score=True,
-                                           upscale=False)
-            candidates += _chunk_candidates(chunk, scores[start : start + n], pred, embedding, config)
-            if progress is not None:
-                progress(min(start + n, len(boxes)), len(boxes))
+    for start in range(0, len(boxes), n):
+        check_cancel(cancel)
+        chunk = boxes[start : start + n]
+        pred = predictor.decode_batch(embedding, boxes=chunk, num_multimask_outputs=1, use_stability_score=True,
+                                      upscale=False)
+        candidates += _chunk_candidates(chunk, scores[start : start + n], pred, embedding, config)
+        if progress is not None:
+            progress(min(start + n, len(boxes)), len(boxes))
     kept = nms(candidates, config.nms_thresh)
     logger.debug("box automatic: %d proposals, %d decoded, %d candidates, %d after NMS",
                  len(proposals), len(boxes), len(candidates), len(kept))
@@ -161,8 +161,8 @@ def segment_automatic_boxes(
     """
 
     def segment_tile(rgb: np.ndarray, report: ProgressFn | None, _whole: bool) -> np.ndarray:
-        emb, proposals = embed_rgb_with_proposals(predictor, prior, rgb)
-        masks = generate_masks_from_boxes(predictor, emb, proposals, config, progress=report, cancel=cancel)
+        emb = predictor.encode_rgb(rgb, prior=prior)  # one encoder pass when the prior shares it
+        masks = generate_masks_from_boxes(predictor, emb, emb.proposals, config, progress=report, cancel=cancel)
         return masks_to_labels(masks, rgb.shape[:2], config.min_area, config.min_visible_fraction)
 
     return segment_image(image, segment_tile, config, region=region, normalisation=normalisation,

@@ -10,8 +10,7 @@ the slices with :func:`~napari_edgesam.inference.merge3d.merge_slices`.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -104,24 +103,6 @@ def check_region(region: Sequence[float] | None, shape: tuple[int, int]) -> tupl
     if x1 - x0 < 2 or y1 - y0 < 2:
         raise ValueError(f"region {tuple(region)} does not overlap the {w} x {h} image")
     return x0, y0, x1, y1
-
-
-@contextlib.contextmanager
-def embedding_set(predictor, embedding) -> Iterator[None]:
-    """Make ``embedding`` the predictor's current image for the block, then restore the
-    previous image (and its proposals) or no image."""
-    previous = predictor.embedding if predictor.is_image_set else None
-    proposals = getattr(predictor, "proposals", None)
-    predictor.set_embedding(embedding)
-    try:
-        yield
-    finally:
-        if previous is None:
-            predictor.reset_image()
-        elif proposals is not None:
-            predictor.set_embedding(previous, proposals)
-        else:
-            predictor.set_embedding(previous)
 
 
 # -- images, tiles and stacks -----------------------------------------------------------------

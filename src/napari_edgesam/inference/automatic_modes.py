@@ -10,9 +10,7 @@ The mode is chosen by the type of the configuration given to :func:`segment_auto
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
@@ -70,47 +68,3 @@ def segment_automatic_any(
         return segment_volume(image, plane, normalisation=normalisation, merge_iou=merge_iou,
                               progress=progress, cancel=cancel)
     return plane(image, normalisation, progress)
-
-
-# -- where a model's prior is -----------------------------------------------------------------
-def model_files(name_or_path: str | os.PathLike) -> list[Path]:
-    """The local weight files of a registered model name (``"auto"``: the one ``load_model``
-    would pick), or ``[path]`` for a model file; nothing is loaded or downloaded."""
-    from . import api
-
-    key = os.fspath(name_or_path).strip()
-    if key == "auto":
-        try:
-            key = api.best_available_model(allow_download=False)
-        except RuntimeError:
-            return []
-    for model in api.list_models():
-        if model["name"] == key:
-            return [Path(f["path"]) for f in model["files"].values() if f["path"]]
-    return [Path(key)] if Path(key).suffix else []
-
-
-def find_model_prior(name_or_path: str | os.PathLike) -> Path | None:
-    """The granularity prior stored beside a model's weights (what ``prior="auto"`` loads),
-    or None; nothing is loaded or downloaded."""
-    from .prior import find_prior
-
-    for path in model_files(name_or_path):
-        found = find_prior(path)
-        if found is not None:
-            return found
-    return None
-
-
-def missing_prior_message(model: str | os.PathLike) -> str:
-    """Why prior-box mode cannot run with ``model`` and how to get a prior."""
-    files = [p for p in model_files(model) if p.suffix != ".onnx" or "decoder" not in p.stem]
-    beside = files[0].with_name(files[0].stem.replace("_encoder", "") + ".prior.pth") if files else None
-    where = f" (looked for {beside})" if beside is not None else ""
-    return (
-        f"model {os.fspath(model)!r} has no granularity prior beside its weights{where}. Train one with "
-        f"'napari-edgesam train prior --model {os.fspath(model)} --images DIR --labels DIR "
-        f"--output {beside or 'MODEL_STEM.prior.pth'}' (saved beside the model, it is found automatically), "
-        "pass a .prior.pth/.prior.onnx path instead of 'auto', or use the shipped model "
-        "'edgesam-nuclei', which has one"
-    )

@@ -197,7 +197,7 @@ class AutoZoom:
 
     Args:
         predictor: an :class:`~napari_edgesam.inference.predictor.EdgeSamPredictor`; crops are
-            encoded with its backend. Its current image is restored after each call.
+            encoded with its backend; its state (current image) is neither used nor changed.
         image: ``H x W`` or ``H x W x C``, normalised once for the whole image (so crops share
             the whole image's contrast) with ``normalisation`` (see ``to_rgb_uint8``).
         target_radius: the object radius (1024-frame pixels) crops are scaled to.
@@ -230,7 +230,7 @@ class AutoZoom:
         self.click_band, self.click_zoom_in = float(click_band), bool(click_zoom_in)
         self.cache = cache if cache is not None else CropEmbeddingCache(8)
         if image_key is None:
-            from .embedding_cache import data_signature
+            from .embedding_keys import data_signature
 
             image_key = (data_signature(np.asarray(image)), repr(sorted(normalisation.items())))
         self.image_key = (getattr(predictor, "model_name", ""), image_key)
@@ -243,7 +243,7 @@ class AutoZoom:
     # -- embeddings ------------------------------------------------------------------------
     def global_embedding(self) -> ImageEmbedding:
         if self._global is None:
-            self._global = self.predictor.embed_rgb(self.rgb)
+            self._global = self.predictor.encode_rgb(self.rgb, prior=None)  # as without an embedding: no proposals
         return self._global
 
     def embedding(self, window: CropWindow) -> ImageEmbedding:
@@ -273,18 +273,9 @@ class AutoZoom:
 
     # -- decoding --------------------------------------------------------------------------
     def _decode(self, emb: ImageEmbedding, points, labels, box, proposals=None, click_rule=False):
-        previous = self.predictor.embedding if self.predictor.is_image_set else None
-        previous_proposals = getattr(self.predictor, "proposals", None)
-        self.predictor.set_embedding(emb, proposals)
-        try:
-            if click_rule:
-                return self.predictor.segment_click(points[0], fill_holes=False)
-            return self.predictor.segment(points, labels, box, fill_holes=False)
-        finally:
-            if previous is not None:
-                self.predictor.set_embedding(previous, previous_proposals)
-            else:
-                self.predictor.reset_image()
+        if click_rule:  # the prior's rule on these proposals
+            return self.predictor.segment_click(points[0], fill_holes=False, embedding=emb.with_proposals(proposals))
+        return self.predictor.segment(points, labels, box, fill_holes=False, embedding=emb)
 
     def _in_window(self, window: CropWindow, points, labels, box):
         cp = cl = cb = None

@@ -12,7 +12,8 @@ import numpy as np
 
 from .automatic import AutomaticConfig
 from .automatic_boxes import BoxAutomaticConfig
-from .automatic_modes import AnyAutomaticConfig, find_model_prior
+from .automatic_modes import AnyAutomaticConfig
+from .model_prior import find_model_prior
 
 MODES = ("auto", "boxes", "prompts")
 REPORT_COLUMNS = ("input", "key", "status", "n_objects", "seconds", "error")

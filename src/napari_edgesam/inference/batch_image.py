@@ -21,7 +21,7 @@ import numpy as np
 from .._atomic import OutputWriteError
 from .._atomic import describe_write_error as _write_failure
 from .automatic_common import Cancelled
-from .automatic_modes import missing_prior_message, segment_automatic_any
+from .automatic_modes import segment_automatic_any
 from .batch_config import BatchConfig
 from .batch_prompts import PromptError, normalisation, segment_prompts
 from .batch_resume import (
@@ -33,6 +33,7 @@ from .batch_resume import (
     skipped_record,
 )
 from .io import ImageData, output_keys, read_image, write_json, write_labels
+from .model_prior import missing_prior_message
 from .prompt_csv import CsvObject, prompt_identity, prompts_for_image
 
 #: the batch engine's one logger (as :mod:`.batch_resume`): the CLI filters its per-image errors

@@ -1,15 +1,17 @@
 """A bounded, thread-safe cache of image embeddings, with an optional on-disk layer.
 
-Keys are strings built by :func:`embedding_key` from the model name, a content signature of
-the image (:func:`data_signature`), the index of the 2D plane and the intensity
-normalisation, so a changed image, plane or contrast never reuses a stale embedding.
+Keys are strings built by :func:`~napari_edgesam.inference.embedding_keys.embedding_key` (model,
+content signature of the image, plane, normalisation: see :mod:`.embedding_keys`, whose names
+are re-exported here), so a changed image, plane or contrast never reuses a stale embedding.
 
 Embeddings are stored in ``dtype`` (float16 by default: 2 MiB per slice instead of 4 MiB);
 :meth:`EmbeddingCache.get` returns them in that dtype (read-only), which the predictor
-accepts as is. With ``disk_dir`` every entry is also written to one ``.npz`` file per key,
-atomically, and a memory miss falls back to disk. The disk layer is bounded too
-(``max_disk_bytes``, 10 GiB by default): after a write, the least recently used files (by
-modification time; a read refreshes it) are deleted until the folder fits.
+accepts as is. An embedding's granularity-prior proposals (:attr:`ImageEmbedding.proposals`,
+tagged with the prior that made them) travel with it, in memory and on disk. With ``disk_dir``
+every entry is also written to one ``.npz`` file per key, atomically, and a memory miss falls
+back to disk. The disk layer is bounded too (``max_disk_bytes``, 10 GiB by default): after a
+write, the least recently used files (by modification time; a read refreshes it) are deleted
+until the folder fits.
 """
 
 from __future__ import annotations
@@ -19,125 +21,30 @@ import logging
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
 
+from .embedding_keys import (  # re-exported: the keys of this cache
+    data_signature,
+    embedding_key,
+    key_prefix,
+)
 from .predictor import ImageEmbedding
+from .prior import ProposalSet
+
+__all__ = ["DEFAULT_MAX_DISK_BYTES", "DISK_FORMAT_VERSION", "EmbeddingCache", "data_signature", "embedding_key",
+           "key_prefix"]
 
 logger = logging.getLogger(__name__)
 
-#: Version of the on-disk format; files of another version are ignored (and deleted).
-DISK_FORMAT_VERSION = 1
-#: Arrays up to this size are hashed completely by :func:`data_signature`.
-FULL_HASH_BYTES = 64 * 1024 * 1024
-_SAMPLE_PLANES = 32
-_SAMPLE_ELEMENTS_PER_PLANE = 1 << 16
-_KEY_SEPARATOR = "|"
+#: Version of the on-disk format; files of another version are ignored (and deleted), except
+#: version 1 (before proposals were stored), read as embeddings without proposals.
+DISK_FORMAT_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
 _PARTIAL_SUFFIX = ".part"  # files being written; never matched by "*.npz"
 #: Default budget of the disk layer (~5000 fp16 slices).
 DEFAULT_MAX_DISK_BYTES = 10 << 30
-
-
-# -- keys ------------------------------------------------------------------------------------
-def data_signature(array: object, *, full: bool = False) -> str:
-    """A fast content hash of an array (numpy, dask, zarr ... anything indexable).
-
-    Hashes the shape, the dtype and the data: all bytes when the array is smaller than
-    :data:`FULL_HASH_BYTES` (64 MiB), otherwise up to 32 evenly spaced planes along the first
-    axis, each subsampled with a stride (so lazy arrays load only what is sampled). A large
-    array edited in a spot the sample misses keeps its signature; the caller should drop its
-    keys when it knows the data changed (:meth:`EmbeddingCache.discard`).
-
-    With ``full`` every byte is hashed whatever the size (for in-memory arrays that can be
-    edited in place, e.g. a napari layer's numpy data).
-
-    Returns:
-        32 hex characters (blake2b, 16 bytes).
-    """
-    shape = tuple(int(s) for s in np.shape(array))
-    dtype = getattr(array, "dtype", None)
-    dtype = np.dtype(dtype) if dtype is not None else np.asarray(array).dtype
-    h = hashlib.blake2b(digest_size=16)
-    h.update(repr((shape, dtype.str)).encode())
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if full or nbytes <= FULL_HASH_BYTES or len(shape) == 0:
-        h.update(np.ascontiguousarray(np.asarray(array)).reshape(-1).view(np.uint8).data)
-        return h.hexdigest()
-    planes = np.unique(np.linspace(0, shape[0] - 1, min(shape[0], _SAMPLE_PLANES)).astype(np.int64))
-    rest = shape[1:]
-    per_plane = int(np.prod(rest, dtype=np.int64)) if rest else 1
-    step = max(1, int(np.ceil((per_plane / _SAMPLE_ELEMENTS_PER_PLANE) ** (1.0 / max(len(rest), 1)))))
-    strided = tuple(slice(None, None, step) for _ in rest)
-    for i in planes:
-        sample = np.ascontiguousarray(np.asarray(array[(int(i), *strided)]))
-        h.update(int(i).to_bytes(8, "little"))
-        h.update(sample.reshape(-1).view(np.uint8).data)
-    return h.hexdigest()
-
-
-def _canonical(value: object) -> str:
-    """A stable text form of a normalisation setting; floats rounded to 6 significant digits."""
-    if value is None or isinstance(value, (bool, np.bool_)):
-        return str(bool(value)) if value is not None else "None"
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    if isinstance(value, (float, np.floating)):
-        return format(float(value) + 0.0, ".6g")
-    if isinstance(value, str):
-        return repr(value)
-    if isinstance(value, slice):
-        parts = (value.start, value.stop, value.step)
-        return ":" if parts == (None, None, None) else ":".join("" if p is None else str(int(p)) for p in parts)
-    if isinstance(value, Mapping):
-        items = sorted((str(k), _canonical(v)) for k, v in value.items())
-        return "{" + ",".join(f"{k}={v}" for k, v in items) + "}"
-    if isinstance(value, np.ndarray):
-        return _canonical(value.tolist())
-    if isinstance(value, Iterable):
-        return "(" + ",".join(_canonical(v) for v in value) + ")"
-    raise TypeError(f"cannot use {type(value).__name__} {value!r} in a cache key; use numbers, strings or tuples")
-
-
-def _escape(text: str) -> str:
-    return str(text).replace("%", "%25").replace(_KEY_SEPARATOR, "%7C")
-
-
-def key_prefix(model_name: str, signature: str, normalisation: object = None) -> str:
-    """The prefix shared by all keys of one image (and, if given, one normalisation).
-
-    ``cache.discard(key_prefix(model, sig))`` drops every plane of that image;
-    ``cache.discard(key_prefix(model, sig, old_norm))`` only those embedded with ``old_norm``.
-    """
-    prefix = f"{_escape(model_name)}{_KEY_SEPARATOR}{_escape(signature)}{_KEY_SEPARATOR}"
-    if normalisation is not None:
-        prefix += f"{_canonical(normalisation)}{_KEY_SEPARATOR}"
-    return prefix
-
-
-def embedding_key(
-    model_name: str, signature: str, index: tuple[int, ...], normalisation: object = ()
-) -> str:
-    """Cache key of the embedding of one 2D plane.
-
-    Args:
-        model_name: the predictor's model name (embeddings differ between models).
-        signature: :func:`data_signature` of the whole layer data.
-        index: index of the plane in the data, e.g. ``(z,)`` or the tuple from
-            :func:`~napari_edgesam.coords.plane_index` (``slice(None)`` on the
-            displayed axes, written ``:``).
-        normalisation: contrast limits, gamma, channel ... (a tuple or a dict); floats are
-            rounded to 6 significant digits so identical settings give identical keys.
-    Returns:
-        ``"model|signature|normalisation|index"``.
-    """
-    if not isinstance(index, tuple):
-        index = (index,)
-    for i in index:
-        if not isinstance(i, (int, np.integer, slice)):
-            raise TypeError(f"index entries must be integers or slices, got {i!r} in {index!r}")
-    return key_prefix(model_name, signature, normalisation) + _canonical(index)
 
 
 # -- cache -----------------------------------------------------------------------------------
@@ -149,7 +56,9 @@ class EmbeddingCache:
             evicted to stay under it (an entry larger than the budget is not kept in memory).
         dtype: storage dtype of the features (``np.float16`` halves memory; or ``np.float32``).
         disk_dir: optional folder for a persistent layer: one ``.npz`` per key (features in
-            float16, sizes, the key and a format version), written atomically; memory misses
+            float16, sizes, the key, a format version, and the proposals of a prior loaded
+            from a file, with its tag; those of a prior built in memory stay in memory),
+            written atomically; memory misses
             are read from there; unreadable, damaged or crafted files (and features with
             NaN or inf) are deleted with a warning, so the caller computes the embedding again.
             Non-finite embeddings are never stored.
@@ -231,7 +140,8 @@ class EmbeddingCache:
         with np.errstate(over="ignore"):  # beyond float16's range: inf, refused by the callers
             features = np.array(emb.features, dtype=self.dtype, copy=True)
         features.flags.writeable = False
-        return ImageEmbedding(features, tuple(emb.original_size), tuple(emb.input_size))
+        proposals = emb.proposals if isinstance(emb.proposals, ProposalSet) else None
+        return ImageEmbedding(features, tuple(emb.original_size), tuple(emb.input_size), proposals)
 
     def _insert(self, key: str, emb: ImageEmbedding) -> None:
         """Insert and evict; the caller holds the lock."""
@@ -314,6 +224,10 @@ class EmbeddingCache:
         path = self.disk_path(key)
         from .._atomic import atomic_open
 
+        proposals = {}
+        if emb.proposals is not None and emb.proposals.tag is not None:  # a prior from a file
+            p = emb.proposals
+            proposals = {"proposal_boxes": p.boxes, "proposal_scores": p.scores, "proposal_tag": np.str_(p.tag)}
         try:
             size_before = path.stat().st_size if path.exists() else 0
             with atomic_open(path, "wb", suffix=_PARTIAL_SUFFIX, fsync=False) as f:
@@ -324,6 +238,7 @@ class EmbeddingCache:
                     features=emb.features.astype(np.float16),
                     original_size=np.asarray(emb.original_size, np.int64),
                     input_size=np.asarray(emb.input_size, np.int64),
+                    **proposals,
                 )
         except OSError as err:
             logger.warning("could not write the embedding cache file %s: %s", path, err)
@@ -378,7 +293,7 @@ class EmbeddingCache:
                 raise ValueError("not an embedding cache file (damaged, or another kind of file)")
             with np.load(path, allow_pickle=False) as z:
                 version = _scalar(z["version"], "version")
-                if version != DISK_FORMAT_VERSION:
+                if version not in _READABLE_VERSIONS:
                     raise ValueError(f"format version {version}, expected {DISK_FORMAT_VERSION}")
                 stored_key = z["key"]
                 if stored_key.shape != () or stored_key.dtype.kind != "U" or str(stored_key) != key:
@@ -386,9 +301,10 @@ class EmbeddingCache:
                 features = z["features"]
                 original_size = _size_pair(z["original_size"], "original_size")
                 input_size = _size_pair(z["input_size"], "input_size")
+                proposals = _proposals(z, original_size) if "proposal_tag" in z.files else None
             if features.ndim != 4 or features.shape[0] != 1 or features.dtype.kind != "f" or features.size == 0:
                 raise ValueError(f"features of shape {features.shape} and dtype {features.dtype}")
-            emb = self._frozen(ImageEmbedding(features, original_size, input_size))
+            emb = self._frozen(ImageEmbedding(features, original_size, input_size, proposals))
             if not np.isfinite(emb.features).all():
                 raise ValueError("the features hold NaN or inf")
         except FileNotFoundError:
@@ -422,6 +338,17 @@ def _size_pair(value: np.ndarray, name: str) -> tuple[int, int]:
     if value.shape != (2,) or value.dtype.kind not in "iu" or (value < 1).any():
         raise ValueError(f"{name} is not two positive integers")
     return int(value[0]), int(value[1])
+
+
+def _proposals(z, original_size: tuple[int, int]) -> ProposalSet:
+    """The proposals stored in an opened cache file (ValueError if damaged)."""
+    tag = z["proposal_tag"]
+    if tag.shape != () or tag.dtype.kind != "U":
+        raise ValueError("the proposals' tag is not a string")
+    boxes, scores = z["proposal_boxes"], z["proposal_scores"]
+    if boxes.dtype.kind != "f" or scores.dtype.kind != "f":
+        raise ValueError("the proposals are not float arrays")
+    return ProposalSet(boxes, scores, original_size, str(tag))  # checks shapes and finiteness
 
 
 def _size(path: Path) -> int:

@@ -12,52 +12,31 @@ boxes are (x0, y0, x1, y1).
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from ..constants import MASK_THRESHOLD, token_slice
-from .backends import Backend
+from .backends import Backend, as_backend
 from .postprocess import fill_holes as _fill_holes
 from .postprocess import stability_in_image, stability_score, upscale_logits
 from .preprocess import DEFAULT_PERCENTILES, prepare_input, to_rgb_uint8
+from .prior import ProposalSet, click_box, encode_with_prior
 from .prompts import (
-    _real,
     check_candidate,
     check_k_nearest,
     to_decoder_prompts,
-    validate_box,
+    validate_batch_prompts,
     validate_click,
     validate_mask_input,
-    validate_points,
+    validate_prompt,
 )
 
 logger = logging.getLogger(__name__)
 
-
-def _as_backend(obj: object, device: str) -> Backend:
-    """``obj`` itself when it is a backend; an ``EdgeSam`` module wrapped in the default torch
-    backend. Never imports torch: a module can only exist when torch is already imported."""
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(obj, torch.nn.Module):
-        from ..model.edge_sam import EdgeSam
-
-        if not isinstance(obj, EdgeSam):
-            raise TypeError(
-                f"EdgeSamPredictor needs an EdgeSam model (napari_edgesam.model.build_edge_sam(checkpoint)) "
-                f"or a backend, got the torch module {type(obj).__name__}")
-        from .backends import compute_thread
-        from .backends.torch_backend import TorchBackend
-
-        return compute_thread.run(TorchBackend, obj, device)
-    if callable(getattr(obj, "encode", None)) and hasattr(obj, "name") and not isinstance(obj, (str, bytes)):
-        return obj
-    raise TypeError(
-        f"EdgeSamPredictor needs a backend (TorchBackend, OnnxBackend) or an EdgeSam model "
-        f"(napari_edgesam.model.build_edge_sam(checkpoint)), got {type(obj).__name__}; "
-        "to load weights by name or path use napari_edgesam.load_model(...)")
+#: The default ``prior`` of :meth:`EdgeSamPredictor.encode`: the predictor's own :attr:`~EdgeSamPredictor.prior`.
+OWN_PRIOR = object()
 
 
 @dataclass(frozen=True)
@@ -75,13 +54,13 @@ class ImageEmbedding:
     features: np.ndarray
     original_size: tuple[int, int]
     input_size: tuple[int, int]
-    proposals: object | None = None
+    proposals: ProposalSet | None = None
 
     def astype(self, dtype: np.dtype | type) -> ImageEmbedding:
         """A copy with ``features`` in ``dtype`` (e.g. ``np.float16`` for caches)."""
         return replace(self, features=self.features.astype(dtype))
 
-    def with_proposals(self, proposals: object | None) -> ImageEmbedding:
+    def with_proposals(self, proposals: ProposalSet | None) -> ImageEmbedding:
         """The same embedding carrying ``proposals`` (a ``ProposalSet`` or None)."""
         return replace(self, proposals=proposals)
 
@@ -148,12 +127,13 @@ class EdgeSamPredictor:
     """
 
     def __init__(self, backend: Backend, model_name: str = "edgesam", *, device: str = "auto") -> None:
-        self.backend = _as_backend(backend, device)
+        self.backend = as_backend(backend, device)
         self.model_name = model_name
         self._embedding: ImageEmbedding | None = None
         self._warned_scores = False
         #: Optional granularity prior (a box head, see :mod:`napari_edgesam.inference.prior`):
-        #: when set, ``set_image`` also computes box proposals used by :meth:`segment_click`.
+        #: when set, :meth:`encode` (and ``set_image``) also computes the box proposals that
+        #: :meth:`segment_click` uses.
         self.prior = None
         #: Interactive refinements (another point on an object) pass the previous low-res
         #: logits as ``mask_input`` (SAM's use). ``load_model`` sets False for models whose mask
@@ -173,46 +153,41 @@ class EdgeSamPredictor:
         contrast_limits: Sequence[float] | None = None,
         gamma: float = 1.0,
         percentiles: Sequence[float] = DEFAULT_PERCENTILES,
+        prior: object = OWN_PRIOR,
     ) -> ImageEmbedding:
         """Embed a 2D image without changing the predictor's state.
 
         ``image``: ``H x W`` grey, ``H x W x 3`` RGB, or multi-channel; any integer or float
         dtype. See :func:`~napari_edgesam.inference.preprocess.to_rgb_uint8` for the intensity
-        normalisation (contrast limits, percentiles, gamma, NaN handling). With a :attr:`prior`
-        the embedding carries its box proposals (from the same encoder pass when the prior
-        shares the torch encoder).
+        normalisation (contrast limits, percentiles, gamma, NaN handling). ``prior``: whose box
+        proposals the embedding carries (:attr:`ImageEmbedding.proposals`): the predictor's own
+        :attr:`prior` by default, None for none (and no prior pass), or another prior. They
+        come from the same encoder pass when the prior shares the backend's encoder (a torch
+        prior on the torch backend); an ONNX prior runs a pass of its own.
         """
         rgb = to_rgb_uint8(
             image, channel_axis=channel_axis, channel=channel,
             contrast_limits=contrast_limits, gamma=gamma, percentiles=percentiles,
         )
-        return self.encode_rgb(rgb)
+        return self.encode_rgb(rgb, prior=prior)
 
-    def encode_rgb(self, rgb: np.ndarray) -> ImageEmbedding:
+    def encode_rgb(self, rgb: np.ndarray, *, prior: object = OWN_PRIOR) -> ImageEmbedding:
         """:meth:`encode` for an ``H x W x 3`` uint8 RGB image (no intensity normalisation)."""
-        if self.prior is not None:
-            from .prior import embed_rgb_with_proposals
-
-            emb, proposals = embed_rgb_with_proposals(self, self.prior, rgb)
-            return emb.with_proposals(proposals)
-        return self.embed_rgb(rgb)
-
-    def compute_embedding(self, image: np.ndarray, **normalisation) -> ImageEmbedding:
-        """The embedding alone (no proposals, even with a prior); see :meth:`encode`."""
-        return self.embed_rgb(to_rgb_uint8(image, **normalisation))
-
-    def embed_rgb(self, rgb: np.ndarray) -> ImageEmbedding:
-        """Embed an ``H x W x 3`` uint8 RGB image (no intensity normalisation, no proposals)."""
+        prior = self.prior if prior is OWN_PRIOR else prior
         x, input_size = prepare_input(rgb)
-        features = self.backend.encode(x)
-        return ImageEmbedding(features, tuple(rgb.shape[:2]), tuple(input_size))
+        input_size = (int(input_size[0]), int(input_size[1]))
+        original = (int(rgb.shape[0]), int(rgb.shape[1]))
+        if prior is None:
+            return ImageEmbedding(self.backend.encode(x), original, input_size)
+        features, proposals = encode_with_prior(prior, self.backend, x, input_size, original)
+        return ImageEmbedding(features, original, input_size, proposals)
 
     def set_image(self, image: np.ndarray, **normalisation) -> ImageEmbedding:
         """Embed ``image`` (:meth:`encode`) and make it the current image; returns the embedding."""
         self._embedding = self.encode(image, **normalisation)
         return self._embedding
 
-    def set_embedding(self, embedding: ImageEmbedding, proposals=None) -> None:
+    def set_embedding(self, embedding: ImageEmbedding, proposals: ProposalSet | None = None) -> None:
         """Make a previously computed (e.g. cached) embedding current; ``proposals`` (a
         :class:`~napari_edgesam.inference.prior.ProposalSet`), when given, replace the ones it carries."""
         self._embedding = self.checked(embedding)
@@ -231,7 +206,7 @@ class EdgeSamPredictor:
         self._embedding = None
 
     @property
-    def proposals(self):
+    def proposals(self) -> ProposalSet | None:
         """The prior's box proposals for the current image (None without a prior)."""
         return None if self._embedding is None else self._embedding.proposals
 
@@ -314,41 +289,8 @@ class EdgeSamPredictor:
             upscale: also compute full-size masks (``masks`` is None otherwise).
         """
         emb = self.checked(embedding)
-        coords = labels = None
-        if point_coords is not None:
-            pc = _real(point_coords, "point_coords")  # complex or ragged input is an error, not truncated
-            if pc.ndim != 3 or pc.shape[-1] != 2:
-                raise ValueError(f"point_coords must have shape (B, N, 2); got {pc.shape}")
-            try:
-                pl = np.asarray(point_labels) if point_labels is not None else None
-            except ValueError:
-                pl = None
-            if pl is None or pl.shape != pc.shape[:2]:
-                raise ValueError(f"point_labels must have shape {pc.shape[:2]}")
-            if pc.shape[0] == 0:
-                raise ValueError("the batch of prompts is empty: point_coords has shape (0, N, 2); give B >= 1")
-            if pc.shape[1] == 0 and boxes is None:
-                raise ValueError(f"point_coords has shape {pc.shape}: no points and no boxes; give N >= 1 points "
-                                 "per prompt or boxes")
-            checked = [validate_points(c, lab, emb.original_size) for c, lab in zip(pc, pl)]
-            coords = np.stack([c for c, _ in checked])
-            labels = np.stack([lab for _, lab in checked])
-            if coords.shape[1] == 0:  # boxes only (an empty point list, as predict allows)
-                coords = labels = None
-        if boxes is not None:
-            b = _real(boxes, "boxes")
-            if b.ndim != 2 or b.shape[1] != 4:
-                raise ValueError(f"boxes must have shape (B, 4); got {b.shape}")
-            if b.shape[0] == 0:
-                raise ValueError("the batch of prompts is empty: boxes has shape (0, 4); give B >= 1")
-            boxes = np.stack([validate_box(x, emb.original_size) for x in b])
-            if coords is not None and boxes.shape[0] != coords.shape[0]:
-                raise ValueError("boxes and point_coords must have the same batch size")
-        if coords is None and boxes is None:
-            raise ValueError("give point_coords + point_labels and/or boxes")
+        coords, labels, boxes = validate_batch_prompts(point_coords, point_labels, boxes, emb.original_size)
         batch = coords.shape[0] if coords is not None else boxes.shape[0]
-        if batch == 0:
-            raise ValueError("the batch of prompts is empty")
         masks_in = None if mask_input is None else validate_mask_input(mask_input, batch)
         return self._decode(
             emb, coords, labels, boxes, masks_in, num_multimask_outputs, return_logits, use_stability_score, upscale
@@ -445,23 +387,12 @@ class EdgeSamPredictor:
         pt = validate_click(point, emb.original_size)
         box = None
         if emb.proposals is not None:
-            from .prior import click_box
-
             box = click_box(emb.proposals, pt[0], emb.original_size, k_nearest)
         return self.segment(pt, np.ones(1, np.float32), box, fill_holes=fill_holes, embedding=emb)
 
 
 def _check_prompts(emb: ImageEmbedding, point_coords, point_labels, box) -> tuple:
     """Validated ``(coords 1 x N x 2 | None, labels 1 x N | None, boxes 1 x 4 | None)``."""
-    coords = labels = boxes = None
-    if point_coords is not None or point_labels is not None:
-        if point_coords is None:
-            raise ValueError("point_labels were given without point_coords")
-        coords, labels = validate_points(point_coords, point_labels, emb.original_size)
-        if coords.shape[0] == 0:
-            coords = labels = None
-    if box is not None:
-        boxes = validate_box(box, emb.original_size)[None]
-    if coords is None and boxes is None:
-        raise ValueError("give at least one point (point_coords + point_labels) or a box")
-    return (None if coords is None else coords[None], None if labels is None else labels[None], boxes)
+    coords, labels, box = validate_prompt(point_coords, point_labels, box, emb.original_size)
+    return (None if coords is None else coords[None], None if labels is None else labels[None],
+            None if box is None else box[None])

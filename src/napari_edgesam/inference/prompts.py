@@ -162,6 +162,50 @@ def validate_prompt(
     return coords, labels, checked_box
 
 
+def validate_batch_prompts(
+    point_coords: object | None, point_labels: object | None, boxes: object | None, image_size: tuple[int, int]
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """Check ``B`` prompts of one image of ``image_size`` ``(h, w)`` (one object each): points
+    ``B x N x 2`` (x, y) with labels ``B x N`` and/or boxes ``B x 4`` ``(x0, y0, x1, y1)``, pixels,
+    each prompt as :func:`validate_points` / :func:`validate_box` check it. Returns float32
+    ``(coords | None, labels | None, boxes | None)``; ValueError saying what is wrong otherwise."""
+    coords = labels = None
+    if point_coords is not None:
+        pc = _real(point_coords, "point_coords")  # complex or ragged input is an error, not truncated
+        if pc.ndim != 3 or pc.shape[-1] != 2:
+            raise ValueError(f"point_coords must have shape (B, N, 2); got {pc.shape}")
+        try:
+            pl = np.asarray(point_labels) if point_labels is not None else None
+        except ValueError:
+            pl = None
+        if pl is None or pl.shape != pc.shape[:2]:
+            raise ValueError(f"point_labels must have shape {pc.shape[:2]}")
+        if pc.shape[0] == 0:
+            raise ValueError("the batch of prompts is empty: point_coords has shape (0, N, 2); give B >= 1")
+        if pc.shape[1] == 0 and boxes is None:
+            raise ValueError(f"point_coords has shape {pc.shape}: no points and no boxes; give N >= 1 points "
+                             "per prompt or boxes")
+        checked = [validate_points(c, lab, image_size) for c, lab in zip(pc, pl)]
+        coords = np.stack([c for c, _ in checked])
+        labels = np.stack([lab for _, lab in checked])
+        if coords.shape[1] == 0:  # boxes only (an empty point list, as predict allows)
+            coords = labels = None
+    if boxes is not None:
+        b = _real(boxes, "boxes")
+        if b.ndim != 2 or b.shape[1] != 4:
+            raise ValueError(f"boxes must have shape (B, 4); got {b.shape}")
+        if b.shape[0] == 0:
+            raise ValueError("the batch of prompts is empty: boxes has shape (0, 4); give B >= 1")
+        boxes = np.stack([validate_box(x, image_size) for x in b])
+        if coords is not None and boxes.shape[0] != coords.shape[0]:
+            raise ValueError("boxes and point_coords must have the same batch size")
+    if coords is None and boxes is None:
+        raise ValueError("give point_coords + point_labels and/or boxes")
+    if (coords.shape[0] if coords is not None else boxes.shape[0]) == 0:
+        raise ValueError("the batch of prompts is empty")
+    return coords, labels, boxes
+
+
 def validate_mask_input(mask_input: object, batch: int = 1) -> np.ndarray:
     """Accept ``256 x 256``, ``1 x 256 x 256`` or ``B x 1 x 256 x 256`` low-res logits."""
     arr = _real(mask_input, "mask_input").astype(np.float32)

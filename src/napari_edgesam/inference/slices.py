@@ -14,7 +14,8 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from .embedding_cache import EmbeddingCache, embedding_key
+from .embedding_cache import EmbeddingCache
+from .embedding_keys import embedding_key
 from .predictor import ImageEmbedding
 
 logger = logging.getLogger(__name__)
@@ -24,19 +25,24 @@ class SliceEmbedder:
     """Embeds 2D planes on demand through an :class:`EmbeddingCache`.
 
     Args:
-        predictor: anything with ``compute_embedding(image2d, **normalisation) -> ImageEmbedding``
-            (an :class:`~napari_edgesam.inference.predictor.EdgeSamPredictor`).
-        cache: where embeddings are kept.
+        predictor: anything with ``encode(image2d, **normalisation) -> ImageEmbedding``
+            (an :class:`~napari_edgesam.inference.predictor.EdgeSamPredictor`: the embedding
+            carries its prior's proposals when it has one).
+        cache: where embeddings are kept (with their proposals).
         model_name: used by :meth:`key`; defaults to ``predictor.model_name``.
+        encode: what computes an embedding, ``encode(image2d, **normalisation)``; defaults to
+            ``predictor.encode`` (e.g. the widget's, which picks the prior and survives its failure).
 
     Safe to use from several threads (e.g. the UI's current slice and a prefetch worker):
     encoder calls run one at a time, and a plane being embedded by one thread is waited
     for, not embedded twice, by another.
     """
 
-    def __init__(self, predictor, cache: EmbeddingCache, *, model_name: str | None = None) -> None:
+    def __init__(self, predictor, cache: EmbeddingCache, *, model_name: str | None = None,
+                 encode: Callable[..., ImageEmbedding] | None = None) -> None:
         self.predictor = predictor
         self.cache = cache
+        self._encode = encode  # None: ``self.predictor.encode``
         self.model_name = model_name or getattr(predictor, "model_name", "edgesam")
         self._encode_lock = threading.Lock()
         self._state_lock = threading.Lock()
@@ -45,12 +51,12 @@ class SliceEmbedder:
         self.computed = 0
 
     def key(self, signature: str, index: tuple, normalisation: object = ()) -> str:
-        """:func:`~napari_edgesam.inference.embedding_cache.embedding_key` for this model."""
+        """:func:`~napari_edgesam.inference.embedding_keys.embedding_key` for this model."""
         return embedding_key(self.model_name, signature, index, normalisation)
 
     def embed(self, image2d: np.ndarray, key: str, **normalisation) -> ImageEmbedding:
         """The embedding of ``image2d`` (``H x W`` or ``H x W x C``): from the cache, or computed
-        with ``predictor.compute_embedding(image2d, **normalisation)`` and stored under ``key``.
+        with ``predictor.encode(image2d, **normalisation)`` and stored under ``key``.
         """
         return self._embed(key, lambda: image2d, normalisation)[0]
 
@@ -74,7 +80,8 @@ class SliceEmbedder:
         try:
             image = np.asarray(load())
             with self._encode_lock:
-                emb = self.predictor.compute_embedding(image, **normalisation)
+                encode = self._encode if self._encode is not None else self.predictor.encode
+                emb = encode(image, **normalisation)
                 self.computed += 1
             self.cache.put(key, emb)
             return emb, True
@@ -120,7 +127,7 @@ class SliceEmbedder:
             volume: ``Z x H x W`` or ``Z x H x W x C`` (numpy or lazy, e.g. dask; slices are
                 read one at a time).
             key_fn: cache key of slice ``z``.
-            normalisation: keyword arguments for ``compute_embedding``.
+            normalisation: keyword arguments for ``encode``.
             progress: called as ``progress(done, total)`` after each slice.
             cancel: set it to stop after the current slice.
         Returns:

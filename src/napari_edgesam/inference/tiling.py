@@ -199,7 +199,8 @@ class TiledImage:
     """A large 2D image whose tiles are embedded on demand (bounded LRU cache).
 
     Args:
-        predictor: an :class:`EdgeSamPredictor` (its current image is restored after each call).
+        predictor: an :class:`EdgeSamPredictor` (``encode_rgb``, ``segment(..., embedding=)``); its
+            state (current image) is neither used nor changed.
         image: ``H x W`` or ``H x W x C``; normalised once for the whole image (so tiles share
             the same contrast) with ``normalisation`` passed to :func:`to_rgb_uint8`.
         tile_size / overlap: see :func:`tile_grid`.
@@ -222,7 +223,7 @@ class TiledImage:
             self._cache.move_to_end(index)
             return self._cache[index]
         t = self.tiles[index]
-        emb = self.predictor.embed_rgb(np.ascontiguousarray(self.rgb[t.slices])).astype(np.float16)
+        emb = self.predictor.encode_rgb(np.ascontiguousarray(self.rgb[t.slices]), prior=None).astype(np.float16)
         self.n_embedded += 1
         self._cache[index] = emb
         while len(self._cache) > self.max_cached:
@@ -309,16 +310,8 @@ class TiledImage:
             local_lab = np.concatenate([[1], [] if local_lab is None else local_lab])
         if local_pts is None and local_box is None:
             return None
-        previous = self.predictor.embedding if self.predictor.is_image_set else None
-        self.predictor.set_embedding(self.embedding(t.index))
-        try:
-            keep = {} if fill_holes else {"fill_holes": False}  # predictor-likes without the option fill nothing
-            mask, stab, _ = self.predictor.segment(local_pts, local_lab, local_box, **keep)
-        finally:
-            if previous is not None:
-                self.predictor.set_embedding(previous)
-            else:
-                self.predictor.reset_image()
+        mask, stab, _ = self.predictor.segment(local_pts, local_lab, local_box, fill_holes=fill_holes,
+                                               embedding=self.embedding(t.index))
         return mask, stab
 
     @staticmethod

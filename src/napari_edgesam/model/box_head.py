@@ -9,25 +9,22 @@ Coordinates are (x, y) pixels of the padded model input (the 1024 frame); boxes 
 ``(x0, y0, x1, y1)`` with pixel-edge coordinates (a box around pixel columns ``c0..c1``
 inclusive is ``x0 = c0, x1 = c1 + 1``). Locations are flattened level by level, row-major.
 
-The head's weights live in their own file (``{"format", "config", "state_dict", "meta"}``,
-readable with ``torch.load(weights_only=True)``), stored beside the EdgeSAM checkpoint, so the
-official checkpoints keep loading strictly.
+The head's weights live in their own file, stored beside the EdgeSAM checkpoint, so the
+official checkpoints keep loading strictly; that file format (save, load, where it is) is
+:mod:`napari_edgesam.inference.prior.files`.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-FORMAT = "napari-edgesam-boxhead/1"
 STAGES = ("stage1", "stage2", "stage3")
 #: Exponent clamp of the distance regression (exp(8) * 32 px is far beyond any image).
 _MAX_LOG_DISTANCE = 8.0
@@ -338,65 +335,3 @@ def signatures_match(a: Sequence[float], b: Sequence[float], rtol: float = 1e-2)
     if ta.shape != tb.shape:
         return False
     return bool(torch.linalg.norm(ta - tb) <= rtol * max(float(torch.linalg.norm(tb)), 1e-12))
-
-
-# -- files ------------------------------------------------------------------------------------
-def prior_path_for(model_path: str | os.PathLike) -> Path:
-    """Where the head of an EdgeSAM checkpoint ``x.pth`` (or ``x_encoder.onnx``) is stored:
-    ``x.prior.pth`` beside it."""
-    path = Path(model_path)
-    stem = path.stem[: -len("_encoder")] if path.stem.endswith("_encoder") else path.stem
-    return path.with_name(f"{stem}.prior.pth")
-
-
-def save_box_head(head: BoxHead, path: str | os.PathLike, meta: Mapping[str, Any] | None = None) -> Path:
-    """Write ``{"format", "config", "state_dict", "meta"}`` atomically (temp file + ``os.replace``).
-    ``meta`` must hold plain data (str, numbers, lists, dicts)."""
-    if not isinstance(head, BoxHead):
-        raise TypeError(f"expected a BoxHead, got {type(head).__name__}")
-    obj = {
-        "format": FORMAT,
-        "config": head.config.to_dict(),
-        "state_dict": {k: v.detach().cpu().clone() for k, v in head.state_dict().items()},
-        "meta": dict(meta or {}),
-    }
-    from .._atomic import atomic_open
-
-    path = Path(path)
-    with atomic_open(path, "wb") as fh:
-        torch.save(obj, fh)
-    return path
-
-
-def load_box_head(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[BoxHead, dict]:
-    """Read a file written by :func:`save_box_head` (``weights_only=True``, strict keys).
-
-    Returns:
-        the head (eval mode) and its ``meta`` dict.
-    Raises:
-        ValueError: not a box-head file, or its config/keys do not match.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"box head file not found: {path}")
-    from .build import check_finite, read_checkpoint
-
-    # damaged vs. holding objects told apart, one line each; a box head file never needs unpickling
-    obj = read_checkpoint(path, unsafe_fix="A box head file holds only tensors and plain data: train or "
-                                           "save it again with napari-edgesam train prior.")
-    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a box head file (expected format {FORMAT!r})")
-    if not isinstance(obj.get("config"), dict) or not isinstance(obj.get("state_dict"), dict):
-        raise ValueError(f"{path} is a damaged box head file (no config or state dict)")
-    try:
-        head = BoxHead(BoxHeadConfig.from_dict(obj["config"]))
-    except (TypeError, ValueError, KeyError) as err:
-        raise ValueError(f"{path} is a damaged box head file (its config: {err})") from None
-    check_finite(obj["state_dict"], str(path))
-    try:
-        missing, unexpected = head.load_state_dict(obj["state_dict"], strict=False)
-    except RuntimeError as err:  # tensor shapes that do not fit the config
-        raise ValueError(f"{path}: state dict does not match the config ({' '.join(str(err).split())[:300]})") from None
-    if missing or unexpected:
-        raise ValueError(f"{path}: state dict does not match the config (missing {missing}, unexpected {unexpected})")
-    return head.eval(), dict(obj.get("meta") or {})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -62,3 +63,26 @@ class Backend(Protocol):
             low-res logits ``B x 4 x 256 x 256`` and IoU-head scores ``B x 4`` (or None).
         """
         ...
+
+
+def as_backend(obj: object, device: str = "auto") -> Backend:
+    """``obj`` itself when it is a backend; an ``EdgeSam`` module wrapped in the default torch
+    backend. Never imports torch: a module can only exist when torch is already imported."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(obj, torch.nn.Module):
+        from ...model.edge_sam import EdgeSam
+
+        if not isinstance(obj, EdgeSam):
+            raise TypeError(
+                f"EdgeSamPredictor needs an EdgeSam model (napari_edgesam.model.build_edge_sam(checkpoint)) "
+                f"or a backend, got the torch module {type(obj).__name__}")
+        from . import compute_thread
+        from .torch_backend import TorchBackend
+
+        return compute_thread.run(TorchBackend, obj, device)
+    if callable(getattr(obj, "encode", None)) and hasattr(obj, "name") and not isinstance(obj, (str, bytes)):
+        return obj
+    raise TypeError(
+        f"EdgeSamPredictor needs a backend (TorchBackend, OnnxBackend) or an EdgeSam model "
+        f"(napari_edgesam.model.build_edge_sam(checkpoint)), got {type(obj).__name__}; "
+        "to load weights by name or path use napari_edgesam.load_model(...)")

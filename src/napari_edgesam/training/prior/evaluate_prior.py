@@ -110,31 +110,27 @@ def click_miou(predictor, prior, pairs: Sequence[tuple[np.ndarray, np.ndarray]],
     "instances", "box_used" (fraction of clicks that found a proposal), "seconds_without",
     "seconds_with" (mean per click, decoding only), "seconds_proposals" (per image)}``.
     """
-    from ...inference.prior import (
-        choose_box_for_click,
-        embed_with_proposals,
-        segment_click_with_prior,
-    )
+    from ...inference.prior import click_box
     from ..eval_metrics import interior_point, iou
 
     without, with_prior, used = [], [], 0
     t_plain = t_prior = t_props = 0.0
     for image, labels in pairs:
         t0 = time.perf_counter()
-        emb, props = embed_with_proposals(predictor, prior, image)
+        emb = predictor.encode(image, prior=prior)  # the embedding with the prior's proposals
         t_props += time.perf_counter() - t0
-        predictor.set_embedding(emb)
         for lab in np.unique(labels[labels > 0]):
             gt = labels == lab
-            pt = interior_point(gt)
+            pt = np.asarray(interior_point(gt), np.float32)
             t0 = time.perf_counter()
-            mask, _, _ = predictor.segment(pt[None], np.ones(1))
+            mask, _, _ = predictor.segment(pt[None], np.ones(1), embedding=emb)
             t1 = time.perf_counter()
-            mask_p, _, _ = segment_click_with_prior(predictor, props, pt, k_nearest=k_nearest)
+            box = click_box(emb.proposals, pt, emb.original_size, k_nearest)  # the rule, once
+            mask_p, _, _ = predictor.segment(pt[None], np.ones(1), box, embedding=emb)
             t2 = time.perf_counter()
             t_plain += t1 - t0
             t_prior += t2 - t1
-            used += choose_box_for_click(pt, props.boxes, props.scores, k_nearest) is not None
+            used += box is not None
             without.append(iou(mask, gt))
             with_prior.append(iou(mask_p, gt))
     n = len(without)

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ...model.box_head import BoxHead, BoxHeadConfig, encoder_signature, save_box_head
+from ...inference.prior.files import save_box_head
+from ...model.box_head import BoxHead, BoxHeadConfig, encoder_signature
 from ..config import DataConfig
 from ..records import find_records
 from .data import FeatureStore, cache_features, load_batch, store_digest

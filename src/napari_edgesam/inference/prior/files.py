@@ -1,0 +1,153 @@
+"""Where a model's prior is, how a prior file is loaded, and the box-head file format.
+
+* :func:`find_prior`: the prior stored beside a model file (``x.prior.onnx`` / ``x.prior.pth``;
+  for a registered model name: :mod:`napari_edgesam.inference.model_prior`, which needs the
+  registry and so lives above the predictor).
+* :func:`load_prior`: a ``.pth`` head on the torch backend's encoder, or an exported ``.onnx``.
+* :func:`prior_tag`: a loaded prior's identity (file, size, modification time), stored with its
+  proposals so caches never serve them to another prior.
+* :func:`save_box_head` / :func:`load_box_head`: the head's file (``{"format", "config",
+  "state_dict", "meta"}``, readable with ``torch.load(weights_only=True)``); the module itself
+  is :class:`~napari_edgesam.model.box_head.BoxHead`.
+
+Nothing here imports torch at module level.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ...model.box_head import BoxHead
+
+#: The ``format`` entry of a box-head file.
+FORMAT = "napari-edgesam-boxhead/1"
+
+
+def find_prior(model_path: str | os.PathLike) -> Path | None:
+    """The prior stored beside a model file (``x.prior.onnx`` for ONNX models, else
+    ``x.prior.pth``), or None."""
+    path = Path(model_path)
+    stem = path.stem[: -len("_encoder")] if path.stem.endswith("_encoder") else path.stem
+    names = [f"{stem}.prior.onnx", f"{stem}.prior.pth"] if path.suffix == ".onnx" else [f"{stem}.prior.pth"]
+    for name in names:
+        if (path.with_name(name)).is_file():
+            return path.with_name(name)
+    return None
+
+
+def load_prior(path: str | os.PathLike, predictor=None, *, device: str = "auto", check_encoder: bool = True,
+               use_embedding: bool = False):
+    """Load a prior: a ``.pth`` head (needs ``predictor`` with the torch backend, whose encoder
+    it shares) or an exported ``.onnx`` prior (``use_embedding``: see :class:`OnnxBoxPrior`)."""
+    path = Path(path)
+    if path.suffix.lower() == ".onnx":
+        from .onnx_prior import OnnxBoxPrior
+
+        prior = OnnxBoxPrior(path, device=device, use_embedding=use_embedding)
+        prior.source_path = path
+        prior.source_tag = prior_tag(prior)
+        return prior
+    if path.suffix.lower() not in (".pth", ".pt"):
+        raise ValueError(f"unsupported prior file {path}: expected .pth or .onnx")
+    if predictor is None:
+        raise ValueError("a .pth prior shares the predictor's torch encoder: pass predictor=...")
+    from ..backends import compute_thread
+    from .torch_prior import TorchBoxPrior
+
+    def build():
+        head, meta = load_box_head(path)
+        return TorchBoxPrior.from_backend(predictor.backend, head, meta, check_encoder=check_encoder)
+
+    prior = compute_thread.run(build)
+    prior.source_path = path
+    prior.source_tag = prior_tag(prior)  # the file as it was loaded: a later retraining is another prior
+    return prior
+
+
+def prior_tag(prior) -> str | None:
+    """An identity of a prior loaded from a file (:func:`load_prior` sets ``source_path``, and
+    ``source_tag``, this value at loading): its resolved path, size and modification time, so a
+    retrained file gets a new tag. None for a prior built in memory (its proposals are then
+    never persisted)."""
+    tag = getattr(prior, "source_tag", None)
+    if isinstance(tag, str):
+        return tag
+    path = getattr(prior, "source_path", None)
+    if path is None:
+        return None
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return None
+    return f"{Path(path).resolve()}:{st.st_size}:{st.st_mtime_ns}"
+
+
+# -- the box-head file -------------------------------------------------------------------------
+def prior_path_for(model_path: str | os.PathLike) -> Path:
+    """Where the head of an EdgeSAM checkpoint ``x.pth`` (or ``x_encoder.onnx``) is stored:
+    ``x.prior.pth`` beside it."""
+    path = Path(model_path)
+    stem = path.stem[: -len("_encoder")] if path.stem.endswith("_encoder") else path.stem
+    return path.with_name(f"{stem}.prior.pth")
+
+
+def save_box_head(head: BoxHead, path: str | os.PathLike, meta: Mapping[str, Any] | None = None) -> Path:
+    """Write ``{"format", "config", "state_dict", "meta"}`` atomically (temp file + ``os.replace``).
+    ``meta`` must hold plain data (str, numbers, lists, dicts)."""
+    import torch
+
+    from ...model.box_head import BoxHead
+
+    if not isinstance(head, BoxHead):
+        raise TypeError(f"expected a BoxHead, got {type(head).__name__}")
+    obj = {
+        "format": FORMAT,
+        "config": head.config.to_dict(),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in head.state_dict().items()},
+        "meta": dict(meta or {}),
+    }
+    from ..._atomic import atomic_open
+
+    path = Path(path)
+    with atomic_open(path, "wb") as fh:
+        torch.save(obj, fh)
+    return path
+
+
+def load_box_head(path: str | os.PathLike, map_location: object = "cpu") -> tuple[BoxHead, dict]:
+    """Read a file written by :func:`save_box_head` (``weights_only=True``, strict keys).
+
+    Returns:
+        the head (eval mode) and its ``meta`` dict.
+    Raises:
+        ValueError: not a box-head file, or its config/keys do not match.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"box head file not found: {path}")
+    from ...model.box_head import BoxHead, BoxHeadConfig
+    from ...model.build import check_finite, read_checkpoint
+
+    # damaged vs. holding objects told apart, one line each; a box head file never needs unpickling
+    obj = read_checkpoint(path, unsafe_fix="A box head file holds only tensors and plain data: train or "
+                                           "save it again with napari-edgesam train prior.")
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a box head file (expected format {FORMAT!r})")
+    if not isinstance(obj.get("config"), dict) or not isinstance(obj.get("state_dict"), dict):
+        raise ValueError(f"{path} is a damaged box head file (no config or state dict)")
+    try:
+        head = BoxHead(BoxHeadConfig.from_dict(obj["config"]))
+    except (TypeError, ValueError, KeyError) as err:
+        raise ValueError(f"{path} is a damaged box head file (its config: {err})") from None
+    check_finite(obj["state_dict"], str(path))
+    try:
+        missing, unexpected = head.load_state_dict(obj["state_dict"], strict=False)
+    except RuntimeError as err:  # tensor shapes that do not fit the config
+        raise ValueError(f"{path}: state dict does not match the config ({' '.join(str(err).split())[:300]})") from None
+    if missing or unexpected:
+        raise ValueError(f"{path}: state dict does not match the config (missing {missing}, unexpected {unexpected})")
+    return head.eval(), dict(obj.get("meta") or {})
