@@ -81,7 +81,7 @@ logger = logging.getLogger(__name__)
 def run_batch(
     inputs: Iterable[str | os.PathLike],
     out_dir: str | os.PathLike,
-    config: BatchConfig = BatchConfig(),
+    config: BatchConfig | None = None,
     *,
     pattern: str = "*",
     progress: BatchProgress | None = None,
@@ -103,6 +103,7 @@ def run_batch(
             or a ``distributed.Client``: one task per image.
         predictor: in-process only: use this predictor instead of loading ``config.model``.
     """
+    config = BatchConfig() if config is None else config
     t0 = time.perf_counter()
     if not isinstance(out_dir, (str, os.PathLike)) or not os.fspath(out_dir).strip():  # '' would be the cwd
         raise ValueError(f"out_dir must name an output folder, got {out_dir!r}")
