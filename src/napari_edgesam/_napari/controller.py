@@ -10,24 +10,24 @@ import logging
 
 import numpy as np
 from napari.layers import Image, Labels
-from napari.utils.notifications import show_info
 from qtpy.QtCore import QObject, Signal
 
 from ..inference.autozoom import AutoZoom, CropEmbeddingCache
+from ..inference.loading import NO_PRIOR_REASON
 from . import layers as L
-from . import names, stack
+from . import names
+from .actions import PromptActions
 from .embedding import EmbeddingService, ImageView
 from .image_watch import ImageWatch
 from .keys import ShortcutBinder
 from .layer_set import EdgeSamLayers
 from .model_loading import load_in_background
-from .model_panel import NO_PRIOR_REASON
 from .planes import Plane
 from .propagate import PropagationRunner
-from .propagation_job import PropagationJob, choose_seeds
+from .propagation_actions import PropagationActions
 from .result_text import describe
 from .session import PlaneResult, Session, group_prompts, is_single_click
-from .workers import LatestRunner, error_reporter, keep_alive_while
+from .workers import LatestRunner, keep_alive_while
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ CROP_CACHE_SIZE = 32
 _FINAL_ACTIONS = ("added", "changed", "removed")
 
 
-class InteractiveController(QObject):
+class InteractiveController(QObject, PromptActions, PropagationActions):
     """Interactive EdgeSAM segmentation in one napari viewer.
 
     Signals: ``preview_updated(PlaneResult)``, ``status(str)``, ``model_changed(str)``,
@@ -74,17 +74,8 @@ class InteractiveController(QObject):
         self.channel: int | None = None
         self.target: Labels | None = None  # None: a new "EdgeSAM labels" layer
         self.overwrite = False
-        #: The user's choice: a single positive click takes the whole object (granularity
-        #: prior) when the model has one; see :meth:`set_use_prior`. Off by default: on the
-        #: shipped nuclei model's held-out image it costs 3 points of single-click mIoU (nuclei
-        #: are rarely ambiguous); it pays off where a click can mean a part or the whole.
-        self.use_prior = False
-        #: AutoZoom for boxes (:mod:`napari_edgesam.inference.autozoom`): a box around an
-        #: object much smaller or larger than the model's best scale is segmented in a crop
-        #: embedded at that scale. On by default: on the size sweep it took box mIoU from
-        #: 0.07-0.44 to 0.73-0.86 at every radius from 4 to 128 px; clicks are not zoomed (it
-        #: lost on small nuclei). See :meth:`set_autozoom`.
-        self.autozoom = True
+        self.use_prior = False  # see set_use_prior for why off by default
+        self.autozoom = True  # see set_autozoom for why on by default
         self._crop_cache = CropEmbeddingCache(CROP_CACHE_SIZE)
         #: Why the model has no usable prior ("" when it has one).
         self.prior_reason = NO_PRIOR_REASON
@@ -96,7 +87,7 @@ class InteractiveController(QObject):
         self.closed = False
         self._muted = False
         self._keys = ShortcutBinder(self)
-        self._layers = EdgeSamLayers(viewer, self._keys, self._prompts_changed)
+        self.edgesam_layers = EdgeSamLayers(viewer, self._keys, self._prompts_changed)
         self._decode = LatestRunner(self._decode_job, self._apply_decode, "EdgeSAM decoder",
                                     min_interval_ms=DECODE_DEBOUNCE_MS, parent=self)
         self._watch = ImageWatch(viewer, parent=self)
@@ -150,14 +141,20 @@ class InteractiveController(QObject):
     def set_use_prior(self, on: bool) -> None:
         """Let a single positive click take the whole object with the model's granularity
         prior (when it has one). Planes embedded from now on get their box proposals in the
-        same encoder pass; cached planes get them in a worker when shown."""
+        same encoder pass; cached planes get them in a worker when shown. Off by default: on
+        the shipped nuclei model's held-out image it costs 3 points of single-click mIoU
+        (nuclei are rarely ambiguous); it pays off where a click can mean a part or the whole."""
         self.use_prior = bool(on)
         if self.predictor is not None:
             self.embeddings.set_prior(self._prior_to_use())
         self.refresh()
 
     def set_autozoom(self, on: bool) -> None:
-        """Segment boxes with AutoZoom (crops embedded at the model's best scale) or not."""
+        """Segment boxes with AutoZoom (:mod:`napari_edgesam.inference.autozoom`: a box around
+        an object much smaller or larger than the model's best scale is segmented in a crop
+        embedded at that scale) or not. On by default: on the size sweep it took box mIoU from
+        0.07-0.44 to 0.73-0.86 at every radius from 4 to 128 px; clicks are not zoomed (it
+        lost on small nuclei)."""
         self.autozoom = bool(on)
         self.refresh()
 
@@ -229,11 +226,11 @@ class InteractiveController(QObject):
         """The (points, boxes) prompt layers, created for the image layer if needed."""
         if self.image_layer is None:
             raise RuntimeError("choose an image layer first")
-        return self._layers.prompts(self.image_layer)
+        return self.edgesam_layers.prompts(self.image_layer)
 
     def preview_layer(self, create: bool = True) -> Labels | None:
         """The "EdgeSAM preview" labels layer (matching the image layer's shape)."""
-        return None if self.image_layer is None else self._layers.preview(self.image_layer, create)
+        return None if self.image_layer is None else self.edgesam_layers.preview(self.image_layer, create)
 
     def target_layer(self, create: bool = False) -> Labels | None:
         """The chosen target labels layer; with ``create``, "EdgeSAM labels" if none is chosen."""
@@ -329,14 +326,6 @@ class InteractiveController(QObject):
         self.status.emit("no prompts on this plane: click to add points, or draw a box")
 
     # -- actions (buttons and shortcuts) -----------------------------------------------------
-    def toggle_polarity(self) -> bool:
-        """Switch new points between positive and negative; returns True if now positive."""
-        points, _ = self.prompt_layers()
-        positive = not L.is_positive(points)
-        L.set_positive(points, positive)
-        self.polarity_changed.emit(positive)
-        return positive
-
     def cycle_candidate(self) -> int | None:
         """Show the next candidate mask of the point prompt on the current plane (after a
         click the prior took, the 4 candidates, then the prior's whole object again:
@@ -355,7 +344,7 @@ class InteractiveController(QObject):
         self._generation += 1
         self._muted = True
         try:
-            self._layers.remove_prompts()
+            self.edgesam_layers.remove_prompts()
         finally:
             self._muted = False
         preview = self.preview_layer(create=False)
@@ -367,118 +356,10 @@ class InteractiveController(QObject):
         self.keep_ids.clear()
         self.status.emit("cleared: click to add points, or draw a box")
 
-    def draw_box(self) -> None:
-        """Select the boxes layer with its rectangle tool (the next drag on the canvas draws a box)."""
-        self._select_tool(1, "add_rectangle", "drag a box around an object (layer '{}'); 'Add points' to click again")
-
-    def add_points(self) -> None:
-        """Select the points layer in add mode (the next click on the canvas adds a point)."""
-        self._select_tool(0, "add", "click to add points (layer '{}')")
-
-    def _select_tool(self, which: int, mode: str, message: str) -> None:
-        if self.image_layer is None:
-            self.status.emit("choose an image layer first")
-            return
-        layer = self.prompt_layers()[which]
-        self._layers.select_tool(layer, mode)
-        self.status.emit(message.format(layer.name))
-
-    def commit(self):
-        """Write the preview objects into the target labels (new ids) and clear the prompts."""
-        preview = self.preview_layer(create=False)
-        if preview is None or not preview.data.any():
-            self.status.emit("nothing to commit: the preview is empty")
-            return None
-        target = self.target_layer(create=True)
-        try:
-            record = self.session.commit(preview.data, target.data, handle=target,
-                                         overwrite=self.overwrite, keep_ids=self.keep_ids)
-        except (ValueError, TypeError) as err:
-            self.status.emit(f"cannot commit into '{target.name}': {err}")
-            error_reporter("EdgeSAM commit")(err)
-            return None
-        target.refresh()
-        if record.ids:
-            target.selected_label = max(record.ids.values())
-        self.clear()
-        self.status.emit(f"committed object(s) {sorted(record.ids.values())} into '{target.name}'")
-        self.committed.emit(record)
-        return record
-
-    def undo_commit(self) -> None:
-        """Restore the target labels as they were before the last commit."""
-        try:
-            record = self.session.undo(lambda layer: layer.data if layer in self.viewer.layers else None)
-        except RuntimeError as err:
-            self.status.emit(str(err))
-            return
-        record.target.refresh()
-        self.status.emit(f"undid the commit of object(s) {sorted(record.ids.values())}")
-
-    # -- embeddings of the whole stack ------------------------------------------------------
-    def precompute(self) -> None:
-        view = self.current_view()
-        if view is None or self.predictor is None:
-            self.status.emit("load a model and choose an image first")
-            return
-        try:
-            self.embeddings.precompute(view)
-        except ValueError as err:
-            show_info(str(err))
-
-    # -- 3D propagation ---------------------------------------------------------------------
-    def propagate(self, direction: str = "both") -> bool:
-        """Follow the preview objects (or the target's selected label) along the stack, in a
-        worker; the slices stream into the preview. False (with a status message) when there
-        is nothing to do. ``direction``: ``"both"``, ``"forward"`` or ``"backward"``."""
-        if self.propagation.running:
-            self.status.emit("a propagation is already running")
-            return False
-        job = self.propagation_job(direction)
-        if job is None:
-            return False
-        if job.keep_ids:
-            self.keep_ids = dict(job.keep_ids)
-        self.status.emit(f"propagating {len(job.seeds)} object(s) {direction}...")
-        return self.propagation.run(job, self.predictor)
-
-    def propagation_job(self, direction: str = "both") -> PropagationJob | None:
-        """The propagation of what is on screen now (None, with a status message, if none)."""
-        view = self.current_view()
-        if view is None or self.predictor is None:
-            self.status.emit("load a model and choose an image first")
-            return None
-        plane, axis = view.plane, view.plane.stack_axis
-        if axis is None:
-            self.status.emit("propagation needs a stack (Z x Y x X): this image is 2D")
-            return None
-        preview, target = self.preview_layer(), self.target_layer()
-        seeds, keep_ids = choose_seeds(
-            preview.data, plane, axis, lambda: L.prompted_positions(*self.prompt_layers(), plane, axis),
-            None if target is None else target.data, 0 if target is None else int(target.selected_label))
-        if not seeds:
-            self.status.emit("nothing to propagate: segment an object (or select a committed label) first")
-            return None
-        embeddings = self.embeddings
-        return PropagationJob(plane, axis, seeds, lambda z: embeddings.embed_now(view, plane.at(axis, z)),
-                              direction, self._generation, keep_ids, self.propagation_options, preview)
-
-    def _propagated_slice(self, item: tuple) -> None:
-        job, obj, z, mask = item
-        if job.generation == self._generation and job.write_slice(job.preview.data, obj, z, mask):
-            job.preview.refresh()
-
-    def _propagation_done(self, out: tuple) -> None:
-        job, results, cancelled = out
-        if results is None or job.generation != self._generation:
-            self.propagated.emit(None)
-            return
-        job.write_results(job.preview.data, results)
-        job.preview.refresh()
-        job.preview.metadata["edgesam_propagation"] = stack.score_table(results)
-        self.propagation_summary.emit(stack.summarise(results))
-        self.status.emit("propagation finished" + (" (cancelled)" if cancelled else ""))
-        self.propagated.emit(results)
+    @property
+    def generation(self) -> int:
+        """Increases whenever the image, model or prompts change so that pending results are stale."""
+        return self._generation
 
     @property
     def busy(self) -> bool:
