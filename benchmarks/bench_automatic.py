@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from napari_edgesam.inference.automatic import (
+    from napari_edgesam.inference.automatic.grid import (
         AutomaticConfig,
         _filter_chunk,
         generate_masks,
@@ -77,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         point_grid,
     )
     from napari_edgesam.inference.backends.torch_backend import TorchBackend
-    from napari_edgesam.inference.batch import BatchConfig, run_batch
-    from napari_edgesam.inference.predictor import EdgeSamPredictor, Prediction
+    from napari_edgesam.inference.batch.engine import BatchConfig, run_batch
+    from napari_edgesam.inference.core.predictor import EdgeSamPredictor, Prediction
     from napari_edgesam.model import build_edge_sam
 
     if args.threads:

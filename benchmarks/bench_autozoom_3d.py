@@ -17,10 +17,10 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from napari_edgesam.datasets import synthetic_nuclei_3d
-from napari_edgesam.inference.api import load_model
-from napari_edgesam.inference.autozoom import AutoZoom, CropEmbeddingCache
-from napari_edgesam.inference.postprocess import fill_holes
-from napari_edgesam.inference.propagation import propagate_objects
+from napari_edgesam.inference.core.autozoom import AutoZoom, CropEmbeddingCache
+from napari_edgesam.inference.core.postprocess import fill_holes
+from napari_edgesam.inference.loading.api import load_model
+from napari_edgesam.inference.volume.propagation import propagate_objects
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:

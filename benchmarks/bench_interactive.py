@@ -40,7 +40,7 @@ def golden_predictor(device: str, threads: int | None):
 
     from napari_edgesam.inference.backends import compute_thread
     from napari_edgesam.inference.backends.torch_backend import TorchBackend
-    from napari_edgesam.inference.predictor import EdgeSamPredictor
+    from napari_edgesam.inference.core.predictor import EdgeSamPredictor
     from napari_edgesam.model import build_edge_sam
 
     golden = ROOT / "tests" / "data" / "golden"
@@ -78,9 +78,9 @@ def wait(app, condition, timeout: float = 600.0) -> float:
 
 class Bench:
     def __init__(self, predictor, size: int, slices: int, show: bool = True) -> None:
-        import napari
         from qtpy.QtWidgets import QApplication
 
+        import napari
         from napari_edgesam._napari.interactive_widget import InteractiveWidget
 
         self.viewer = napari.Viewer(show=show)
@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.model:
-        from napari_edgesam.inference.api import load_model
+        from napari_edgesam.inference.loading.api import load_model
 
         predictor = load_model(args.model, device=args.device, **({"num_threads": args.threads} if args.threads else {}))
     else:

@@ -53,7 +53,7 @@ def child(size: int, dtype: str) -> dict:
 
     from napari_edgesam.inference.backends import compute_thread
     from napari_edgesam.inference.backends.torch_backend import TorchBackend
-    from napari_edgesam.inference.predictor import EdgeSamPredictor
+    from napari_edgesam.inference.core.predictor import EdgeSamPredictor
     from napari_edgesam.model import build_edge_sam
 
     compute_thread.ENABLED = False  # a one-thread script: torch runs on the main thread

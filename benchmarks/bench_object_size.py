@@ -9,9 +9,9 @@ Every image is a field of whole nuclei of one radius
 image of side ``S`` appears with radius ``r * 1024 / S`` in the model's 1024 input frame
 (column "frame r"). Prompts: the nucleus's bounding box, and one positive click at its
 centroid (most stable of the 4 masks, no prior). "raw" masks are the decoder's, "filled" have
-their interior holes filled (:func:`napari_edgesam.inference.masks.fill_holes`); "holes" is
+their interior holes filled (:func:`napari_edgesam.inference.automatic.masks.fill_holes`); "holes" is
 the share of raw masks (box and click) with an interior hole. AutoZoom
-(:mod:`napari_edgesam.inference.autozoom`) embeds a crop in which the object has its
+(:mod:`napari_edgesam.inference.core.autozoom`) embeds a crop in which the object has its
 preferred size; ``--targets`` sweeps that size (radius in the 1024 frame).
 """
 
@@ -25,11 +25,11 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from napari_edgesam.datasets import synthetic_nuclei_sized
-from napari_edgesam.inference.api import load_model
+from napari_edgesam.inference.loading.api import load_model
 
 try:  # absent before AutoZoom existed: the sweep then measures the plain predictor only
-    from napari_edgesam.inference import autozoom
-    from napari_edgesam.inference.postprocess import fill_holes
+    from napari_edgesam.inference.core import autozoom
+    from napari_edgesam.inference.core.postprocess import fill_holes
 except ImportError:  # pragma: no cover
     autozoom = None
 

@@ -15,9 +15,9 @@ import time
 import numpy as np
 import tifffile
 
-from napari_edgesam.inference.api import load_model
-from napari_edgesam.inference.automatic import AutomaticConfig, segment_automatic
-from napari_edgesam.inference.automatic_boxes import BoxAutomaticConfig, segment_automatic_boxes
+from napari_edgesam.inference.automatic.boxes import BoxAutomaticConfig, segment_automatic_boxes
+from napari_edgesam.inference.automatic.grid import AutomaticConfig, segment_automatic
+from napari_edgesam.inference.loading.api import load_model
 from napari_edgesam.inference.prior import load_prior
 
 

@@ -13,7 +13,7 @@ from scipy import ndimage as ndi
 
 from napari_edgesam._napari.samples import SEED
 from napari_edgesam.datasets import synthetic_nuclei_2d
-from napari_edgesam.inference.api import load_model
+from napari_edgesam.inference.loading.api import load_model
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:

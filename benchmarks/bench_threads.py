@@ -24,7 +24,7 @@ import numpy as np
 
 def child(clicks: int) -> dict:
     from napari_edgesam.datasets import synthetic_nuclei_2d
-    from napari_edgesam.inference.api import load_model
+    from napari_edgesam.inference.loading.api import load_model
 
     loader, encoder, decoder = ThreadPoolExecutor(1), ThreadPoolExecutor(1), ThreadPoolExecutor(1)
     predictor = loader.submit(load_model, "edgesam-nuclei", device="cpu", allow_download=False).result()

@@ -24,9 +24,9 @@ from PIL import Image
 from scipy import ndimage
 
 from napari_edgesam.constants import IMG_SIZE, LOW_RES_SIZE, token_slice
-from napari_edgesam.inference.postprocess import stability_score, upscale_logits
-from napari_edgesam.inference.predictor import OWN_PRIOR, ImageEmbedding, Prediction
-from napari_edgesam.inference.preprocess import resized_shape, to_rgb_uint8
+from napari_edgesam.inference.core.postprocess import stability_score, upscale_logits
+from napari_edgesam.inference.core.predictor import OWN_PRIOR, ImageEmbedding, Prediction
+from napari_edgesam.inference.core.preprocess import resized_shape, to_rgb_uint8
 from napari_edgesam.inference.prior import propose_rgb
 
 

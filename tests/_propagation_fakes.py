@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_edgesam.inference.predictor import Prediction
-from napari_edgesam.inference.propagation import mask_to_low_res_logits
+from napari_edgesam.inference.core.predictor import Prediction
+from napari_edgesam.inference.volume.propagation import mask_to_low_res_logits
 
 
 class FakePredictor:

@@ -59,7 +59,7 @@ def golden_checkpoint(tmp_path_factory, golden_state_dict) -> Path:
 def golden_predictor(golden_state_dict):
     """Default (fused, channels-last) torch predictor with the golden weights, image not set."""
     from napari_edgesam.inference.backends.torch_backend import TorchBackend
-    from napari_edgesam.inference.predictor import EdgeSamPredictor
+    from napari_edgesam.inference.core.predictor import EdgeSamPredictor
     from napari_edgesam.model import build_edge_sam
 
     return EdgeSamPredictor(TorchBackend(build_edge_sam(golden_state_dict), "cpu"))

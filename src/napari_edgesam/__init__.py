@@ -31,10 +31,10 @@ if SHORT_OPENMP_SPIN and "OMP_WAIT_POLICY" not in os.environ:
 
 _LAZY = {
     "build_edge_sam": "napari_edgesam.model.build",
-    "EdgeSamPredictor": "napari_edgesam.inference.predictor",
-    "ImageEmbedding": "napari_edgesam.inference.predictor",
-    "load_model": "napari_edgesam.inference.api",
-    "list_models": "napari_edgesam.inference.api",
+    "EdgeSamPredictor": "napari_edgesam.inference.core.predictor",
+    "ImageEmbedding": "napari_edgesam.inference.core.predictor",
+    "load_model": "napari_edgesam.inference.loading.api",
+    "list_models": "napari_edgesam.inference.loading.api",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -27,11 +27,11 @@ from magicgui.widgets import (
 )
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
-from ..inference.automatic import AutomaticConfig
-from ..inference.automatic_boxes import BoxAutomaticConfig
-from ..inference.automatic_common import Cancelled
-from ..inference.automatic_modes import AnyAutomaticConfig, segment_automatic_any
-from ..inference.model_prior import find_model_prior, missing_prior_message
+from ..inference.automatic.boxes import BoxAutomaticConfig
+from ..inference.automatic.common import Cancelled
+from ..inference.automatic.grid import AutomaticConfig
+from ..inference.automatic.modes import AnyAutomaticConfig, segment_automatic_any
+from ..inference.loading.model_prior import find_model_prior, missing_prior_message
 from .layers import rectangle_to_box, rows_cols_to_xy
 from .text import default_model, one_line, wrapping
 from .workers import CancellableRunner
@@ -60,7 +60,7 @@ def model_status(model: str | None, why: str) -> str:
 
 def failure_message(err: BaseException, what: str) -> str:
     """One line for a failed run (no traceback in the log unless it is a bug)."""
-    from ..inference.weights import WeightFileError, WeightsUnavailableError
+    from ..inference.loading.weights import WeightFileError, WeightsUnavailableError
 
     if isinstance(err, (WeightsUnavailableError, WeightFileError, ValueError, OSError, RuntimeError)):
         logger.warning("%s failed: %s", what, one_line(err))
@@ -313,7 +313,7 @@ class AutomaticWidget(QWidget):
             return self._predictor
         name = self.mode_choice.model_name
         if (name, boxes) not in self._loaded:
-            from ..inference.api import load_model
+            from ..inference.loading.api import load_model
 
             predictor = load_model(name, prior="auto" if boxes else None)
             if boxes and predictor.prior is None:

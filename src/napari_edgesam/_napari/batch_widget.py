@@ -1,6 +1,6 @@
 """Batch processing widget: a folder of images -> label TIFFs + JSON records + a run report.
 
-A thin front end to :func:`napari_edgesam.inference.batch.run_batch` (the same engine as the
+A thin front end to :func:`napari_edgesam.inference.batch.engine.run_batch` (the same engine as the
 ``napari-edgesam batch`` CLI): the widget's values become ``(inputs, out_dir, BatchConfig,
 pattern)`` in :meth:`BatchWidget.arguments`, the run happens in a worker thread, and each
 finished image appears in the report table with its status or error. Modes: automatic from a
@@ -27,9 +27,9 @@ from magicgui.widgets import (
 )
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
-from ..inference.automatic import AutomaticConfig
-from ..inference.automatic_boxes import BoxAutomaticConfig
-from ..inference.batch import BatchConfig, BatchReport, run_batch
+from ..inference.automatic.boxes import BoxAutomaticConfig
+from ..inference.automatic.grid import AutomaticConfig
+from ..inference.batch.engine import BatchConfig, BatchReport, run_batch
 from .automatic_widget import (
     MODE_BOXES,
     MODE_GRID,

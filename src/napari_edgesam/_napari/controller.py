@@ -12,8 +12,11 @@ import numpy as np
 from napari.layers import Image, Labels
 from qtpy.QtCore import QObject, Signal
 
-from ..inference.autozoom import AutoZoom, CropEmbeddingCache
-from ..inference.loading import NO_PRIOR_REASON
+from ..inference.core.autozoom import AutoZoom, CropEmbeddingCache
+from ..inference.loading.with_prior import NO_PRIOR_REASON
+from ..interactive.planes import Plane
+from ..interactive.result_text import describe
+from ..interactive.session import PlaneResult, Session, group_prompts, is_single_click
 from . import layers as L
 from . import names
 from .actions import PromptActions
@@ -22,11 +25,8 @@ from .image_watch import ImageWatch
 from .keys import ShortcutBinder
 from .layer_set import EdgeSamLayers
 from .model_loading import load_in_background
-from .planes import Plane
 from .propagate import PropagationRunner
 from .propagation_actions import PropagationActions
-from .result_text import describe
-from .session import PlaneResult, Session, group_prompts, is_single_click
 from .workers import LatestRunner, keep_alive_while
 
 logger = logging.getLogger(__name__)
@@ -150,7 +150,7 @@ class InteractiveController(QObject, PromptActions, PropagationActions):
         self.refresh()
 
     def set_autozoom(self, on: bool) -> None:
-        """Segment boxes with AutoZoom (:mod:`napari_edgesam.inference.autozoom`: a box around
+        """Segment boxes with AutoZoom (:mod:`napari_edgesam.inference.core.autozoom`: a box around
         an object much smaller or larger than the model's best scale is segmented in a crop
         embedded at that scale) or not. On by default: on the size sweep it took box mIoU from
         0.07-0.44 to 0.73-0.86 at every radius from 4 to 128 px; clicks are not zoomed (it
@@ -329,7 +329,7 @@ class InteractiveController(QObject, PromptActions, PropagationActions):
     def cycle_candidate(self) -> int | None:
         """Show the next candidate mask of the point prompt on the current plane (after a
         click the prior took, the 4 candidates, then the prior's whole object again:
-        :data:`~napari_edgesam._napari.session.PRIOR_CHOICE`)."""
+        :data:`~napari_edgesam.interactive.session.PRIOR_CHOICE`)."""
         plane = self.current_plane()
         chosen = None if plane is None else self.session.cycle_candidate(plane.key)
         if chosen is None:

@@ -34,8 +34,9 @@ def show_demo(predictor, sample: str = "nuclei_2d", screenshot: str | None = Non
     ``sample`` (a function of :mod:`napari_edgesam._napari.samples`). Without ``screenshot`` this
     runs napari's event loop until the window is closed; with it, waits up to ``timeout`` s for
     the segmentation, saves the window as that PNG and returns. Returns the exit status."""
-    import napari
     from qtpy.QtWidgets import QApplication
+
+    import napari
 
     from . import layers as L
     from . import samples

@@ -1,8 +1,8 @@
 """Embeddings for the interactive widget: lazy, cached, prefetched, never on the Qt thread.
 
 :class:`ImageView` is a snapshot of what to embed (data, plane, normalisation);
-:class:`EmbeddingService` owns the :class:`~napari_edgesam.inference.embedding_cache.EmbeddingCache`
-and the :class:`~napari_edgesam.inference.slices.SliceEmbedder`, embeds the current plane in a
+:class:`EmbeddingService` owns the :class:`~napari_edgesam.inference.embeddings.cache.EmbeddingCache`
+and the :class:`~napari_edgesam.inference.embeddings.slices.SliceEmbedder`, embeds the current plane in a
 worker, then prefetches its neighbours along the stack axis, and precomputes whole stacks.
 
 With a granularity prior switched on (:meth:`EmbeddingService.set_prior`) every plane embedded
@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 from qtpy.QtCore import QObject, Signal
 
-from ..inference.embedding_cache import EmbeddingCache
-from ..inference.embedding_keys import data_signature
-from ..inference.predictor import ImageEmbedding
+from ..inference.core.predictor import ImageEmbedding
+from ..inference.embeddings.cache import EmbeddingCache
+from ..inference.embeddings.keys import data_signature
+from ..inference.embeddings.slices import SliceEmbedder, neighbour_order
 from ..inference.prior import ProposalSet, compute_proposals, prior_tag
-from ..inference.slices import SliceEmbedder, neighbour_order
-from .planes import Plane
+from ..interactive.planes import Plane
 from .workers import LatestRunner, Relay, error_reporter, start_worker
 
 logger = logging.getLogger(__name__)
@@ -190,7 +190,7 @@ class EmbeddingService(QObject):
         """Content signature of ``data`` (memoised per array object; None if not yet known
         and ``compute`` is False). A numpy array (editable in place) is hashed in full, so any
         edit changes it once the memo is dropped (:meth:`forget_data`); lazy arrays (dask,
-        zarr) are sampled (see :func:`~napari_edgesam.inference.embedding_cache.data_signature`)."""
+        zarr) are sampled (see :func:`~napari_edgesam.inference.embeddings.cache.data_signature`)."""
         with self._sig_lock:
             known = self._signatures.get(id(data))
         if known is not None and known[0] is data:

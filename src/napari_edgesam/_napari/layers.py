@@ -12,9 +12,9 @@ import pandas as pd
 from napari.layers import Image, Labels, Layer, Points, Shapes
 
 from ..coords import rowcol_to_xy
+from ..interactive.planes import Plane
 from . import names
 from .embedding import ImageView
-from .planes import Plane
 
 
 # -- coordinates -----------------------------------------------------------------------------

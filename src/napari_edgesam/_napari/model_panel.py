@@ -1,6 +1,6 @@
 """The model chooser: registered model or custom file, backend, device, and a Load button.
 The chosen model is loaded with the granularity prior stored beside it by
-:func:`napari_edgesam.inference.loading.load_predictor` (Qt-free; imported here for the controller)."""
+:func:`napari_edgesam.inference.loading.with_prior.load_predictor` (Qt-free; imported here for the controller)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..inference.api import why_model
-from ..inference.loading import NO_PRIOR_REASON, load_predictor  # noqa: F401 - the controller's import
+from ..inference.loading.api import why_model
+from ..inference.loading.with_prior import NO_PRIOR_REASON, load_predictor  # noqa: F401 - the controller's import
 from . import names
 from .text import default_model, wrapping
 from .workers import start_worker
@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 def registered_models() -> list[str]:
     """Names of the registered models (no network)."""
-    from ..inference.api import list_models
+    from ..inference.loading.api import list_models
 
     return [m["name"] for m in list_models()]
 
@@ -37,7 +37,7 @@ def registered_models() -> list[str]:
 def cached_models() -> list[str]:
     """Registered models whose weights are already on this machine (no network); the shipped
     fallback models (e.g. ``edgesam-nuclei``) come after downloaded or user-registered ones."""
-    from ..inference.api import list_models
+    from ..inference.loading.api import list_models
     from ..models import PACKAGED
 
     out = []
@@ -52,7 +52,7 @@ def cached_models() -> list[str]:
 
 def available_devices() -> list[str]:
     """``auto`` and ``cpu``, plus ``cuda`` / ``mps`` when torch sees them (imports torch)."""
-    from ..inference.api import torch_available
+    from ..inference.loading.api import torch_available
 
     devices = ["auto", "cpu"]
     if not torch_available():

@@ -1,6 +1,6 @@
 """Runs 3D propagation jobs in a cancellable worker (Qt side).
 
-The controller builds a :class:`~napari_edgesam._napari.propagation_job.PropagationJob` and
+The controller builds a :class:`~napari_edgesam.interactive.propagation_job.PropagationJob` and
 applies what comes back; this runner only runs it: one job at a time, in a worker, relaying
 its progress and each accepted slice to the main thread. It knows nothing of the controller.
 """
@@ -12,8 +12,8 @@ import threading
 
 from qtpy.QtCore import QObject, Signal
 
-from ..inference.propagation import propagate_objects
-from .propagation_job import PropagateFn, PropagationJob
+from ..inference.volume.propagation import propagate_objects
+from ..interactive.propagation_job import PropagateFn, PropagationJob
 from .workers import Relay, error_reporter, start_worker
 
 logger = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ class PropagationRunner(QObject):
     accepted slice as it comes; ``completed((job, results, cancelled))`` at the end, with
     ``results`` None when the job failed (the error is reported, and ``message`` says so);
     ``message(text)``. ``propagate_fn`` can be replaced (same signature as
-    :func:`~napari_edgesam.inference.propagation.propagate_objects`), e.g. by tests.
+    :func:`~napari_edgesam.inference.volume.propagation.propagate_objects`), e.g. by tests.
     """
 
     progress = Signal(int, int)

@@ -1,5 +1,5 @@
 """3D propagation from the interactive widget: the controller builds a
-:class:`~napari_edgesam._napari.propagation_job.PropagationJob` from what is on screen, a
+:class:`~napari_edgesam.interactive.propagation_job.PropagationJob` from what is on screen, a
 :class:`~napari_edgesam._napari.propagate.PropagationRunner` runs it in a worker, and the slices
 and the result come back into the preview.
 
@@ -12,9 +12,9 @@ controller's public interface (``current_view``, ``preview_layer``, ``target_lay
 
 from __future__ import annotations
 
+from ..interactive import stack
+from ..interactive.propagation_job import PropagationJob, choose_seeds
 from . import layers as L
-from . import stack
-from .propagation_job import PropagationJob, choose_seeds
 
 
 class PropagationActions:

@@ -35,7 +35,7 @@ def default_model() -> tuple[str | None, str]:
     """``(name, why)``: the model ``load_model("auto")`` would load now without network (a
     downloaded official model, else the shipped one), and why, in one line; ``(None, what to
     do)`` when no model is on this machine."""
-    from ..inference.api import choose_model
+    from ..inference.loading.api import choose_model
 
     try:
         return choose_model(allow_download=False)

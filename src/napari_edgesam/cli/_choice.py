@@ -10,7 +10,7 @@ def resolve_model(model: str, backend: str = "auto") -> str:
     first, no network), after printing one line to stderr saying which and why."""
     if model != "auto":
         return model
-    from ..inference.api import choose_model
+    from ..inference.loading.api import choose_model
 
     name, why = choose_model(backend, allow_download=True)
     print(f"napari-edgesam: model {why}", file=sys.stderr)

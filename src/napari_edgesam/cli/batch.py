@@ -95,9 +95,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace):
     """The :class:`BatchConfig` described by parsed arguments."""
-    from ..inference.automatic import AutomaticConfig
-    from ..inference.automatic_boxes import BoxAutomaticConfig
-    from ..inference.batch import BatchConfig
+    from ..inference.automatic.boxes import BoxAutomaticConfig
+    from ..inference.automatic.grid import AutomaticConfig
+    from ..inference.batch.engine import BatchConfig
 
     mode = "prompts" if args.prompts else (args.mode or "auto")
     shared = {"nms_thresh": args.nms_thresh, "min_area": args.min_area, "hole_area": args.min_area,
@@ -130,13 +130,13 @@ def _not_an_image_error(record: logging.LogRecord) -> bool:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..inference.batch import run_batch
+    from ..inference.batch.engine import run_batch
     from ._choice import resolve_model
 
     args.model = resolve_model(args.model, args.backend)
     config = config_from_args(args)
     cancel = threading.Event()
-    engine_log = logging.getLogger("napari_edgesam.inference.batch")
+    engine_log = logging.getLogger("napari_edgesam.inference.batch.engine")
     if _not_an_image_error not in engine_log.filters:  # failing images are printed below, once
         engine_log.addFilter(_not_an_image_error)
     bar = None if args.no_progress else tqdm(total=0, unit="image", file=sys.stderr, dynamic_ncols=True)

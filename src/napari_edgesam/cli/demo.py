@@ -37,9 +37,9 @@ def choose_model(name: str | None, backend: str = "auto", device: str = "auto"):
     takes the whole object). Raises RuntimeError listing what was tried and what to do when
     nothing loads.
     """
-    from ..inference.api import list_models
-    from ..inference.loading import load_predictor
-    from ..inference.weights import WeightsUnavailableError
+    from ..inference.loading.api import list_models
+    from ..inference.loading.weights import WeightsUnavailableError
+    from ..inference.loading.with_prior import load_predictor
 
     def load_model(name, backend, device, allow_download=True):
         return load_predictor(name, backend, device, allow_download=allow_download)[0]
@@ -72,7 +72,7 @@ def choose_model(name: str | None, backend: str = "auto", device: str = "auto"):
 
 def _say_why(name: str, downloaded: bool) -> None:
     """One line on stderr: which model the demo uses and why."""
-    from ..inference.api import why_model
+    from ..inference.loading.api import why_model
 
     try:
         why = why_model(name) if not downloaded else f"{name}: downloaded the official weights"

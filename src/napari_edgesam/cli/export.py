@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _checkpoint(model: str) -> Path:
     """The ``.pth`` of a registered (downloaded or shipped) model name, or the given path."""
-    from ..inference import weights
+    from ..inference.loading import weights
 
     if model in weights.MODEL_REGISTRY:
         if "pth" not in weights.MODEL_REGISTRY[model].files:

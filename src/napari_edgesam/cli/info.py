@@ -20,7 +20,7 @@ def _version(pkg: str) -> str | None:
 
 
 def _devices() -> list[str]:
-    from ..inference.api import torch_available
+    from ..inference.loading.api import torch_available
 
     devices = ["cpu"]
     if torch_available():
@@ -36,8 +36,8 @@ def _devices() -> list[str]:
 def collect() -> dict:
     """Everything ``info`` reports, as a dict."""
     from .. import __version__
-    from ..inference import weights
-    from ..inference.api import list_models, torch_available
+    from ..inference.loading import weights
+    from ..inference.loading.api import list_models, torch_available
 
     backends = {"onnxruntime": _version("onnxruntime"), "torch": _version("torch") if torch_available() else None,
                 "openvino": _version("openvino")}
@@ -61,7 +61,7 @@ def collect() -> dict:
 
 def _auto_model() -> str:
     """What ``--model auto`` picks now without network, and why (one line)."""
-    from ..inference.api import choose_model
+    from ..inference.loading.api import choose_model
 
     try:
         return choose_model(allow_download=False)[1]
@@ -71,8 +71,8 @@ def _auto_model() -> str:
 
 def _auto_backend() -> str:
     """The backend ``--backend auto`` runs that model on, and why (one line)."""
-    from ..inference import weights
-    from ..inference.api import choose_backend, choose_model
+    from ..inference.loading import weights
+    from ..inference.loading.api import choose_backend, choose_model
 
     try:
         name = choose_model(allow_download=False)[0]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def _floats(text: str, n: tuple[int, ...], what: str) -> list[float]:
-    from ..inference.prompts import parse_number
+    from ..inference.core.prompts import parse_number
 
     try:
         values = [parse_number(v) for v in text.split(",")]
@@ -57,8 +57,8 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .._atomic import OutputWriteError, check_output_file, describe_write_error
-    from ..inference.api import load_model
-    from ..inference.io import read_image, write_labels
+    from ..inference.batch.io import read_image, write_labels
+    from ..inference.loading.api import load_model
 
     if not args.box and not args.point:
         raise ValueError("give at least one --box or --point")
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     fill = not args.keep_holes
     zoom = None
     if args.autozoom:
-        from ..inference.autozoom import AutoZoom
+        from ..inference.core.autozoom import AutoZoom
 
         zoom = AutoZoom(predictor, image, embedding=predictor.embedding, proposals=predictor.proposals,
                         channel=args.channel, contrast_limits=args.contrast_limits)

@@ -15,7 +15,7 @@ from pathlib import Path
 PACKAGED_DIR = Path(__file__).parent
 
 #: name -> what the registry needs to describe it (files relative to :data:`PACKAGED_DIR`);
-#: the registry (``napari_edgesam.inference.weights``) registers those whose files are installed.
+#: the registry (``napari_edgesam.inference.loading.weights``) registers those whose files are installed.
 PACKAGED: dict[str, dict] = {
     "edgesam-nuclei": {
         "files": {

@@ -12,7 +12,7 @@ Pieces:
   - :func:`scale_crop` / :func:`random_scale_crop`: rescale so that objects span a chosen size
     in the model frame (default 6 to 400 px of a 1024 frame), crop at most a frame around an
     object; the result is at most ``frame x frame`` and is padded by the predictor's own rule
-    (bottom/right, :func:`~napari_edgesam.inference.preprocess.normalize_and_pad`).
+    (bottom/right, :func:`~napari_edgesam.inference.core.preprocess.normalize_and_pad`).
   - :func:`fill_frame`: what the predictor does with a whole image (longest side to the frame).
   - :func:`random_flip_rot`: flips and 90-degree rotations.
   - :func:`intensity_augment`: gamma, contrast/offset, uneven background, dimmed objects, blur,
@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage as ndi
 
-from ..inference.preprocess import resized_shape
+from ..inference.core.preprocess import resized_shape
 
 #: Object diameters (px in a 1024 frame) that random scaling aims at, log-uniformly.
 DEFAULT_OBJECT_PX = (6.0, 400.0)

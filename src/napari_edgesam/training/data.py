@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..inference.preprocess import (
+from ..inference.core.preprocess import (
     normalize_and_pad,
     resize_longest_side,
     to_rgb_uint8,

@@ -195,7 +195,7 @@ def evaluate(
     """Evaluate ``predictor`` on ``(image, instance_labels)`` pairs.
 
     Args:
-        predictor: an :class:`~napari_edgesam.inference.predictor.EdgeSamPredictor`.
+        predictor: an :class:`~napari_edgesam.inference.core.predictor.EdgeSamPredictor`.
         samples: images (``H x W`` or ``H x W x C``) with ``H x W`` integer instance labels.
         min_area: instances smaller than this (pixels) are skipped.
         max_instances: at most this many instances per image (the largest first).
@@ -290,7 +290,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``napari-edgesam train evaluate --model M --images DIR --labels DIR [--out-json F]``."""
-    from ..inference.api import load_model
+    from ..inference.loading.api import load_model
 
     images = sorted(p for p in Path(args.images).iterdir() if p.suffix.lower() in (".tif", ".tiff", ".png", ".jpg"))
     if not images:

@@ -1,7 +1,7 @@
 """Export a trained student: the official EdgeSAM ``.pth`` layout (+ sidecar JSON) and ONNX.
 
 The ``.pth`` is a flat state dict with exactly the official keys, loadable strictly by
-``build_edge_sam(path)`` and therefore by ``napari_edgesam.inference.api.load_model(path)``.
+``build_edge_sam(path)`` and therefore by ``napari_edgesam.inference.loading.api.load_model(path)``.
 It is the same for every training ``img_size`` (the positional encoding is a fixed ``2 x 128``
 buffer); the size trained at is recorded in the sidecar ``<name>.json``.
 """

@@ -41,7 +41,7 @@ def openvino_available() -> bool:
 
 
 def _cache_dir() -> Path:
-    from ..weights import cache_dir
+    from ..loading.weights import cache_dir
 
     return cache_dir() / "openvino"
 

@@ -10,7 +10,7 @@ object (EdgeSAM paper, "granularity prior"):
 * :mod:`.torch_prior` (:class:`TorchBoxPrior`, one encoder pass with the torch backend) and
   :mod:`.onnx_prior` (:class:`OnnxBoxPrior`, onnxruntime-only installs);
 * :mod:`.files`: the prior beside a model file, loading it, its identity tag, the box-head file
-  (by registered model name: :mod:`napari_edgesam.inference.model_prior`).
+  (by registered model name: :mod:`napari_edgesam.inference.loading.model_prior`).
 
 Nothing here imports torch at module level, nor the predictor.
 """

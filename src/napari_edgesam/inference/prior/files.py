@@ -1,7 +1,7 @@
 """Where a model's prior is, how a prior file is loaded, and the box-head file format.
 
 * :func:`find_prior`: the prior stored beside a model file (``x.prior.onnx`` / ``x.prior.pth``;
-  for a registered model name: :mod:`napari_edgesam.inference.model_prior`, which needs the
+  for a registered model name: :mod:`napari_edgesam.inference.loading.model_prior`, which needs the
   registry and so lives above the predictor).
 * :func:`load_prior`: a ``.pth`` head on the torch backend's encoder, or an exported ``.onnx``.
 * :func:`prior_tag`: a loaded prior's identity (file, size, modification time), stored with its

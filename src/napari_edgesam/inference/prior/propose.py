@@ -5,7 +5,7 @@ or any object with the same methods) works on the prepared model input (``1 x 3 
 normalised, padded) and answers boxes in that 1024 frame; the functions here turn them into a
 :class:`~.rule.ProposalSet` in the pixels of the original image, tagged with the prior's
 :func:`~.files.prior_tag`. :meth:`EdgeSamPredictor.encode
-<napari_edgesam.inference.predictor.EdgeSamPredictor.encode>` calls :func:`encode_with_prior`;
+<napari_edgesam.inference.core.predictor.EdgeSamPredictor.encode>` calls :func:`encode_with_prior`;
 nothing here imports the predictor.
 """
 
@@ -15,7 +15,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from ..preprocess import prepare_input, to_rgb_uint8
+from ..core.preprocess import prepare_input, to_rgb_uint8
 from .files import prior_tag
 from .rule import ProposalSet
 
@@ -44,7 +44,7 @@ def encode_with_prior(prior, backend, x: np.ndarray, input_size: tuple[int, int]
     and a separate ``prior.propose(x)``.
 
     Args:
-        x: ``1 x 3 x 1024 x 1024`` float32 (:func:`~napari_edgesam.inference.preprocess.prepare_input`).
+        x: ``1 x 3 x 1024 x 1024`` float32 (:func:`~napari_edgesam.inference.core.preprocess.prepare_input`).
         input_size: ``(h, w)`` of the image resized into the 1024 frame.
         original_size: ``(h, w)`` of the original image (the proposals' frame).
     Returns:

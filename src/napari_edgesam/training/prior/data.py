@@ -21,7 +21,7 @@ import torch
 from scipy import ndimage as ndi
 
 from ..._atomic import atomic_open
-from ...inference.preprocess import normalize_and_pad
+from ...inference.core.preprocess import normalize_and_pad
 from ...model.box_head import STAGES, encoder_signature
 from ..config import DataConfig
 from ..data import TrainingDataset

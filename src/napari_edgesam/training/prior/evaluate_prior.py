@@ -159,7 +159,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ...inference.api import load_model
+    from ...inference.loading.api import load_model
     from ...inference.prior import load_prior
     from ..config import DataConfig
     from ..evaluate import write_json_atomic

@@ -145,7 +145,7 @@ def _split(keys: list[str], fraction: float, seed: int) -> tuple[list[str], list
 
 def load_frozen_encoder(model: str, device: str = "cpu") -> torch.nn.Module:
     """The fused, frozen image encoder of a registered model name or ``.pth`` path."""
-    from ...inference import weights
+    from ...inference.loading import weights
     from ...model.build import build_edge_sam
 
     path = Path(model)

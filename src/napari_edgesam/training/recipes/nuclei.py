@@ -106,7 +106,7 @@ def evaluate_heldout(
 ) -> dict:
     """mIoU of ``model`` on the held-out real images (paper protocol) and micro-sam's protocol
     (mSA, iterative prompting with ``iterations`` corrective points), beside the Otsu baselines."""
-    from ...inference.api import load_model
+    from ...inference.loading.api import load_model
     from ..evaluate import evaluate, format_table, load_pairs, write_json_atomic
 
     data = Path(data)

@@ -1,0 +1,1 @@
+"""Automatic (segment-everything) modes: point grid, prior boxes, tiles and stacks."""

@@ -1,0 +1,169 @@
+"""Automatic segmentation prompted by the granularity prior's boxes instead of a point grid.
+
+Pipeline for one 2D image (or tile):
+
+1. One encoder pass gives the embedding and the box proposals
+   (:meth:`EdgeSamPredictor.encode_rgb(rgb, prior=prior) <napari_edgesam.inference.core.predictor.EdgeSamPredictor.encode_rgb>`).
+2. Proposals below ``score_thresh`` are dropped, the rest go through box NMS and at most
+   ``max_proposals`` are kept.
+3. Chunks of ``boxes_per_batch`` boxes are decoded with ONE decoder call each
+   (``decode_batch(embedding, boxes=..., num_multimask_outputs=1, upscale=False)``: a box prompt uses
+   token 0, one mask per box).
+4. Masks are filtered on their 256 x 256 logits (stability score), upscaled only inside their
+   bounding box, cleaned (islands, holes), and must agree with their prompt box (IoU of the
+   mask's bounding box with the box >= ``min_box_iou``).
+5. Mask-box NMS, then painting into a label image largest-first.
+
+Steps 4-5 (:mod:`.masks`), regions and tiles (:mod:`.automatic_common`) are shared with the
+point-grid mode (:mod:`.automatic`); stacks (per slice, merged in 3D) go through
+:func:`~napari_edgesam.inference.automatic.modes.segment_automatic_any` with ``stack=True``.
+
+Tens of boxes with one mask each replace ~1000 points with 4 masks each, so decoding costs a
+few decoder calls instead of tens.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ...constants import MASK_THRESHOLD
+from ..core.postprocess import stability_score
+from ..core.predictor import ImageEmbedding
+from ..prior import ProposalSet, box_iou, nms_boxes
+from .common import MaskSettings, ProgressFn, check_cancel, segment_image
+from .masks import MaskCandidate, candidate_from_logits, masks_to_labels, nms
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BoxAutomaticConfig(MaskSettings):
+    """Parameters of box-prompted automatic segmentation.
+
+    Attributes (besides those of :class:`~napari_edgesam.inference.automatic.common.MaskSettings`:
+    stability, NMS, areas, tiling; here ``stability_thresh`` defaults to 0.85):
+        score_thresh: minimum proposal score.
+        box_nms_thresh: IoU above which the lower-scoring proposal is not decoded.
+        max_proposals: at most this many boxes are decoded (best first).
+        boxes_per_batch: box prompts per decoder call.
+        min_box_iou: minimum IoU of a mask's bounding box with its prompt box (0 disables).
+    """
+
+    stability_thresh: float = 0.85
+    score_thresh: float = 0.3
+    box_nms_thresh: float = 0.6
+    max_proposals: int = 500
+    boxes_per_batch: int = 64
+    min_box_iou: float = 0.5
+
+    def _rules(self) -> list[tuple[bool, str, str]]:
+        return [
+            (0.0 <= self.score_thresh <= 1.0, "score_thresh", "in [0, 1]"),
+            (0.0 < self.box_nms_thresh <= 1.0, "box_nms_thresh", "in (0, 1]"),
+            (int(self.max_proposals) >= 1, "max_proposals", ">= 1"),
+            (int(self.boxes_per_batch) >= 1, "boxes_per_batch", ">= 1"),
+            (0.0 <= self.min_box_iou <= 1.0, "min_box_iou", "in [0, 1]"),
+            *super()._rules(),
+        ]
+
+
+def prompt_boxes(proposals: ProposalSet, cfg: BoxAutomaticConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The boxes to decode: above ``score_thresh``, after NMS, at most ``max_proposals``
+    (``K x 4`` pixels, ``K`` scores, by descending score)."""
+    props = proposals.above(cfg.score_thresh)
+    keep = nms_boxes(props.boxes, props.scores, cfg.box_nms_thresh)[: cfg.max_proposals]
+    return props.boxes[keep], props.scores[keep]
+
+
+def _chunk_candidates(boxes, box_scores, pred, emb: ImageEmbedding, cfg: BoxAutomaticConfig) -> list[MaskCandidate]:
+    ih, iw = emb.input_size
+    low = pred.low_res_logits[:, 0]
+    valid = low[:, : -(-ih // 4), : -(-iw // 4)]
+    stab = stability_score(valid, MASK_THRESHOLD, cfg.stability_offset)
+    out = []
+    for b in np.flatnonzero(stab >= cfg.stability_thresh):
+        centre = (float(boxes[b, 0] + boxes[b, 2]) / 2, float(boxes[b, 1] + boxes[b, 3]) / 2)
+        cand = candidate_from_logits(low[b], emb, min_area=cfg.min_area,
+                                     hole_area=None if cfg.fill_holes else cfg.hole_area, score=stab[b] * box_scores[b], stability=stab[b], point=centre)
+        if cand is None:
+            continue
+        if cfg.min_box_iou > 0 and box_iou(np.float32(cand.box), boxes[b])[0, 0] < cfg.min_box_iou:
+            continue
+        out.append(cand)
+    return out
+
+
+def generate_masks_from_boxes(
+    predictor,
+    embedding: ImageEmbedding,
+    proposals: ProposalSet,
+    config: BoxAutomaticConfig = BoxAutomaticConfig(),
+    *,
+    progress: ProgressFn | None = None,
+    cancel=None,
+) -> list[MaskCandidate]:
+    """Decode the proposals of one embedded image and return the masks kept by NMS.
+
+    Args:
+        predictor: an :class:`EdgeSamPredictor` (``decode_batch(embedding, ...)``); its state
+            (current image) is neither used nor changed.
+        embedding: the image's embedding.
+        proposals: the prior's boxes for the same image.
+        progress: ``progress(done_boxes, total_boxes)`` after each decoder call.
+        cancel: an object with ``is_set()``; raises :class:`Cancelled`.
+    Returns:
+        masks (score = stability x proposal score) by descending score, in pixels of the image.
+    """
+    if tuple(proposals.original_size) != tuple(embedding.original_size):
+        raise ValueError(f"proposals are of a {proposals.original_size} image, the embedding of {embedding.original_size}")
+    boxes, scores = prompt_boxes(proposals, config)
+    candidates: list[MaskCandidate] = []
+    n = config.boxes_per_batch
+    for start in range(0, len(boxes), n):
+        check_cancel(cancel)
+        chunk = boxes[start : start + n]
+        pred = predictor.decode_batch(embedding, boxes=chunk, num_multimask_outputs=1, use_stability_score=True,
+                                      upscale=False)
+        candidates += _chunk_candidates(chunk, scores[start : start + n], pred, embedding, config)
+        if progress is not None:
+            progress(min(start + n, len(boxes)), len(boxes))
+    kept = nms(candidates, config.nms_thresh)
+    logger.debug("box automatic: %d proposals, %d decoded, %d candidates, %d after NMS",
+                 len(proposals), len(boxes), len(candidates), len(kept))
+    return kept
+
+
+def segment_automatic_boxes(
+    predictor,
+    prior,
+    image: np.ndarray,
+    config: BoxAutomaticConfig = BoxAutomaticConfig(),
+    *,
+    region: Sequence[float] | None = None,
+    normalisation: dict | None = None,
+    progress: ProgressFn | None = None,
+    cancel=None,
+) -> np.ndarray:
+    """Automatic instance segmentation of a 2D image from the prior's boxes.
+
+    Args:
+        prior: a :class:`~napari_edgesam.inference.prior.TorchBoxPrior` or ``OnnxBoxPrior``.
+        image: ``H x W`` or ``H x W x C`` (see :func:`~napari_edgesam.inference.core.preprocess.to_rgb_uint8`).
+        region: ``(x0, y0, x1, y1)`` pixels: segment only there (embedded on its own).
+        normalisation: keyword arguments of ``to_rgb_uint8``.
+        progress: ``progress(done, total)``: boxes of the image, or tiles when tiled.
+    Returns:
+        ``H x W`` uint32 labels (0 background).
+    """
+
+    def segment_tile(rgb: np.ndarray, report: ProgressFn | None, _whole: bool) -> np.ndarray:
+        emb = predictor.encode_rgb(rgb, prior=prior)  # one encoder pass when the prior shares it
+        masks = generate_masks_from_boxes(predictor, emb, emb.proposals, config, progress=report, cancel=cancel)
+        return masks_to_labels(masks, rgb.shape[:2], config.min_area, config.min_visible_fraction)
+
+    return segment_image(image, segment_tile, config, region=region, normalisation=normalisation,
+                         progress=progress, cancel=cancel)

@@ -1,0 +1,1 @@
+"""The batch engine: folders of images (or a Dask cluster) -> label files and records."""

@@ -1,0 +1,1 @@
+"""The stateless prediction core: encode an image, decode prompts; the predictor over them."""

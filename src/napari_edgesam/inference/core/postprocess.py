@@ -1,0 +1,133 @@
+"""Mask post-processing in numpy: low-res logits -> full-size logits, stability scores."""
+
+from __future__ import annotations
+
+import sys
+from functools import lru_cache
+
+import numpy as np
+
+from ...constants import IMG_SIZE, MASK_THRESHOLD, STABILITY_OFFSET
+
+
+@lru_cache(maxsize=32)
+def bilinear_matrix(out_len: int, in_len: int) -> np.ndarray:
+    """``out_len x in_len`` matrix of 1-D bilinear interpolation with ``align_corners=False``
+    (the half-pixel convention of ``torch.nn.functional.interpolate``)."""
+    scale = in_len / out_len
+    src = np.maximum((np.arange(out_len, dtype=np.float64) + 0.5) * scale - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.int64), in_len - 1)
+    i1 = np.minimum(i0 + 1, in_len - 1)
+    frac = src - i0
+    m = np.zeros((out_len, in_len), np.float64)
+    rows = np.arange(out_len)
+    np.add.at(m, (rows, i0), 1.0 - frac)
+    np.add.at(m, (rows, i1), frac)
+    return m
+
+
+@lru_cache(maxsize=32)
+def _upscale_matrices(
+    low_res: tuple[int, int], input_size: tuple[int, int], original_size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    rows = bilinear_matrix(original_size[0], input_size[0]) @ bilinear_matrix(IMG_SIZE, low_res[0])[: input_size[0]]
+    cols = bilinear_matrix(original_size[1], input_size[1]) @ bilinear_matrix(IMG_SIZE, low_res[1])[: input_size[1]]
+    return rows.astype(np.float32), np.ascontiguousarray(cols.T.astype(np.float32))
+
+
+def upscale_logits(
+    low_res: np.ndarray, input_size: tuple[int, int], original_size: tuple[int, int]
+) -> np.ndarray:
+    """Official mask post-processing as two matrix products.
+
+    Equivalent to: bilinear ``256 -> 1024``, crop to ``input_size``, bilinear to
+    ``original_size`` (both ``align_corners=False``).
+
+    Args:
+        low_res: ``... x 256 x 256`` logits.
+        input_size: ``(h, w)`` of the resized image inside the 1024 frame.
+        original_size: ``(h, w)`` of the original image.
+    Returns:
+        ``... x H x W`` float32 logits.
+    """
+    rows, cols_t = _upscale_matrices(tuple(low_res.shape[-2:]), tuple(input_size), tuple(original_size))
+    return matmul(matmul(rows, low_res.astype(np.float32, copy=False)), cols_t)
+
+
+def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` in float32 (numpy broadcasting rules), through torch's thread pool when torch
+    is loaded.
+
+    numpy's OpenBLAS threads busy-wait for a while after each product; on a few cores they
+    then slow down the next torch operation (measured here: a decoder call after a numpy
+    upscale took 2.5x longer). It runs on torch's compute thread
+    (:mod:`~napari_edgesam.inference.backends.compute_thread`). Without torch (onnxruntime
+    installs) numpy does it.
+    """
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return np.matmul(a, b)
+    from ..backends import compute_thread
+
+    ta = torch.from_numpy(a if a.flags.writeable else a.copy())
+    tb = torch.from_numpy(b if b.flags.writeable else b.copy())
+    return compute_thread.run(lambda: torch.matmul(ta, tb).numpy())
+
+
+def stability_score(
+    logits: np.ndarray, threshold: float = MASK_THRESHOLD, offset: float = STABILITY_OFFSET
+) -> np.ndarray:
+    """IoU of ``logits > threshold + offset`` and ``logits > threshold - offset`` over the
+    last two axes (``... x H x W -> ...``); 0 where the loose mask is empty."""
+    inter = (logits > threshold + offset).sum((-1, -2), dtype=np.int64)
+    union = (logits > threshold - offset).sum((-1, -2), dtype=np.int64)
+    return np.where(union > 0, inter / np.maximum(union, 1), 0.0).astype(np.float32)
+
+
+def stability_in_image(low_res: np.ndarray, input_size: tuple[int, int]) -> np.ndarray:
+    """:func:`stability_score` of ``... x 256 x 256`` low-res logits (EdgeSAM's score, over the
+    whole 1024 frame as the official predictor computes it), but 0 for a mask with no pixel over
+    the image: the logits also cover the frame's padding (beyond the first ``ceil(h / 4)`` rows
+    and ``ceil(w / 4)`` columns for a resized image of ``input_size`` ``(h, w)``), where a
+    candidate can be stable without a single pixel in the image."""
+    scale = IMG_SIZE / low_res.shape[-1]
+    rows = max(1, int(np.ceil(input_size[0] / scale)))
+    cols = max(1, int(np.ceil(input_size[1] / scale)))
+    inside = (low_res[..., :rows, :cols] > MASK_THRESHOLD).any((-1, -2))
+    return np.where(inside, stability_score(low_res), 0.0).astype(np.float32)
+
+
+def fill_holes(mask: np.ndarray, max_area: int | None = None) -> np.ndarray:
+    """Fill the interior holes of one object's ``H x W`` boolean mask.
+
+    A hole is a background region (4-connected, as :func:`scipy.ndimage.binary_fill_holes`)
+    that does not reach the mask's bounding box edge. ``max_area=None`` fills every hole (the
+    default of interactive, CLI and batch masks); an integer fills only holes smaller than
+    that many pixels (the automatic modes' ``hole_area``; 0 fills nothing). Works inside the
+    mask's bounding box only, so the cost follows the object, not the image. Returns a new
+    array (``mask`` is not changed); an empty mask comes back empty.
+    """
+    mask = np.asarray(mask, bool)
+    out = mask.copy()
+    if max_area is not None and max_area <= 0:
+        return out
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if rows.size == 0:
+        return out
+    r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    from scipy import ndimage
+
+    if max_area is None:  # every hole: boolean propagation, no label image (memory ~2 bytes/pixel)
+        out[r0:r1, c0:c1] = ndimage.binary_fill_holes(mask[r0:r1, c0:c1])
+        return out
+    inv = np.pad(~mask[r0:r1, c0:c1], 1, constant_values=True)
+    lab, n = ndimage.label(inv)
+    if n <= 1:
+        return out
+    fill = np.arange(n + 1) != lab[0, 0]
+    fill[0] = False
+    if max_area is not None:
+        fill &= np.bincount(lab.ravel(), minlength=n + 1) < max_area
+    out[r0:r1, c0:c1] |= fill[lab][1:-1, 1:-1]
+    return out

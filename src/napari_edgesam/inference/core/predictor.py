@@ -1,0 +1,398 @@
+"""EdgeSamPredictor: the official predictor's semantics, for microscopy images.
+
+The stateless core is two calls: :meth:`EdgeSamPredictor.encode` (image -> :class:`ImageEmbedding`,
+carrying the granularity prior's proposals when the predictor has a prior) and
+:meth:`EdgeSamPredictor.decode` / :meth:`~EdgeSamPredictor.decode_batch` (embedding + prompts ->
+masks, scores, low-res logits), which never touch the predictor's state; ``segment`` and
+``segment_click`` take ``embedding=`` too. The official-style ``set_image`` once, then ``predict``
+many times, is a thin layer over them. Coordinates are (x, y) in pixels of the original image;
+boxes are (x0, y0, x1, y1).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from ...constants import MASK_THRESHOLD, token_slice
+from ..backends import Backend, as_backend
+from ..prior import ProposalSet, click_box, encode_with_prior
+from .postprocess import fill_holes as _fill_holes
+from .postprocess import stability_in_image, stability_score, upscale_logits
+from .preprocess import DEFAULT_PERCENTILES, prepare_input, to_rgb_uint8
+from .prompts import (
+    check_candidate,
+    check_k_nearest,
+    to_decoder_prompts,
+    validate_batch_prompts,
+    validate_click,
+    validate_mask_input,
+    validate_prompt,
+)
+
+logger = logging.getLogger(__name__)
+
+#: The default ``prior`` of :meth:`EdgeSamPredictor.encode`: the predictor's own :attr:`~EdgeSamPredictor.prior`.
+OWN_PRIOR = object()
+
+
+@dataclass(frozen=True)
+class ImageEmbedding:
+    """The encoder's output for one 2D image.
+
+    Attributes:
+        features: ``1 x 256 x 64 x 64`` (float32, or float16 when stored compactly).
+        original_size: ``(h, w)`` of the image that was embedded.
+        input_size: ``(h, w)`` of that image after the longest-side resize to 1024.
+        proposals: the granularity prior's box proposals for the same image
+            (a :class:`~napari_edgesam.inference.prior.ProposalSet`), or None without a prior.
+    """
+
+    features: np.ndarray
+    original_size: tuple[int, int]
+    input_size: tuple[int, int]
+    proposals: ProposalSet | None = None
+
+    def astype(self, dtype: np.dtype | type) -> ImageEmbedding:
+        """A copy with ``features`` in ``dtype`` (e.g. ``np.float16`` for caches)."""
+        return replace(self, features=self.features.astype(dtype))
+
+    def with_proposals(self, proposals: ProposalSet | None) -> ImageEmbedding:
+        """The same embedding carrying ``proposals`` (a ``ProposalSet`` or None)."""
+        return replace(self, proposals=proposals)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.features.nbytes)
+
+
+def _check_embedding(emb: ImageEmbedding, shape: tuple | None = (1, 256, 64, 64)) -> None:
+    """ValueError unless ``emb`` can be decoded: features finite floats of ``shape`` (the
+    backend's ``embedding_shape``, ``1 x 256 x 64 x 64`` for EdgeSAM; any 4D ``1 x ...`` when
+    None), ``original_size`` two integers >= 1, ``input_size`` two integers in 1..1024 (a damaged
+    cache or a hand-made embedding would otherwise decode to garbage or fail in the backend)."""
+    f = emb.features
+    ok_shape = isinstance(f, np.ndarray) and (f.shape == tuple(shape) if shape is not None
+                                              else f.ndim == 4 and f.shape[0] == 1)
+    if not isinstance(f, np.ndarray) or f.dtype.kind != "f" or not ok_shape:
+        what = f"{f.dtype} array of shape {f.shape}" if isinstance(f, np.ndarray) else type(f).__name__
+        raise ValueError(f"embedding features must be a float array of shape {shape or '(1, C, H, W)'}; "
+                         f"got a {what}")
+    try:
+        orig = tuple(int(v) for v in emb.original_size)
+        inp = tuple(int(v) for v in emb.input_size)
+    except (TypeError, ValueError):
+        raise ValueError(f"embedding sizes must be (h, w) integers; got original_size {emb.original_size!r}, "
+                         f"input_size {emb.input_size!r}") from None
+    if len(orig) != 2 or min(orig) < 1 or len(inp) != 2 or min(inp) < 1 or max(inp) > 1024:
+        raise ValueError(f"embedding sizes are invalid: original_size {emb.original_size!r} (h, w >= 1), "
+                         f"input_size {emb.input_size!r} (h, w in 1..1024)")
+    if not np.isfinite(f).all():
+        raise ValueError("embedding features contain NaN or inf (a damaged cache file, or a diverged model): "
+                         "compute the embedding again")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Output of :meth:`EdgeSamPredictor.predict_batch`.
+
+    ``masks``: ``B x C x H x W`` (bool, or float32 logits); ``scores``: ``B x C``;
+    ``low_res_logits``: ``B x C x 256 x 256``.
+    """
+
+    masks: np.ndarray | None
+    scores: np.ndarray
+    low_res_logits: np.ndarray
+
+
+class EdgeSamPredictor:
+    """Prompted segmentation with EdgeSAM on any :class:`Backend`.
+
+    Like the official ``SamPredictor(sam)``, it can also be built from the model itself:
+    ``EdgeSamPredictor(build_edge_sam(ckpt))`` wraps the ``EdgeSam`` module in the default
+    torch backend (built on the compute thread, as ``load_model`` does; the module is put in
+    eval mode and its conv/batch-norm pairs are fused in place for inference).
+
+    Args:
+        backend: a torch or onnxruntime backend, or an ``EdgeSam`` ``torch.nn.Module``.
+        model_name: a label for logs, caches and records.
+        device: for an ``EdgeSam`` module only: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"mps"``.
+
+    Raises:
+        TypeError: ``backend`` is neither a backend (an object with ``encode``) nor an
+            ``EdgeSam`` module.
+    """
+
+    def __init__(self, backend: Backend, model_name: str = "edgesam", *, device: str = "auto") -> None:
+        self.backend = as_backend(backend, device)
+        self.model_name = model_name
+        self._embedding: ImageEmbedding | None = None
+        self._warned_scores = False
+        #: Optional granularity prior (a box head, see :mod:`napari_edgesam.inference.prior`):
+        #: when set, :meth:`encode` (and ``set_image``) also computes the box proposals that
+        #: :meth:`segment_click` uses.
+        self.prior = None
+        #: Interactive refinements (another point on an object) pass the previous low-res
+        #: logits as ``mask_input`` (SAM's use). ``load_model`` sets False for models whose mask
+        #: path makes refinements worse (see ``ModelSpec.mask_input_refines``); ``predict``
+        #: itself always uses a ``mask_input`` it is given.
+        self.refine_with_mask_input = True
+        #: The weights file the model came from, if any (set by ``load_model``).
+        self.source_path = None
+
+    # -- image -------------------------------------------------------------------------------
+    def encode(
+        self,
+        image: np.ndarray,
+        *,
+        channel_axis: int | None = None,
+        channel: int | None = None,
+        contrast_limits: Sequence[float] | None = None,
+        gamma: float = 1.0,
+        percentiles: Sequence[float] = DEFAULT_PERCENTILES,
+        prior: object = OWN_PRIOR,
+    ) -> ImageEmbedding:
+        """Embed a 2D image without changing the predictor's state.
+
+        ``image``: ``H x W`` grey, ``H x W x 3`` RGB, or multi-channel; any integer or float
+        dtype. See :func:`~napari_edgesam.inference.core.preprocess.to_rgb_uint8` for the intensity
+        normalisation (contrast limits, percentiles, gamma, NaN handling). ``prior``: whose box
+        proposals the embedding carries (:attr:`ImageEmbedding.proposals`): the predictor's own
+        :attr:`prior` by default, None for none (and no prior pass), or another prior. They
+        come from the same encoder pass when the prior shares the backend's encoder (a torch
+        prior on the torch backend); an ONNX prior runs a pass of its own.
+        """
+        rgb = to_rgb_uint8(
+            image, channel_axis=channel_axis, channel=channel,
+            contrast_limits=contrast_limits, gamma=gamma, percentiles=percentiles,
+        )
+        return self.encode_rgb(rgb, prior=prior)
+
+    def encode_rgb(self, rgb: np.ndarray, *, prior: object = OWN_PRIOR) -> ImageEmbedding:
+        """:meth:`encode` for an ``H x W x 3`` uint8 RGB image (no intensity normalisation)."""
+        prior = self.prior if prior is OWN_PRIOR else prior
+        x, input_size = prepare_input(rgb)
+        input_size = (int(input_size[0]), int(input_size[1]))
+        original = (int(rgb.shape[0]), int(rgb.shape[1]))
+        if prior is None:
+            return ImageEmbedding(self.backend.encode(x), original, input_size)
+        features, proposals = encode_with_prior(prior, self.backend, x, input_size, original)
+        return ImageEmbedding(features, original, input_size, proposals)
+
+    def set_image(self, image: np.ndarray, **normalisation) -> ImageEmbedding:
+        """Embed ``image`` (:meth:`encode`) and make it the current image; returns the embedding."""
+        self._embedding = self.encode(image, **normalisation)
+        return self._embedding
+
+    def set_embedding(self, embedding: ImageEmbedding, proposals: ProposalSet | None = None) -> None:
+        """Make a previously computed (e.g. cached) embedding current; ``proposals`` (a
+        :class:`~napari_edgesam.inference.prior.ProposalSet`), when given, replace the ones it carries."""
+        self._embedding = self.checked(embedding)
+        if proposals is not None:
+            self._embedding = self._embedding.with_proposals(proposals)
+
+    def checked(self, embedding: ImageEmbedding) -> ImageEmbedding:
+        """``embedding`` if this predictor's backend can decode it; TypeError or ValueError naming
+        the problem otherwise."""
+        if not isinstance(embedding, ImageEmbedding):
+            raise TypeError(f"expected an ImageEmbedding, got {type(embedding).__name__}")
+        _check_embedding(embedding, getattr(self.backend, "embedding_shape", None))
+        return embedding
+
+    def reset_image(self) -> None:
+        self._embedding = None
+
+    @property
+    def proposals(self) -> ProposalSet | None:
+        """The prior's box proposals for the current image (None without a prior)."""
+        return None if self._embedding is None else self._embedding.proposals
+
+    @property
+    def is_image_set(self) -> bool:
+        return self._embedding is not None
+
+    @property
+    def embedding(self) -> ImageEmbedding:
+        if self._embedding is None:
+            raise RuntimeError("no image is set: call set_image(image) or set_embedding(...) first")
+        return self._embedding
+
+    def _given(self, embedding: ImageEmbedding | None) -> ImageEmbedding:
+        return self.embedding if embedding is None else self.checked(embedding)
+
+    # -- prompts -----------------------------------------------------------------------------
+    def predict(self, *args, **kwargs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`decode` on the current image (the official ``SamPredictor.predict``)."""
+        return self.decode(self.embedding, *args, **kwargs)
+
+    def decode(
+        self,
+        embedding: ImageEmbedding,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        num_multimask_outputs: int = 1,
+        return_logits: bool = False,
+        use_stability_score: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Segment one object of ``embedding``'s image; the predictor's state is not used.
+
+        Args:
+            embedding: from :meth:`encode` (or a cache).
+            point_coords: ``N x 2`` (x, y) pixel coordinates.
+            point_labels: ``N`` labels, 1 positive, 0 negative.
+            box: ``(x0, y0, x1, y1)`` in pixels.
+            mask_input: ``1 x 256 x 256`` low-res logits from an earlier call (refinement).
+            num_multimask_outputs: 1 (token 0), 3 (tokens 1-3) or 4 (all tokens).
+            return_logits: return float logits instead of boolean masks.
+            use_stability_score: replace the IoU-head scores with stability scores.
+        Returns:
+            masks ``C x H x W``, scores ``C``, low-res logits ``C x 256 x 256``.
+        """
+        emb = self.checked(embedding)
+        coords, labels, boxes = _check_prompts(emb, point_coords, point_labels, box)
+        out = self._decode(
+            emb, coords, labels, boxes,
+            None if mask_input is None else validate_mask_input(mask_input, 1),
+            num_multimask_outputs, return_logits, use_stability_score, upscale=True,
+        )
+        return out.masks[0], out.scores[0], out.low_res_logits[0]
+
+    def predict_batch(self, *args, **kwargs) -> Prediction:
+        """:meth:`decode_batch` on the current image."""
+        return self.decode_batch(self.embedding, *args, **kwargs)
+
+    def decode_batch(
+        self,
+        embedding: ImageEmbedding,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        boxes: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        num_multimask_outputs: int = 1,
+        return_logits: bool = False,
+        use_stability_score: bool = False,
+        upscale: bool = True,
+    ) -> Prediction:
+        """Segment ``B`` objects of ``embedding``'s image with one decoder call; the
+        predictor's state is not used.
+
+        Args:
+            embedding: from :meth:`encode` (or a cache).
+            point_coords: ``B x N x 2`` (x, y) pixels; ``point_labels``: ``B x N``.
+            boxes: ``B x 4`` (x0, y0, x1, y1) pixels.
+            mask_input: ``B x 1 x 256 x 256`` low-res logits.
+            upscale: also compute full-size masks (``masks`` is None otherwise).
+        """
+        emb = self.checked(embedding)
+        coords, labels, boxes = validate_batch_prompts(point_coords, point_labels, boxes, emb.original_size)
+        batch = coords.shape[0] if coords is not None else boxes.shape[0]
+        masks_in = None if mask_input is None else validate_mask_input(mask_input, batch)
+        return self._decode(
+            emb, coords, labels, boxes, masks_in, num_multimask_outputs, return_logits, use_stability_score, upscale
+        )
+
+    def _decode(
+        self,
+        emb: ImageEmbedding,
+        coords: np.ndarray | None,
+        labels: np.ndarray | None,
+        boxes: np.ndarray | None,
+        mask_input: np.ndarray | None,
+        num_multimask_outputs: int,
+        return_logits: bool,
+        use_stability_score: bool,
+        upscale: bool,
+    ) -> Prediction:
+        sl = token_slice(num_multimask_outputs)
+        if mask_input is not None and not self.backend.supports_mask_input:
+            raise ValueError(
+                f"the {self.backend.name} backend's decoder has no mask input; use the torch "
+                "backend or an ONNX decoder exported by napari-edgesam"
+            )
+        dc, dl = to_decoder_prompts(coords, labels, boxes, emb.original_size, emb.input_size)
+        features = emb.features.astype(np.float32, copy=False)
+        low_res, iou = self.backend.decode(features, dc, dl, mask_input)
+        low_res = low_res[:, sl]
+        if use_stability_score or iou is None:
+            if iou is None and not use_stability_score and not self._warned_scores:
+                logger.warning("%s decoder gives no IoU scores; returning stability scores", self.backend.name)
+                self._warned_scores = True
+            scores = stability_score(low_res)
+        else:
+            scores = iou[:, sl].astype(np.float32)
+        masks = None
+        if upscale:
+            masks = upscale_logits(low_res, emb.input_size, emb.original_size)
+            if not return_logits:
+                masks = masks > MASK_THRESHOLD
+        return Prediction(masks, scores, low_res)
+
+    # -- convenience -------------------------------------------------------------------------
+    def segment(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        candidate: int | None = None,
+        *,
+        fill_holes: bool = True,
+        embedding: ImageEmbedding | None = None,
+    ) -> tuple[np.ndarray, float, np.ndarray]:
+        """One mask by EdgeSAM's rule: boxes use token 0; point-only prompts take the most
+        stable of the 4 masks (the IoU head was never distilled). ``candidate`` (0-3) forces a
+        token for point prompts (anything else is a ValueError). With ``fill_holes`` (the default) the mask's interior holes
+        are filled (:func:`~napari_edgesam.inference.core.postprocess.fill_holes`); pass False to
+        keep them (e.g. ring-shaped objects). ``embedding``: segment in this embedding's image
+        instead of the current one (the predictor's state is not used). Returns mask ``H x W`` bool, stability score
+        (of the decoder's mask; 0 for a mask with no pixel in the image), low-res
+        ``256 x 256`` logits (unfilled).
+        """
+        n = 1 if box is not None else 4
+        candidate = check_candidate(candidate)
+        emb = self._given(embedding)
+        coords, labels, boxes = _check_prompts(emb, point_coords, point_labels, box)
+        out = self._decode(
+            emb, coords, labels, boxes,
+            None if mask_input is None else validate_mask_input(mask_input, 1),
+            n, False, True, upscale=False,
+        )
+        low = out.low_res_logits[0]
+        # the decoder's 256 x 256 logits also cover the padding of the 1024 frame: a candidate
+        # lying only there (no pixel in the image) scores 0, not a perfect 1
+        stab = stability_in_image(low, emb.input_size)
+        i = 0 if n == 1 else (candidate if candidate is not None else int(np.argmax(stab)))
+        # only the chosen candidate is brought to full size (memory: one H x W float32 plane)
+        mask = upscale_logits(low[i : i + 1], emb.input_size, emb.original_size)[0] > MASK_THRESHOLD
+        if fill_holes:
+            mask = _fill_holes(mask)
+        return mask, float(stab[i]), low[i]
+
+    def segment_click(self, point: Sequence[float], k_nearest: int = 5, *, fill_holes: bool = True,
+                      embedding: ImageEmbedding | None = None) -> tuple[np.ndarray, float, np.ndarray]:
+        """Segment the whole object under one positive click ``(x, y)`` (in ``embedding``'s
+        image, or the current one).
+
+        With proposals on the embedding, EdgeSAM's granularity rule picks a box (proposals
+        containing the point, the ``k_nearest`` by centre, the best score) that joins the point;
+        otherwise this is ``segment([point], [1])``.
+        """
+        k_nearest = check_k_nearest(k_nearest)
+        emb = self._given(embedding)
+        pt = validate_click(point, emb.original_size)
+        box = None
+        if emb.proposals is not None:
+            box = click_box(emb.proposals, pt[0], emb.original_size, k_nearest)
+        return self.segment(pt, np.ones(1, np.float32), box, fill_holes=fill_holes, embedding=emb)
+
+
+def _check_prompts(emb: ImageEmbedding, point_coords, point_labels, box) -> tuple:
+    """Validated ``(coords 1 x N x 2 | None, labels 1 x N | None, boxes 1 x 4 | None)``."""
+    coords, labels, box = validate_prompt(point_coords, point_labels, box, emb.original_size)
+    return (None if coords is None else coords[None], None if labels is None else labels[None],
+            None if box is None else box[None])

@@ -1,0 +1,1 @@
+"""Embeddings kept for reuse: the cache, lazy per-slice and per-tile embedding."""

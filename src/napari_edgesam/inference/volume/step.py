@@ -1,0 +1,108 @@
+"""One slice of 3D propagation: decode the carried prompts of every sweep that needs the
+slice, against that slice's embedding (stateless ``predictor.decode``/``decode_batch``: the
+predictor is never changed) or through AutoZoom crops.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..core.postprocess import fill_holes as _fill_holes
+from ..core.predictor import ImageEmbedding
+from .prompts import prompt_from_mask
+from .sweeps import Sweep
+
+#: One decoded prompt: (``H x W`` bool mask, stability score, ``256 x 256`` low-res logits).
+Decoded = tuple[np.ndarray, float, np.ndarray]
+
+
+@dataclass(frozen=True)
+class SliceDecoder:
+    """How every slice is decoded (the settings of one propagation).
+
+    Attributes:
+        predictor: an ``EdgeSamPredictor`` (``decode``, ``decode_batch``; its state is not used).
+        get_embedding: slice index -> its :class:`ImageEmbedding` (not called with ``zoom_for``).
+        use_mask_input: pass each sweep's previous low-res logits as mask input.
+        box_extension: relative margin of the prompt box.
+        batch_size: at most this many objects per ``decode_batch`` call.
+        fill_holes: fill the interior holes of every predicted mask.
+        zoom_for: slice index -> an AutoZoom of that slice, or None (whole-slice embeddings).
+    """
+
+    predictor: object
+    get_embedding: Callable[[int], ImageEmbedding]
+    use_mask_input: bool = True
+    box_extension: float = 0.1
+    batch_size: int = 16
+    fill_holes: bool = True
+    zoom_for: Callable[[int], object] | None = None
+
+    def __call__(self, z: int, group: list[Sweep]) -> list[Decoded]:
+        """The predictions of ``group`` on slice ``z``, in the order of ``group``."""
+        if self.zoom_for is not None:
+            decoded = decode_zoomed(self.zoom_for(z), group, self.box_extension)
+        else:
+            emb = self.get_embedding(z)
+            check_sizes(emb, z, group)
+            decoded = decode_group(self.predictor, emb, group, self.use_mask_input, self.box_extension,
+                                   self.batch_size)
+        if self.fill_holes:
+            decoded = [(_fill_holes(m), score, logits) for m, score, logits in decoded]
+        return decoded
+
+
+def check_sizes(emb: ImageEmbedding, z: int, group: list[Sweep]) -> None:
+    """ValueError unless slice ``z``'s embedding is of an image the size of the masks."""
+    for s in group:
+        if tuple(emb.original_size) != s.mask.shape:
+            raise ValueError(
+                f"the embedding of slice {z} is of an image of size {tuple(emb.original_size)}, "
+                f"but the seed masks of object {s.obj} are {s.mask.shape}"
+            )
+
+
+def decode_group(predictor, emb: ImageEmbedding, group: list[Sweep], use_mask_input: bool,
+                 box_extension: float, batch_size: int) -> list[Decoded]:
+    """Decode the prompts of ``group`` on ``emb``: one ``decode`` for a single sweep, else
+    ``decode_batch`` calls of at most ``batch_size`` prompts."""
+    prompts = [prompt_from_mask(s.mask, box_extension) for s in group]
+    if len(group) == 1:
+        box, point = prompts[0]
+        masks, scores, low = predictor.decode(
+            emb, point_coords=point, point_labels=np.ones(1, np.float32), box=box,
+            mask_input=group[0].logits[None] if use_mask_input else None,
+            num_multimask_outputs=1, use_stability_score=True,
+        )
+        return [(np.asarray(masks[0], bool), float(scores[0]), np.asarray(low[0], np.float32))]
+    out = []
+    for i in range(0, len(group), batch_size):
+        part = group[i : i + batch_size]
+        boxes = np.stack([p[0] for p in prompts[i : i + batch_size]])
+        points = np.stack([p[1] for p in prompts[i : i + batch_size]])
+        pred = predictor.decode_batch(
+            emb, point_coords=points, point_labels=np.ones(points.shape[:2], np.float32), boxes=boxes,
+            mask_input=np.stack([s.logits[None] for s in part]) if use_mask_input else None,
+            num_multimask_outputs=1, use_stability_score=True,
+        )
+        out += [
+            (np.asarray(pred.masks[j, 0], bool), float(pred.scores[j, 0]), np.asarray(pred.low_res_logits[j, 0], np.float32))
+            for j in range(len(part))
+        ]
+    return out
+
+
+def decode_zoomed(zoom, group: list[Sweep], box_extension: float) -> list[Decoded]:
+    """Like :func:`decode_group`, one object at a time through AutoZoom (no mask input: the
+    previous logits are in another frame). The logits kept are the crop's."""
+    out = []
+    for s in group:
+        if tuple(zoom.shape) != s.mask.shape:
+            raise ValueError(f"the slice is of size {tuple(zoom.shape)}, but the masks of object {s.obj} are {s.mask.shape}")
+        box, point = prompt_from_mask(s.mask, box_extension)
+        r = zoom.segment(point, np.ones(1, np.float32), box, fill_holes=False)
+        out.append((np.asarray(r.mask, bool), float(r.score), np.asarray(r.low_res, np.float32)))
+    return out

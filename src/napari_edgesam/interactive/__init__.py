@@ -1,0 +1,1 @@
+"""The interactive segmentation model without Qt or napari: session, planes, stacks."""
