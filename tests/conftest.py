@@ -82,3 +82,31 @@ def _isolated_weights_cache(tmp_path_factory):
         os.environ.pop("NAPARI_EDGESAM_CACHE", None)
     else:
         os.environ["NAPARI_EDGESAM_CACHE"] = old
+
+
+@pytest.fixture()
+def offline(monkeypatch, tmp_path):
+    """An empty weights cache and no network: every download attempt raises and is counted."""
+    cache = tmp_path / "cache"
+    from napari_edgesam.cachedir import CACHE_ENV
+
+    monkeypatch.setenv(CACHE_ENV, str(cache))
+    attempts = []
+
+    def no_network(url, *args, **kwargs):
+        attempts.append(url)
+        raise ConnectionError(f"network blocked by the test: {url}")
+
+    monkeypatch.setattr("pooch.retrieve", no_network)
+    import socket
+
+    real_connect = socket.socket.connect
+
+    def connect(self, address):
+        if self.family in (socket.AF_INET, socket.AF_INET6):
+            attempts.append(address)
+            raise OSError("network blocked by the test")
+        return real_connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    return cache, attempts

@@ -210,6 +210,7 @@ def test_upscale_in_box_equals_full_upscaling(golden_predictor, make_golden_imag
 
 def test_golden_model_plumbing(golden_predictor, make_golden_image):
     img = make_golden_image(h=256, w=320)
+    golden_predictor.reset_image()  # a shared fixture: earlier tests may have set an image
     cfg = AutomaticConfig(points_per_side=4, points_per_batch=8, stability_thresh=0.0, min_area=0,
                           hole_area=0, max_area_fraction=1.0, require_point_inside=False, skip_covered=False)
     emb = golden_predictor.encode(img)

@@ -27,7 +27,7 @@ def _trees():
 
 def test_the_registry_is_built_at_import_with_the_shipped_model():
     code = textwrap.dedent("""
-        from napari_edgesam.inference.loading.with_prior import weights
+        from napari_edgesam.inference.loading import weights
         spec = weights.MODEL_REGISTRY["edgesam-nuclei"]
         print(sorted(weights.MODEL_REGISTRY), spec.mask_input_refines, sorted(spec.files),
               spec.files["pth"].local_path.is_file())

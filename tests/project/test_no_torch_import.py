@@ -35,7 +35,7 @@ PREDICT = textwrap.dedent(
     import numpy as np
 
     import napari_edgesam
-    from napari_edgesam.inference.loading.with_prior import api
+    from napari_edgesam.inference.loading import api
     from napari_edgesam.inference.backends.onnx_backend import OnnxBackend
     from napari_edgesam.inference.core.predictor import EdgeSamPredictor
 

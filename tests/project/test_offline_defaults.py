@@ -4,8 +4,6 @@ the user asked for is one wrapped line that does not widen the window."""
 
 from __future__ import annotations
 
-import socket
-
 import numpy as np
 import pytest
 import tifffile
@@ -13,30 +11,6 @@ import tifffile
 from napari_edgesam.inference.loading import api, weights
 
 pytest.importorskip("torch")  # the shipped model is a .pth (its ONNX form is another issue)
-
-
-@pytest.fixture()
-def offline(monkeypatch, tmp_path):
-    """An empty weights cache and no network: every download attempt raises and is counted."""
-    cache = tmp_path / "cache"
-    monkeypatch.setenv(weights.CACHE_ENV, str(cache))
-    attempts = []
-
-    def no_network(url, *args, **kwargs):
-        attempts.append(url)
-        raise ConnectionError(f"network blocked by the test: {url}")
-
-    monkeypatch.setattr("pooch.retrieve", no_network)
-    real_connect = socket.socket.connect
-
-    def connect(self, address):
-        if self.family in (socket.AF_INET, socket.AF_INET6):
-            attempts.append(address)
-            raise OSError("network blocked by the test")
-        return real_connect(self, address)
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
-    return cache, attempts
 
 
 def test_auto_picks_the_shipped_model_offline_without_trying_a_download(offline):
