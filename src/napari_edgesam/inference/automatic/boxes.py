@@ -14,8 +14,8 @@ Pipeline for one 2D image (or tile):
    mask's bounding box with the box >= ``min_box_iou``).
 5. Mask-box NMS, then painting into a label image largest-first.
 
-Steps 4-5 (:mod:`.masks`), regions and tiles (:mod:`.automatic_common`) are shared with the
-point-grid mode (:mod:`.automatic`); stacks (per slice, merged in 3D) go through
+Steps 4-5 (:mod:`.masks`), regions and tiles (:mod:`.common`) are shared with the
+point-grid mode (:mod:`.grid`); stacks (per slice, merged in 3D) go through
 :func:`~napari_edgesam.inference.automatic.modes.segment_automatic_any` with ``stack=True``.
 
 Tens of boxes with one mask each replace ~1000 points with 4 masks each, so decoding costs a

@@ -1,6 +1,6 @@
 """What the two automatic modes share: settings, cancelling, the region, tiles and stacks.
 
-A mode (the point grid, :mod:`.automatic`; the prior's boxes, :mod:`.automatic_boxes`) only
+A mode (the point grid, :mod:`.grid`; the prior's boxes, :mod:`.boxes`) only
 says how ONE image or tile becomes labels (a :data:`TileSegmenter`); :func:`segment_image`
 normalises the image, crops the region, tiles large images (stitched with
 :func:`~napari_edgesam.inference.embeddings.tiling.stitch_tiles`, so objects crossing a tile border come out

@@ -21,7 +21,7 @@ Pipeline for one 2D image (or one tile of a large image):
 
 Steps 4-5, regions, tiles (each tile embedded at full resolution, one at a time, then stitched)
 and stacks (:func:`segment_automatic_3d`: per slice, then merged in 3D) are shared with the
-prior-box mode (:mod:`.masks`, :mod:`.automatic_common`). The names of those modules that
+prior-box mode (:mod:`.masks`, :mod:`.common`). The names of those modules that
 callers know from here (``MaskCandidate``, ``nms``, ``Cancelled``...) are re-exported.
 """
 

@@ -1,7 +1,7 @@
 """Mask candidates of the automatic modes: low-res logits -> cropped full-size masks -> labels.
 
-Both automatic modes (the point grid, :mod:`.automatic`, and the prior's boxes,
-:mod:`.automatic_boxes`) turn accepted ``256 x 256`` logit maps into :class:`MaskCandidate`
+Both automatic modes (the point grid, :mod:`.grid`, and the prior's boxes,
+:mod:`.boxes`) turn accepted ``256 x 256`` logit maps into :class:`MaskCandidate`
 crops with :func:`candidate_from_logits` (upscaled only inside the mask's bounding box, islands
 removed, small holes filled), drop duplicates with :func:`nms` and paint the survivors into a
 label image with :func:`masks_to_labels`.

@@ -28,12 +28,12 @@ is recorded with its error and the run goes on. The run writes ``report.json`` a
 ``report.csv``: one row per image (skipped images keep their earlier results) and one row per
 ignored folder entry (not an image, a folder, a broken link), with the reason.
 
-The pieces: :mod:`.batch_config` (what a run is asked, what it answers), :mod:`.batch_resume`
-(content identities, what may be skipped), :mod:`.batch_prompts` (prompt mode),
-:mod:`.batch_image` (one image: the model once per process, segment, write, record); this module
+The pieces: :mod:`.config` (what a run is asked, what it answers), :mod:`.resume`
+(content identities, what may be skipped), :mod:`.prompts` (prompt mode),
+:mod:`.image` (one image: the model once per process, segment, write, record); this module
 runs the images.
 
-:func:`~.batch_image.process_one` is a plain top-level function of picklable arguments, loading the model once
+:func:`~.image.process_one` is a plain top-level function of picklable arguments, loading the model once
 per worker process, so it can be shipped to Dask workers as is.
 """
 

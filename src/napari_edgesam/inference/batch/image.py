@@ -1,4 +1,4 @@
-"""One image of a batch run (for :mod:`.batch`): the model, loaded once per process, segments
+"""One image of a batch run (for :mod:`.engine`): the model, loaded once per process, segments
 the image and its label image and record are written into ``config.out_dir``.
 
 :func:`process_one` is a plain top-level function of picklable arguments, so it can be shipped
@@ -36,7 +36,7 @@ from .resume import (
     skipped_record,
 )
 
-#: the batch engine's one logger (as :mod:`.batch_resume`): the CLI filters its per-image errors
+#: the batch engine's one logger (as :mod:`.resume`): the CLI filters its per-image errors
 logger = logging.getLogger("napari_edgesam.inference.batch.engine")
 
 

@@ -1,7 +1,7 @@
 """A bounded, thread-safe cache of image embeddings, with an optional on-disk layer.
 
 Keys are strings built by :func:`~napari_edgesam.inference.embeddings.keys.embedding_key` (model,
-content signature of the image, plane, normalisation: see :mod:`.embedding_keys`, whose names
+content signature of the image, plane, normalisation: see :mod:`.keys`, whose names
 are re-exported here), so a changed image, plane or contrast never reuses a stale embedding.
 
 Embeddings are stored in ``dtype`` (float16 by default: 2 MiB per slice instead of 4 MiB);
