@@ -16,9 +16,9 @@ and for a point the Otsu component of the whole image that contains the point.
 micro-sam's protocol (Archit et al., Nature Methods 2025), reported beside it:
 
 * **Segmentation accuracy** at an IoU threshold ``t``: ``SA(t) = TP / (TP + FP + FN)``; **mSA**
-  is its mean over ``t = 0.50, 0.55, ..., 0.95`` (:data:`IOU_THRESHOLDS`). A pair matches at
+  is its mean over ``t = 0.50, 0.55, ..., 0.95`` (:data:`~.eval_metrics.IOU_THRESHOLDS`). A pair matches at
   ``t`` when its IoU >= ``t`` (up to 1e-9). For an instance segmentation
-  (:func:`segmentation_accuracy`) predicted and true objects are matched one to one (maximum
+  (:func:`~.eval_metrics.segmentation_accuracy`) predicted and true objects are matched one to one (maximum
   matching among the pairs with IoU >= t; for t > 0.5 such a matching is unique); TP = matched
   pairs, FP = unmatched predicted objects, FN = unmatched true objects. For per-object
   prompted evaluation (:func:`matched_segmentation_accuracy`) every prediction belongs to the
