@@ -69,6 +69,16 @@ def test_rule_rejects_bad_input(kwargs, match):
         choose_box_for_click(**args)
 
 
+def test_click_box_refuses_proposals_of_another_image():
+    # proposals travel with embeddings now: the error names the embedding's image, not "the predictor's"
+    from napari_edgesam.inference.prior import click_box
+
+    props = ProposalSet(np.float32([[0, 0, 4, 4]]), np.float32([0.9]), (100, 120))
+    np.testing.assert_array_equal(click_box(props, (2, 2), (100, 120)), props.boxes[0])
+    with pytest.raises(ValueError, match=r"\(100, 120\) image.*embedding's image is \(50, 60\).*encode"):
+        click_box(props, (2, 2), (50, 60))
+
+
 # -- ProposalSet ------------------------------------------------------------------------------
 def test_proposal_set_maps_sorts_and_filters():
     # a 300 x 500 image is resized to 614 x 1024 in the model frame
@@ -123,7 +133,7 @@ def test_segment_click_sends_box_and_point_or_point_alone():
     assert pred.calls[-1][2] is None  # no proposal contains the point: the point goes alone
     pred.segment_click((80, 80), embedding=emb)
     assert pred.calls[-1][2] is None  # no proposals at all: the point alone
-    with pytest.raises(ValueError, match="current image"):
+    with pytest.raises(ValueError, match=r"\(50, 50\) image but the embedding.s image is \(100, 120\)"):
         pred.segment_click((20, 20), embedding=emb.with_proposals(ProposalSet(props.boxes, props.scores, (50, 50))))
     with pytest.raises(TypeError, match="ProposalSet"):
         pred.segment_click((20, 20), embedding=emb.with_proposals((props.boxes, props.scores)))

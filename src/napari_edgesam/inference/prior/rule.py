@@ -180,7 +180,8 @@ def click_box(proposals: ProposalSet, point: Sequence[float], image_size: tuple[
     if not isinstance(proposals, ProposalSet):
         raise TypeError(f"proposals must be a ProposalSet, got {type(proposals).__name__}")
     if tuple(int(v) for v in image_size) != proposals.original_size:
-        raise ValueError(f"the proposals are of a {proposals.original_size} image but the predictor's image is "
-                         f"{tuple(image_size)}: compute proposals for the current image first")
+        raise ValueError(f"the proposals are of a {proposals.original_size} image but the embedding's image is "
+                         f"{tuple(image_size)}: use the proposals of that image (predictor.encode(image) "
+                         "carries them when the predictor has a prior)")
     return choose_box_for_click(np.asarray(point, np.float32).reshape(2), proposals.boxes, proposals.scores,
                                 k_nearest)
