@@ -1,6 +1,6 @@
 """The model chooser: registered model or custom file, backend, device, and a Load button.
 The chosen model is loaded with the granularity prior stored beside it by
-:func:`napari_edgesam.inference.loading.with_prior.load_predictor` (Qt-free; imported here for the controller)."""
+:func:`napari_edgesam.inference.loading.with_prior.load_predictor` (Qt-free; re-exported here, see model_loading.py)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..inference.loading.api import why_model
-from ..inference.loading.with_prior import NO_PRIOR_REASON, load_predictor  # noqa: F401 - the controller's import
+from ..inference.loading.with_prior import NO_PRIOR_REASON, load_predictor  # noqa: F401 - model_loading imports it from here
 from . import names
 from .text import default_model, wrapping
 from .workers import start_worker
