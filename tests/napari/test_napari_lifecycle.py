@@ -40,6 +40,33 @@ def test_an_off_grid_edit_of_a_large_numpy_array_changes_its_signature(monkeypat
     assert service.signature(data, compute=True) != sig
 
 
+class _ConstantEncoder:
+    """A predictor whose embeddings are filled with ``value`` (tells models apart)."""
+
+    def __init__(self, name: str, value: float) -> None:
+        self.model_name, self.value, self.prior = name, value, None
+
+    def encode(self, image, *, prior=None, **normalisation):
+        from napari_edgesam.inference.core.predictor import ImageEmbedding
+
+        return ImageEmbedding(np.full((1, 256, 64, 64), self.value, np.float32), image.shape[:2], (1024, 1024))
+
+
+def test_work_of_the_previous_model_is_embedded_with_that_model():
+    # a model switch while a plane is being embedded (or prefetched, precomputed) for the old
+    # model: the old model's key must get the old model's embedding, never the new one's (with a
+    # disk cache it would be served again for the old model later)
+    service = EmbeddingService()
+    service.set_predictor(_ConstantEncoder("a", 1.0))
+    old = service.embedder
+    service.set_predictor(_ConstantEncoder("b", 2.0))
+    key = old.key("signature", (0,), {})
+    emb = old.embed(np.zeros((32, 32), np.uint8), key)
+    assert np.all(emb.features == 1.0) and np.all(service.cache.get(key).features == 1.0)
+    new_key = service.embedder.key("signature", (0,), {})
+    assert new_key != key and np.all(service.embedder.embed(np.zeros((32, 32), np.uint8), new_key).features == 2.0)
+
+
 def test_in_place_edit_and_refresh_gives_a_new_embedding(make_napari_viewer, predictor, qtbot):
     viewer = make_napari_viewer()
     layer = viewer.add_image(make_nuclei_2d((96, 128), count=6, seed=5), name="nuclei")

@@ -119,7 +119,9 @@ class EmbeddingService(QObject):
         self._build_embedder()
 
     def _build_embedder(self) -> None:
-        self.embedder = SliceEmbedder(self._predictor, self.cache, encode=self._encode)
+        predictor = self._predictor  # work started for this model stays with it after a switch
+        self.embedder = SliceEmbedder(predictor, self.cache,
+                                      encode=lambda image, **norm: self._encode(predictor, image, **norm))
 
     def set_prior(self, prior) -> None:
         """Propose boxes with ``prior`` (the predictor's granularity prior) for every plane
@@ -140,10 +142,11 @@ class EmbeddingService(QObject):
         found = None if emb is None or prior is None else emb.proposals
         return found if isinstance(found, ProposalSet) and found.tag == prior_tag(prior) else None
 
-    def _encode(self, image: np.ndarray, **normalisation) -> ImageEmbedding:
-        """``predictor.encode`` with the prior in use; a failing prior is switched off (reported
-        once, on the main thread) and the plane is embedded without it."""
-        predictor, prior = self._predictor, self._prior
+    def _encode(self, predictor, image: np.ndarray, **normalisation) -> ImageEmbedding:
+        """``predictor.encode`` with the prior in use (none for a model no longer in use); a
+        failing prior is switched off (reported once, on the main thread) and the plane is
+        embedded without it."""
+        prior = self._prior if predictor is self._predictor else None
         with self._encode_lock:
             if prior is not None:
                 try:
@@ -209,19 +212,21 @@ class EmbeddingService(QObject):
         with self._sig_lock:
             self._signatures.pop(id(data), None)
 
-    def key(self, view: ImageView, plane: Plane | None = None, compute: bool = False) -> str | None:
-        """Cache key of a plane of ``view`` (None while the data signature is unknown)."""
+    def key(self, view: ImageView, plane: Plane | None = None, compute: bool = False,
+            embedder: SliceEmbedder | None = None) -> str | None:
+        """Cache key of a plane of ``view`` (None while the data signature is unknown), for
+        ``embedder``'s model (default: the current one)."""
         if self.embedder is None:
             raise RuntimeError("no model is loaded: load a model (or call set_predictor) first")
         sig = self.signature(view.data, compute)
         if sig is None:
             return None
-        return self._key(sig, view, plane or view.plane)
+        return self._key(sig, view, plane or view.plane, embedder)
 
-    def _key(self, signature: str, view: ImageView, plane: Plane) -> str:
+    def _key(self, signature: str, view: ImageView, plane: Plane, embedder: SliceEmbedder | None = None) -> str:
         # a transposed view (rows = X) is another image for the encoder
         norm = {**view.normalisation, "transposed": plane.displayed[0] > plane.displayed[1]}
-        return self.embedder.key(signature, plane.key_index, norm)
+        return (embedder or self.embedder).key(signature, plane.key_index, norm)
 
     def lookup(self, view: ImageView) -> ImageEmbedding | None:
         """The cached embedding of the view's plane, or None (fast; main thread)."""
@@ -235,8 +240,9 @@ class EmbeddingService(QObject):
 
     def embed_now(self, view: ImageView, plane: Plane | None = None) -> ImageEmbedding:
         """Embed (or fetch) a plane in the calling thread: for workers only."""
-        key = self.key(view, plane, compute=True)
-        return self.embedder.embed(view.image(plane), key, **view.normalisation)
+        embedder = self.embedder  # the key and the embedding of one model
+        key = self.key(view, plane, compute=True, embedder=embedder)
+        return embedder.embed(view.image(plane), key, **view.normalisation)
 
     # -- current plane + prefetch ------------------------------------------------------------
     def request(self, view: ImageView) -> None:
@@ -253,12 +259,14 @@ class EmbeddingService(QObject):
         return self._runner.busy
 
     def _embed_job(self, view: ImageView) -> tuple[str, ImageView, bool]:
-        key = self.key(view, compute=True)
+        embedder = self.embedder  # the key and the embedding of one model (it may change meanwhile)
+        key = self.key(view, compute=True, embedder=embedder)
         computed = key not in self.cache
         if computed:
             self._notify_busy(view)
-        emb = self.embedder.embed(view.image(), key, **view.normalisation)  # with proposals if on
-        if self._prior is not None and self.proposals_of(emb) is None:  # cached without them
+        emb = embedder.embed(view.image(), key, **view.normalisation)  # with proposals if on
+        if self._prior is not None and embedder.predictor is self._predictor and self.proposals_of(emb) is None:
+            # cached without them (and the model is still in use)
             self._notify_busy(view, "finding the objects of")
             found = self._propose(view.image(), **view.normalisation)
             if found is not None:
@@ -301,14 +309,17 @@ class EmbeddingService(QObject):
         self._quiet_after = max(self._quiet_after, time.monotonic() + seconds)
 
     def _prefetch_job(self, view: ImageView, planes: list[Plane], cancel: threading.Event) -> int:
+        embedder = self.embedder  # the keys and the embeddings of one model
+
         def items():
             for p in planes:
                 while time.monotonic() < self._quiet_after:  # the user is busy: wait
                     if cancel.wait(0.05):
                         return
-                yield self.key(view, p, compute=True), (lambda p=p: view.image(p)), view.normalisation
+                yield (self.key(view, p, compute=True, embedder=embedder), (lambda p=p: view.image(p)),
+                       view.normalisation)
 
-        return self.embedder.prefetch(items(), cancel)
+        return embedder.prefetch(items(), cancel)
 
     # -- whole stack -------------------------------------------------------------------------
     def precompute(self, view: ImageView) -> None:
@@ -331,9 +342,10 @@ class EmbeddingService(QObject):
 
     def _precompute_job(self, view: ImageView, axis: int, cancel: threading.Event) -> int:
         sig = self.signature(view.data, compute=True)
-        return self.embedder.precompute(
+        embedder = self.embedder  # the keys and the embeddings of one model
+        return embedder.precompute(
             _Stack(view, axis),
-            lambda z: self._key(sig, view, view.plane.at(axis, z)),
+            lambda z: self._key(sig, view, view.plane.at(axis, z), embedder),
             view.normalisation, self._relay.progress, cancel,
         )
 
