@@ -15,6 +15,7 @@ the label image, with the real ``ImageEmbedding`` and 1024/256 frame conventions
 from __future__ import annotations
 
 import hashlib
+import textwrap
 import threading
 from types import SimpleNamespace
 
@@ -311,3 +312,20 @@ class CountingBackend:
 
     def decode(self, *args, **kwargs):
         return self.inner.decode(*args, **kwargs)
+
+
+#: Python source that makes every later ``import torch`` fail (for torch-free subprocess checks).
+BLOCKER = textwrap.dedent(
+    """
+    import importlib.abc
+    import sys
+
+    class BlockTorch(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "torch" or name.startswith("torch."):
+                raise ModuleNotFoundError(f"import of {name} blocked by the test", name=name)
+            return None
+
+    sys.meta_path.insert(0, BlockTorch())
+    """
+)

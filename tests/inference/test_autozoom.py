@@ -132,7 +132,7 @@ def test_autozoom_mask_lands_on_the_object(shape, cx, cy, a, b):
     predictor = EdgeSamPredictor(ImageOracleBackend(), "oracle")
     image = _image(truth)
     predictor.set_image(image)
-    zoom = AutoZoom(predictor, image, embedding=predictor.embedding, click_zoom_in=True)
+    zoom = AutoZoom(predictor, image, embedding=predictor.embedding, click_zoom_in=True, box_zoom_out=True)
     box = _box(truth)
     zoomed = zoom.segment(box=box)
     click = zoom.segment(np.float32([[cx, cy]]) if truth[int(cy), int(cx)] else np.float32([box[:2] + 1]),
@@ -236,29 +236,48 @@ def test_interactive_session_fills_holes_unless_asked_not_to():
         assert kept.labels[128, 128] == 0 and kept.labels[128, 178] == 1
 
 
-def test_packaged_model_segments_large_nuclei_with_autozoom():
-    """Nuclei of radius 64 px in a 512 image (128 px in the 1024 frame, 4-8x the training
-    nuclei): the plain box collapses (measured 0.000 mean IoU here), AutoZoom recovers them
-    (measured 0.799)."""
+def test_packaged_model_segments_small_nuclei_with_autozoom():
+    """Nuclei of radius 8 px in a 1024 image at its native resolution (8 px in the 1024 frame):
+    the plain box collapses (measured 0.13 mean IoU on the size sweep), AutoZoom embeds a
+    magnified crop and recovers them (measured 0.92)."""
+    pytest.importorskip("torch")
+    from napari_edgesam.datasets import synthetic_nuclei_sized
+    from napari_edgesam.inference.loading.api import load_model
+
+    predictor = load_model("edgesam-nuclei", backend="torch", device="cpu", allow_download=False)
+    image, labels = synthetic_nuclei_sized(seed=5, shape=(1024, 1024), radius=8)
+    emb = predictor.encode(image)
+    zoom = AutoZoom(predictor, image, embedding=emb)
+    plain, zoomed = [], []
+    for k in range(1, min(int(labels.max()), 6) + 1):
+        truth = labels == k
+        box = _box(truth)
+        plain.append(_iou(predictor.segment(box=box, embedding=emb)[0], truth))
+        result = zoom.segment(box=box)
+        assert result.window is not None and result.window.scale > 1  # zoomed in
+        zoomed.append(_iou(result.mask, truth))
+    assert len(zoomed) >= 2
+    print(f"radius 8 nuclei, box mIoU plain {np.mean(plain):.3f}, AutoZoom {np.mean(zoomed):.3f}")
+    assert np.mean(zoomed) > 0.7 and np.mean(zoomed) > np.mean(plain) + 0.3, (plain, zoomed)
+
+
+def test_large_boxes_are_not_zoomed_out_unless_asked():
+    """A nucleus of radius 64 px in a 512 image (128 px in the frame): by default AutoZoom
+    segments it on the whole image (the shipped model handles large objects; zooming out lost
+    on the size sweep); ``box_zoom_out=True`` embeds a reduced crop."""
     pytest.importorskip("torch")
     from napari_edgesam.datasets import synthetic_nuclei_sized
     from napari_edgesam.inference.loading.api import load_model
 
     predictor = load_model("edgesam-nuclei", backend="torch", device="cpu", allow_download=False)
     image, labels = synthetic_nuclei_sized(seed=5, shape=(512, 512), radius=64)
-    predictor.set_image(image)
-    zoom = AutoZoom(predictor, image, embedding=predictor.embedding)
-    plain, zoomed = [], []
-    for k in range(1, int(labels.max()) + 1):
-        truth = labels == k
-        box = _box(truth)
-        plain.append(_iou(predictor.segment(box=box)[0], truth))
-        result = zoom.segment(box=box)
-        assert result.window is not None and result.window.scale < 1  # zoomed out
-        zoomed.append(_iou(result.mask, truth))
-    assert len(zoomed) >= 2
-    print(f"radius 64 nuclei, box mIoU plain {np.mean(plain):.3f}, AutoZoom {np.mean(zoomed):.3f}")
-    assert np.mean(zoomed) > 0.6 and np.mean(zoomed) > np.mean(plain) + 0.4, (plain, zoomed)
+    emb = predictor.encode(image)
+    box = _box(labels == 1)
+    kept = AutoZoom(predictor, image, embedding=emb).segment(box=box)
+    assert kept.window is None
+    np.testing.assert_array_equal(kept.mask, predictor.segment(box=box, embedding=emb)[0])
+    out = AutoZoom(predictor, image, embedding=emb, box_zoom_out=True).segment(box=box)
+    assert out.window is not None and out.window.scale < 1
 
 
 def test_propagation_with_autozoom_follows_an_object_that_changes_size():
@@ -297,7 +316,7 @@ def test_cli_segment_autozoom_and_keep_holes(tmp_path):
     from napari_edgesam.cli import main
     from napari_edgesam.datasets import synthetic_nuclei_sized
 
-    image, labels = synthetic_nuclei_sized(seed=5, shape=(512, 512), radius=64)
+    image, labels = synthetic_nuclei_sized(seed=5, shape=(1024, 1024), radius=8)
     src = tmp_path / "big_nuclei.tif"
     tifffile.imwrite(src, image)
     truth = labels == 1
@@ -320,7 +339,7 @@ def test_batch_prompts_with_autozoom(tmp_path):
     from napari_edgesam.inference.batch.engine import BatchConfig, run_batch
     from napari_edgesam.inference.loading.api import load_model
 
-    image, labels = synthetic_nuclei_sized(seed=5, shape=(512, 512), radius=64)
+    image, labels = synthetic_nuclei_sized(seed=5, shape=(1024, 1024), radius=8)
     src = tmp_path / "big.tif"
     tifffile.imwrite(src, image)
     rows = ["image,object,kind,x,y,label,x0,y0,x1,y1"]

@@ -83,9 +83,16 @@ def test_refinement_without_mask_input_for_models_whose_mask_path_loses(golden_p
     np.testing.assert_array_equal(second.objects[0].mask, golden_predictor.segment(pts2, labels2, embedding=embedded)[0])
 
 
-def test_shipped_model_refines_without_mask_input(golden_predictor):
+def test_the_model_spec_decides_whether_refinements_use_mask_input(golden_predictor, monkeypatch):
+    import dataclasses
+
+    from napari_edgesam.inference.loading import weights
     from napari_edgesam.inference.loading.api import load_model
 
+    # the shipped v2 trains its mask path in the loop: refinements pass the previous logits
+    assert load_model("edgesam-nuclei", backend="onnxruntime").refine_with_mask_input is True
+    spec = weights.MODEL_REGISTRY["edgesam-nuclei"]
+    monkeypatch.setitem(weights.MODEL_REGISTRY, "edgesam-nuclei", dataclasses.replace(spec, mask_input_refines=False))
     assert load_model("edgesam-nuclei", backend="onnxruntime").refine_with_mask_input is False
     assert golden_predictor.refine_with_mask_input is True  # any other model: SAM's use
 

@@ -15,15 +15,15 @@ def _box(mask: np.ndarray) -> np.ndarray:
 
 
 def test_widget_zooms_boxes_by_default(make_napari_viewer, qtbot):
-    """The Interactive widget with the shipped model: a box around a nucleus of radius 64 px
-    (far above the model's best scale) is segmented in a zoomed-out crop; unticking AutoZoom
-    gives the plain (collapsed) mask."""
+    """The Interactive widget with the shipped model: a box around a nucleus of radius 8 px in a
+    1024 image at native resolution (far below the model's best scale) is segmented in a
+    magnified crop; unticking AutoZoom gives the plain (collapsed) mask."""
     from napari_edgesam._napari import layers as L
     from napari_edgesam._napari.interactive_widget import InteractiveWidget
     from napari_edgesam.datasets import synthetic_nuclei_sized
     from napari_edgesam.inference.loading.api import load_model
 
-    image, labels = synthetic_nuclei_sized(seed=5, shape=(512, 512), radius=64)
+    image, labels = synthetic_nuclei_sized(seed=5, shape=(1024, 1024), radius=8)
     viewer = make_napari_viewer()
     viewer.add_image(image, name="nuclei")
     widget = InteractiveWidget(viewer)

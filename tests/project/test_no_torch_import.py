@@ -14,20 +14,7 @@ import textwrap
 import numpy as np
 import pytest
 
-BLOCKER = textwrap.dedent(
-    """
-    import importlib.abc
-    import sys
-
-    class BlockTorch(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "torch" or name.startswith("torch."):
-                raise ModuleNotFoundError(f"import of {name} blocked by the test", name=name)
-            return None
-
-    sys.meta_path.insert(0, BlockTorch())
-    """
-)
+from _helpers import BLOCKER
 
 PREDICT = textwrap.dedent(
     """
