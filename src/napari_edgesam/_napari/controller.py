@@ -142,7 +142,7 @@ class InteractiveController(QObject, PromptActions, PropagationActions):
         """Let a single positive click take the whole object with the model's granularity
         prior (when it has one). Planes embedded from now on get their box proposals in the
         same encoder pass; cached planes get them in a worker when shown. Off by default: on
-        the shipped nuclei model's held-out image it costs 3 points of single-click mIoU
+        the shipped nuclei model's held-out image it costs 5 points of single-click mIoU
         (nuclei are rarely ambiguous); it pays off where a click can mean a part or the whole."""
         self.use_prior = bool(on)
         if self.predictor is not None:
@@ -152,9 +152,10 @@ class InteractiveController(QObject, PromptActions, PropagationActions):
     def set_autozoom(self, on: bool) -> None:
         """Segment boxes with AutoZoom (:mod:`napari_edgesam.inference.core.autozoom`: a box around
         an object much smaller or larger than the model's best scale is segmented in a crop
-        embedded at that scale) or not. On by default: on the size sweep it took box mIoU from
-        0.07-0.44 to 0.73-0.86 at every radius from 4 to 128 px; clicks are not zoomed (it
-        lost on small nuclei)."""
+        embedded at that scale) or not. On by default: with the shipped model on the size sweep
+        it took box mIoU from 0.19-0.71 to 0.84-0.91 for radii of 4-32 px (larger objects are
+        not zoomed out: v2 does better on the whole image); clicks are not zoomed (it lost on
+        small nuclei)."""
         self.autozoom = bool(on)
         self.refresh()
 

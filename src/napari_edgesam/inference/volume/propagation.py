@@ -109,8 +109,8 @@ def propagate_objects(
             slice: each object is then decoded with AutoZoom (a crop where it has the model's
             preferred size, as its size changes from slice to slice) from the same box + point
             prompt, without mask input; ``get_embedding`` is not called then. Opt-in: with the
-            shipped model and the current stop rules it followed objects past their ends on the
-            plugin's 3D sample (mean 3D IoU 0.24 against 0.33 without; see the masks branch report).
+            shipped v2 on the plugin's 3D sample it loses to whole-slice embeddings with mask input
+            (mean 3D IoU 0.50 against 0.77; ``benchmarks/bench_autozoom_3d.py --propagate``).
     Returns:
         object id -> :class:`PropagationResult`. Errors of the predictor propagate.
     """
