@@ -343,7 +343,7 @@ def test_batch_prompts_with_autozoom(tmp_path):
     src = tmp_path / "big.tif"
     tifffile.imwrite(src, image)
     rows = ["image,object,kind,x,y,label,x0,y0,x1,y1"]
-    ids = list(range(1, int(labels.max()) + 1))
+    ids = list(range(1, min(int(labels.max()), 4) + 1))  # a few of its many small nuclei (a crop each)
     for k in ids:
         x0, y0, x1, y1 = (int(v) for v in _box(labels == k))
         rows.append(f"big.tif,n{k},box,,,,{x0},{y0},{x1},{y1}")
