@@ -1,9 +1,12 @@
-"""The plugin's own 3D sample (``nuclei 3D``), plain against AutoZoom and hole filling.
+"""The plugin's own 3D sample (``nuclei 3D``), plain against AutoZoom, hole filling and the
+one-piece rule.
 
 Prompts: box and centre click on every nucleus slice of >= 30 px (mean IoU, share of raw masks
-with interior holes). With ``--propagate``: propagation from each nucleus's largest slice
-(its ground-truth mask as the seed), 3D IoU per nucleus, with raw masks, holes filled, and
-AutoZoom per slice (``propagate_objects(..., zoom_for=...)``).
+with interior holes). "raw": the decoder's mask; "filled": its holes filled; "default": what
+``segment`` gives by default (holes filled, only the prompted piece). With ``--propagate``:
+propagation from each nucleus's largest slice (its ground-truth mask as the seed), 3D IoU per
+nucleus, with raw masks, holes filled, the default (also one piece), and AutoZoom per slice
+(``propagate_objects(..., zoom_for=...)``).
 
     python benchmarks/bench_autozoom_3d.py [--propagate]
 """
@@ -33,8 +36,8 @@ def holes(mask: np.ndarray) -> bool:
 
 def prompts(predictor, image: np.ndarray, labels: np.ndarray) -> None:
     cache = CropEmbeddingCache(64)
-    res: dict[str, list] = {k: [] for k in ("box raw", "box filled", "click raw", "click filled",
-                                            "AZ box", "AZ click", "holes raw", "AZ holes raw")}
+    res: dict[str, list] = {k: [] for k in ("box raw", "box filled", "box default", "click raw", "click filled",
+                                            "click default", "AZ box", "AZ click", "holes raw", "AZ holes raw")}
     t0 = time.perf_counter()
     for z in range(image.shape[0]):
         ids = [i for i in np.unique(labels[z]) if i and (labels[z] == i).sum() >= 30]
@@ -48,20 +51,23 @@ def prompts(predictor, image: np.ndarray, labels: np.ndarray) -> None:
             box = np.float32([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
             cy, cx = ndi.center_of_mass(truth)
             click = np.float32([[cx + 0.5, cy + 0.5]]), np.ones(1, np.float32)
-            mb = predictor.segment(box=box, fill_holes=False)[0]
-            mc = predictor.segment(*click, fill_holes=False)[0]
-            ab = zoom.segment(box=box, fill_holes=False).mask
-            ac = zoom.segment(*click, fill_holes=False).mask
+            raw = {"fill_holes": False, "one_piece": False}
+            mb = predictor.segment(box=box, **raw)[0]
+            mc = predictor.segment(*click, **raw)[0]
+            ab = zoom.segment(box=box, **raw).mask
+            ac = zoom.segment(*click, **raw).mask
             res["box raw"].append(iou(mb, truth))
             res["box filled"].append(iou(fill_holes(mb), truth))
+            res["box default"].append(iou(predictor.segment(box=box)[0], truth))
             res["click raw"].append(iou(mc, truth))
             res["click filled"].append(iou(fill_holes(mc), truth))
-            res["AZ box"].append(iou(fill_holes(ab), truth))
-            res["AZ click"].append(iou(fill_holes(ac), truth))
+            res["click default"].append(iou(predictor.segment(*click)[0], truth))
+            res["AZ box"].append(iou(zoom.segment(box=box).mask, truth))
+            res["AZ click"].append(iou(zoom.segment(*click).mask, truth))
             res["holes raw"] += [holes(mb), holes(mc)]
             res["AZ holes raw"] += [holes(ab), holes(ac)]
     print(f"{len(res['box raw'])} nucleus slices >= 30 px ({time.perf_counter() - t0:.0f} s); "
-          "mean IoU (AZ: AutoZoom, holes filled); holes: share of raw masks")
+          "mean IoU (AZ: AutoZoom, default post-processing); holes: share of raw masks")
     for k, v in res.items():
         print(f"  {k}: {np.mean(v):.3f}")
 
@@ -82,10 +88,12 @@ def propagation(predictor, image: np.ndarray, labels: np.ndarray) -> None:
     def zoom_for(z: int) -> AutoZoom:
         return zooms.setdefault(z, AutoZoom(predictor, image[z], cache=cache, image_key=("slice", z)))
 
-    for mode, kw in (("raw masks", {"fill_holes": False}), ("holes filled", {}),
-                     ("holes filled, no mask input", {"use_mask_input": False}),
-                     ("AutoZoom + holes filled", {"zoom_for": zoom_for}),
-                     ("AutoZoom + holes filled, no mask input", {"zoom_for": zoom_for, "use_mask_input": False})):
+    for mode, kw in (("raw masks", {"fill_holes": False, "one_piece": False}),
+                     ("holes filled", {"one_piece": False}),
+                     ("default (holes filled, one piece)", {}),
+                     ("default, no mask input", {"use_mask_input": False}),
+                     ("AutoZoom + default", {"zoom_for": zoom_for}),
+                     ("AutoZoom + default, no mask input", {"zoom_for": zoom_for, "use_mask_input": False})):
         t0 = time.perf_counter()
         res = propagate_objects(predictor, get_embedding, seeds, image.shape[0], **kw)
         scores = []

@@ -98,7 +98,7 @@ def test_segment_candidate_out_of_range_is_an_error(predictor, candidate):
 def test_segment_candidate_in_range_is_that_token(predictor):
     masks, _, _ = predictor.predict([[30, 30]], [1], num_multimask_outputs=4)
     for k in (0, np.int64(3)):
-        np.testing.assert_array_equal(predictor.segment([[30, 30]], [1], candidate=k, fill_holes=False)[0],
+        np.testing.assert_array_equal(predictor.segment([[30, 30]], [1], candidate=k, fill_holes=False, one_piece=False)[0],
                                       masks[int(k)])
 
 

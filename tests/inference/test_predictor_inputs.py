@@ -72,19 +72,24 @@ def test_box_on_edges_and_empty_point_list(predictor):
 
 
 def test_segment_rule(predictor, golden_cases):
-    """Points: the most stable of 4 candidates; boxes: token 0; holes filled unless asked not to."""
-    from napari_edgesam.inference.core.postprocess import fill_holes, stability_score
+    """Points: the most stable of 4 candidates; boxes: token 0; holes filled and only the
+    prompted piece kept unless asked not to."""
+    from napari_edgesam.inference.core.postprocess import fill_holes, keep_prompted_pieces, stability_score
 
     c = golden_cases["point1"]
-    mask, stab, low = predictor.segment(c["point_coords"], c["point_labels"], fill_holes=False)
+    raw = {"fill_holes": False, "one_piece": False}
+    mask, stab, low = predictor.segment(c["point_coords"], c["point_labels"], **raw)
     m4, _, low4 = predictor.predict(c["point_coords"], c["point_labels"], num_multimask_outputs=4)
     best = int(np.argmax(stability_score(low4)))
     np.testing.assert_array_equal(mask, m4[best])
-    np.testing.assert_array_equal(predictor.segment(c["point_coords"], c["point_labels"])[0], fill_holes(m4[best]))
+    np.testing.assert_array_equal(predictor.segment(c["point_coords"], c["point_labels"], one_piece=False)[0],
+                                  fill_holes(m4[best]))
+    tidy = keep_prompted_pieces(fill_holes(m4[best]), c["point_coords"], c["point_labels"])
+    np.testing.assert_array_equal(predictor.segment(c["point_coords"], c["point_labels"])[0], tidy)
     for k in range(4):
         np.testing.assert_array_equal(
-            predictor.segment(c["point_coords"], c["point_labels"], candidate=k, fill_holes=False)[0], m4[k])
-    mbox, _, _ = predictor.segment(box=golden_cases["box"]["box"], fill_holes=False)
+            predictor.segment(c["point_coords"], c["point_labels"], candidate=k, **raw)[0], m4[k])
+    mbox, _, _ = predictor.segment(box=golden_cases["box"]["box"], **raw)
     np.testing.assert_array_equal(mbox, predictor.predict(box=golden_cases["box"]["box"])[0][0])
 
 

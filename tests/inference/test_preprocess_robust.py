@@ -197,7 +197,8 @@ def test_segment_upscales_only_the_chosen_candidate(golden_predictor, edge_golde
 
     monkeypatch.setattr(predictor_module, "upscale_logits", spy)
     # the decoder's own mask (segment may fill holes by default where that option exists)
-    raw = {"fill_holes": False} if "fill_holes" in inspect.signature(golden_predictor.segment).parameters else {}
+    params = inspect.signature(golden_predictor.segment).parameters
+    raw = {k: False for k in ("fill_holes", "one_piece") if k in params}
     for k in range(4):
         mask, _, low = golden_predictor.segment(c["point_coords"], c["point_labels"], candidate=k, **raw)
         np.testing.assert_array_equal(mask, m4[k])

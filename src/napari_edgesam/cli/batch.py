@@ -66,6 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads per worker")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--keep-holes", action="store_true", help="keep interior holes of the masks (default: filled)")
+    parser.add_argument("--keep-pieces", action="store_true",
+                        help="prompt mode: keep every piece of an object's mask (default: only the piece its "
+                             "prompt points at)")
     parser.add_argument("--autozoom", action="store_true",
                         help="--prompts: segment each object in a crop rescaled so it has the size the model "
                              "handles best (instead of tiles)")
@@ -119,7 +122,7 @@ def config_from_args(args: argparse.Namespace):
         mode=mode, prompts=args.prompts, model=args.model, backend=args.backend, device=args.device,
         automatic=automatic, boxes=boxes, prior=args.prior, channel=args.channel,
         overwrite=args.overwrite, num_threads=args.threads, fill_holes=not args.keep_holes,
-        autozoom=args.autozoom,
+        one_piece=not args.keep_pieces, autozoom=args.autozoom,
     )
 
 

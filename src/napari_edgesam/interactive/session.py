@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..constants import MASK_THRESHOLD
-from ..inference.core.postprocess import fill_holes, stability_in_image, upscale_logits
+from ..inference.core.postprocess import fill_holes, keep_prompted_pieces, stability_in_image, upscale_logits
 from ..inference.prior import ProposalSet, click_box
 from ..inference.volume.propagation import mask_to_low_res_logits
 
@@ -165,11 +165,15 @@ class Session:
         max_undo: how many commits can be undone.
         fill_holes: fill the interior holes of every object's mask (preview and commit); False
             keeps them. May be changed between decodes.
+        one_piece: keep only the piece of each object's mask that its prompts point at (the user's
+            points and box; :func:`~napari_edgesam.inference.core.postprocess.keep_prompted_pieces`);
+            False keeps every piece. May be changed between decodes.
     """
 
-    def __init__(self, max_undo: int = 20, fill_holes: bool = True) -> None:
+    def __init__(self, max_undo: int = 20, fill_holes: bool = True, one_piece: bool = True) -> None:
         self.max_undo = int(max_undo)
         self.fill_holes = bool(fill_holes)
+        self.one_piece = bool(one_piece)
         self._memory: dict[Hashable, list[_Memory]] = {}
         self._forced_candidate: dict[Hashable, int] = {}
         self._history: list[CommitRecord] = []
@@ -232,13 +236,13 @@ class Session:
             if zoom is not None and forced is None and obj.box is not None:
                 points = obj.points if len(obj.points) else None
                 zoomed = zoom.segment(points, obj.labels if points is not None else None, obj.box,
-                                      fill_holes=self.fill_holes)
+                                      fill_holes=self.fill_holes, one_piece=self.one_piece)
                 mask, score, chosen, shown_box = zoomed.mask, zoomed.score, None, None
                 low = zoomed.low_res if zoomed.window is None else mask_to_low_res_logits(
                     np.asarray(mask, bool), embedding.input_size, embedding.original_size)
             elif prior_box is not None and forced is None:  # as predictor.segment_click
                 mask, score, low = predictor.segment(obj.points[:1], np.ones(1, np.float32), prior_box,
-                                                     fill_holes=self.fill_holes, embedding=embedding)
+                                                     fill_holes=self.fill_holes, one_piece=self.one_piece, embedding=embedding)
                 chosen, shown_box = None, prior_box
             elif obj.box is None:
                 mask, score, low, chosen = _segment_points(predictor, embedding, obj, mask_input, forced)
@@ -246,12 +250,15 @@ class Session:
                 points = obj.points if len(obj.points) else None
                 mask, score, low = predictor.segment(
                     points, obj.labels if points is not None else None, obj.box, mask_input,
-                    fill_holes=self.fill_holes, embedding=embedding,
+                    fill_holes=self.fill_holes, one_piece=self.one_piece, embedding=embedding,
                 )
                 chosen = None
             mask = np.asarray(mask, bool)
             if self.fill_holes:  # one rule for every prompt kind (idempotent where already filled)
                 mask = fill_holes(mask)
+            if self.one_piece:  # the user's prompts, not the prior's box: the piece they point at
+                mask = keep_prompted_pieces(mask, obj.points if len(obj.points) else None,
+                                            obj.labels if len(obj.points) else None, obj.box)
             note = ""
             if single and prior_box is None:
                 note = (f"no box of the granularity prior contains the click (of {len(proposals.boxes)} "

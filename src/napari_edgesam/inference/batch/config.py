@@ -44,6 +44,9 @@ class BatchConfig:
         num_threads: torch intra-op threads per worker (default: torch's choice).
         fill_holes: fill interior holes of every object (prompt mode; the automatic modes use
             their config's ``fill_holes``); False keeps them.
+        one_piece: prompt mode: keep only the piece of each object's mask that its prompt points
+            at (:func:`~napari_edgesam.inference.core.postprocess.keep_prompted_pieces`); False keeps
+            every piece.
         autozoom: prompt mode: segment each object in a crop embedded at the scale the model
             handles best (:mod:`napari_edgesam.inference.core.autozoom`) instead of tiles.
     """
@@ -62,6 +65,7 @@ class BatchConfig:
     out_dir: str = ""
     num_threads: int | None = None
     fill_holes: bool = True
+    one_piece: bool = True
     autozoom: bool = False
 
     def __post_init__(self) -> None:

@@ -67,11 +67,13 @@ def segment_prompts(predictor, image: ImageData, prompts: Sequence[CsvObject], c
 
             zoom = AutoZoom(predictor, plane, **norm)
             for k, obj in objects:
-                out[zoom.segment(obj.points, obj.labels, obj.box, fill_holes=config.fill_holes).mask] = k
+                out[zoom.segment(obj.points, obj.labels, obj.box, fill_holes=config.fill_holes,
+                                 one_piece=config.one_piece).mask] = k
             continue
         tiled = TiledImage(predictor, plane, tile or max(plane.shape[:2]), config.automatic.tile_overlap, **norm)
         for k, obj in objects:
-            region = tiled.segment(obj.points, obj.labels, obj.box, fill_holes=config.fill_holes)
+            region = tiled.segment(obj.points, obj.labels, obj.box, fill_holes=config.fill_holes,
+                                   one_piece=config.one_piece)
             h, w = region.mask.shape
             out[region.y0 : region.y0 + h, region.x0 : region.x0 + w][region.mask] = k
     return labels

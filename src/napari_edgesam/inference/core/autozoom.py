@@ -34,6 +34,7 @@ from PIL import Image
 
 from ...constants import IMG_SIZE
 from .postprocess import fill_holes as _fill_holes
+from .postprocess import keep_prompted_pieces
 from .predictor import ImageEmbedding
 from .preprocess import normalize_and_pad, resized_shape, to_rgb_uint8
 from .prompts import validate_prompt
@@ -298,19 +299,23 @@ class AutoZoom:
         return cp, cl, cb
 
     def segment(self, point_coords: np.ndarray | None = None, point_labels: np.ndarray | None = None,
-                box: np.ndarray | None = None, *, fill_holes: bool = True) -> ZoomResult:
+                box: np.ndarray | None = None, *, fill_holes: bool = True, one_piece: bool = True) -> ZoomResult:
         """Segment one object from points ``N x 2`` (x, y) + labels ``N`` and/or a box
         ``(x0, y0, x1, y1)``, all in image pixels. Boxes set the object's size; point-only
         prompts are first decoded on the whole image (with the prior's proposals for a single
         positive click, as ``segment_click``), and that mask's box sets the size; clicks are
         only zoomed out unless ``click_zoom_in`` (then an empty first mask is looked at again
         in a crop that magnifies it to a quarter of the target size). Interior holes are filled unless
-        ``fill_holes`` is False."""
+        ``fill_holes`` is False; only the piece the prompt points at is kept unless ``one_piece`` is
+        False (:func:`~napari_edgesam.inference.core.postprocess.keep_prompted_pieces`)."""
         # the predictor's own checks (outside the image, NaN/inf, complex, labels, inverted boxes)
         pts, lab, bx = validate_prompt(point_coords, point_labels, box, self.shape)
         result = self._segment(pts, lab, bx)
         if fill_holes and result.mask.any():
             result = ZoomResult(_fill_holes(result.mask), result.score, result.window, result.low_res)
+        if one_piece and result.mask.any():
+            result = ZoomResult(keep_prompted_pieces(result.mask, pts, lab, bx), result.score, result.window,
+                                result.low_res)
         return result
 
     def _segment(self, pts, lab, bx) -> ZoomResult:
@@ -386,11 +391,11 @@ def _cut(window: CropWindow, box: np.ndarray, shape: tuple[int, int]) -> bool:
 def segment_autozoom(
     predictor, image: np.ndarray, point_coords: np.ndarray | None = None, point_labels: np.ndarray | None = None,
     box: np.ndarray | None = None, *, target_radius: float = DEFAULT_TARGET_RADIUS, band: float = DEFAULT_BAND,
-    cache: CropEmbeddingCache | None = None, fill_holes: bool = True, embedding: ImageEmbedding | None = None,
+    cache: CropEmbeddingCache | None = None, fill_holes: bool = True, one_piece: bool = True, embedding: ImageEmbedding | None = None,
     proposals=None, **normalisation,
 ) -> ZoomResult:
     """One object of ``image`` with AutoZoom (see :class:`AutoZoom`; coordinates (x, y) pixels,
     box ``(x0, y0, x1, y1)``). For many prompts on one image, make one :class:`AutoZoom`."""
     zoom = AutoZoom(predictor, image, target_radius=target_radius, band=band, cache=cache,
                     embedding=embedding, proposals=proposals, **normalisation)
-    return zoom.segment(point_coords, point_labels, box, fill_holes=fill_holes)
+    return zoom.segment(point_coords, point_labels, box, fill_holes=fill_holes, one_piece=one_piece)

@@ -131,3 +131,62 @@ def fill_holes(mask: np.ndarray, max_area: int | None = None) -> np.ndarray:
         fill &= np.bincount(lab.ravel(), minlength=n + 1) < max_area
     out[r0:r1, c0:c1] |= fill[lab][1:-1, 1:-1]
     return out
+
+
+#: 8-connectivity: pixels touching at a corner belong to one piece.
+_EIGHT = np.ones((3, 3), bool)
+
+
+def keep_prompted_pieces(mask: np.ndarray, point_coords: np.ndarray | None = None,
+                         point_labels: np.ndarray | None = None, box: np.ndarray | None = None) -> np.ndarray:
+    """One object, one piece: drop the parts of ``mask`` that are not connected to the prompt.
+
+    ``mask`` is one object's ``H x W`` boolean mask; ``point_coords`` ``N x 2`` are (x, y) pixels
+    with ``point_labels`` ``N`` (1 positive, 0 negative), ``box`` is ``(x0, y0, x1, y1)``.
+    Pieces are 8-connected. Kept: the piece under each positive point (a point that misses the
+    mask keeps the piece nearest to it) and, for a box, the piece with the most pixels inside
+    it; with neither prompt, the largest piece. Negative points keep nothing. A mask in one
+    piece (or empty) comes back unchanged. Works inside the mask's bounding box only. Returns
+    a new array (``mask`` is not changed).
+    """
+    mask = np.asarray(mask, bool)
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if rows.size == 0:
+        return mask.copy()
+    r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    from scipy import ndimage
+
+    pieces, n = ndimage.label(mask[r0:r1, c0:c1], _EIGHT)
+    if n <= 1:
+        return mask.copy()
+    keep = np.zeros(n + 1, bool)
+    if point_coords is not None and len(point_coords):
+        pts = np.asarray(point_coords, np.float64).reshape(-1, 2)
+        labels = np.ones(len(pts)) if point_labels is None else np.asarray(point_labels).reshape(-1)
+        for (x, y), label in zip(pts, labels):
+            if label == 1:
+                keep[_piece_at(pieces, x - c0, y - r0)] = True
+    if box is not None or not keep.any():
+        area = np.bincount(pieces.ravel(), minlength=n + 1)
+        if box is not None:
+            x0, y0, x1, y1 = np.asarray(box, np.float64).reshape(4)
+            inside = pieces[max(int(np.floor(y0)) - r0, 0) : max(int(np.ceil(y1)) - r0, 0),
+                            max(int(np.floor(x0)) - c0, 0) : max(int(np.ceil(x1)) - c0, 0)]
+            if inside.any():
+                area = np.bincount(inside.ravel(), minlength=n + 1)
+        area[0] = 0
+        keep[int(np.argmax(area))] = True
+    keep[0] = False
+    out = np.zeros_like(mask)
+    out[r0:r1, c0:c1] = keep[pieces]
+    return out
+
+
+def _piece_at(pieces: np.ndarray, x: float, y: float) -> int:
+    """The label of the piece under (x, y) (crop pixels), else of the piece nearest to it."""
+    r, c = int(np.floor(y)), int(np.floor(x))
+    if 0 <= r < pieces.shape[0] and 0 <= c < pieces.shape[1] and pieces[r, c]:
+        return int(pieces[r, c])
+    rr, cc = np.nonzero(pieces)
+    nearest = int(np.argmin((rr + 0.5 - y) ** 2 + (cc + 0.5 - x) ** 2))
+    return int(pieces[rr[nearest], cc[nearest]])

@@ -21,6 +21,7 @@ from ...constants import MASK_THRESHOLD, token_slice
 from ..backends import Backend, as_backend
 from ..prior import ProposalSet, click_box, encode_with_prior
 from .postprocess import fill_holes as _fill_holes
+from .postprocess import keep_prompted_pieces
 from .postprocess import stability_in_image, stability_score, upscale_logits
 from .preprocess import DEFAULT_PERCENTILES, prepare_input, to_rgb_uint8
 from .prompts import (
@@ -342,13 +343,16 @@ class EdgeSamPredictor:
         candidate: int | None = None,
         *,
         fill_holes: bool = True,
+        one_piece: bool = True,
         embedding: ImageEmbedding | None = None,
     ) -> tuple[np.ndarray, float, np.ndarray]:
         """One mask by EdgeSAM's rule: boxes use token 0; point-only prompts take the most
         stable of the 4 masks (the IoU head was never distilled). ``candidate`` (0-3) forces a
         token for point prompts (anything else is a ValueError). With ``fill_holes`` (the default) the mask's interior holes
         are filled (:func:`~napari_edgesam.inference.core.postprocess.fill_holes`); pass False to
-        keep them (e.g. ring-shaped objects). ``embedding``: segment in this embedding's image
+        keep them (e.g. ring-shaped objects). With ``one_piece`` (the default) only the piece the
+        prompt points at is kept (:func:`~napari_edgesam.inference.core.postprocess.keep_prompted_pieces`:
+        stray fragments of neighbours go); pass False for objects in several pieces. ``embedding``: segment in this embedding's image
         instead of the current one (the predictor's state is not used). Returns mask ``H x W`` bool, stability score
         (of the decoder's mask; 0 for a mask with no pixel in the image), low-res
         ``256 x 256`` logits (unfilled).
@@ -371,10 +375,13 @@ class EdgeSamPredictor:
         mask = upscale_logits(low[i : i + 1], emb.input_size, emb.original_size)[0] > MASK_THRESHOLD
         if fill_holes:
             mask = _fill_holes(mask)
+        if one_piece:
+            mask = keep_prompted_pieces(mask, None if coords is None else coords[0],
+                                        None if labels is None else labels[0], None if boxes is None else boxes[0])
         return mask, float(stab[i]), low[i]
 
     def segment_click(self, point: Sequence[float], k_nearest: int = 5, *, fill_holes: bool = True,
-                      embedding: ImageEmbedding | None = None) -> tuple[np.ndarray, float, np.ndarray]:
+                      one_piece: bool = True, embedding: ImageEmbedding | None = None) -> tuple[np.ndarray, float, np.ndarray]:
         """Segment the whole object under one positive click ``(x, y)`` (in ``embedding``'s
         image, or the current one).
 
@@ -388,7 +395,11 @@ class EdgeSamPredictor:
         box = None
         if emb.proposals is not None:
             box = click_box(emb.proposals, pt[0], emb.original_size, k_nearest)
-        return self.segment(pt, np.ones(1, np.float32), box, fill_holes=fill_holes, embedding=emb)
+        mask, score, low = self.segment(pt, np.ones(1, np.float32), box, fill_holes=fill_holes, one_piece=False,
+                                        embedding=emb)
+        if one_piece:  # the user's click, not the prior's box, says which piece is the object
+            mask = keep_prompted_pieces(mask, pt, np.ones(1, np.float32))
+        return mask, score, low
 
 
 def _check_prompts(emb: ImageEmbedding, point_coords, point_labels, box) -> tuple:

@@ -18,6 +18,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..core.postprocess import fill_holes as _fill_holes
+from ..core.postprocess import keep_prompted_pieces
 from ..core.predictor import ImageEmbedding
 from ..core.preprocess import to_rgb_uint8
 from ..core.prompts import validate_prompt
@@ -238,7 +239,7 @@ class TiledImage:
         raise ValueError(f"point ({x:g}, {y:g}) lies outside the {self.shape[1]} x {self.shape[0]} image")
 
     def segment(self, point_coords=None, point_labels=None, box=None, *, max_tiles: int = 9,
-                fill_holes: bool = True) -> RegionMask:
+                fill_holes: bool = True, one_piece: bool = True) -> RegionMask:
         """Segment one object from points ``N x 2`` (x, y) and/or a box ``(x0, y0, x1, y1)``.
 
         The prompts are checked like the predictor's (:func:`validate_prompt`): ValueError for
@@ -248,7 +249,8 @@ class TiledImage:
         edge inside the image, the neighbouring tile is prompted too (with a point taken from the
         mask in the overlap when none of the prompts lies there) and the parts are joined, up to
         ``max_tiles`` tiles. Interior holes of the joined mask are filled unless ``fill_holes``
-        is False.
+        is False; of the joined mask only the piece the prompt points at is kept unless
+        ``one_piece`` is False (:func:`~napari_edgesam.inference.core.postprocess.keep_prompted_pieces`).
         """
         pts, lab, bx = validate_prompt(point_coords, point_labels, box, self.shape)  # never clamped
         h, w = self.shape
@@ -282,6 +284,9 @@ class TiledImage:
         rows, cols = np.flatnonzero(full.any(1)), np.flatnonzero(full.any(0))
         if rows.size == 0:
             return RegionMask(0, 0, np.zeros((0, 0), bool), 0.0 if score is None else score)
+        if one_piece:  # on the joined mask: a piece may continue in the next tile
+            full = keep_prompted_pieces(full, pts, lab, bx)
+            rows, cols = np.flatnonzero(full.any(1)), np.flatnonzero(full.any(0))
         crop = full[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
         if fill_holes:  # also the holes where tiles join
             crop = _fill_holes(crop)
@@ -311,7 +316,7 @@ class TiledImage:
         if local_pts is None and local_box is None:
             return None
         mask, stab, _ = self.predictor.segment(local_pts, local_lab, local_box, fill_holes=fill_holes,
-                                               embedding=self.embedding(t.index))
+                                               one_piece=False, embedding=self.embedding(t.index))
         return mask, stab
 
     @staticmethod

@@ -81,6 +81,7 @@ def propagate_objects(
     on_result: Callable[[int, int, np.ndarray, float], None] | None = None,
     fill_holes: bool = True,
     zoom_for: Callable[[int], object] | None = None,
+    one_piece: bool = True,
 ) -> dict[int, PropagationResult]:
     """Propagate several objects through a stack in one pass, sharing each slice's embedding.
 
@@ -111,6 +112,8 @@ def propagate_objects(
             prompt, without mask input; ``get_embedding`` is not called then. Opt-in: with the
             shipped v2 on the plugin's 3D sample it loses to whole-slice embeddings with mask input
             (mean 3D IoU 0.50 against 0.77; ``benchmarks/bench_autozoom_3d.py --propagate``).
+        one_piece: keep only the piece of each predicted mask under the object's prompt point
+            (False keeps every piece).
     Returns:
         object id -> :class:`PropagationResult`. Errors of the predictor propagate.
     """
@@ -125,7 +128,7 @@ def propagate_objects(
         logger.info("the predictor's backend has no mask input; propagating with box + point only")
         use_mask_input = False
     decoder = SliceDecoder(predictor, get_embedding, use_mask_input, box_extension, max(1, int(batch_size)),
-                           fill_holes, zoom_for)
+                           fill_holes, zoom_for, one_piece)
     sweeps = Sweeps(seeds, int(n_slices), direction, fill)
     cancelled = _sweep(sweeps, decoder, rules, cancel, progress, on_result)
     if progress is not None and not cancelled:

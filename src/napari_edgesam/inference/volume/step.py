@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core.postprocess import fill_holes as _fill_holes
+from ..core.postprocess import keep_prompted_pieces
 from ..core.predictor import ImageEmbedding
 from .prompts import prompt_from_mask
 from .sweeps import Sweep
@@ -31,6 +32,8 @@ class SliceDecoder:
         batch_size: at most this many objects per ``decode_batch`` call.
         fill_holes: fill the interior holes of every predicted mask.
         zoom_for: slice index -> an AutoZoom of that slice, or None (whole-slice embeddings).
+        one_piece: keep only the piece of each predicted mask under the object's prompt point
+            (or nearest to it): a neighbour's fragment does not ride along to the next slice.
     """
 
     predictor: object
@@ -40,6 +43,7 @@ class SliceDecoder:
     batch_size: int = 16
     fill_holes: bool = True
     zoom_for: Callable[[int], object] | None = None
+    one_piece: bool = True
 
     def __call__(self, z: int, group: list[Sweep]) -> list[Decoded]:
         """The predictions of ``group`` on slice ``z``, in the order of ``group``."""
@@ -52,6 +56,9 @@ class SliceDecoder:
                                    self.batch_size)
         if self.fill_holes:
             decoded = [(_fill_holes(m), score, logits) for m, score, logits in decoded]
+        if self.one_piece:
+            decoded = [(keep_prompted_pieces(m, prompt_from_mask(s.mask, self.box_extension)[1]), score, logits)
+                       for s, (m, score, logits) in zip(group, decoded)]
         return decoded
 
 
