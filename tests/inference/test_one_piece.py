@@ -12,7 +12,6 @@ import pytest
 from scipy import ndimage as ndi
 
 from _helpers import one_thread  # noqa: F401
-
 from napari_edgesam.inference.core.postprocess import keep_prompted_pieces
 
 EIGHT = np.ones((3, 3), bool)
@@ -86,7 +85,8 @@ def shipped():
     return load_model("edgesam-nuclei", backend="torch", device="cpu", allow_download=False)
 
 
-def test_segment_keeps_one_piece_and_gains_on_synthetic_nuclei(shipped, one_thread):
+@pytest.mark.usefixtures("one_thread")
+def test_segment_keeps_one_piece_and_gains_on_synthetic_nuclei(shipped):
     """Box and click masks of the shipped model on a synthetic nuclei image: the default gives
     one piece per object, and on the objects whose raw mask came in pieces it fits better."""
     from napari_edgesam.datasets import synthetic_nuclei_2d
@@ -113,7 +113,8 @@ def test_segment_keeps_one_piece_and_gains_on_synthetic_nuclei(shipped, one_thre
     assert np.mean(kept_iou) >= np.mean(raw_iou) + 0.02
 
 
-def test_session_keeps_the_piece_the_users_prompt_points_at(shipped, one_thread):
+@pytest.mark.usefixtures("one_thread")
+def test_session_keeps_the_piece_the_users_prompt_points_at(shipped):
     from napari_edgesam.datasets import synthetic_nuclei_2d
     from napari_edgesam.interactive.session import ObjectPrompt, Session
 

@@ -74,7 +74,11 @@ def test_box_on_edges_and_empty_point_list(predictor):
 def test_segment_rule(predictor, golden_cases):
     """Points: the most stable of 4 candidates; boxes: token 0; holes filled and only the
     prompted piece kept unless asked not to."""
-    from napari_edgesam.inference.core.postprocess import fill_holes, keep_prompted_pieces, stability_score
+    from napari_edgesam.inference.core.postprocess import (
+        fill_holes,
+        keep_prompted_pieces,
+        stability_score,
+    )
 
     c = golden_cases["point1"]
     raw = {"fill_holes": False, "one_piece": False}

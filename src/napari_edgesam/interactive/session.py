@@ -25,7 +25,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..constants import MASK_THRESHOLD
-from ..inference.core.postprocess import fill_holes, keep_prompted_pieces, stability_in_image, upscale_logits
+from ..inference.core.postprocess import (
+    fill_holes,
+    keep_prompted_pieces,
+    stability_in_image,
+    upscale_logits,
+)
 from ..inference.prior import ProposalSet, click_box
 from ..inference.volume.propagation import mask_to_low_res_logits
 

@@ -21,8 +21,7 @@ from ...constants import MASK_THRESHOLD, token_slice
 from ..backends import Backend, as_backend
 from ..prior import ProposalSet, click_box, encode_with_prior
 from .postprocess import fill_holes as _fill_holes
-from .postprocess import keep_prompted_pieces
-from .postprocess import stability_in_image, stability_score, upscale_logits
+from .postprocess import keep_prompted_pieces, stability_in_image, stability_score, upscale_logits
 from .preprocess import DEFAULT_PERCENTILES, prepare_input, to_rgb_uint8
 from .prompts import (
     check_candidate,
