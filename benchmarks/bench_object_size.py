@@ -9,7 +9,8 @@ Every image is a field of whole nuclei of one radius
 image of side ``S`` appears with radius ``r * 1024 / S`` in the model's 1024 input frame
 (column "frame r"). Prompts: the nucleus's bounding box, and one positive click at its
 centroid (most stable of the 4 masks, no prior). "raw" masks are the decoder's, "filled" have
-their interior holes filled (:func:`napari_edgesam.inference.automatic.masks.fill_holes`); "holes" is
+their interior holes filled (:func:`napari_edgesam.inference.automatic.masks.fill_holes`),
+"default" is what ``segment`` gives by default (holes filled, only the prompted piece); "holes" is
 the share of raw masks (box and click) with an interior hole. AutoZoom
 (:mod:`napari_edgesam.inference.core.autozoom`) embeds a crop in which the object has its
 preferred size; ``--targets`` sweeps that size (radius in the 1024 frame).
@@ -50,11 +51,14 @@ def has_holes(mask: np.ndarray) -> bool:
 
 
 def _segment_raw(predictor, points, labels, box):
-    """The predictor's mask without hole filling (works before and after the option existed)."""
-    try:
-        return predictor.segment(points, labels, box, fill_holes=False)[0]
-    except TypeError:
-        return predictor.segment(points, labels, box)[0]
+    """The predictor's mask without hole filling and with every piece (works before and after
+    the options existed)."""
+    for raw in ({"fill_holes": False, "one_piece": False}, {"fill_holes": False}, {}):
+        try:
+            return predictor.segment(points, labels, box, **raw)[0]
+        except TypeError:
+            continue
+    raise RuntimeError("unreachable")
 
 
 def measure(predictor, radius: int, size: int, n_objects: int, seed: int, targets, zoom_cache,
@@ -83,12 +87,16 @@ def measure(predictor, radius: int, size: int, n_objects: int, seed: int, target
             out[f"{name}"].append(iou(mask, truth))
             out[f"{name} filled"].append(iou(fill_holes(mask), truth))
             out["holes"].append(has_holes(mask))
+        out["box default"].append(iou(predictor.segment(None, None, box)[0], truth))
+        out["click default"].append(iou(predictor.segment(*click, None)[0], truth))
         for t, z in (zoom or {}).items():
-            for name, mask in (("box", z.segment(box=box, fill_holes=False).mask),
-                               ("click", z.segment(*click, fill_holes=False).mask)):
+            raw = {"fill_holes": False, "one_piece": False}
+            for name, mask in (("box", z.segment(box=box, **raw).mask),
+                               ("click", z.segment(*click, **raw).mask)):
                 out[f"AZ{t} {name}"].append(iou(mask, truth))
                 out[f"AZ{t} {name} filled"].append(iou(fill_holes(mask), truth))
                 out[f"AZ{t} holes"].append(has_holes(mask))
+            out[f"AZ{t} box default"].append(iou(z.segment(box=box).mask, truth))
     return out
 
 
@@ -122,9 +130,10 @@ def main() -> None:
             rows.append((r, s, res))
             for k, v in res.items():
                 per_radius[r][k] += v
-    keys = ["box", "box filled", "click", "click filled", "holes"]
+    keys = ["box", "box filled", "box default", "click", "click filled", "click default", "holes"]
     for t in targets:
-        keys += [f"AZ{t:g} box", f"AZ{t:g} box filled", f"AZ{t:g} click", f"AZ{t:g} click filled", f"AZ{t:g} holes"]
+        keys += [f"AZ{t:g} box", f"AZ{t:g} box filled", f"AZ{t:g} box default", f"AZ{t:g} click",
+                 f"AZ{t:g} click filled", f"AZ{t:g} holes"]
     keys = [k.replace(".0 ", " ") for k in keys]
 
     def cells(res: dict) -> list[str]:

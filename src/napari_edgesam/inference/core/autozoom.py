@@ -282,10 +282,12 @@ class AutoZoom:
         return crop_window(self.shape, box, self.target_radius, self.max_scale)
 
     # -- decoding --------------------------------------------------------------------------
-    def _decode(self, emb: ImageEmbedding, points, labels, box, proposals=None, click_rule=False):
+    def _decode(self, emb: ImageEmbedding, points, labels, box, proposals=None, click_rule=False,
+                one_piece: bool = True):
         if click_rule:  # the prior's rule on these proposals
-            return self.predictor.segment_click(points[0], fill_holes=False, embedding=emb.with_proposals(proposals))
-        return self.predictor.segment(points, labels, box, fill_holes=False, embedding=emb)
+            return self.predictor.segment_click(points[0], fill_holes=False, one_piece=one_piece,
+                                                embedding=emb.with_proposals(proposals))
+        return self.predictor.segment(points, labels, box, fill_holes=False, one_piece=one_piece, embedding=emb)
 
     def _in_window(self, window: CropWindow, points, labels, box):
         cp = cl = cb = None
@@ -310,7 +312,7 @@ class AutoZoom:
         False (:func:`~napari_edgesam.inference.core.postprocess.keep_prompted_pieces`)."""
         # the predictor's own checks (outside the image, NaN/inf, complex, labels, inverted boxes)
         pts, lab, bx = validate_prompt(point_coords, point_labels, box, self.shape)
-        result = self._segment(pts, lab, bx)
+        result = self._segment(pts, lab, bx, one_piece)
         if fill_holes and result.mask.any():
             result = ZoomResult(_fill_holes(result.mask), result.score, result.window, result.low_res)
         if one_piece and result.mask.any():
@@ -318,14 +320,17 @@ class AutoZoom:
                                 result.low_res)
         return result
 
-    def _segment(self, pts, lab, bx) -> ZoomResult:
+    def _segment(self, pts, lab, bx, one_piece: bool = True) -> ZoomResult:
+        """``one_piece``: each decoded mask keeps only its prompted piece (so a click's first mask
+        sizes the crop without a neighbour's fragments); False keeps every piece."""
         if bx is not None:
             radius = object_radius(bx)
             larger = radius * global_scale(self.shape) > self.target_radius
             if not self.needs_zoom(radius) or (larger and not self.box_zoom_out):
-                return self._on_whole_image(pts, lab, bx)
-            return self._on_window(self.window_for(bx), pts, lab, bx) or self._on_whole_image(pts, lab, bx)
-        result = self._on_whole_image(pts, lab, None)
+                return self._on_whole_image(pts, lab, bx, one_piece)
+            return (self._on_window(self.window_for(bx), pts, lab, bx, one_piece)
+                    or self._on_whole_image(pts, lab, bx, one_piece))
+        result = self._on_whole_image(pts, lab, None, one_piece)
         box = _mask_box(result.mask)
         if box is None:  # nothing on the whole image: most likely too small there; look closer
             if not self.click_zoom_in:
@@ -344,7 +349,7 @@ class AutoZoom:
             if window.key in tried:
                 return result
             tried.add(window.key)
-            zoomed = self._on_window(window, pts, lab, None)
+            zoomed = self._on_window(window, pts, lab, None, one_piece)
             if zoomed is None:
                 return result
             result, new_box = zoomed, _mask_box(zoomed.mask)
@@ -354,18 +359,19 @@ class AutoZoom:
             box = new_box
         return result
 
-    def _on_whole_image(self, pts, lab, bx) -> ZoomResult:
+    def _on_whole_image(self, pts, lab, bx, one_piece: bool = True) -> ZoomResult:
         emb = self.global_embedding()
         single = bx is None and pts is not None and len(pts) == 1 and lab[0] == 1
         click_rule = single and self._proposals is not None
-        mask, score, low = self._decode(emb, pts, lab, bx, self._proposals if click_rule else None, click_rule)
+        mask, score, low = self._decode(emb, pts, lab, bx, self._proposals if click_rule else None, click_rule,
+                                        one_piece)
         return ZoomResult(np.asarray(mask, bool), float(score), None, low)
 
-    def _on_window(self, window: CropWindow, pts, lab, bx) -> ZoomResult | None:
+    def _on_window(self, window: CropWindow, pts, lab, bx, one_piece: bool = True) -> ZoomResult | None:
         cp, cl, cb = self._in_window(window, pts, lab, bx)
         if cb is None and (cl is None or not (cl == 1).any()):
             return None
-        mask, score, low = self._decode(self.embedding(window), cp, cl, cb)
+        mask, score, low = self._decode(self.embedding(window), cp, cl, cb, one_piece=one_piece)
         return ZoomResult(window.paste(np.asarray(mask, bool), self.shape), float(score), window, low)
 
 
