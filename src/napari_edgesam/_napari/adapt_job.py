@@ -1,0 +1,264 @@
+"""Adapting the model to the user's committed objects, without Qt: one run (:class:`AdaptJob`)
+and which model is in use (:class:`ModelSwap`).
+
+:meth:`AdaptJob.run` is meant for a worker thread. It prepares the adaptation there, then runs
+it as many short steps, each handed to the one compute thread
+(:mod:`~napari_edgesam.inference.backends.compute_thread`) on its own: a decoder call asked for
+by a click while adaptation runs waits for at most one step, never for the whole run. The
+result is a new predictor; the base predictor is never changed, so the widget can keep
+decoding with it until the result is adopted, and go back to it in one step (revert).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..interactive.annotations import ImageSource, Snapshot
+from ..interactive.session import ObjectPrompt
+
+logger = logging.getLogger(__name__)
+
+#: Fewer committed objects than this are refused (a held-out part must remain for the guard).
+MIN_OBJECTS = 4
+#: Default time budget of one adaptation (seconds).
+DEFAULT_SECONDS = 60.0
+#: Which parameters move: the decoder only, so every cached embedding stays valid.
+DEFAULT_PARAMS = "decoder"
+
+#: A labels plane: called (in a worker) it returns ``H x W`` integer labels (0 = background).
+LabelsSource = Callable[[], np.ndarray]
+
+
+def adapt_api():
+    """The adaptation module (:mod:`napari_edgesam.training.adapt`); imports torch."""
+    from ..training import adapt
+
+    return adapt
+
+
+def torch_missing_reason() -> str:
+    """Why adaptation cannot run here ("" when it can): it needs torch."""
+    from ..inference.loading.api import torch_available
+
+    if torch_available():
+        return ""
+    return ("adapting the model needs PyTorch, which is not installed: "
+            "pip install 'napari-edgesam[torch]' (or torch) and restart napari")
+
+
+def too_few_message(n_objects: int, minimum: int = MIN_OBJECTS) -> str:
+    """The one line shown when there are not enough committed objects ("" when there are)."""
+    if n_objects >= minimum:
+        return ""
+    return (f"{n_objects} object(s) committed: commit at least {minimum} objects (or tick a labels layer) "
+            "so that some can be held out to check the adapted model")
+
+
+def prompts_dict(prompt: ObjectPrompt | None) -> dict | None:
+    """The prompts of an object as plain arrays: ``{"points": N x 2 (x, y) float32,
+    "labels": N int64 (1 positive, 0 negative), "box": (x0, y0, x1, y1) float32 or None}``."""
+    if prompt is None:
+        return None
+    return {"points": np.asarray(prompt.points, np.float32).reshape(-1, 2),
+            "labels": np.asarray(prompt.labels, np.int64).reshape(-1),
+            "box": None if prompt.box is None else np.asarray(prompt.box, np.float32).reshape(4)}
+
+
+@dataclass(frozen=True)
+class AdaptRequest:
+    """What to adapt to.
+
+    Attributes:
+        snapshot: the committed objects (:meth:`AnnotationLog.snapshot`).
+        labels: extra ``(image_key, image_source, labels_source)`` planes of a labels layer the
+            user ticked (e.g. Cellpose output): every label of a plane is one object.
+        max_seconds: the time budget of the adaptation.
+        params: which parameters move (``"decoder"``: cached embeddings stay valid).
+        seed: the seed of the held-out split and the prompt sampling.
+    """
+
+    snapshot: Snapshot
+    labels: tuple[tuple[str, ImageSource, LabelsSource], ...] = ()
+    max_seconds: float = DEFAULT_SECONDS
+    params: str = DEFAULT_PARAMS
+    seed: int = 0
+
+    @property
+    def n_committed(self) -> int:
+        return self.snapshot.n_objects
+
+
+@dataclass
+class AdaptOutcome:
+    """How a run ended: ``result`` (an ``AdaptResult``) unless it was cancelled or failed;
+    ``message`` is one line for the widget; ``step_seconds`` the duration of every step."""
+
+    result: object | None
+    message: str
+    cancelled: bool = False
+    failed: bool = False
+    step_seconds: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def accepted(self) -> bool:
+        return self.result is not None and bool(getattr(self.result, "accepted", False))
+
+    @property
+    def longest_step(self) -> float:
+        return max(self.step_seconds, default=0.0)
+
+
+class AdaptJob:
+    """One adaptation of ``predictor`` to a request (run it once, in a worker thread).
+
+    Args:
+        predictor: the base predictor (never changed).
+        request: the objects and settings.
+        api: the adaptation module (default :func:`adapt_api`; tests pass another of the same shape).
+        on_compute_thread: runs one step where torch runs
+            (default :func:`napari_edgesam.inference.backends.compute_thread.run`).
+    """
+
+    def __init__(self, predictor, request: AdaptRequest, api=None,
+                 on_compute_thread: Callable | None = None) -> None:
+        self.predictor = predictor
+        self.request = request
+        self._api = api
+        self._run_step = on_compute_thread
+
+    def build_data(self, api):
+        """The adaptation data: every committed object (with its prompts) and every label of
+        the ticked labels planes, on the plane images the model saw (loads the images: slow)."""
+        images = self.request.snapshot.load_images()
+        objects = [api.AdaptObject(o.image_key, o.mask, prompts=prompts_dict(o.prompts))
+                   for o in self.request.snapshot.objects]
+        for key, image_source, labels_source in self.request.labels:
+            labels = np.asarray(labels_source())
+            if not labels.any():
+                continue
+            if key not in images:
+                images[key] = np.asarray(image_source())
+            if labels.shape != images[key].shape[:2]:
+                raise ValueError(f"the labels plane {labels.shape} does not match its image {images[key].shape[:2]}")
+            for label in np.unique(labels):
+                if label == 0:
+                    continue
+                mask = labels == label
+                if np.count_nonzero(mask) >= 4:
+                    objects.append(api.AdaptObject(key, mask, prompts=None))
+        return api.AdaptData.from_objects(images, objects)
+
+    def run(self, cancel: threading.Event, progress: Callable[[float, float], None] | None = None) -> AdaptOutcome:
+        """Prepare, step until done or ``cancel`` is set, finish. Never raises: a failure is an
+        outcome with ``failed`` and the error in one line. ``progress(fraction, eta_seconds)``
+        is called after every step (from this thread)."""
+        start = time.monotonic()
+        steps: list[float] = []
+        try:
+            api = self._api or adapt_api()
+            run_step = self._run_step
+            if run_step is None:
+                from ..inference.backends import compute_thread
+
+                run_step = compute_thread.run
+            data = self.build_data(api)
+            if cancel.is_set():
+                return AdaptOutcome(None, "adaptation cancelled: the model is unchanged", cancelled=True)
+            adapter = api.Adapter(self.predictor, data, max_seconds=float(self.request.max_seconds),
+                                  seed=int(self.request.seed), params=self.request.params)
+            adapter.prepare()
+            while not adapter.done:
+                if cancel.is_set():
+                    return AdaptOutcome(None, "adaptation cancelled: the model is unchanged", cancelled=True,
+                                        step_seconds=steps, seconds=time.monotonic() - start)
+                t0 = time.perf_counter()
+                run_step(adapter.step)
+                steps.append(time.perf_counter() - t0)
+                if progress is not None:
+                    fraction, eta = adapter.progress
+                    progress(float(fraction), float(eta))
+            result = run_step(adapter.finish)
+        except Exception as err:  # shown in the widget; the base model stays
+            from .text import one_line
+
+            logger.warning("adaptation failed: %s", err)
+            logger.debug("adaptation failed", exc_info=err)
+            return AdaptOutcome(None, f"adaptation failed, the model is unchanged: {one_line(err)}", failed=True,
+                                step_seconds=steps, seconds=time.monotonic() - start)
+        return AdaptOutcome(result, describe(result, self.request.n_committed), step_seconds=steps,
+                            seconds=time.monotonic() - start)
+
+
+def _iou(scores: dict | None) -> float | None:
+    """The headline IoU of a before/after dict (the first of its IoU entries)."""
+    if not scores:
+        return None
+    for key in ("miou", "iou", "box_miou", "box", "click_miou", "click"):
+        if key in scores:
+            return float(scores[key])
+    for key, value in scores.items():
+        if "iou" in str(key).lower():
+            return float(value)
+    return None
+
+
+def describe(result, n_committed: int | None = None) -> str:
+    """One line: ``held-out IoU 0.62 -> 0.81 on 4 of your 20 objects, 48 s`` and what happened
+    to the model (in use, or rejected and the base kept)."""
+    before, after = _iou(getattr(result, "before", None)), _iou(getattr(result, "after", None))
+    n_held = int(getattr(result, "n_heldout", 0))
+    total = n_committed if n_committed else n_held + int(getattr(result, "n_train", 0))
+    seconds = float(getattr(result, "seconds", 0.0))
+    if before is not None and after is not None:
+        line = f"held-out IoU {before:.2f} -> {after:.2f} on {n_held} of your {total} objects, {seconds:.0f} s"
+    else:
+        line = str(getattr(result, "message", "")) or f"{n_held} of your {total} objects held out, {seconds:.0f} s"
+    if getattr(result, "accepted", False):
+        return f"{line}: the adapted model is in use (Revert goes back)"
+    return f"{line}: not better on the held-out objects, the base model is kept"
+
+
+class ModelSwap:
+    """Which model is in use: the base one or an adapted one (its result kept for saving).
+
+    ``base`` is the predictor the user loaded; ``adapted`` the one in use after :meth:`adopt`
+    (None while the base is in use); ``result`` the last accepted ``AdaptResult``.
+    """
+
+    def __init__(self) -> None:
+        self.base = None
+        self.adapted = None
+        self.result = None
+
+    def model_loaded(self, predictor) -> None:
+        """``predictor`` is now in use; unless it is ours, it becomes the new base (the user
+        loaded another model): what was adapted from the old one is dropped."""
+        if predictor is self.base or (predictor is not None and predictor is self.adapted):
+            return
+        self.base, self.adapted, self.result = predictor, None, None
+
+    @property
+    def using_adapted(self) -> bool:
+        return self.adapted is not None
+
+    def adopt(self, result) -> object | None:
+        """The predictor to use after ``result``: its new predictor if accepted, else None (keep)."""
+        if not getattr(result, "accepted", False):
+            return None
+        self.adapted, self.result = result.predictor, result
+        return self.adapted
+
+    def revert(self) -> object:
+        """Back to the base predictor (returned); the adapted one is no longer in use (its
+        result stays, so it can still be saved)."""
+        if self.base is None:
+            raise RuntimeError("no base model to go back to")
+        self.adapted = None
+        return self.base
