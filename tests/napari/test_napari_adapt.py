@@ -59,17 +59,16 @@ class ShiftedBackend:
 class FakeObject:
     image_key: str
     mask: np.ndarray
-    prompts: dict | None = None
+    box: np.ndarray | None = None
+    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float32))
+    point_labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
 
 
 @dataclass
 class FakeData:
-    images: dict
-    objects: list
-
-    @classmethod
-    def from_objects(cls, images, objects):
-        return cls(dict(images), list(objects))
+    images: dict = field(default_factory=dict)
+    embeddings: dict = field(default_factory=dict)
+    objects: list = field(default_factory=list)
 
 
 @dataclass
@@ -246,7 +245,9 @@ def test_adapt_hot_swaps_the_model_revert_save_export(make_napari_viewer, predic
     ids, areas = np.unique(c.target_layer().data, return_counts=True)
     kept = int(np.sum((ids > 0) & (areas >= c.annotations.min_area)))  # (the golden model's masks may overlap)
     assert kept >= 3 and len(adapter.data.objects) == kept and len(adapter.data.images) == 1
-    assert all(o.prompts["box"] is not None for o in adapter.data.objects)
+    assert all(o.box is not None and len(o.points) == 0 for o in adapter.data.objects)
+    (key,) = adapter.data.embeddings  # the widget's cached embedding, not encoded again
+    assert adapter.data.embeddings[key] is c.embeddings.lookup(c.current_view())
     adapted = c.predictor
     assert adapted is outcome.result.predictor and adapted is not predictor
     after = swapped.args[0].labels
@@ -329,7 +330,7 @@ def test_adapt_after_every_n_commits_and_a_labels_layer(make_napari_viewer, pred
     qtbot.waitUntil(lambda: not panel.runner.busy, timeout=TIMEOUT)
     data = api.adapters[-1].data
     assert len(data.objects) == len(np.unique(truth)) - 1
-    assert all(o.prompts is None for o in data.objects)
+    assert all(o.box is None and len(o.points) == 0 for o in data.objects)
     panel.use_labels.setChecked(False)
 
     panel.auto.setChecked(True)

@@ -60,14 +60,14 @@ def too_few_message(n_objects: int, minimum: int = MIN_OBJECTS) -> str:
             "so that some can be held out to check the adapted model")
 
 
-def prompts_dict(prompt: ObjectPrompt | None) -> dict | None:
-    """The prompts of an object as plain arrays: ``{"points": N x 2 (x, y) float32,
-    "labels": N int64 (1 positive, 0 negative), "box": (x0, y0, x1, y1) float32 or None}``."""
+def prompt_fields(prompt: ObjectPrompt | None) -> dict:
+    """The prompts of an object as ``AdaptObject`` keyword arguments: ``box`` ``(x0, y0, x1, y1)``
+    or None, ``points`` ``N x 2`` (x, y) float32, ``point_labels`` ``N`` (1 positive, 0 negative)."""
     if prompt is None:
-        return None
-    return {"points": np.asarray(prompt.points, np.float32).reshape(-1, 2),
-            "labels": np.asarray(prompt.labels, np.int64).reshape(-1),
-            "box": None if prompt.box is None else np.asarray(prompt.box, np.float32).reshape(4)}
+        return {}
+    return {"box": None if prompt.box is None else np.asarray(prompt.box, np.float32).reshape(4),
+            "points": np.asarray(prompt.points, np.float32).reshape(-1, 2),
+            "point_labels": np.asarray(prompt.labels, np.int64).reshape(-1)}
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,8 @@ class AdaptRequest:
         max_seconds: the time budget of the adaptation.
         params: which parameters move (``"decoder"``: cached embeddings stay valid).
         seed: the seed of the held-out split and the prompt sampling.
+        embedding_of: ``image_key -> ImageEmbedding or None``: an embedding of the plane by the
+            base model's encoder, already computed (the widget's cache); the others are embedded.
     """
 
     snapshot: Snapshot
@@ -88,6 +90,7 @@ class AdaptRequest:
     max_seconds: float = DEFAULT_SECONDS
     params: str = DEFAULT_PARAMS
     seed: int = 0
+    embedding_of: Callable[[str], object] | None = None
 
     @property
     def n_committed(self) -> int:
@@ -118,6 +121,10 @@ class AdaptOutcome:
 class AdaptJob:
     """One adaptation of ``predictor`` to a request (run it once, in a worker thread).
 
+    ``prepare`` and ``finish`` run in the calling (worker) thread: their encoder and decoder
+    calls reach the compute thread one at a time, so clicks are answered in between; each
+    ``step`` (an optimiser update, tens of milliseconds) runs on the compute thread as a whole.
+
     Args:
         predictor: the base predictor (never changed).
         request: the objects and settings.
@@ -134,10 +141,12 @@ class AdaptJob:
         self._run_step = on_compute_thread
 
     def build_data(self, api):
-        """The adaptation data: every committed object (with its prompts) and every label of
-        the ticked labels planes, on the plane images the model saw (loads the images: slow)."""
+        """The adaptation data (``api.AdaptData``): every committed object with its prompts and
+        every label of the ticked labels planes, on the plane images the model saw (``H x W x 3``
+        uint8, so no further normalisation), with the embeddings already known. Slow (loads the
+        images): call it in a worker."""
         images = self.request.snapshot.load_images()
-        objects = [api.AdaptObject(o.image_key, o.mask, prompts=prompts_dict(o.prompts))
+        objects = [api.AdaptObject(o.image_key, o.mask, **prompt_fields(o.prompts))
                    for o in self.request.snapshot.objects]
         for key, image_source, labels_source in self.request.labels:
             labels = np.asarray(labels_source())
@@ -147,13 +156,15 @@ class AdaptJob:
                 images[key] = np.asarray(image_source())
             if labels.shape != images[key].shape[:2]:
                 raise ValueError(f"the labels plane {labels.shape} does not match its image {images[key].shape[:2]}")
-            for label in np.unique(labels):
-                if label == 0:
-                    continue
-                mask = labels == label
-                if np.count_nonzero(mask) >= 4:
-                    objects.append(api.AdaptObject(key, mask, prompts=None))
-        return api.AdaptData.from_objects(images, objects)
+            ids, areas = np.unique(labels[labels != 0], return_counts=True)
+            objects += [api.AdaptObject(key, labels == i) for i, a in zip(ids, areas, strict=True) if a >= 4]
+        embeddings = {}
+        if self.request.embedding_of is not None:
+            for key in images:
+                emb = self.request.embedding_of(key)
+                if emb is not None:
+                    embeddings[key] = emb
+        return api.AdaptData(images=images, embeddings=embeddings, objects=objects)
 
     def run(self, cancel: threading.Event, progress: Callable[[float, float], None] | None = None) -> AdaptOutcome:
         """Prepare, step until done or ``cancel`` is set, finish. Never raises: a failure is an
@@ -173,7 +184,7 @@ class AdaptJob:
                 return AdaptOutcome(None, "adaptation cancelled: the model is unchanged", cancelled=True)
             adapter = api.Adapter(self.predictor, data, max_seconds=float(self.request.max_seconds),
                                   seed=int(self.request.seed), params=self.request.params)
-            adapter.prepare()
+            adapter.prepare()  # here: its encoder and decoder calls go to the compute thread one by one
             while not adapter.done:
                 if cancel.is_set():
                     return AdaptOutcome(None, "adaptation cancelled: the model is unchanged", cancelled=True,
@@ -184,7 +195,7 @@ class AdaptJob:
                 if progress is not None:
                     fraction, eta = adapter.progress
                     progress(float(fraction), float(eta))
-            result = run_step(adapter.finish)
+            result = adapter.finish()  # (as prepare) the measurement's decoder calls one by one
         except Exception as err:  # shown in the widget; the base model stays
             from .text import one_line
 
@@ -197,10 +208,11 @@ class AdaptJob:
 
 
 def _iou(scores: dict | None) -> float | None:
-    """The headline IoU of a before/after dict (the first of its IoU entries)."""
+    """The headline IoU of a before/after dict (the mean of box and click mIoU, else the first
+    IoU entry)."""
     if not scores:
         return None
-    for key in ("miou", "iou", "box_miou", "box", "click_miou", "click"):
+    for key in ("mean", "miou", "iou", "box_miou", "box", "click_miou", "click"):
         if key in scores:
             return float(scores[key])
     for key, value in scores.items():
@@ -219,10 +231,10 @@ def describe(result, n_committed: int | None = None) -> str:
     if before is not None and after is not None:
         line = f"held-out IoU {before:.2f} -> {after:.2f} on {n_held} of your {total} objects, {seconds:.0f} s"
     else:
-        line = str(getattr(result, "message", "")) or f"{n_held} of your {total} objects held out, {seconds:.0f} s"
+        line = str(getattr(result, "message", "")).strip() or f"{n_held} of your {total} objects held out, {seconds:.0f} s"
     if getattr(result, "accepted", False):
         return f"{line}: the adapted model is in use (Revert goes back)"
-    return f"{line}: not better on the held-out objects, the base model is kept"
+    return f"{line}: no better on the held-out objects, the base model is kept"
 
 
 class ModelSwap:

@@ -225,7 +225,17 @@ class AdaptPanel(QWidget):
             message = too_few_message(snap.n_objects)
             if message:
                 raise ValueError(message)
-        return AdaptRequest(snap, labels, max_seconds=float(self.seconds.value()), params=DEFAULT_PARAMS)
+        return AdaptRequest(snap, labels, max_seconds=float(self.seconds.value()), params=DEFAULT_PARAMS,
+                            embedding_of=self._embedding_lookup())
+
+    def _embedding_lookup(self):
+        """``image_key -> cached embedding or None``, for keys of the model in use's encoder only
+        (image keys are embedding cache keys, which start with the encoder's model name)."""
+        service = self.controller.embeddings
+        if service.embedder is None:
+            return None
+        prefix, cache = service.embedder.model_name + "|", service.cache
+        return lambda key: cache.get(key) if key.startswith(prefix) else None
 
     def start(self, background: bool = False) -> bool:
         """Start adapting the model in use (False, with the reason shown, if it cannot start)."""
