@@ -29,7 +29,7 @@ from napari_edgesam.datasets import synthetic_nuclei_2d
 from napari_edgesam.inference.backends import compute_thread
 from napari_edgesam.inference.core.predictor import EdgeSamPredictor
 from napari_edgesam.inference.core.preprocess import to_rgb_uint8
-from napari_edgesam.interactive.annotations import AnnotationLog
+from napari_edgesam.interactive.commit_log import AnnotationLog
 from test_napari_responsive import MAX_GAP_S, TickRecorder  # the stall test's method and bound
 
 TIMEOUT = 120_000

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..interactive.annotations import ImageSource, Snapshot
+from ..interactive.commit_log import ImageSource, Snapshot
 from ..interactive.session import ObjectPrompt
 
 logger = logging.getLogger(__name__)

@@ -80,6 +80,8 @@ class AdaptPanel(QWidget):
         self.swap = ModelSwap()
         self.runner = AdaptRunner(self)
         self.last_outcome: AdaptOutcome | None = None
+        #: Where each adaptation step runs (None: the compute thread; see AdaptJob).
+        self.step_runner = None
         self._commits_since = 0
         self._build()
         self._connect()
@@ -250,7 +252,7 @@ class AdaptPanel(QWidget):
             self.result.setText(one_line(err))
             return False
         self._commits_since = 0
-        job = AdaptJob(self.controller.predictor, request, api=self._api)
+        job = AdaptJob(self.controller.predictor, request, api=self._api, on_compute_thread=self.step_runner)
         self.runner.start(job)
         self.adapt.setEnabled(False)
         self.cancel.setEnabled(True)

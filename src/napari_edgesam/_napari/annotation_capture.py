@@ -1,4 +1,4 @@
-"""What a commit adds to the session's :class:`~napari_edgesam.interactive.annotations.AnnotationLog`
+"""What a commit adds to the session's :class:`~napari_edgesam.interactive.commit_log.AnnotationLog`
 (and what a labels layer offers to adaptation): plane images as the model saw them, masks, prompts.
 
 Runs on the Qt thread at commit time, so it only reads label planes (cheap); the plane images

@@ -14,7 +14,7 @@ from qtpy.QtCore import QObject, Signal
 
 from ..inference.core.autozoom import AutoZoom, CropEmbeddingCache
 from ..inference.loading.with_prior import NO_PRIOR_REASON
-from ..interactive.annotations import AnnotationLog
+from ..interactive.commit_log import AnnotationLog
 from ..interactive.planes import Plane
 from ..interactive.result_text import describe
 from ..interactive.session import PlaneResult, Session, group_prompts, is_single_click

@@ -1,4 +1,4 @@
-"""The objects a user committed in a session, kept as training data (no Qt, no napari, no torch).
+"""The objects a user committed in a session, kept as adaptation data (no Qt, no napari, no torch).
 
 Every commit of the interactive widget adds, per committed object and plane, the mask that was
 written into the target labels, the prompts that made it (on the plane the user prompted;
