@@ -67,6 +67,45 @@ def test_split_heldout():
         split_heldout(1, 0.2, 0)
 
 
+def test_without_torch_one_clear_line(monkeypatch):
+    import importlib.util
+
+    import napari_edgesam.training.adapt as adapt_pkg
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
+    with pytest.raises(ImportError, match=r"needs PyTorch: pip install 'napari-edgesam\[torch\]'"):
+        adapt_pkg.__getattr__("adapt")
+
+
+def test_training_through_the_fast_decoder_has_the_module_gradients():
+    """The adapter trains through the fast decoder's rewrite: same outputs and gradients as
+    the module-by-module decoder (key-projection biases aside: 0 in exact arithmetic)."""
+    from napari_edgesam.model.edge_sam import EdgeSam
+    from napari_edgesam.training.adapt.adapter import _FastTrainDecoder
+
+    torch.manual_seed(0)
+    model = EdgeSam()
+    md, pe = model.mask_decoder, model.prompt_encoder
+    emb = torch.randn(2, 256, 64, 64)
+    sparse = pe.embed_points(torch.rand(2, 2, 2) * 1000, torch.tensor([[2, 3], [2, 3]]), pad=False).detach()
+    dense = pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(2, -1, 64, 64).detach()
+    weight = torch.linspace(-1, 1, 2 * 4 * 256 * 256).view(2, 4, 256, 256)
+    grads = []
+    for decoder in (md, _FastTrainDecoder(md)):
+        md.zero_grad()
+        masks, iou = decoder(emb, pe.get_dense_pe(), sparse, dense, 4)
+        ((masks * weight).sum() + iou.sum()).backward()
+        grads.append({n: p.grad.clone() for n, p in md.named_parameters() if p.grad is not None})
+        grads[-1]["_out"] = masks.detach()
+    assert torch.allclose(grads[0]["_out"], grads[1]["_out"], atol=1e-4)
+    for name, g in grads[0].items():
+        if name.endswith("k_proj.bias"):
+            continue
+        other = grads[1].get(name, torch.zeros_like(g))
+        assert torch.allclose(g, other, rtol=1e-3, atol=1e-3 * float(g.abs().max()) + 1e-6), name
+
+
 # -- the shipped model, mismatched -------------------------------------------------------------
 @pytest.fixture(scope="module")
 def base():
