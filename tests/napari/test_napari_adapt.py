@@ -29,7 +29,9 @@ from napari_edgesam.datasets import synthetic_nuclei_2d
 from napari_edgesam.inference.backends import compute_thread
 from napari_edgesam.inference.core.predictor import EdgeSamPredictor
 from napari_edgesam.inference.core.preprocess import to_rgb_uint8
+from napari_edgesam.interactive.annotations import read_annotations
 from napari_edgesam.interactive.commit_log import AnnotationLog
+from napari_edgesam.training.adapt import AdaptData, AdaptObject
 from test_napari_responsive import MAX_GAP_S, TickRecorder  # the stall test's method and bound
 
 TIMEOUT = 120_000
@@ -53,22 +55,6 @@ class ShiftedBackend:
     def decode(self, *args, **kwargs):
         low, iou = self.inner.decode(*args, **kwargs)
         return low - self.shift, iou
-
-
-@dataclass
-class FakeObject:
-    image_key: str
-    mask: np.ndarray
-    box: np.ndarray | None = None
-    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float32))
-    point_labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
-
-
-@dataclass
-class FakeData:
-    images: dict = field(default_factory=dict)
-    embeddings: dict = field(default_factory=dict)
-    objects: list = field(default_factory=list)
 
 
 @dataclass
@@ -120,20 +106,15 @@ class FakeAdapter:
 
 
 def fake_api(accept=True, n_steps=3, step_s=0.01):
-    api = SimpleNamespace(accept=accept, n_steps=n_steps, step_s=step_s, adapters=[], saved=[], exported=[])
-    api.AdaptObject = FakeObject
-    api.AdaptData = FakeData
+    api = SimpleNamespace(accept=accept, n_steps=n_steps, step_s=step_s, adapters=[], saved=[])
+    api.AdaptObject, api.AdaptData = AdaptObject, AdaptData  # the real (torch-free) data classes
     api.Adapter = lambda *a, **k: FakeAdapter(api, *a, **k)
 
     def save_adapted(result, name):
         api.saved.append((result, name))
         return f"/cache/{name}.pth"
 
-    def export_annotations(folder, images, objects):
-        api.exported.append((folder, images, objects))
-        return folder
-
-    api.save_adapted, api.export_annotations = save_adapted, export_annotations
+    api.save_adapted = save_adapted
     return api
 
 
@@ -269,8 +250,15 @@ def test_adapt_hot_swaps_the_model_revert_save_export(make_napari_viewer, predic
 
     assert panel.export_to(tmp_path / "export") is not None
     qtbot.waitUntil(lambda: panel.result.text().startswith("exported"), timeout=TIMEOUT)
-    ((folder, images, objects),) = api.exported
-    assert folder == tmp_path / "export" and len(objects) == kept and len(images) == 1
+    (item,) = read_annotations(tmp_path / "export")  # the training folder, read back
+    layer = c.image_layer
+    assert np.array_equal(item.image, to_rgb_uint8(layer.data, contrast_limits=layer.contrast_limits)[..., 0])
+    target = c.target_layer().data
+    assert np.array_equal(item.labels, np.where(np.isin(target, ids[areas >= c.annotations.min_area]), target, 0))
+    assert len(item.prompts) == kept
+    by_id = {o.label: o.prompts.box for o in c.annotations.snapshot().objects}
+    for p in item.prompts:  # the box that made each object, under its id
+        assert np.allclose(p.box, by_id[p.id]) and any(np.allclose(p.box, b) for b in boxes) and len(p.points) == 0
     close(w, qtbot)
 
 

@@ -40,6 +40,8 @@ from .adapt_job import (
     too_few_message,
     torch_missing_reason,
 )
+from ..interactive.annotations import export_annotations
+from ..interactive.commit_log import annotated_images
 from .adapt_runner import AdaptRunner
 from .annotation_capture import labels_planes
 from .text import one_line, wrapping
@@ -167,8 +169,8 @@ class AdaptPanel(QWidget):
 
     def _set_available(self, available: bool) -> None:
         """Enable the panel, or disable it with the reason as its tooltip (torch missing)."""
-        for w in (self.use_labels, self.labels_layer, self.seconds, self.adapt, self.name, self.export,
-                  self.auto, self.auto_every):
+        for w in (self.use_labels, self.labels_layer, self.seconds, self.adapt, self.name,
+                  self.auto, self.auto_every):  # the export needs no torch
             w.setEnabled(available)
             if not available:
                 w.setToolTip(self.disabled_reason)
@@ -335,18 +337,17 @@ class AdaptPanel(QWidget):
             self.export_to(folder)
 
     def export_to(self, folder: str | Path):
-        """Write this session's images, committed labels and prompts into ``folder`` as a
-        training folder (in a worker). Returns the worker (None if nothing is committed)."""
+        """Write this session's images (as the model saw them), committed labels and prompts into
+        ``folder`` as a training folder (:func:`~napari_edgesam.interactive.annotations.export_annotations`;
+        in a worker). Returns the worker (None if nothing is committed)."""
         snap = self.controller.annotations.snapshot()
         if not snap.n_objects:
             self.result.setText("nothing to export: commit objects first")
             return None
-        api = self._api or adapt_api()
         self.result.setText(f"exporting {snap.n_objects} object(s) to {folder}...")
 
         def job():
-            return api.export_annotations(folder, snap.load_images(), [
-                (o.image_key, o.mask, o.prompts) for o in snap.objects])
+            return export_annotations(folder, annotated_images(snap))
 
         def done(path) -> None:
             self.result.setText(f"exported {snap.n_objects} object(s) on {snap.n_images} plane(s) to {path or folder}")

@@ -159,3 +159,31 @@ def _reference(obj: object) -> Callable[[], object]:
         return weakref.ref(obj)
     except TypeError:
         return lambda: obj
+
+
+def annotated_images(snapshot: Snapshot, prefix: str = "plane") -> list:
+    """The snapshot as :class:`~napari_edgesam.interactive.annotations.AnnotatedImage` items for
+    :func:`~napari_edgesam.interactive.annotations.export_annotations`: per plane, its image as
+    the model saw it (``H x W`` uint8 when grey, else ``H x W x 3``), its committed objects as
+    ``H x W`` labels with their ids (a later commit wins where two overlap), and the prompts
+    of the objects that have them. Loads the images: call it in a worker."""
+    from .annotations import AnnotatedImage, ObjectPrompts
+
+    images = snapshot.load_images()
+    out = []
+    for i, (key, rgb) in enumerate(images.items()):
+        objects = [o for o in snapshot.objects if o.image_key == key]
+        if not objects:
+            continue
+        grey = bool(np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]))
+        labels = np.zeros(rgb.shape[:2], np.uint32)
+        prompts = {}
+        for o in objects:
+            labels[o.mask] = o.label
+            p = o.prompts
+            if p is not None and (p.box is not None or len(p.points)):
+                prompts[o.label] = ObjectPrompts(o.label, p.box, p.points, p.labels)
+        present = set(np.unique(labels).tolist())
+        out.append(AnnotatedImage(f"{prefix}-{i + 1:03d}", rgb[..., 0] if grey else rgb, labels,
+                                  [p for label, p in prompts.items() if label in present]))
+    return out
