@@ -82,7 +82,7 @@ class AdaptPanel(QWidget):
         self.swap = ModelSwap()
         self.runner = AdaptRunner(self)
         self.last_outcome: AdaptOutcome | None = None
-        #: Where each adaptation step runs (None: the compute thread; see AdaptJob).
+        #: What runs each adaptation step (None: the adaptation's own thread; see AdaptJob).
         self.step_runner = None
         self._commits_since = 0
         self._build()
@@ -254,7 +254,7 @@ class AdaptPanel(QWidget):
             self.result.setText(one_line(err))
             return False
         self._commits_since = 0
-        job = AdaptJob(self.controller.predictor, request, api=self._api, on_compute_thread=self.step_runner)
+        job = AdaptJob(self.controller.predictor, request, api=self._api, run_step=self.step_runner)
         self.runner.start(job)
         self.adapt.setEnabled(False)
         self.cancel.setEnabled(True)

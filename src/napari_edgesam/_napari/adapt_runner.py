@@ -23,13 +23,14 @@ class AdaptRunner(QObject):
 
     progressed = Signal(float, float)
     finished = Signal(object, object)
+    _ended = Signal(object, object)  # from the run's thread (queued to the Qt thread)
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self._thread: threading.Thread | None = None
         self._cancel = threading.Event()
         self.job: AdaptJob | None = None
-        self.finished.connect(self._done)  # first: the slots connected later see busy False
+        self._ended.connect(self._done)
 
     @property
     def busy(self) -> bool:
@@ -62,7 +63,7 @@ class AdaptRunner(QObject):
     def _run(self, job: AdaptJob, cancel: threading.Event) -> None:
         outcome = job.run(cancel, self._emit_progress)
         try:
-            self.finished.emit(job, outcome)
+            self._ended.emit(job, outcome)
         except RuntimeError:  # the widget was deleted meanwhile
             logger.debug("adaptation ended after its widget was closed: %s", outcome.message)
 
@@ -73,6 +74,9 @@ class AdaptRunner(QObject):
             pass
 
     def _done(self, job: AdaptJob, outcome: AdaptOutcome) -> None:
+        """On the Qt thread: not busy any more, then ``finished`` (in one event, so no slot
+        and no check in between sees a finished run as busy, or its outcome missing)."""
         if job is self.job:
             self._thread = None
             self.job = None
+        self.finished.emit(job, outcome)
