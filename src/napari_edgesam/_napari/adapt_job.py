@@ -56,6 +56,27 @@ def torch_missing_reason() -> str:
             "pip install 'napari-edgesam[torch]' (or torch) and restart napari")
 
 
+def warm_up() -> float:
+    """Import what torch's optimisers import on first use (``torch._dynamo``); returns the seconds
+    it took (0 when done before).
+
+    The import holds the interpreter for long stretches: measured on the shared 2-core machine,
+    the first adaptation of a session stalled the Qt thread for 0.47 s in ``prepare`` (the
+    optimiser's construction), the next ones at most 0.03 s. :meth:`AdaptJob.run` calls this
+    first, so the one stall falls right after the user pressed Adapt, before any step.
+    """
+    import sys
+
+    if "torch._dynamo" in sys.modules or "torch" not in sys.modules:
+        return 0.0
+    start = time.perf_counter()
+    try:
+        import torch._dynamo  # noqa: F401
+    except Exception as err:  # an optimiser works without it in some builds
+        logger.debug("torch._dynamo could not be imported: %s", err)
+    return time.perf_counter() - start
+
+
 def too_few_message(n_objects: int, minimum: int = MIN_OBJECTS) -> str:
     """The one line shown when there are not enough committed objects ("" when there are)."""
     if n_objects >= minimum:
@@ -180,6 +201,7 @@ class AdaptJob:
         steps: list[float] = []
         try:
             api = self._api or adapt_api()
+            warm_up()
             run_step = self._run_step or (lambda fn: fn())
             data = self.build_data(api)
             if cancel.is_set():
