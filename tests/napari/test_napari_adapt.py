@@ -384,3 +384,46 @@ def test_describe_and_annotation_log_undo_by_identity():
     assert log.undo_commit(second) == 1 and log.snapshot().n_images == 1
     assert log.undo_commit(second) == 0 and log.n_commits == 1
 
+
+
+def test_a_propagated_commit_is_kept_on_every_slice_and_a_labels_stack_per_plane():
+    """3D: a commit whose preview spans slices 2-4 (propagation) gives one object per slice
+    (the prompts only where the user prompted); a labels layer of a stack gives every plane."""
+    from napari_edgesam._napari.annotation_capture import capture_commit, labels_planes
+    from napari_edgesam._napari.embedding import ImageView
+    from napari_edgesam.interactive.planes import Plane
+    from napari_edgesam.interactive.session import ObjectPrompt, Session
+
+    class NoModel:  # the widget's embeddings before a model is loaded
+        def key(self, view, plane):
+            raise RuntimeError("no model")
+
+    data = np.random.default_rng(0).integers(0, 4000, (6, 40, 50)).astype(np.uint16)
+    view = ImageView(data, Plane(data.shape, (1, 2), (3, 0, 0)), {"contrast_limits": (0.0, 4000.0), "gamma": 1.0})
+    preview = np.zeros(data.shape, np.uint16)
+    preview[2:5, 10:20, 10:25] = 1
+    target = np.zeros(data.shape, np.uint32)
+    target[3, 10:12, 10:25] = 7  # an existing object the commit does not overwrite
+    record = Session().commit(preview, target, handle="layer")
+    prompt = ObjectPrompt(np.array([[15.0, 15.0]], np.float32), np.array([1]))
+    log = AnnotationLog()
+    assert capture_commit(log, NoModel(), view, [prompt], record, preview, target) == 3
+    snap = log.snapshot()
+    (tid,) = record.ids.values()
+    assert snap.n_images == 3 and [o.label for o in snap.objects] == [tid] * 3
+    for obj, z in zip(snap.objects, (2, 3, 4), strict=True):
+        assert np.array_equal(obj.mask, target[z] == tid)
+        assert (obj.prompts is prompt) == (z == 3)
+    images = snap.load_images()
+    assert np.array_equal(images[snap.objects[0].image_key], to_rgb_uint8(data[2], contrast_limits=(0, 4000)))
+
+    labels = np.zeros(data.shape, np.int32)
+    labels[1, 5:9, 5:9] = 3
+    labels[4, 20:30, 20:30] = 5
+    planes = labels_planes(view, labels, NoModel())
+    assert len(planes) == 6  # read later, in the worker: empty planes are skipped there
+    job = AdaptJob(None, AdaptRequest(AnnotationLog().snapshot(), tuple(planes)), api=fake_api())
+    adapt_data = job.build_data(fake_api())
+    assert [int(o.mask.sum()) for o in adapt_data.objects] == [16, 100] and len(adapt_data.images) == 2
+    with pytest.raises(ValueError, match="labels layer has shape"):
+        labels_planes(view, labels[:3], NoModel())
