@@ -166,6 +166,8 @@ class AdaptJob:
         self.request = request
         self._api = api
         self._run_step = run_step
+        #: Objects adapted to (commits and labels), known once :meth:`build_data` ran.
+        self.n_objects = 0
 
     def build_data(self, api):
         """The adaptation data (``api.AdaptData``): every committed object with its prompts and
@@ -191,6 +193,7 @@ class AdaptJob:
                 emb = self.request.embedding_of(key)
                 if emb is not None:
                     embeddings[key] = emb
+        self.n_objects = len(objects)
         return api.AdaptData(images=images, embeddings=embeddings, objects=objects)
 
     def run(self, cancel: threading.Event, progress: Callable[[float, float], None] | None = None) -> AdaptOutcome:
@@ -227,7 +230,7 @@ class AdaptJob:
             logger.debug("adaptation failed", exc_info=err)
             return AdaptOutcome(None, f"adaptation failed, the model is unchanged: {one_line(err)}", failed=True,
                                 step_seconds=steps, seconds=time.monotonic() - start)
-        return AdaptOutcome(result, describe(result, self.request.n_committed), step_seconds=steps,
+        return AdaptOutcome(result, describe(result, self.n_objects), step_seconds=steps,
                             seconds=time.monotonic() - start)
 
 
@@ -245,12 +248,12 @@ def _iou(scores: dict | None) -> float | None:
     return None
 
 
-def describe(result, n_committed: int | None = None) -> str:
+def describe(result, n_objects: int | None = None) -> str:
     """One line: ``held-out IoU 0.62 -> 0.81 on 4 of your 20 objects, 48 s`` and what happened
-    to the model (in use, or rejected and the base kept)."""
+    to the model (in use, or rejected and the base kept); ``n_objects``: all objects adapted to."""
     before, after = _iou(getattr(result, "before", None)), _iou(getattr(result, "after", None))
     n_held = int(getattr(result, "n_heldout", 0))
-    total = n_committed if n_committed else n_held + int(getattr(result, "n_train", 0))
+    total = n_objects if n_objects else n_held + int(getattr(result, "n_train", 0))
     seconds = float(getattr(result, "seconds", 0.0))
     if before is not None and after is not None:
         line = f"held-out IoU {before:.2f} -> {after:.2f} on {n_held} of your {total} objects, {seconds:.0f} s"
