@@ -201,6 +201,19 @@ def test_commits_become_training_data_and_undo_removes_them(make_napari_viewer, 
     assert not panel.start()
     assert f"commit at least {MIN_OBJECTS} objects" in panel.result.text() and not panel.runner.busy
 
+    # the user corrects with the brush: object 0 loses its left half, object 1 is erased
+    layer = c.target_layer()
+    first, second = (o.label for o in snap.objects[:2])
+    cols = np.nonzero(layer.data == first)[1]
+    layer.data[:, : (cols.min() + cols.max()) // 2 + 1][layer.data[:, : (cols.min() + cols.max()) // 2 + 1] == first] = 0
+    layer.data[layer.data == second] = 0
+    now = c.annotations.snapshot().current()
+    assert [o.label for o in now.objects] == [first, snap.objects[2].label]
+    assert np.array_equal(now.objects[0].mask, layer.data == first) and 0 < now.objects[0].area < snap.objects[0].area
+    w.viewer.layers.remove(layer)  # gone: the masks of the commits are used
+    assert [o.area for o in c.annotations.snapshot().current().objects] == [o.area for o in snap.objects]
+    w.viewer.layers.append(layer)
+
     c.undo_commit()
     assert len(c.annotations) == 2
     assert [o.label for o in c.annotations.snapshot().objects] == [o.label for o in snap.objects[:2]]

@@ -59,7 +59,8 @@ class PromptActions:
             error_reporter("EdgeSAM commit")(err)
             return None
         if record is not None:  # kept as training data for adaptation
-            capture_commit(self.annotations, self.embeddings, view, objects, record, preview.data, target.data)
+            capture_commit(self.annotations, self.embeddings, view, objects, record, preview.data, target.data,
+                           resolve=self._layer_data)
         target.refresh()
         if record.ids:
             target.selected_label = max(record.ids.values())
@@ -68,10 +69,14 @@ class PromptActions:
         self.committed.emit(record)
         return record
 
+    def _layer_data(self, layer):
+        """The data of ``layer`` while it is in the viewer, else None."""
+        return layer.data if layer in self.viewer.layers else None
+
     def undo_commit(self) -> None:
         """Restore the target labels as they were before the last commit."""
         try:
-            record = self.session.undo(lambda layer: layer.data if layer in self.viewer.layers else None)
+            record = self.session.undo(self._layer_data)
         except RuntimeError as err:
             self.status.emit(str(err))
             return

@@ -170,13 +170,13 @@ class AdaptJob:
         self.n_objects = 0
 
     def build_data(self, api):
-        """The adaptation data (``api.AdaptData``): every committed object with its prompts and
-        every label of the ticked labels planes, on the plane images the model saw (``H x W x 3``
+        """The adaptation data (``api.AdaptData``): every committed object with its prompts (its
+        pixels as the target labels hold them now) and every label of the ticked labels planes, on the plane images the model saw (``H x W x 3``
         uint8, so no further normalisation), with the embeddings already known. Slow (loads the
         images): call it in a worker."""
-        images = self.request.snapshot.load_images()
-        objects = [api.AdaptObject(o.image_key, o.mask, **prompt_fields(o.prompts))
-                   for o in self.request.snapshot.objects]
+        snapshot = self.request.snapshot.current(min_area=4)  # with the user's brush corrections
+        images = snapshot.load_images()
+        objects = [api.AdaptObject(o.image_key, o.mask, **prompt_fields(o.prompts)) for o in snapshot.objects]
         for key, image_source, labels_source in self.request.labels:
             labels = np.asarray(labels_source())
             if not labels.any():

@@ -51,7 +51,7 @@ def touched_planes(view: ImageView, region: tuple[slice, ...]) -> list[Plane]:
 
 
 def capture_commit(log, embeddings, view: ImageView | None, objects: list[ObjectPrompt], record,
-                   preview: np.ndarray, target: np.ndarray) -> int:
+                   preview: np.ndarray, target: np.ndarray, resolve=None) -> int:
     """Add the objects of a commit to ``log``; returns how many were kept.
 
     Args:
@@ -59,6 +59,8 @@ def capture_commit(log, embeddings, view: ImageView | None, objects: list[Object
         objects: the prompt objects of the current plane (preview id ``i + 1`` is ``objects[i]``).
         record: the session's :class:`~napari_edgesam.interactive.session.CommitRecord`.
         preview, target: the preview and target label data after the commit (nD, same shape).
+        resolve: ``resolve(record.target)`` gives the target's label data now (None once it is
+            gone): adaptation then reads the objects again, with the user's brush corrections.
     """
     if view is None or record is None or not record.ids:
         return 0
@@ -75,7 +77,12 @@ def capture_commit(log, embeddings, view: ImageView | None, objects: list[Object
             if plane.key == view.plane.key and 0 < pid <= len(objects):
                 prompts[tid] = objects[pid - 1]
         if masks:
-            planes.append((image_key(embeddings, view, plane), image_source(view, plane), masks, prompts))
+            labels_now = None
+            if resolve is not None:
+                def labels_now(plane=plane, handle=record.target):
+                    data = resolve(handle)
+                    return None if data is None else plane.read_labels(data)
+            planes.append((image_key(embeddings, view, plane), image_source(view, plane), masks, prompts, labels_now))
     return log.add_commit(record, planes)
 
 

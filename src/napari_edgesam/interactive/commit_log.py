@@ -18,11 +18,14 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from .session import ObjectPrompt
+
+logger = logging.getLogger(__name__)
 
 #: A plane image: called (in a worker) it returns ``H x W x 3`` uint8 RGB, what the encoder saw.
 ImageSource = Callable[[], np.ndarray]
@@ -38,6 +41,8 @@ class AnnotatedObject:
         prompts: the prompts that made it (None where 3D propagation made it).
         label: the id it got in the target labels.
         commit: the serial number of the commit it belongs to (1, 2, ...).
+        labels_now: returns the plane's ``H x W`` target labels as they are now (the user may
+            have corrected the object with the brush), or None when the target is gone.
     """
 
     image_key: str
@@ -45,10 +50,29 @@ class AnnotatedObject:
     prompts: ObjectPrompt | None
     label: int
     commit: int
+    labels_now: Callable[[], np.ndarray | None] | None = field(default=None, compare=False, repr=False)
 
     @property
     def area(self) -> int:
         return int(np.count_nonzero(self.mask))
+
+    def current(self, min_area: int = 1) -> AnnotatedObject | None:
+        """The object as the target labels hold it now: its pixels there (brush corrections
+        included), None if it was erased (fewer than ``min_area`` pixels left); itself when the
+        target is gone or cannot be read."""
+        if self.labels_now is None:
+            return self
+        try:
+            labels = self.labels_now()
+        except (ValueError, IndexError) as err:  # the layer's data changed shape
+            logger.debug("object %d: the target cannot be read again (%s): its committed mask is used", self.label, err)
+            return self
+        if labels is None or np.shape(labels) != self.mask.shape:
+            return self
+        mask = np.asarray(labels) == self.label
+        if np.count_nonzero(mask) < min_area:
+            return None
+        return replace(self, mask=mask)
 
 
 @dataclass(frozen=True)
@@ -65,6 +89,13 @@ class Snapshot:
     @property
     def n_images(self) -> int:
         return len(self.images)
+
+    def current(self, min_area: int = 1) -> Snapshot:
+        """The objects as the target labels hold them now (:meth:`AnnotatedObject.current`:
+        corrected ones with their new pixels, erased ones left out); call it in a worker."""
+        objects = tuple(o for o in (obj.current(min_area) for obj in self.objects) if o is not None)
+        used = {o.image_key for o in objects}
+        return Snapshot({k: v for k, v in self.images.items() if k in used}, objects)
 
     def load_images(self) -> dict[str, np.ndarray]:
         """Every plane image as ``H x W x 3`` uint8 (slow for many planes: call it in a worker)."""
@@ -103,20 +134,21 @@ class AnnotationLog:
         with self._lock:
             return len({o.commit for o in self._objects})
 
-    def add_commit(self, record: object, planes: list[tuple[str, ImageSource, dict[int, np.ndarray],
-                                                            dict[int, ObjectPrompt]]]) -> int:
+    def add_commit(self, record: object, planes: list[tuple]) -> int:
         """Add the objects of one commit; returns how many were kept.
 
         Args:
             record: the session's commit record (its identity links :meth:`undo_commit` to it).
             planes: per plane ``(image_key, image_source, {label: H x W bool mask},
-                {label: prompts})``; an image key seen before keeps its first source.
+                {label: prompts})``, optionally followed by ``labels_now`` (see
+                :class:`AnnotatedObject`); an image key seen before keeps its first source.
         """
         added = 0
         with self._lock:
             self._serial += 1
             serial = self._serial
-            for key, source, masks, prompts in planes:
+            for key, source, masks, prompts, *rest in planes:
+                labels_now = rest[0] if rest else None
                 for label, mask in masks.items():
                     mask = np.asarray(mask, bool)
                     if mask.ndim != 2:
@@ -124,7 +156,7 @@ class AnnotationLog:
                     if np.count_nonzero(mask) < self.min_area:
                         continue
                     self._images.setdefault(key, source)
-                    self._objects.append(AnnotatedObject(key, mask, prompts.get(label), int(label), serial))
+                    self._objects.append(AnnotatedObject(key, mask, prompts.get(label), int(label), serial, labels_now))
                     added += 1
             self._commits[id(record)] = (_reference(record), serial)
         return added
@@ -169,6 +201,7 @@ def annotated_images(snapshot: Snapshot, prefix: str = "plane") -> list:
     of the objects that have them. Loads the images: call it in a worker."""
     from .annotations import AnnotatedImage, ObjectPrompts
 
+    snapshot = snapshot.current()
     images = snapshot.load_images()
     out = []
     for i, (key, rgb) in enumerate(images.items()):
