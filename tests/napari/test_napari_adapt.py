@@ -17,6 +17,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from test_napari_responsive import MAX_GAP_S, TickRecorder  # the stall test's method and bound
 
 from _helpers import CountingBackend
 from napari_edgesam._napari import adapt_panel as panel_module
@@ -32,7 +33,6 @@ from napari_edgesam.inference.core.preprocess import to_rgb_uint8
 from napari_edgesam.interactive.annotations import read_annotations
 from napari_edgesam.interactive.commit_log import AnnotationLog
 from napari_edgesam.training.adapt import AdaptData, AdaptObject
-from test_napari_responsive import MAX_GAP_S, TickRecorder  # the stall test's method and bound
 
 TIMEOUT = 120_000
 SHAPE, COUNT, SEED = (96, 128), 6, 5

@@ -14,11 +14,11 @@ import time
 
 import numpy as np
 import pytest
+from test_napari_responsive import MAX_GAP_S, TickRecorder
 
 from napari_edgesam._napari import layers as L
 from napari_edgesam._napari.interactive_widget import InteractiveWidget
 from napari_edgesam.datasets import synthetic_nuclei_2d
-from test_napari_responsive import MAX_GAP_S, TickRecorder
 
 torch = pytest.importorskip("torch")
 

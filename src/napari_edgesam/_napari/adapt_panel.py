@@ -27,6 +27,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..interactive.annotations import export_annotations
+from ..interactive.commit_log import annotated_images
 from . import names
 from .adapt_job import (
     DEFAULT_PARAMS,
@@ -40,8 +42,6 @@ from .adapt_job import (
     too_few_message,
     torch_missing_reason,
 )
-from ..interactive.annotations import export_annotations
-from ..interactive.commit_log import annotated_images
 from .adapt_runner import AdaptRunner
 from .annotation_capture import labels_planes
 from .text import one_line, wrapping

@@ -15,10 +15,10 @@ Masks are ``H x W`` bool in the plane's (row, col) frame; prompts are
 
 from __future__ import annotations
 
+import logging
 import threading
 import weakref
 from collections.abc import Callable
-import logging
 from dataclasses import dataclass, field, replace
 
 import numpy as np
