@@ -32,7 +32,8 @@ logger = logging.getLogger(__name__)
 MIN_OBJECTS = 4
 #: Default time budget of one adaptation (seconds).
 DEFAULT_SECONDS = 60.0
-#: Which parameters move: the decoder only, so every cached embedding stays valid.
+#: Which parameters move: the decoder only (training.adapt's "decoder"; "head" moves less), so
+#: the encoder is the base's and every cached embedding stays valid after the hot swap.
 DEFAULT_PARAMS = "decoder"
 
 #: A labels plane: called (in a worker) it returns ``H x W`` integer labels (0 = background).

@@ -290,7 +290,7 @@ class AdaptPanel(QWidget):
                 message = "the model changed while adapting: the adapted model was dropped"
             else:
                 predictor = self.swap.adopt(outcome.result)
-                c.set_predictor(predictor, same_encoder=job.request.params == "decoder")
+                c.set_predictor(predictor, same_encoder=job.request.params in ("decoder", "head"))
                 if not self.name.text().strip():
                     self.name.setText(_default_name(predictor, job.predictor))
         self.result.setText(message)
