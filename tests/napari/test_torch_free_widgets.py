@@ -87,6 +87,9 @@ def test_inner_interactive(no_network, make_napari_viewer, qtbot):
     mask = blocker.args[0].labels == 1
     obj = truth == 1
     assert (mask & obj).sum() / (mask | obj).sum() > 0.5
+    panel = widget.adapt_panel  # adapting needs torch: disabled, saying why; the export does not
+    assert not panel.adapt.isEnabled() and "needs PyTorch" in panel.adapt.toolTip() and panel.export.isEnabled()
+    assert c.commit() is not None and len(c.annotations) == 1
     c.close()
 
 

@@ -3,7 +3,7 @@ tools, commit and undo, embedding a whole stack.
 
 :class:`PromptActions` is a part of :class:`~napari_edgesam._napari.controller.InteractiveController`
 (a mixin): it uses only the controller's public interface (``prompt_layers``, ``preview_layer``,
-``target_layer``, ``current_view``, ``edgesam_layers``, ``session``, ``embeddings``, ``clear`` and the ``status``/``polarity_changed``/``committed`` signals).
+``target_layer``, ``current_view``, ``edgesam_layers``, ``session``, ``annotations``, ``embeddings``, ``clear`` and the ``status``/``polarity_changed``/``committed`` signals).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 from napari.utils.notifications import show_info
 
 from . import layers as L
+from .annotation_capture import capture_commit
 from .workers import error_reporter
 
 
@@ -48,6 +49,8 @@ class PromptActions:
             self.status.emit("nothing to commit: the preview is empty")
             return None
         target = self.target_layer(create=True)
+        view = self.current_view()
+        objects = self._objects(view.plane)[0] if view is not None else []
         try:
             record = self.session.commit(preview.data, target.data, handle=target,
                                          overwrite=self.overwrite, keep_ids=self.keep_ids)
@@ -55,6 +58,9 @@ class PromptActions:
             self.status.emit(f"cannot commit into '{target.name}': {err}")
             error_reporter("EdgeSAM commit")(err)
             return None
+        if record is not None:  # kept as training data for adaptation
+            capture_commit(self.annotations, self.embeddings, view, objects, record, preview.data, target.data,
+                           resolve=self._layer_data)
         target.refresh()
         if record.ids:
             target.selected_label = max(record.ids.values())
@@ -63,14 +69,19 @@ class PromptActions:
         self.committed.emit(record)
         return record
 
+    def _layer_data(self, layer):
+        """The data of ``layer`` while it is in the viewer, else None."""
+        return layer.data if layer in self.viewer.layers else None
+
     def undo_commit(self) -> None:
         """Restore the target labels as they were before the last commit."""
         try:
-            record = self.session.undo(lambda layer: layer.data if layer in self.viewer.layers else None)
+            record = self.session.undo(self._layer_data)
         except RuntimeError as err:
             self.status.emit(str(err))
             return
         record.target.refresh()
+        self.annotations.undo_commit(record)
         self.status.emit(f"undid the commit of object(s) {sorted(record.ids.values())}")
 
     def precompute(self) -> None:

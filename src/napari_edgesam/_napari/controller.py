@@ -14,6 +14,7 @@ from qtpy.QtCore import QObject, Signal
 
 from ..inference.core.autozoom import AutoZoom, CropEmbeddingCache
 from ..inference.loading.with_prior import NO_PRIOR_REASON
+from ..interactive.commit_log import AnnotationLog
 from ..interactive.planes import Plane
 from ..interactive.result_text import describe
 from ..interactive.session import PlaneResult, Session, group_prompts, is_single_click
@@ -63,6 +64,8 @@ class InteractiveController(QObject, PromptActions, PropagationActions):
         super().__init__(parent)
         self.viewer = viewer
         self.session = Session()
+        #: The committed objects of this session (masks, prompts, plane images): adaptation's data.
+        self.annotations = AnnotationLog()
         self.embeddings = EmbeddingService(parent=self)
         self.embeddings.ready.connect(lambda _key: self.refresh())
         self.embeddings.busy.connect(self.embedding_busy)
@@ -101,17 +104,21 @@ class InteractiveController(QObject, PromptActions, PropagationActions):
         self._keys.bind(viewer)
 
     # -- model -------------------------------------------------------------------------------
-    def set_predictor(self, predictor, prior_reason: str | None = None) -> None:
+    def set_predictor(self, predictor, prior_reason: str | None = None, *, same_encoder: bool = False) -> None:
         """Use an already-built predictor (e.g. from ``load_model``; tests pass their own).
 
         Its granularity prior (``predictor.prior``), if any, serves single clicks while
         :attr:`use_prior` is on; ``prior_reason`` says why it has none (default
         :data:`~napari_edgesam._napari.model_panel.NO_PRIOR_REASON`).
+        ``same_encoder``: ``predictor`` has the current one's encoder (a model adapted in its
+        decoder only, or the base model it came from): the cached embeddings stay in use.
         """
-        if self.predictor is not None and predictor is not self.predictor:
+        keep = same_encoder and self.predictor is not None and self.embeddings.embedder is not None
+        encoder_name = self.embeddings.embedder.model_name if keep else None
+        if self.predictor is not None and predictor is not self.predictor and not keep:
             self.embeddings.clear()  # another model (perhaps under the same name)
         self.predictor = predictor
-        self.embeddings.set_predictor(predictor)
+        self.embeddings.set_predictor(predictor, encoder_name=encoder_name)
         has_prior = getattr(predictor, "prior", None) is not None
         self.prior_reason = "" if has_prior else (prior_reason or NO_PRIOR_REASON)
         self.embeddings.set_prior(self._prior_to_use())

@@ -92,6 +92,7 @@ class EmbeddingService(QObject):
         self.prefetch_radius = PREFETCH_RADIUS
         self.cache = EmbeddingCache(self.max_bytes)
         self.embedder: SliceEmbedder | None = None
+        self._encoder_name: str | None = None  # the model name in cache keys (None: the predictor's)
         self._predictor = None
         self._prior = None
         self._encode_lock = threading.Lock()  # encoder and prior runs, one at a time
@@ -110,17 +111,19 @@ class EmbeddingService(QObject):
         self._failures.itemed.connect(self._prior_broke)
 
     # -- configuration -----------------------------------------------------------------------
-    def set_predictor(self, predictor) -> None:
+    def set_predictor(self, predictor, encoder_name: str | None = None) -> None:
         """Use ``predictor`` (its ``encode``) from now on, without a prior (see
-        :meth:`set_prior`)."""
+        :meth:`set_prior`). ``encoder_name``: the model name in cache keys when ``predictor``
+        shares the encoder of a model used before (its embeddings are reused); default its own."""
         self.cancel_background()
         self._predictor = predictor
+        self._encoder_name = encoder_name
         self._prior = None
         self._build_embedder()
 
     def _build_embedder(self) -> None:
         predictor = self._predictor  # work started for this model stays with it after a switch
-        self.embedder = SliceEmbedder(predictor, self.cache,
+        self.embedder = SliceEmbedder(predictor, self.cache, model_name=self._encoder_name,
                                       encode=lambda image, **norm: self._encode(predictor, image, **norm))
 
     def set_prior(self, prior) -> None:

@@ -25,6 +25,7 @@ from qtpy.QtWidgets import (
 
 from . import layers as L
 from . import names
+from .adapt_panel import AdaptPanel
 from .controller import InteractiveController
 from .model_panel import ModelPanel
 from .text import wrapping
@@ -76,6 +77,9 @@ class InteractiveWidget(QWidget):
         self.controller = InteractiveController(napari_viewer)
         _close_with(self, self.controller, napari_viewer)
         self.model_panel = ModelPanel()
+        self.adapt_panel = AdaptPanel(self.controller, self.model_panel)
+        runner = self.adapt_panel.runner  # an adaptation in flight stops when the widget goes
+        self.destroyed.connect(lambda *_: runner.cancel())
         self._updating = False
         self._build()
         self._connect()
@@ -165,13 +169,15 @@ class InteractiveWidget(QWidget):
         sform.addRow(_row(self.propagate, self.cancel_propagation))
         sform.addRow(self.propagation_bar)
         sform.addRow(self.quality)
+        adapt_box = QGroupBox("Adapt to my annotations")
+        QVBoxLayout(adapt_box).addWidget(self.adapt_panel)
         keys_box = QGroupBox("Shortcuts")
         QVBoxLayout(keys_box).addWidget(self.shortcuts)
         # The groups sit in a vertical scroll area: on a short screen the dock scrolls instead of
         # squeezing the wrapped labels (the prompt hint was cut to two half lines at 1000 px).
         inner = QWidget()
         layout = QVBoxLayout(inner)
-        for box in (model_box, seg_box, stack_box, keys_box):
+        for box in (model_box, seg_box, stack_box, adapt_box, keys_box):
             layout.addWidget(box)
         layout.addStretch(1)
         scroll = QScrollArea()
@@ -348,6 +354,7 @@ class InteractiveWidget(QWidget):
         self._refresh_layer_choices()
 
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt API)
+        self.adapt_panel.close_panel()
         self.controller.close()
         events = self.viewer.layers.events
         for ev in (events.inserted, events.removed, events.moved):

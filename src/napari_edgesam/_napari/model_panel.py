@@ -138,6 +138,26 @@ class ModelPanel(QWidget):
         self.autoload_requested.emit(name)
         return name
 
+    def refresh_models(self, select: str | None = None) -> None:
+        """List the registered models again (e.g. after an adapted model was saved) and select
+        ``select`` if given and listed; the current choice is kept otherwise."""
+        current = select or self.model.currentText()
+        try:
+            models = registered_models()
+        except Exception as err:  # a broken registry must not break the widget
+            logger.warning("could not list the registered models: %s", err)
+            return
+        self.model.blockSignals(True)
+        try:
+            self.model.clear()
+            self.model.addItems(models)
+            self.model.addItem(names.CUSTOM_MODEL_CHOICE)
+        finally:
+            self.model.blockSignals(False)
+        self.model.setCurrentText(current if current in models or current == names.CUSTOM_MODEL_CHOICE
+                                  else self.model.itemText(0))
+        self._model_changed(self.model.currentText())
+
     def _set_devices(self, devices: list[str]) -> None:
         current = self.device.currentText()
         self.device.clear()

@@ -8,6 +8,7 @@
     napari-edgesam train evaluate   --model M --images DIR --labels DIR [--out-json F]
     napari-edgesam train prior      --images DIR --labels DIR --model M --output X.prior.pth [...]
     napari-edgesam train prior-evaluate --images DIR --labels DIR --model M --prior X.prior.pth [--clicks]
+    napari-edgesam train adapt      --images DIR --labels DIR --model M -o OUT.pth [--max-seconds S] [--max-objects N]
     napari-edgesam train recipe nuclei {prepare,evaluate,package} ...
 
 ``FILE`` is a JSON/TOML/YAML file or the name of a shipped config (``napari-edgesam train
@@ -36,6 +37,7 @@ MODULE_COMMANDS = {
     "evaluate": "napari_edgesam.training.evaluate",
     "prior": "napari_edgesam.training.prior.train_prior",
     "prior-evaluate": "napari_edgesam.training.prior.evaluate_prior",
+    "adapt": "napari_edgesam.training.adapt.cli",
 }
 #: recipe name -> its module (``add_arguments(parser)`` adds its sub-steps, ``run(args)``)
 RECIPES = {
@@ -115,6 +117,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub.add_parser("prior-evaluate", arguments_from=MODULE_COMMANDS["prior-evaluate"],
                    help="box recall/AP50 (and single-click mIoU) of a granularity prior",
                    description="box recall@0.5 and AP50 (and, with --clicks, single-click mIoU) of a prior")
+    sub.add_parser("adapt", arguments_from=MODULE_COMMANDS["adapt"],
+                   help="adapt a model to labelled images (decoder fine-tuning with a held-out guard)",
+                   description="adapt a model to labelled images within a time budget; writes OUT.pth + card")
     p = sub.add_parser("recipe", help="the steps of a shipped model's recipe (data, evaluation, packaging)",
                        description="the steps of a shipped model's recipe: RECIPE STEP ...")
     recipes = p.add_subparsers(dest="recipe", metavar="RECIPE", parser_class=_StepParser, required=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import weakref
 
@@ -93,6 +94,20 @@ class TorchBackend:
         self._dense_pe: torch.Tensor | None = None
         self._tapped = _TappedEncoder(self.model.image_encoder).eval()
         logger.debug("torch backend on %s (fuse=%s, threads=%d)", self.device, fuse, torch.get_num_threads())
+
+    def with_decoder(self, prompt_encoder: torch.nn.Module, mask_decoder: torch.nn.Module) -> TorchBackend:
+        """A backend that shares this one's image encoder (and its traced graph) and decodes
+        with ``prompt_encoder`` and ``mask_decoder`` instead (e.g. adapted copies): its
+        embeddings are this backend's, bit for bit. This backend is not changed."""
+        new = copy.copy(self)
+        model = EdgeSam(self.model.image_encoder, prompt_encoder, mask_decoder)
+        model.prompt_encoder.eval().to(self.device)
+        model.mask_decoder.eval().to(self.device)
+        new.model = model.to(self.device)
+        new._pe_tok = None
+        new._last_tokens = None
+        new._dense_pe = None
+        return new
 
     @property
     def dense_pe(self) -> torch.Tensor:

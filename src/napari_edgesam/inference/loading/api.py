@@ -267,6 +267,8 @@ def _load_predictor(name_or_path, backend, device, decoder, allow_download, allo
         key, why = choose_model(backend, allow_download=allow_download)
         logger.info("model auto: %s", why)
     path = Path(key)
+    if key not in weights.MODEL_REGISTRY and not path.suffix:
+        weights.refresh_adapted_models()  # an adapted model saved since the registry was built
     if key in weights.MODEL_REGISTRY:
         spec = weights.MODEL_REGISTRY[key]
         kind, why = choose_backend(spec, backend)

@@ -134,7 +134,71 @@ def _build_registry() -> None:
             register_model(spec)
 
 
+#: Sub-folder of the cache that holds adapted models (``<name>.pth`` + ``<name>.json`` card,
+#: + ``<name>.prior.pth`` when the base had a prior), written by
+#: ``napari_edgesam.training.adapt.save_adapted``.
+ADAPTED_SUBDIR = "adapted"
+#: The card's ``format`` value that marks an adapted model.
+ADAPTED_FORMAT = "napari-edgesam-adapted"
+#: Names of the registered adapted models (refreshed from the cache).
+_ADAPTED: set[str] = set()
+
+
+def adapted_dir() -> Path:
+    """Where adapted models are saved: ``<cache>/adapted`` (not created)."""
+    return cache_dir() / ADAPTED_SUBDIR
+
+
+def _adapted_spec(card_path: Path) -> ModelSpec | None:
+    """The spec of the adapted model whose card is ``card_path`` (None when it is not one,
+    or its ``.pth`` is missing)."""
+    try:
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    pth = card_path.with_suffix(".pth")
+    if not isinstance(card, dict) or card.get("format") != ADAPTED_FORMAT or not pth.is_file():
+        return None
+    base = card.get("base_model") or {}
+    after = (card.get("heldout_after") or {}).get("mean")
+    before = (card.get("heldout_before") or {}).get("mean")
+    figures = f", held-out IoU {before:.2f} -> {after:.2f}" if isinstance(after, float) and isinstance(before, float) else ""
+    description = (f"adapted from {base.get('name') or base.get('file') or 'a model'} on {card.get('objects', '?')} "
+                   f"objects of {card.get('images', '?')} images{figures} ({card.get('created', '')})")
+    licence = str(card.get("licence") or "")
+    wf = WeightFile(filename=pth.name, size=pth.stat().st_size, local_path=pth, licence=licence)
+    return ModelSpec(card_path.stem, description, {"pth": wf}, licence,
+                     mask_input_refines=bool(card.get("mask_input_refines", True)))
+
+
+def refresh_adapted_models() -> list[str]:
+    """Register the adapted models saved in :func:`adapted_dir` (and drop those whose files
+    are gone); a name taken by another registered model is skipped with a warning. Reads
+    only that folder (no network). Returns the adapted names now registered."""
+    try:
+        cards = sorted(adapted_dir().glob("*.json"))
+    except OSError:
+        cards = []
+    found = {}
+    for card in cards:
+        spec = _adapted_spec(card)
+        if spec is not None:
+            found[spec.name] = spec
+    for name in list(_ADAPTED):
+        if name not in found:
+            MODEL_REGISTRY.pop(name, None)
+            _ADAPTED.discard(name)
+    for name, spec in found.items():
+        if name in MODEL_REGISTRY and name not in _ADAPTED:
+            logger.warning("adapted model %s is not registered: the name is taken by another model", name)
+            continue
+        register_model(spec, overwrite=True)
+        _ADAPTED.add(name)
+    return sorted(_ADAPTED)
+
+
 _build_registry()
+refresh_adapted_models()
 
 
 def sha256_of(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
@@ -332,7 +396,9 @@ def fetch_weight(model_name: str, kind: str, *, progress: bool = True,
 
 
 def list_models() -> list[dict]:
-    """Describe registered models and which of their files are present locally (no network)."""
+    """Describe registered models and which of their files are present locally (no network);
+    adapted models saved in the cache since are registered first."""
+    refresh_adapted_models()
     out = []
     for spec in MODEL_REGISTRY.values():
         files = {}
