@@ -8,7 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_edgesam.export.int8_gate import MIN_MEAN_IOU, GateResult, measure, object_boxes, run_gate
+from napari_edgesam.export.int8_gate import (
+    MIN_MEAN_IOU,
+    GateResult,
+    measure,
+    object_boxes,
+    run_gate,
+)
 from napari_edgesam.inference.loading import weights
 
 HELDOUT = Path(__file__).parents[1] / "data" / "nuclei_heldout" / "dsb_right_half.npz"

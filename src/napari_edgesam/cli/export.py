@@ -175,7 +175,6 @@ def _int8(args: argparse.Namespace, encoder: Path, decoder: Path) -> int:
         print("int8 gate not run (pass --gate DIR with held-out images/ and labels/); use it opt-in")
         return 0
     from ..export.int8_gate import read_pairs, run_gate
-
     from ..inference.backends.openvino_backend import openvino_available
 
     backend = "openvino" if openvino_available() else "onnxruntime"

@@ -101,7 +101,8 @@ def _auto_backend() -> str:
 
 def run(args: argparse.Namespace) -> int:
     if args.measure_backends:
-        from ..inference.loading.backend_choice import PROMPTS_PER_IMAGE, measure, timing_key
+        from ..inference.loading.backend_choice import PROMPTS_PER_IMAGE, timing_key
+        from ..inference.loading.measure import measure
 
         for backend, t in measure(choose_model_name()).items():
             print(f"measured {backend}: encoder {t['encoder_ms']:.0f} ms, decoder {t['decoder_ms']:.1f} ms "

@@ -9,9 +9,10 @@ unfolded eager model in float32 and ~0.2x with the gated int8 encoder on an Inte
 where torch's default path measured 0.65x eager. OpenVINO's CPU plugin supports AMD CPUs
 (AVX2/AVX-512 kernels by instruction set, not by vendor). Its decoder is a few ms per prompt
 slower than torch's (23 vs 16 ms on the Xeon), which a click does not notice but an image's
-encoder time does. Not measured: an AMD laptop; :func:`measure` answers for the CPU it runs on.
+encoder time does. Not measured: an AMD laptop; a measurement answers for the CPU it runs on.
 
-A measurement (``napari-edgesam info --measure-backends``, or :func:`measure`) times each
+A measurement (``napari-edgesam info --measure-backends``, or
+:func:`napari_edgesam.inference.loading.measure.measure`) times each
 installed backend's encoder and decoder on this CPU and stores the times in the cache
 (``backend_timings.json``), keyed by the CPU model and the backends' versions; from then on
 ``auto`` takes the backend with the least ``encoder + 10 x decoder`` time (an image and ten
@@ -145,42 +146,3 @@ def _valid(t: object) -> bool:
         return isinstance(t, dict) and float(t["encoder_ms"]) > 0 and float(t["decoder_ms"]) > 0
     except (KeyError, TypeError, ValueError):
         return False
-
-
-def measure(model: str = "edgesam-nuclei", backends: list[str] | None = None, rounds: int = 3,
-            save: bool = True) -> dict:
-    """Time encoder and decoder of registered ``model`` on each backend (default: those installed
-    that can run it) with ``rounds`` interleaved calls after a warm-up; store the result for
-    this CPU when ``save``. Returns ``{backend: {"encoder_ms", "decoder_ms"}}``. Takes a few
-    seconds per backend (loading included)."""
-    import numpy as np
-
-    from ...datasets import synthetic_nuclei_2d
-    from . import weights
-    from .api import load_model
-
-    spec = weights.MODEL_REGISTRY[model]
-    if backends is None:
-        backends = [b for b in installed_backends()
-                    if ("pth" in spec.files if b == "torch" else "onnx_encoder" in spec.files)]
-    predictors = {b: load_model(model, backend=b) for b in backends}
-    image = synthetic_nuclei_2d(seed=0)[0]
-    box = np.float32([100, 100, 180, 170])
-    times: dict[str, dict[str, list[float]]] = {b: {"encoder_ms": [], "decoder_ms": []} for b in backends}
-    embs = {b: p.encode(image, prior=None) for b, p in predictors.items()}  # warm-up
-    for b, p in predictors.items():
-        p.decode(embs[b], box=box)
-    for _ in range(rounds):
-        for b, p in predictors.items():
-            t = time.perf_counter()
-            embs[b] = p.encode(image, prior=None)
-            times[b]["encoder_ms"].append((time.perf_counter() - t) * 1000)
-            t = time.perf_counter()
-            for _ in range(3):
-                p.decode(embs[b], box=box)
-            times[b]["decoder_ms"].append((time.perf_counter() - t) * 1000 / 3)
-    result = {b: {k: float(np.median(v)) for k, v in t.items()} for b, t in times.items()}
-    if save:
-        path = save_timings(result)
-        logger.info("backend timings for %s saved in %s", timing_key(), path)
-    return result
