@@ -128,6 +128,10 @@ def run(args: argparse.Namespace) -> int:
     check_output_folder(args.output)  # before any work: a file named like the folder
     if (args.calibration is not None or args.gate is not None) and not args.int8:
         raise ValueError("--calibration and --gate go with --int8")
+    if args.int8:  # a held-out or missing calibration folder is an error before any work
+        from ..export.int8 import calibration_images
+
+        args.calibration_images = calibration_images(args.calibration)
     checkpoint = _checkpoint(args.model)
     prior = _prior_file(args.prior, checkpoint) if args.prior is not None else None
     model = build_edge_sam(checkpoint, allow_unsafe=args.allow_unsafe)
@@ -166,9 +170,9 @@ def _int8(args: argparse.Namespace, encoder: Path, decoder: Path) -> int:
     import json
 
     from .._atomic import atomic_write_text
-    from ..export.int8 import calibration_images, int8_path_for, quantize_encoder
+    from ..export.int8 import int8_path_for, quantize_encoder
 
-    images = calibration_images(args.calibration)  # the held-out check comes first: before any work
+    images = args.calibration_images
     int8 = quantize_encoder(encoder, int8_path_for(encoder), images)
     print(f"int8 encoder: {int8} ({int8.stat().st_size / 1e6:.1f} MB, calibrated on {len(images)} images)")
     if args.gate is None:
