@@ -18,6 +18,7 @@ def installed(monkeypatch):
         monkeypatch.setattr(backend_choice, "installed_backends", lambda: [b for b in backend_choice.RULE_ORDER
                                                                             if b in names])
     monkeypatch.setattr(backend_choice, "load_timings", lambda: {})
+    monkeypatch.setattr(backend_choice, "torch_gpu_available", lambda: False)
     return set_
 
 
@@ -83,6 +84,7 @@ def test_timings_are_cached_per_cpu_and_versions(tmp_path, monkeypatch):
 def test_measured_choice_reaches_load_model_and_info(tmp_path, monkeypatch, capsys):
     pytest.importorskip("openvino")
     monkeypatch.setenv("NAPARI_EDGESAM_CACHE", str(tmp_path))
+    monkeypatch.setattr(backend_choice, "torch_gpu_available", lambda: False)
     backend_choice.save_timings({"onnxruntime": {"encoder_ms": 1.0, "decoder_ms": 0.1},
                                  "openvino": {"encoder_ms": 500.0, "decoder_ms": 50.0}})
     assert api.choose_backend(NUCLEI)[0] == "onnxruntime"
@@ -100,3 +102,14 @@ def test_onnx_files_run_on_the_auto_onnx_backend(installed):
     assert api.auto_onnx_backend()[0] == "openvino"
     installed("torch", "onnxruntime")
     assert api.auto_onnx_backend()[0] == "onnxruntime"
+
+
+def test_a_gpu_goes_to_torch(installed, monkeypatch):
+    installed("torch", "onnxruntime", "openvino")
+    assert api.choose_backend(NUCLEI, device="cuda") == ("torch", "device 'cuda' asked for: torch runs on it")
+    assert api.choose_backend(NUCLEI, device="cpu")[0] == "openvino"
+    monkeypatch.setattr(backend_choice, "torch_gpu_available", lambda: True)
+    assert api.choose_backend(NUCLEI) == ("torch", "torch sees a GPU: it runs there")
+    assert api.choose_backend(NUCLEI, device="cpu")[0] == "openvino"
+    installed("onnxruntime", "openvino")  # no torch: the CPU backends
+    assert api.choose_backend(NUCLEI, device="auto")[0] == "openvino"

@@ -53,16 +53,17 @@ def _check_onnx_backend(backend: str) -> None:
                              "(or use backend='onnxruntime')")
 
 
-def choose_backend(spec: weights.ModelSpec, backend: str = "auto") -> tuple[str, str]:
+def choose_backend(spec: weights.ModelSpec, backend: str = "auto", device: str = "auto") -> tuple[str, str]:
     """The backend that runs registered model ``spec`` and the reason, in words.
 
     ``"auto"`` picks, among the installed backends that can run the model (torch needs its
     checkpoint, onnxruntime and OpenVINO its ONNX files), the one measured fastest on this CPU
     if it has been measured, else by the rule of
     :mod:`~napari_edgesam.inference.loading.backend_choice` (OpenVINO, then torch, then
-    onnxruntime). An explicit backend the model has no files for is a ``ValueError`` naming
-    that backend.
+    onnxruntime); torch when ``device`` names a GPU or, with ``device="auto"``, torch sees one.
+    An explicit backend the model has no files for is a ``ValueError`` naming that backend.
     """
+    from . import backend_choice
     from .backend_choice import choose, installed_backends
 
     has_pth, has_onnx = "pth" in spec.files, "onnx_encoder" in spec.files
@@ -81,6 +82,10 @@ def choose_backend(spec: weights.ModelSpec, backend: str = "auto") -> tuple[str,
                              "use backend='onnxruntime'")
         return _resolve_backend("torch", f" (asked for model {spec.name!r})"), "asked for"
     candidates = [b for b in installed_backends() if (has_pth if b == "torch" else has_onnx)]
+    if "torch" in candidates and device not in ("auto", "cpu"):
+        return "torch", f"device {device!r} asked for: torch runs on it"
+    if "torch" in candidates and device == "auto" and backend_choice.torch_gpu_available():
+        return "torch", "torch sees a GPU: it runs there"
     if not candidates:
         if has_pth and not has_onnx:
             raise ValueError(f"model {spec.name!r} needs PyTorch (it has only a .pth checkpoint): "
@@ -306,7 +311,7 @@ def _load_predictor(name_or_path, backend, device, decoder, allow_download, allo
     path = Path(key)
     if key in weights.MODEL_REGISTRY:
         spec = weights.MODEL_REGISTRY[key]
-        kind, why = choose_backend(spec, backend)
+        kind, why = choose_backend(spec, backend, device)
         fmt = "pth" if kind == "torch" else "onnx_encoder"
         local = _local_kind(spec, "auto") if backend == "auto" else None
         if local is not None and local != fmt and not _format_present(spec, fmt):
@@ -343,7 +348,10 @@ def _load_predictor(name_or_path, backend, device, decoder, allow_download, allo
         weights.verify_weight_file(path)
         if backend not in ("auto", *ONNX_BACKENDS):
             raise ValueError(f"{path} is an ONNX file: use backend='onnxruntime' or 'openvino'")
-        kind = auto_onnx_backend()[0] if backend == "auto" else backend
+        if backend == "auto":  # OpenVINO runs on the CPU only; onnxruntime may have a GPU provider
+            kind = auto_onnx_backend()[0] if device in ("auto", "cpu") else "onnxruntime"
+        else:
+            kind = backend
         _check_onnx_backend(kind)
         dec = Path(decoder) if decoder is not None else _onnx_decoder_for(path)
         sha = weights.verify_weight_file(dec)[:4] + weights.verify_weight_file(path)[:4]

@@ -1,7 +1,9 @@
 """Which installed backend ``backend="auto"`` runs: a measured answer per CPU, else a rule.
 
-The rule (used until this CPU has been measured): **OpenVINO** when it is installed and the
-model has ONNX files, then **torch** when the model has a checkpoint, then **onnxruntime**.
+The rule (used until this CPU has been measured): **torch** when a GPU is asked for or torch
+sees one (CUDA, Apple MPS: the CPU backends cannot use it); else **OpenVINO** when it is
+installed and the model has ONNX files, then **torch** when the model has a checkpoint, then
+**onnxruntime**.
 Why OpenVINO first: the encoder is what a user waits for (an image, a slice, a tile) and
 OpenVINO's is the fastest measured on both CPU families the project has seen: 0.40x the
 unfolded eager model in float32 and ~0.2x with the gated int8 encoder on an Intel AVX-512 Xeon
@@ -106,6 +108,24 @@ def save_timings(timings: dict) -> Path:
         data = {}
     data[timing_key()] = {"timings": timings, "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
     return atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def torch_gpu_available() -> bool:
+    """Whether torch sees a CUDA or Apple GPU. torch is imported only when there is a sign of
+    one (an NVIDIA driver, or an Apple-silicon Mac), so a CPU-only machine does not pay for it."""
+    import shutil
+    import sys
+
+    mac = sys.platform == "darwin" and platform.machine() == "arm64"
+    nvidia = Path("/proc/driver/nvidia/version").exists() or shutil.which("nvidia-smi") is not None
+    if not (mac or nvidia):
+        return False
+    try:
+        import torch
+    except Exception:  # noqa: BLE001 - a broken torch install: no GPU for us
+        return False
+    mps = getattr(torch.backends, "mps", None)
+    return bool(torch.cuda.is_available() or (mps is not None and mps.is_available()))
 
 
 def cost_ms(t: dict) -> float:
