@@ -113,3 +113,16 @@ def test_a_gpu_goes_to_torch(installed, monkeypatch):
     assert api.choose_backend(NUCLEI, device="cpu")[0] == "openvino"
     installed("onnxruntime", "openvino")  # no torch: the CPU backends
     assert api.choose_backend(NUCLEI, device="auto")[0] == "openvino"
+
+
+def test_official_onnx_files_stay_behind_torch(installed):
+    """The released models' ONNX files have the official decoder (no mask input, no IoU scores):
+    with torch installed their checkpoint runs; without torch OpenVINO runs the ONNX files."""
+    official = weights.MODEL_REGISTRY["edgesam"]
+    installed("torch", "onnxruntime", "openvino")
+    backend, why = api.choose_backend(official)
+    assert backend == "torch" and "official" in why
+    installed("onnxruntime", "openvino")
+    assert api.choose_backend(official)[0] == "openvino"
+    installed("torch", "onnxruntime", "openvino")
+    assert api.choose_backend(NUCLEI)[0] == "openvino"  # the shipped exports are complete

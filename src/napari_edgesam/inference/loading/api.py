@@ -86,12 +86,23 @@ def choose_backend(spec: weights.ModelSpec, backend: str = "auto", device: str =
         return "torch", f"device {device!r} asked for: torch runs on it"
     if "torch" in candidates and device == "auto" and backend_choice.torch_gpu_available():
         return "torch", "torch sees a GPU: it runs there"
+    if "torch" in candidates and not _onnx_is_extended(spec):
+        # the released ONNX files have the official decoder (no mask input, no IoU scores) and a
+        # bilinear neck: the checkpoint on torch gives the full model
+        return "torch", ("torch is installed and the model's ONNX files are the official ones (no mask input, "
+                         "no IoU scores)")
     if not candidates:
         if has_pth and not has_onnx:
             raise ValueError(f"model {spec.name!r} needs PyTorch (it has only a .pth checkpoint): "
                              "pip install 'napari-edgesam[torch]'")
         raise ValueError(f"no installed backend can run model {spec.name!r}: pip install 'napari-edgesam[openvino]'")
     return choose(candidates)
+
+
+def _onnx_is_extended(spec: weights.ModelSpec) -> bool:
+    """Whether ``spec``'s ONNX files are this project's exports with the extended decoder (the
+    shipped models'); downloaded ones are the official files (official decoder interface)."""
+    return all(k in spec.files and spec.files[k].local_path is not None for k in ("onnx_encoder", "onnx_decoder"))
 
 
 def auto_onnx_backend() -> tuple[str, str]:

@@ -3,7 +3,8 @@
 The rule (used until this CPU has been measured): **torch** when a GPU is asked for or torch
 sees one (CUDA, Apple MPS: the CPU backends cannot use it); else **OpenVINO** when it is
 installed and the model has ONNX files, then **torch** when the model has a checkpoint, then
-**onnxruntime**.
+**onnxruntime**. A model whose ONNX files are the official released ones (no mask input, no
+IoU scores) stays on torch when torch is installed.
 Why OpenVINO first: the encoder is what a user waits for (an image, a slice, a tile) and
 OpenVINO's is the fastest measured on both CPU families the project has seen: 0.40x the
 unfolded eager model in float32 and ~0.2x with the gated int8 encoder on an Intel AVX-512 Xeon
