@@ -114,7 +114,7 @@ def test_compiled_models_are_cached_under_the_project_cache(ov_files, tmp_path, 
     monkeypatch.setenv("NAPARI_EDGESAM_CACHE", str(tmp_path))
     first = OpenVinoBackend(ov_files[0], ov_files[1], num_threads=1)
     blobs = sorted((tmp_path / "openvino").glob("*.blob"))
-    assert len(blobs) == 2  # encoder and decoder, compiled for this CPU
+    assert len(blobs) >= 2  # encoder and decoder (at least), compiled for this CPU
     x, _ = prepare_input(edge_golden["image"])
     second = OpenVinoBackend(ov_files[0], ov_files[1], num_threads=1)  # loaded from the cache
     assert sorted((tmp_path / "openvino").glob("*.blob")) == blobs
