@@ -126,3 +126,15 @@ def test_official_onnx_files_stay_behind_torch(installed):
     assert api.choose_backend(official)[0] == "openvino"
     installed("torch", "onnxruntime", "openvino")
     assert api.choose_backend(NUCLEI)[0] == "openvino"  # the shipped exports are complete
+
+
+def test_measure_times_the_backends_and_stores_them(tmp_path, monkeypatch):
+    from napari_edgesam.inference.loading.measure import measure
+
+    monkeypatch.setenv("NAPARI_EDGESAM_CACHE", str(tmp_path))
+    timings = measure("edgesam-nuclei", backends=["onnxruntime"], rounds=1)
+    t = timings["onnxruntime"]
+    assert set(t) == {"encoder_ms", "decoder_ms"} and t["encoder_ms"] > t["decoder_ms"] > 0
+    assert backend_choice.load_timings() == timings
+    backend, why = backend_choice.choose(["onnxruntime", "openvino"])
+    assert backend == "onnxruntime" and "fastest measured on this CPU" in why
