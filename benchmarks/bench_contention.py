@@ -11,8 +11,9 @@ started and stopped by the script itself:
 
 Each path runs in its own fresh process (thread settings are fixed when a runtime starts), in
 an order rotated per condition. Rows: ``default`` (what ``load_model("edgesam-nuclei")``
-picks), ``torch`` (the torch backend with its defaults: OpenMP threads spin briefly, then
-sleep), ``onnxruntime``, ``torch-passive`` (``OMP_WAIT_POLICY=PASSIVE``: never spin) and
+picks: OpenVINO with the int8 encoder where OpenVINO is installed), ``torch`` (the torch backend
+with its defaults: OpenMP threads spin briefly, then sleep), ``onnxruntime``, ``openvino-fp32``
+(OpenVINO with the float32 encoder), ``torch-passive`` (``OMP_WAIT_POLICY=PASSIVE``: never spin) and
 ``torch-spinning`` (OpenMP's own long spin, as before ``napari_edgesam`` set a short one;
 not a choice the plugin makes). The table gives
 medians, the slowdown against quiet, and the default path against the best path per
@@ -35,7 +36,7 @@ import time
 
 import numpy as np
 
-PATHS = ("default", "torch", "onnxruntime", "torch-passive", "torch-spinning")
+PATHS = ("default", "torch", "onnxruntime", "openvino-fp32", "torch-passive", "torch-spinning")
 CONDITIONS = ("quiet", "2 busy loops", "2 BLAS programs")
 
 
@@ -75,9 +76,11 @@ def _worker(path: str, rounds: int, decodes: int) -> dict:
     from napari_edgesam import load_model
     from napari_edgesam.datasets import synthetic_nuclei_2d
 
-    backend = {"default": "auto", "torch-spinning": "torch", "torch-passive": "torch"}.get(path, path)
+    backend = {"default": "auto", "torch-spinning": "torch", "torch-passive": "torch",
+               "openvino-fp32": "openvino"}.get(path, path)
     t0 = time.perf_counter()
-    predictor = load_model("edgesam-nuclei", backend=backend, allow_download=False)
+    predictor = load_model("edgesam-nuclei", backend=backend, allow_download=False,
+                           **({"int8": False} if path == "openvino-fp32" else {}))
     load_s = time.perf_counter() - t0
     image, labels = synthetic_nuclei_2d(seed=7)
     predictor.set_image(image)  # warm-up (traces the torch encoder)
@@ -94,7 +97,8 @@ def _worker(path: str, rounds: int, decodes: int) -> dict:
         t = time.perf_counter()
         predictor.segment(box=box)
         dec.append(time.perf_counter() - t)
-    return {"backend": predictor.backend.name, "load_s": load_s,
+    return {"backend": predictor.backend.name + ("-int8" if predictor.model_name.endswith("-int8") else ""),
+            "load_s": load_s,
             "encode_ms": 1000 * float(np.median(enc)), "decode_ms": 1000 * float(np.median(dec))}
 
 

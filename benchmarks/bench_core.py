@@ -2,9 +2,13 @@
 
 Rows: the unfolded eager model (computes exactly what the official code computes), our
 default torch path (folded BN/RepVGG, channels-last, jit encoder; fast decoder), a bf16 encoder, onnxruntime and
-OpenVINO (if installed) on our exports, and the fp32 floor (FLOPs / measured matmul peak).
+OpenVINO (if installed) on our exports, the int8 encoder on OpenVINO and on onnxruntime, and the
+fp32 floor (FLOPs / measured matmul peak). The int8 rows run the shipped model's gated int8
+encoder file (``edgesam-nuclei``: the same architecture, so the same cost as the golden
+weights the other rows use; the time of int8 kernels does not depend on the weight values).
+All encoder rows are timed round-robin in one loop (interleaved), and so are the decoder rows.
 
-    python benchmarks/bench_core.py [--rounds 5] [--threads N] [--no-onnx]
+    python benchmarks/bench_core.py [--rounds 5] [--threads N] [--no-onnx] [--quick]
 """
 
 from __future__ import annotations
@@ -41,7 +45,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-onnx", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="3 rounds (encoder) and 10 (decoder): about a minute")
     args = ap.parse_args()
+    if args.quick:
+        args.rounds = 3
     if args.threads:
         torch.set_num_threads(args.threads)
     sd = golden_state_dict()
@@ -97,6 +104,18 @@ def main() -> None:
             dec["openvino"] = lambda: ov.decode(emb, coords, labels)
         except (ImportError, NameError) as err:
             print(f"(openvino rows skipped: {err})")
+        try:
+            from napari_edgesam.inference.loading import weights
+
+            files = weights.MODEL_REGISTRY["edgesam-nuclei"].files
+            q_enc, q_dec = files["onnx_encoder_int8"].local_path, files["onnx_decoder"].local_path
+            if "ov" in locals():
+                ov8 = OpenVinoBackend(q_enc, q_dec, num_threads=args.threads, cache=False)
+                enc["openvino int8 encoder (gated)"] = lambda: ov8.encode(xn)
+            ort8 = OnnxBackend(q_enc, q_dec, device="cpu", num_threads=args.threads)
+            enc["onnxruntime int8 encoder"] = lambda: ort8.encode(xn)
+        except (ImportError, NameError, KeyError) as err:
+            print(f"(int8 rows skipped: {err})")
 
     enc_flops = flops(eager_encode)
     dec_flops = flops(eager_decode)

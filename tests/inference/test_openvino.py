@@ -108,3 +108,41 @@ def test_load_model_picks_openvino_by_name():
 
     predictor = load_model("edgesam-nuclei", backend="openvino", num_threads=1, cache=False)
     assert predictor.backend.name == "openvino" and predictor.backend.supports_mask_input
+
+
+def test_compiled_models_are_cached_under_the_project_cache(ov_files, tmp_path, monkeypatch, edge_golden):
+    monkeypatch.setenv("NAPARI_EDGESAM_CACHE", str(tmp_path))
+    first = OpenVinoBackend(ov_files[0], ov_files[1], num_threads=1)
+    blobs = sorted((tmp_path / "openvino").glob("*.blob"))
+    assert len(blobs) >= 2  # encoder and decoder (at least), compiled for this CPU
+    x, _ = prepare_input(edge_golden["image"])
+    second = OpenVinoBackend(ov_files[0], ov_files[1], num_threads=1)  # loaded from the cache
+    assert sorted((tmp_path / "openvino").glob("*.blob")) == blobs
+    np.testing.assert_array_equal(first.encode(x), second.encode(x))
+    OpenVinoBackend(ov_files[0], ov_files[1], num_threads=1, cache=False)
+    assert sorted((tmp_path / "openvino").glob("*.blob")) == blobs
+
+
+def test_prior_runs_in_openvino_and_agrees_with_onnxruntime():
+    from napari_edgesam.datasets import synthetic_nuclei_2d
+    from napari_edgesam.inference.core.preprocess import to_rgb_uint8
+    from napari_edgesam.inference.prior import load_prior
+    from napari_edgesam.inference.prior.onnx_prior import OnnxBoxPrior
+    from napari_edgesam.models import PACKAGED_DIR
+
+    path = PACKAGED_DIR / "edgesam_nuclei" / "edge_sam_nuclei.prior.onnx"
+    ov = OnnxBoxPrior(path, runtime="openvino", num_threads=1, cache=False)
+    ort = OnnxBoxPrior(path, num_threads=1)
+    assert ov.name == "openvino" and ort.name == "onnxruntime" and ov.settings == ort.settings
+    x, size = prepare_input(to_rgb_uint8(synthetic_nuclei_2d(seed=5)[0]))
+    (b1, s1), (b2, s2) = ov.propose(x, size), ort.propose(x, size)
+    assert len(b1) == len(b2) >= 10
+    np.testing.assert_allclose(b1, b2, atol=0.5)  # pixels of the 1024 frame
+    np.testing.assert_allclose(s1, s2, atol=1e-3)
+    # load_prior gives an OpenVINO predictor an OpenVINO prior
+    from napari_edgesam import load_model
+
+    predictor = load_model("edgesam-nuclei", backend="openvino", num_threads=1, cache=False)
+    assert load_prior(path, predictor).name == "openvino"
+    with pytest.raises(ValueError, match="runtime must be"):
+        OnnxBoxPrior(path, runtime="tensorrt")

@@ -176,3 +176,38 @@ def test_get_plane_orders_axes_like_the_view():
     np.testing.assert_array_equal(get_plane(data, idx, (2, 1)), data[0].T)
     idx = plane_index(3, (0, 2), (0, 4, 0))
     np.testing.assert_array_equal(get_plane(data, idx, (0, 2)), data[:, 4, :])
+
+
+def test_precompute_reads_the_next_slice_while_encoding(volume):
+    """A lazy stack (e.g. dask on disk): slice z+1 is read while slice z is encoded, each
+    missing slice once, cached ones never; the embeddings are those of the right slices."""
+    next_read = {z: threading.Event() for z in range(len(volume))}
+    reads: list[tuple[int, str]] = []
+
+    class Lazy:
+        shape, dtype = volume.shape, volume.dtype
+
+        def __getitem__(self, z):
+            reads.append((z, threading.current_thread().name))
+            time.sleep(0.02)  # disk
+            next_read[z].set()
+            return volume[z]
+
+    overlapped = []
+
+    class Waiting(CountingEncoder):
+        def encode(self, image, **normalisation):
+            z = int(np.flatnonzero(np.isclose(volume.mean(axis=(1, 2)), np.asarray(image).mean()))[0])
+            if z + 1 in (1, 2, 3, 4):  # the read of the next missing slice runs meanwhile
+                overlapped.append(next_read[z + 1].wait(5))
+            return super().encode(image, **normalisation)
+
+    enc = Waiting()
+    emb = SliceEmbedder(enc, EmbeddingCache())
+    emb.embed(volume[5], "z5")
+    assert emb.precompute(Lazy(), lambda z: f"z{z}") == 5
+    assert sorted(z for z, _ in reads) == [0, 1, 2, 3, 4]  # slice 5 was cached: never read
+    assert all(name.startswith("edgesam-read-ahead") for _, name in reads)
+    assert all(overlapped) and len(overlapped) == 4
+    for z in range(len(volume)):
+        assert emb.cache.get(f"z{z}").features[0, 0, 0, 0] == pytest.approx(volume[z].mean(), rel=1e-3)

@@ -19,7 +19,7 @@ def test_auto_picks_the_shipped_model_offline_without_trying_a_download(offline)
     assert name == "edgesam-nuclei"
     assert "shipped" in why and str(cache) in why and "edge_sam.pth" in why and "\n" not in why
     predictor = api.load_model("auto", device="cpu")
-    assert predictor.model_name == "edgesam-nuclei"
+    assert predictor.model_name.removesuffix("-int8") == "edgesam-nuclei"  # -int8: the gated int8 encoder on OpenVINO
     assert attempts == []
 
 
@@ -71,6 +71,6 @@ def test_demo_uses_the_model_on_this_machine_first(offline, capsys):
 
     _, attempts = offline
     predictor = demo.choose_model(None, device="cpu")
-    assert predictor.model_name == "edgesam-nuclei" and attempts == []
+    assert predictor.model_name.removesuffix("-int8") == "edgesam-nuclei"  # -int8: the gated int8 encoder on OpenVINO and attempts == []
     lines = [line for line in capsys.readouterr().err.splitlines() if "model edgesam-nuclei" in line]
     assert len(lines) == 1 and "shipped" in lines[0]

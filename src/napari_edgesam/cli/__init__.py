@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("napari_edgesam.cli.demo", "open napari with a sample image and a segmented object"),
     "batch": ("napari_edgesam.cli.batch", "segment many images (automatic or from prompt files)"),
     "export": ("napari_edgesam.cli.export", "export a model to ONNX"),
+    "gate": ("napari_edgesam.cli.gate", "check an int8 encoder's masks against float32 on held-out data"),
     "train": ("napari_edgesam.cli.train", "distil, fine-tune, evaluate and export models; train priors; recipes"),
 }
 

@@ -63,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="redo images whose outputs exist")
     parser.add_argument("--scheduler", metavar="ADDRESS", default=None,
                         help="Dask scheduler address (e.g. tcp://host:8786): one task per image")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads per worker")
+    parser.add_argument("--threads", type=int, default=None, help="inference threads per worker (torch, onnxruntime or OpenVINO)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--keep-holes", action="store_true", help="keep interior holes of the masks (default: filled)")
     parser.add_argument("--keep-pieces", action="store_true",

@@ -10,6 +10,9 @@ import platform
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--measure-backends", action="store_true",
+                   help="time the installed backends on this CPU (a few seconds each) and remember the fastest "
+                        "for --backend auto")
 
 
 def _version(pkg: str) -> str | None:
@@ -59,6 +62,13 @@ def collect() -> dict:
     }
 
 
+def choose_model_name() -> str:
+    """The registered model ``--model auto`` picks now (no network); ``RuntimeError`` if none."""
+    from ..inference.loading.api import choose_model
+
+    return choose_model(allow_download=False)[0]
+
+
 def _auto_model() -> str:
     """What ``--model auto`` picks now without network, and why (one line)."""
     from ..inference.loading.api import choose_model
@@ -72,17 +82,32 @@ def _auto_model() -> str:
 def _auto_backend() -> str:
     """The backend ``--backend auto`` runs that model on, and why (one line)."""
     from ..inference.loading import weights
-    from ..inference.loading.api import choose_backend, choose_model
+    from ..inference.loading.api import choose_backend, choose_model, wants_int8
 
     try:
         name = choose_model(allow_download=False)[0]
-        backend, why = choose_backend(weights.MODEL_REGISTRY[name])
+        spec = weights.MODEL_REGISTRY[name]
+        backend, why = choose_backend(spec)
     except (RuntimeError, ValueError, KeyError) as err:
         return f"none ({err})"
+    if backend != "torch" and wants_int8(spec, backend, None):
+        from ..models import PACKAGED
+
+        gate = PACKAGED.get(name, {}).get("int8_gate", {})
+        iou = f"; mask IoU vs float32 {gate['mean_iou']:.3f} on held-out nuclei" if "mean_iou" in gate else ""
+        return f"{backend} with the int8 encoder of {name} ({why}; int8: its accuracy gate held{iou})"
     return f"{backend} ({why})"
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.measure_backends:
+        from ..inference.loading.backend_choice import PROMPTS_PER_IMAGE, timing_key
+        from ..inference.loading.measure import measure
+
+        for backend, t in measure(choose_model_name()).items():
+            print(f"measured {backend}: encoder {t['encoder_ms']:.0f} ms, decoder {t['decoder_ms']:.1f} ms "
+                  f"(cost {t['encoder_ms'] + PROMPTS_PER_IMAGE * t['decoder_ms']:.0f} ms)", flush=True)
+        print(f"saved for {timing_key()}")
     info = collect()
     if args.json:
         print(json.dumps(info, indent=2, default=str))

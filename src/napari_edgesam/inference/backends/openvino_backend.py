@@ -46,6 +46,40 @@ def _cache_dir() -> Path:
     return cache_dir() / "openvino"
 
 
+def ov_core(num_threads: int | None = None, cache: bool = True):
+    """An OpenVINO ``Core`` (with the compiled-model cache under ``<cache>/openvino`` when
+    ``cache``) and the CPU configuration every EdgeSAM model here is compiled with."""
+    import openvino as ov
+
+    from . import check_num_threads
+
+    config: dict = {
+        "PERFORMANCE_HINT": "LATENCY",
+        # threads pinned to cores fight other programs for those cores on a busy PC
+        "ENABLE_CPU_PINNING": False,
+        # f32 everywhere: the masks must not depend on whether the CPU has bf16 units (an int8
+        # encoder file still runs its quantized layers in int8)
+        "INFERENCE_PRECISION_HINT": "f32",
+    }
+    if check_num_threads(num_threads) is not None:
+        config["INFERENCE_NUM_THREADS"] = int(num_threads)
+    core = ov.Core()
+    if cache:
+        try:
+            _cache_dir().mkdir(parents=True, exist_ok=True)
+            core.set_property({"CACHE_DIR": os.fspath(_cache_dir())})
+        except OSError as err:  # a read-only cache: compile every time
+            logger.info("openvino: no compiled-model cache (%s)", err)
+    return core, config
+
+
+def compile_onnx(path: str | os.PathLike, what: str, num_threads: int | None = None, cache: bool = True):
+    """``path`` compiled for the CPU (see :func:`ov_core`); ``ValueError`` naming ``what`` if
+    OpenVINO cannot read it."""
+    core, config = ov_core(num_threads, cache)
+    return OpenVinoBackend._compile(core, Path(path), what, config)
+
+
 class OpenVinoBackend:
     """Runs an EdgeSAM encoder/decoder pair of ONNX files with OpenVINO on the CPU.
 
@@ -74,32 +108,15 @@ class OpenVinoBackend:
         num_threads: int | None = None,
         cache: bool = True,
     ) -> None:
-        import openvino as ov
-
         if device not in ("auto", "cpu"):
             raise ValueError(f"the openvino backend runs on the CPU: use device='cpu', got {device!r}")
         self.encoder_path, self.decoder_path = Path(encoder_path), Path(decoder_path)
         for path, what in ((self.encoder_path, "encoder"), (self.decoder_path, "decoder")):
             if not path.is_file():
                 raise FileNotFoundError(f"EdgeSAM {what} ONNX file not found: {path}")
-        config: dict = {
-            "PERFORMANCE_HINT": "LATENCY",
-            # threads pinned to cores fight other programs for those cores on a busy PC
-            "ENABLE_CPU_PINNING": False,
-            # f32 everywhere: the masks must not depend on whether the CPU has bf16 units
-            "INFERENCE_PRECISION_HINT": "f32",
-        }
-        from . import check_num_threads
-
-        if check_num_threads(num_threads) is not None:
-            config["INFERENCE_NUM_THREADS"] = int(num_threads)
-        core = ov.Core()
-        if cache:
-            try:
-                _cache_dir().mkdir(parents=True, exist_ok=True)
-                core.set_property({"CACHE_DIR": os.fspath(_cache_dir())})
-            except OSError as err:  # a read-only cache: compile every time
-                logger.info("openvino: no compiled-model cache (%s)", err)
+        #: what a prior run beside this backend is compiled with (``load_prior``)
+        self.num_threads, self.cache = num_threads, cache
+        core, config = ov_core(num_threads, cache)
         self.encoder = self._compile(core, self.encoder_path, "encoder", config)
         self.decoder = self._compile(core, self.decoder_path, "decoder", config)
         enc_in = {n for p in self.encoder.inputs for n in p.get_names()}

@@ -41,7 +41,7 @@ class BatchConfig:
         merge_iou: IoU linking per-slice objects of stacks into 3D objects (automatic mode).
         overwrite: process images even if their outputs exist.
         out_dir: where outputs go (``run_batch`` fills it in).
-        num_threads: torch intra-op threads per worker (default: torch's choice).
+        num_threads: inference threads per worker, any backend (default: the runtime's choice).
         fill_holes: fill interior holes of every object (prompt mode; the automatic modes use
             their config's ``fill_holes``); False keeps them.
         one_piece: prompt mode: keep only the piece of each object's mask that its prompt points

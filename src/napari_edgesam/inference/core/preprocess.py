@@ -281,14 +281,33 @@ def resize_longest_side(rgb: np.ndarray, target: int = IMG_SIZE) -> np.ndarray:
     return out
 
 
+def _normalisation_lut() -> np.ndarray:
+    """``3 x 256`` float32: ``(v - mean[c]) / std[c]`` for every uint8 value ``v``, computed with
+    the same float32 operations as on the image, so a look-up gives the same bits."""
+    values = np.arange(256, dtype=np.float32)[None, :]
+    mean = np.asarray(PIXEL_MEAN, np.float32)[:, None]
+    std = np.asarray(PIXEL_STD, np.float32)[:, None]
+    return np.ascontiguousarray((values - mean) / std, np.float32)
+
+
+_LUT = _normalisation_lut()
+
+
 def normalize_and_pad(resized: np.ndarray, size: int = IMG_SIZE) -> np.ndarray:
-    """``h x w x 3`` uint8 (longest side <= size) -> normalised, zero-padded ``1 x 3 x size x size``."""
+    """``h x w x 3`` uint8 (longest side <= size) -> normalised, zero-padded ``1 x 3 x size x size``.
+
+    One table look-up per pixel and channel (``_LUT``), ~3x faster than converting and
+    normalising a float copy (which a whole stack does once per slice); identical values.
+    """
     h, w = resized.shape[:2]
     out = np.zeros((1, 3, size, size), np.float32)
-    x = resized.astype(np.float32).transpose(2, 0, 1)
-    mean = np.asarray(PIXEL_MEAN, np.float32)[:, None, None]
-    std = np.asarray(PIXEL_STD, np.float32)[:, None, None]
-    out[0, :, :h, :w] = (x - mean) / std
+    if resized.dtype != np.uint8:  # e.g. augmented training images: the float path
+        x = resized.astype(np.float32).transpose(2, 0, 1)
+        mean = np.asarray(PIXEL_MEAN, np.float32)[:, None, None]
+        out[0, :, :h, :w] = (x - mean) / np.asarray(PIXEL_STD, np.float32)[:, None, None]
+        return out
+    for c in range(3):
+        np.take(_LUT[c], resized[..., c], out=out[0, c, :h, :w])
     return out
 
 

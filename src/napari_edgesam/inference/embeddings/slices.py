@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -141,16 +142,32 @@ class SliceEmbedder:
         total = int(np.shape(volume)[0])
         norm = dict(normalisation or {})
         count = 0
-        for z in range(total):
-            if cancel is not None and cancel.is_set():
-                logger.debug("precompute cancelled at slice %d of %d", z, total)
-                break
-            key = key_fn(z)
-            if key not in self.cache:
-                count += self._embed(key, lambda z=z: volume[z], norm)[1]
-            if progress is not None:
-                progress(z + 1, total)
+        todo = [z for z in range(total) if key_fn(z) not in self.cache]
+        after = dict(zip(todo, todo[1:]))  # the next missing slice of each
+        # the next missing slice is read (e.g. from a lazy dask/zarr stack on disk) in a thread
+        # while this one is encoded: reading and encoding overlap
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgesam-read-ahead") as reader:
+            ahead = {z: reader.submit(_read, volume, z) for z in todo[:1]}
+            for z in range(total):
+                if cancel is not None and cancel.is_set():
+                    logger.debug("precompute cancelled at slice %d of %d", z, total)
+                    break
+                key = key_fn(z)
+                if z in ahead:
+                    if z in after:
+                        ahead[after[z]] = reader.submit(_read, volume, after[z])
+                    count += self._embed(key, ahead.pop(z).result, norm)[1]
+                elif key not in self.cache:
+                    count += self._embed(key, lambda z=z: volume[z], norm)[1]
+                if progress is not None:
+                    progress(z + 1, total)
+            for future in ahead.values():
+                future.cancel()
         return count
+
+
+def _read(volume, z: int) -> np.ndarray:
+    return np.asarray(volume[z])
 
 
 def neighbour_order(current: int, n: int, radius: int = 2) -> list[int]:

@@ -53,16 +53,19 @@ def _check_onnx_backend(backend: str) -> None:
                              "(or use backend='onnxruntime')")
 
 
-def choose_backend(spec: weights.ModelSpec, backend: str = "auto") -> tuple[str, str]:
+def choose_backend(spec: weights.ModelSpec, backend: str = "auto", device: str = "auto") -> tuple[str, str]:
     """The backend that runs registered model ``spec`` and the reason, in words.
 
-    ``"auto"`` picks torch when it is installed and the model has a checkpoint: with the short
-    OpenMP spin this package sets (see ``napari_edgesam.__init__``) it decodes ~1.5x faster
-    than onnxruntime on a quiet CPU and keeps pace beside busy programs
-    (``benchmarks/bench_contention.py``); otherwise onnxruntime on the model's ONNX files (the
-    shipped model has them, so a torch-free install works offline). An explicit backend the
-    model has no files for is a ``ValueError`` naming that backend.
+    ``"auto"`` picks, among the installed backends that can run the model (torch needs its
+    checkpoint, onnxruntime and OpenVINO its ONNX files), the one measured fastest on this CPU
+    if it has been measured, else by the rule of
+    :mod:`~napari_edgesam.inference.loading.backend_choice` (OpenVINO, then torch, then
+    onnxruntime); torch when ``device`` names a GPU or, with ``device="auto"``, torch sees one.
+    An explicit backend the model has no files for is a ``ValueError`` naming that backend.
     """
+    from . import backend_choice
+    from .backend_choice import choose, installed_backends
+
     has_pth, has_onnx = "pth" in spec.files, "onnx_encoder" in spec.files
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -78,12 +81,50 @@ def choose_backend(spec: weights.ModelSpec, backend: str = "auto") -> tuple[str,
             raise ValueError(f"model {spec.name!r} has no PyTorch checkpoint for the torch backend; "
                              "use backend='onnxruntime'")
         return _resolve_backend("torch", f" (asked for model {spec.name!r})"), "asked for"
-    if has_pth and torch_available():
-        return "torch", "torch is installed: the fastest path measured here"
-    if has_onnx:
-        return "onnxruntime", "torch is not installed" if has_pth else "the model has ONNX files only"
-    raise ValueError(f"model {spec.name!r} needs PyTorch (it has only a .pth checkpoint): "
-                     "pip install 'napari-edgesam[torch]'")
+    candidates = [b for b in installed_backends() if (has_pth if b == "torch" else has_onnx)]
+    if "torch" in candidates and device not in ("auto", "cpu"):
+        return "torch", f"device {device!r} asked for: torch runs on it"
+    if "torch" in candidates and device == "auto" and backend_choice.torch_gpu_available():
+        return "torch", "torch sees a GPU: it runs there"
+    if "torch" in candidates and not _onnx_is_extended(spec):
+        # the released ONNX files have the official decoder (no mask input, no IoU scores) and a
+        # bilinear neck: the checkpoint on torch gives the full model
+        return "torch", ("torch is installed and the model's ONNX files are the official ones (no mask input, "
+                         "no IoU scores)")
+    if not candidates:
+        if has_pth and not has_onnx:
+            raise ValueError(f"model {spec.name!r} needs PyTorch (it has only a .pth checkpoint): "
+                             "pip install 'napari-edgesam[torch]'")
+        raise ValueError(f"no installed backend can run model {spec.name!r}: pip install 'napari-edgesam[openvino]'")
+    return choose(candidates)
+
+
+def _onnx_is_extended(spec: weights.ModelSpec) -> bool:
+    """Whether ``spec``'s ONNX files are this project's exports with the extended decoder (the
+    shipped models'); downloaded ones are the official files (official decoder interface)."""
+    return all(k in spec.files and spec.files[k].local_path is not None for k in ("onnx_encoder", "onnx_decoder"))
+
+
+def auto_onnx_backend() -> tuple[str, str]:
+    """The backend ``"auto"`` runs an ONNX file on (OpenVINO or onnxruntime), and why."""
+    from .backend_choice import choose, installed_backends
+
+    return choose([b for b in installed_backends() if b in ONNX_BACKENDS] or ["onnxruntime"])
+
+
+def wants_int8(spec: weights.ModelSpec, backend: str, int8: bool | None) -> bool:
+    """Whether the int8 encoder of ``spec`` runs: ``int8=None`` (the default) uses it on OpenVINO
+    when the model has one (registered only when it passed its accuracy gate,
+    :mod:`napari_edgesam.export.int8_gate`); True asks for it on an ONNX backend (``ValueError``
+    when there is none); False never."""
+    has = "onnx_encoder_int8" in spec.files
+    if int8 is None:
+        return has and backend == "openvino"
+    if int8 and (not has or backend not in ONNX_BACKENDS):
+        raise ValueError(f"model {spec.name!r} has no int8 encoder for the {backend} backend: export one with "
+                         f"'napari-edgesam export {spec.name} -o DIR --int8' and load DIR's *_encoder_int8.onnx "
+                         "(onnxruntime or openvino)")
+    return bool(int8)
 
 
 #: Preference order of ``load_model("auto")``.
@@ -94,7 +135,13 @@ def _local_kind(spec: weights.ModelSpec, backend: str = "auto") -> str | None:
     """The weight format of ``spec`` that ``backend`` can use and whose files are on this
     machine now (``"pth"`` or ``"onnx_encoder"``), preferring the backend's own; None if none is.
     Only file presence and size are checked (no hashing, no network)."""
-    preferred = _resolve_backend(backend)
+    if backend == "auto":
+        try:
+            preferred = choose_backend(spec)[0]
+        except ValueError:
+            preferred = _resolve_backend(backend)
+    else:
+        preferred = _resolve_backend(backend)
     order = ("pth", "onnx_encoder") if preferred == "torch" else ("onnx_encoder", "pth")
     if backend != "auto":
         order = order[:1]
@@ -203,6 +250,8 @@ def _onnx_decoder_for(encoder: Path) -> Path:
             f"cannot find the decoder for ONNX file {encoder}: name it '*encoder*.onnx' with a "
             "'*decoder*.onnx' beside it, or pass decoder=..."
         )
+    if encoder.stem.endswith("_encoder_int8"):  # export --int8: the float32 decoder beside it
+        return encoder.with_name(encoder.stem[: -len("_encoder_int8")] + "_decoder.onnx")
     return encoder.with_name(name.replace("encoder", "decoder"))
 
 
@@ -215,6 +264,7 @@ def load_model(
     allow_download: bool = True,
     allow_unsafe: bool = False,
     prior: str | os.PathLike | None = None,
+    int8: bool | None = None,
     **backend_options,
 ) -> EdgeSamPredictor:
     """Return a ready :class:`EdgeSamPredictor`.
@@ -230,6 +280,8 @@ def load_model(
         allow_unsafe: permit full unpickling of a trusted ``.pth`` file.
         prior: a granularity prior (box head): a ``.prior.pth``/``.prior.onnx`` path, or
             ``"auto"`` to use the one stored beside the model file if there is one.
+        int8: the model's int8 encoder (registered models): None uses it on OpenVINO when the
+            model has one that passed its accuracy gate; True asks for it; False never.
         backend_options: passed to the backend (e.g. ``num_threads``).
     """
     from ..backends import check_device
@@ -238,7 +290,7 @@ def load_model(
         raise TypeError(f"name_or_path must be a model name or a file path, got {type(name_or_path).__name__}")
     check_device(device)  # one message for every backend, before any file is read
     predictor = _load_predictor(
-        name_or_path, backend, device, decoder, allow_download, allow_unsafe, backend_options
+        name_or_path, backend, device, decoder, allow_download, allow_unsafe, backend_options, int8
     )
     if prior is not None:
         _attach_prior(predictor, prior, device)
@@ -259,7 +311,8 @@ def _attach_prior(predictor: EdgeSamPredictor, prior: str | os.PathLike, device:
     predictor.prior = load_prior(path, predictor, device=device)
 
 
-def _load_predictor(name_or_path, backend, device, decoder, allow_download, allow_unsafe, backend_options):
+def _load_predictor(name_or_path, backend, device, decoder, allow_download, allow_unsafe, backend_options,
+                    int8=None):
     key = os.fspath(name_or_path)
     if not key.strip():  # Path("") would be the current folder
         raise ValueError("no model given (an empty name): use 'auto', a registered model name or a .pth/.onnx path")
@@ -271,21 +324,29 @@ def _load_predictor(name_or_path, backend, device, decoder, allow_download, allo
         weights.refresh_adapted_models()  # an adapted model saved since the registry was built
     if key in weights.MODEL_REGISTRY:
         spec = weights.MODEL_REGISTRY[key]
-        kind, why = choose_backend(spec, backend)
+        kind, why = choose_backend(spec, backend, device)
         fmt = "pth" if kind == "torch" else "onnx_encoder"
         local = _local_kind(spec, "auto") if backend == "auto" else None
         if local is not None and local != fmt and not _format_present(spec, fmt):
             # what is on this machine: no download for another format
-            kind = "torch" if local == "pth" else "onnxruntime"
+            kind = "torch" if local == "pth" else auto_onnx_backend()[0]
             why = "its files on this machine are in that format"
         logger.info("model %s on %s (%s)", key, kind, why)
+        if kind == "torch" and int8 and backend == "auto" and "onnx_encoder_int8" in spec.files:
+            kind, why = auto_onnx_backend()  # int8 asked for: it runs on an ONNX backend
+        if kind == "torch" and int8:
+            wants_int8(spec, kind, int8)  # the error: int8 runs on the ONNX backends
         if kind == "torch":
             ckpt = weights.fetch_weight(key, "pth", allow_download=allow_download)
             predictor = _torch_predictor(ckpt, device, key, allow_unsafe, backend_options)
         else:
-            enc = weights.fetch_weight(key, "onnx_encoder", allow_download=allow_download)
+            int8 = wants_int8(spec, kind, int8)
+            enc = weights.fetch_weight(key, "onnx_encoder_int8" if int8 else "onnx_encoder",
+                                       allow_download=allow_download)
             dec = weights.fetch_weight(key, "onnx_decoder", allow_download=allow_download)
-            predictor = _onnx_predictor(enc, dec, device, key, backend_options, kind)
+            # int8 embeddings differ from float32 ones: they are cached under a name of their own
+            predictor = _onnx_predictor(enc, dec, device, f"{key}-int8" if int8 else key, backend_options, kind)
+            predictor.source_path = weights.fetch_weight(key, "onnx_encoder", allow_download=allow_download)
         predictor.refine_with_mask_input = spec.mask_input_refines
         return predictor
     if path.is_dir():
@@ -300,7 +361,10 @@ def _load_predictor(name_or_path, backend, device, decoder, allow_download, allo
         weights.verify_weight_file(path)
         if backend not in ("auto", *ONNX_BACKENDS):
             raise ValueError(f"{path} is an ONNX file: use backend='onnxruntime' or 'openvino'")
-        kind = "onnxruntime" if backend == "auto" else backend
+        if backend == "auto":  # OpenVINO runs on the CPU only; onnxruntime may have a GPU provider
+            kind = auto_onnx_backend()[0] if device in ("auto", "cpu") else "onnxruntime"
+        else:
+            kind = backend
         _check_onnx_backend(kind)
         dec = Path(decoder) if decoder is not None else _onnx_decoder_for(path)
         sha = weights.verify_weight_file(dec)[:4] + weights.verify_weight_file(path)[:4]

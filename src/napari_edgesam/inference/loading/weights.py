@@ -30,7 +30,7 @@ from ...cachedir import CACHE_ENV, cache_dir
 logger = logging.getLogger(__name__)
 
 HASHES_FILE = "recorded_sha256.json"
-KINDS = ("pth", "onnx_encoder", "onnx_decoder")
+KINDS = ("pth", "onnx_encoder", "onnx_decoder", "onnx_encoder_int8")
 
 EDGESAM_LICENCE = (
     "EdgeSAM weights: NTU S-Lab License 1.0 - non-commercial use only. "
@@ -115,10 +115,22 @@ def _packaged_spec(name: str, entry: dict, root: Path) -> ModelSpec | None:
     if not {"onnx_encoder", "onnx_decoder"} <= set(found):
         found.pop("onnx_encoder", None)
         found.pop("onnx_decoder", None)
+        found.pop("onnx_encoder_int8", None)
+    if "onnx_encoder_int8" in found and not _gate_passed(entry.get("int8_gate")):
+        # an int8 encoder is used only when its accuracy gate held (napari_edgesam.export.int8_gate)
+        found.pop("onnx_encoder_int8")
     if not found:
         return None
     return ModelSpec(name=name, description=entry["description"], files=found, licence=entry["licence"],
                      mask_input_refines=entry.get("mask_input_refines", True))
+
+
+def _gate_passed(gate: object) -> bool:
+    """Whether a recorded int8 gate (``{"mean_iou", "threshold", ...}``) held."""
+    try:
+        return float(gate["mean_iou"]) >= float(gate["threshold"]) >= 0.97  # type: ignore[index]
+    except (KeyError, TypeError, ValueError):
+        return False
 
 
 def _build_registry() -> None:

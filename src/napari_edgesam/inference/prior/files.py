@@ -31,7 +31,8 @@ def find_prior(model_path: str | os.PathLike) -> Path | None:
     """The prior stored beside a model file (``x.prior.onnx`` for ONNX models, else
     ``x.prior.pth``), or None."""
     path = Path(model_path)
-    stem = path.stem[: -len("_encoder")] if path.stem.endswith("_encoder") else path.stem
+    stem = path.stem.removesuffix("_int8")  # an int8 encoder shares the float32 one's prior
+    stem = stem[: -len("_encoder")] if stem.endswith("_encoder") else stem
     names = [f"{stem}.prior.onnx", f"{stem}.prior.pth"] if path.suffix == ".onnx" else [f"{stem}.prior.pth"]
     for name in names:
         if (path.with_name(name)).is_file():
@@ -47,7 +48,13 @@ def load_prior(path: str | os.PathLike, predictor=None, *, device: str = "auto",
     if path.suffix.lower() == ".onnx":
         from .onnx_prior import OnnxBoxPrior
 
-        prior = OnnxBoxPrior(path, device=device, use_embedding=use_embedding)
+        backend = getattr(predictor, "backend", None)
+        if getattr(backend, "name", None) == "openvino":  # the prior runs in the predictor's runtime
+            prior = OnnxBoxPrior(path, device=device, use_embedding=use_embedding, runtime="openvino",
+                                 num_threads=getattr(backend, "num_threads", None),
+                                 cache=getattr(backend, "cache", True))
+        else:
+            prior = OnnxBoxPrior(path, device=device, use_embedding=use_embedding)
         prior.source_path = path
         prior.source_tag = prior_tag(prior)
         return prior
@@ -91,7 +98,8 @@ def prior_path_for(model_path: str | os.PathLike) -> Path:
     """Where the head of an EdgeSAM checkpoint ``x.pth`` (or ``x_encoder.onnx``) is stored:
     ``x.prior.pth`` beside it."""
     path = Path(model_path)
-    stem = path.stem[: -len("_encoder")] if path.stem.endswith("_encoder") else path.stem
+    stem = path.stem.removesuffix("_int8")  # an int8 encoder shares the float32 one's prior
+    stem = stem[: -len("_encoder")] if stem.endswith("_encoder") else stem
     return path.with_name(f"{stem}.prior.pth")
 
 
