@@ -202,11 +202,12 @@ def test_commits_become_training_data_and_undo_removes_them(make_napari_viewer, 
     assert not panel.start()
     assert f"commit at least {MIN_OBJECTS} objects" in panel.result.text() and not panel.runner.busy
 
-    # the user corrects with the brush: object 0 loses its left half, object 1 is erased
+    # the user corrects with the brush: object 0 loses its upper half, object 1 is erased
     layer = c.target_layer()
     first, second = (o.label for o in snap.objects[:2])
-    cols = np.nonzero(layer.data == first)[1]
-    layer.data[:, : (cols.min() + cols.max()) // 2 + 1][layer.data[:, : (cols.min() + cols.max()) // 2 + 1] == first] = 0
+    rows, cols = np.nonzero(layer.data == first)  # raster order: the first half are the upper rows
+    assert len(rows) >= 2
+    layer.data[rows[: len(rows) // 2], cols[: len(rows) // 2]] = 0
     layer.data[layer.data == second] = 0
     now = c.annotations.snapshot().current()
     assert [o.label for o in now.objects] == [first, snap.objects[2].label]
