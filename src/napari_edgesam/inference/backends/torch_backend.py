@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ...model.edge_sam import EdgeSam
-from ...model.fast_decoder import decode_tokens, to_tokens
+from ...model.fast_decoder import ImageTokens, decode_one, decode_tokens, to_tokens
 from . import compute_thread
 
 logger = logging.getLogger(__name__)
@@ -158,13 +158,12 @@ class TorchBackend:
             pe = self.model.prompt_encoder
             sparse = pe.embed_points(coords, labels, pad=False)
             if self.fast_decoder:
-                src = self._image_tokens(embeddings)
-                if mask_input is not None:
-                    src = src + to_tokens(pe.embed_masks(_tensor(mask_input, dev)))
-                else:  # shared by the whole batch
-                    src = src + pe.no_mask_embed.weight.reshape(1, 1, -1)
                 h, w = pe.image_embedding_size
-                masks, iou = self._decode_each(src, sparse, (h, w))
+                if mask_input is None:  # the image side is shared by the whole batch
+                    masks, iou = self._decode_shared(embeddings, sparse, (h, w))
+                else:
+                    src = self._image_tokens(embeddings) + to_tokens(pe.embed_masks(_tensor(mask_input, dev)))
+                    masks, iou = self._decode_each(src, sparse, (h, w))
             else:
                 emb = _tensor(embeddings, dev)
                 if mask_input is not None:
@@ -175,19 +174,36 @@ class TorchBackend:
                 masks, iou = self.model.mask_decoder.predict_masks(emb, self.dense_pe, sparse, dense)
         return masks.cpu().numpy(), iou.cpu().numpy()
 
-    def _decode_each(self, src: torch.Tensor, sparse: torch.Tensor, size: tuple[int, int]):
-        """The fast decoder one prompt at a time: on CPU a batch of B prompts costs more per
-        prompt than B single calls (B x 4 MB of image tokens per step leave the cache;
-        measured 15 ms per prompt alone against 18-24 ms in batches of 2-64)."""
-        decoder, pe = self.model.mask_decoder, self._pe_tokens()
+    def _decode_shared(self, embeddings: np.ndarray, sparse: torch.Tensor, size: tuple[int, int]):
+        """Prompts without a mask input: on CPU one prompt at a time through
+        :func:`~napari_edgesam.model.fast_decoder.decode_one` (chunked, cache-resident passes; the
+        first block's image side is kept per embedding); elsewhere one batched call."""
+        shared = self._shared_tokens(embeddings)
+        decoder = self.model.mask_decoder
+        if self.device.type != "cpu":
+            return decode_tokens(decoder, shared.src[None], shared.pe[None], sparse, size)
         b = sparse.shape[0]
-        if b == 1 or self.device.type != "cpu":
-            return decode_tokens(decoder, src, pe, sparse, size)
-        masks = torch.empty((b, decoder.num_mask_tokens, 4 * size[0], 4 * size[1]), device=src.device)
+        masks = torch.empty((b, decoder.num_mask_tokens, 4 * size[0], 4 * size[1]))
         ious = []
         for i in range(b):
-            masks[i : i + 1], iou = decode_tokens(decoder, src if src.shape[0] == 1 else src[i : i + 1], pe,
-                                                  sparse[i : i + 1], size)
+            m, iou = decode_one(decoder, shared, sparse[i : i + 1], size)
+            masks[i : i + 1] = m
+            ious.append(iou)
+        return masks, torch.cat(ious)
+
+    def _decode_each(self, src: torch.Tensor, sparse: torch.Tensor, size: tuple[int, int]):
+        """The fast decoder one prompt at a time (each with its own image tokens ``B x N x C``,
+        e.g. from a mask input): on CPU a batch of B prompts costs more per prompt than B
+        single calls (B x 4 MB of image tokens per step leave the cache)."""
+        decoder, pe = self.model.mask_decoder, self._pe_tokens()
+        b = sparse.shape[0]
+        if self.device.type != "cpu":
+            return decode_tokens(decoder, src, pe, sparse, size)
+        masks = torch.empty((b, decoder.num_mask_tokens, 4 * size[0], 4 * size[1]))
+        ious = []
+        for i in range(b):
+            m, iou = decode_one(decoder, ImageTokens(decoder, src[i : i + 1], pe, shared=False), sparse[i : i + 1], size)
+            masks[i : i + 1] = m
             ious.append(iou)
         return masks, torch.cat(ious)
 
@@ -197,18 +213,24 @@ class TorchBackend:
         return self._pe_tok
 
     def _image_tokens(self, embeddings: np.ndarray) -> torch.Tensor:
-        """The embedding in token layout (float32 on the device), kept for the most recent
-        embedding array: repeated clicks on one image skip the conversion (embedding arrays
-        are never modified in place once computed)."""
+        """The embedding in token layout ``1 x N x C`` (float32 on the device)."""
+        return to_tokens(_tensor(embeddings, self.device))
+
+    def _shared_tokens(self, embeddings: np.ndarray) -> ImageTokens:
+        """The image side shared by every prompt without a mask input (tokens plus the no-mask
+        embedding, and those plus the positional encoding), kept for the most recent embedding
+        array: repeated clicks on one image skip it (embedding arrays are never modified in
+        place once computed)."""
         last = self._last_tokens
         if last is not None and last[0]() is embeddings:
             return last[1]
-        tokens = to_tokens(_tensor(embeddings, self.device))
+        no_mask = self.model.prompt_encoder.no_mask_embed.weight.reshape(1, 1, -1)
+        shared = ImageTokens(self.model.mask_decoder, self._image_tokens(embeddings) + no_mask, self._pe_tokens())
         try:
-            self._last_tokens = (weakref.ref(embeddings), tokens)
+            self._last_tokens = (weakref.ref(embeddings), shared)
         except TypeError:  # not weak-referenceable: no reuse
             self._last_tokens = None
-        return tokens
+        return shared
 
 
 class _TappedEncoder(torch.nn.Module):

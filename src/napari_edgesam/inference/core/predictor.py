@@ -12,6 +12,7 @@ boxes are (x0, y0, x1, y1).
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -142,6 +143,10 @@ class EdgeSamPredictor:
         self.refine_with_mask_input = True
         #: The weights file the model came from, if any (set by ``load_model``).
         self.source_path = None
+        # the last embedding that passed :meth:`checked` and the float32 copy of the last float16
+        # features decoded (weak references; embedding arrays are never modified in place)
+        self._last_checked: tuple | None = None
+        self._last_f32: tuple | None = None
 
     # -- image -------------------------------------------------------------------------------
     def encode(
@@ -199,8 +204,32 @@ class EdgeSamPredictor:
         the problem otherwise."""
         if not isinstance(embedding, ImageEmbedding):
             raise TypeError(f"expected an ImageEmbedding, got {type(embedding).__name__}")
+        last = self._last_checked
+        if last is not None and last[0]() is embedding and last[1]() is embedding.features:
+            return embedding  # checked already (each click of a session decodes the same one)
         _check_embedding(embedding, getattr(self.backend, "embedding_shape", None))
+        try:
+            self._last_checked = (weakref.ref(embedding), weakref.ref(embedding.features))
+        except TypeError:
+            self._last_checked = None
         return embedding
+
+    def _features32(self, emb: ImageEmbedding) -> np.ndarray:
+        """``emb.features`` as float32; the conversion of float16 (cached) features is kept for
+        the last array, so that repeated clicks neither convert again nor miss the backend's
+        own per-embedding cache (keyed by the array it is given)."""
+        f = emb.features
+        if f.dtype == np.float32:
+            return f
+        last = self._last_f32
+        if last is not None and last[0]() is f:
+            return last[1]
+        out = f.astype(np.float32)
+        try:
+            self._last_f32 = (weakref.ref(f), out)
+        except TypeError:
+            self._last_f32 = None
+        return out
 
     def reset_image(self) -> None:
         self._embedding = None
@@ -315,7 +344,7 @@ class EdgeSamPredictor:
                 "backend or an ONNX decoder exported by napari-edgesam"
             )
         dc, dl = to_decoder_prompts(coords, labels, boxes, emb.original_size, emb.input_size)
-        features = emb.features.astype(np.float32, copy=False)
+        features = self._features32(emb)
         low_res, iou = self.backend.decode(features, dc, dl, mask_input)
         low_res = low_res[:, sl]
         if use_stability_score or iou is None:
