@@ -35,6 +35,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from ..constants import SKIPPED_LOGIT
 from .mask_decoder import MaskDecoder
 from .transformer import Attention, TwoWayAttentionBlock
 
@@ -220,6 +221,8 @@ def decode_tokens(
 #: positional add and the next attention's logits, instead of each step streaming 4 MB tensors
 #: through memory.
 TOKEN_CHUNK = 512
+#: ``needed_at`` skips the upscaling when every mask's logit at the pixel is below minus this.
+NEEDED_MARGIN = 0.01
 
 
 class ImageTokens:
@@ -328,7 +331,7 @@ def _image_pass(logits_of, residual: torch.Tensor, v_t: torch.Tensor, norm: torc
     return keys, torch.cat(logits_next, dim=1)
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=64)
 def _image_order(m: int, h: int, w: int, rows: int) -> torch.Tensor:
     """Flat indices that put cell-major logits, stored per chunk of ``rows`` cell rows as
     ``(h/rows) x m x (rows w 2 2 2 2)``, in image order ``m x 4h x 4w`` (for ``torch.take``:
@@ -342,22 +345,55 @@ def _upscaled_masks_chunked(
     decoder: MaskDecoder, keys: torch.Tensor, hyper: torch.Tensor, h: int, w: int, chunk_rows: int
 ) -> torch.Tensor:
     """:func:`_upscaled_masks` for one prompt: ``keys`` ``(h*w) x C``, ``hyper`` ``M x C/8``;
-    returns ``M x 4h x 4w``. Runs on chunks of ``chunk_rows`` cell rows (rounded down to a
-    divisor of ``h``), then puts the cell-major logits in image order with one gather."""
+    returns ``M x 4h x 4w``. Runs on chunks of ``chunk_rows`` cell rows, then puts the
+    cell-major logits in image order with one gather."""
     conv1, norm, _, conv2, _ = decoder.output_upscaling
     n, c = keys.shape
     c1, c2 = conv1.out_channels, conv2.out_channels
     w1, b1 = conv1.weight.permute(0, 2, 3, 1).reshape(c, 4 * c1), conv1.bias.repeat(4)
     w2, b2 = conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2), conv2.bias.repeat(4)
     m = hyper.shape[0]
-    rows = max(r for r in range(1, min(h, max(1, chunk_rows)) + 1) if h % r == 0)
-    cells = keys.new_empty(h // rows, m, rows * w * 16)
-    for ci in range(h // rows):
+    rows = min(h, max(1, chunk_rows))
+    if h % rows:  # pad to whole chunks (extra rows are computed, then cut off)
+        keys = torch.cat([keys, keys.new_zeros((rows - h % rows) * w, c)])
+    hp = keys.shape[0] // w
+    cells = keys.new_empty(hp // rows, m, rows * w * 16)
+    for ci in range(hp // rows):
         y = torch.addmm(b1, keys[ci * rows * w : (ci + 1) * rows * w], w1).view(-1, c1)
         y = F.gelu(F.layer_norm(y, (c1,), norm.weight, norm.bias, norm.eps))
         y = F.gelu(torch.addmm(b2, y, w2)).view(-1, c2)
         torch.mm(hyper, y.T, out=cells[ci])  # M x (cells ki kj ki2 kj2)
-    return torch.take(cells, _image_order(m, h, w, rows).to(cells.device))
+    return torch.take(cells, _image_order(m, hp, w, rows).to(cells.device))[:, : 4 * h]
+
+
+def _upscaled_window(decoder: MaskDecoder, keys: torch.Tensor, hyper: torch.Tensor, h: int, w: int,
+                     cells: tuple[int, int, int, int], chunk: int) -> torch.Tensor:
+    """The ``M x 4h x 4w`` mask logits inside the embedding cells ``(i0, i1, j0, j1)`` (rows,
+    columns, end-exclusive) only; :data:`SKIPPED_LOGIT` elsewhere."""
+    i0, i1, j0, j1 = cells
+    out = keys.new_full((hyper.shape[0], 4 * h, 4 * w), SKIPPED_LOGIT)
+    if i1 <= i0 or j1 <= j0:
+        return out
+    sub = keys.view(h, w, -1)[i0:i1, j0:j1].reshape((i1 - i0) * (j1 - j0), -1)
+    out[:, 4 * i0 : 4 * i1, 4 * j0 : 4 * j1] = _upscaled_masks_chunked(
+        decoder, sub, hyper, i1 - i0, j1 - j0, max(1, chunk // (j1 - j0)))
+    return out
+
+
+def _logits_at(decoder: MaskDecoder, keys: torch.Tensor, hyper: torch.Tensor, w: int, row: int, col: int) -> torch.Tensor:
+    """The ``M`` mask logits at low-res pixel ``(row, col)`` alone: the upscaling of the one
+    image token under it (``keys`` ``(h*w) x C``, ``hyper`` ``M x C/8``)."""
+    conv1, norm, _, conv2, _ = decoder.output_upscaling
+    c, c1, c2 = keys.shape[1], conv1.out_channels, conv2.out_channels
+    w1, b1 = conv1.weight.permute(0, 2, 3, 1).reshape(c, 4 * c1), conv1.bias.repeat(4)
+    w2, b2 = conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2), conv2.bias.repeat(4)
+    token = keys[(row // 4) * w + col // 4][None]
+    y = torch.addmm(b1, token, w1).view(-1, c1)
+    y = F.gelu(F.layer_norm(y, (c1,), norm.weight, norm.bias, norm.eps))
+    y = F.gelu(torch.addmm(b2, y, w2)).view(-1, c2)  # rows (ki kj ki2 kj2)
+    ki, ki2 = divmod(row % 4, 2)
+    kj, kj2 = divmod(col % 4, 2)
+    return hyper @ y[((ki * 2 + kj) * 2 + ki2) * 2 + kj2]
 
 
 def decode_one(
@@ -367,7 +403,9 @@ def decode_one(
     grid_size: tuple[int, int],
     mask_tokens: slice = slice(None),
     chunk: int = TOKEN_CHUNK,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    needed_at: tuple[int, int] | None = None,
+    window: tuple[int, int, int, int] | None = None,
+) -> tuple[torch.Tensor | None, torch.Tensor]:
     """:func:`decode_tokens` for ONE prompt on a CPU (same maths, ~1e-6 relative).
 
     The first block's image side comes precomputed in ``image``; every later pass over the
@@ -381,9 +419,14 @@ def decode_one(
         sparse_prompt_embeddings: ``1 x T x C``.
         grid_size: ``(h, w)`` of the embedding grid (64, 64).
         mask_tokens: which of the 4 mask tokens to upscale (all by default).
+        needed_at: a low-res pixel ``(row, col)``: when no mask is positive there, the masks
+            are not upscaled at all (the automatic mode's prompt must lie inside its mask;
+            most grid points on background fail that, and the upscaling is ~45% of the cost).
+        window: low-res pixels ``(r0, r1, c0, c1)`` (end-exclusive): the masks are upscaled
+            only over the embedding cells that cover them (:data:`SKIPPED_LOGIT` elsewhere).
     Returns:
-        mask logits ``1 x M x 4h x 4w`` (``M`` masks of ``mask_tokens``) and the IoU scores of
-        all 4 tokens, ``1 x 4``.
+        mask logits ``1 x M x 4h x 4w`` (``M`` masks of ``mask_tokens``; None when skipped by
+        ``needed_at``) and the IoU scores of all 4 tokens, ``1 x 4``.
     """
     transformer = decoder.transformer
     layers = transformer.layers
@@ -435,8 +478,16 @@ def decode_one(
     mlps = decoder.output_hypernetworks_mlps
     idx = range(decoder.num_mask_tokens)[mask_tokens]
     hyper = torch.stack([mlps[j](queries[1 + j]) for j in idx])
+    iou = decoder.iou_prediction_head(queries[:1])
+    # skipped only when clearly negative (a margin over the rounding of a 1-row product)
+    if needed_at is not None and not bool((_logits_at(decoder, keys, hyper, w, *needed_at) > -NEEDED_MARGIN).any()):
+        return None, iou
+    if window is not None:
+        r0, r1, c0, c1 = window
+        cells = (max(0, r0 // 4), min(h, -(-r1 // 4)), max(0, c0 // 4), min(w, -(-c1 // 4)))
+        return _upscaled_window(decoder, keys, hyper, h, w, cells, chunk)[None], iou
     masks = _upscaled_masks_chunked(decoder, keys, hyper, h, w, max(1, chunk // w))
-    return masks[None], decoder.iou_prediction_head(queries[:1])
+    return masks[None], iou
 
 
 def _token_side(layer: TwoWayAttentionBlock, queries: torch.Tensor, query_pe: torch.Tensor) -> torch.Tensor:

@@ -8,11 +8,13 @@ import weakref
 import numpy as np
 import torch
 
+from ...constants import SKIPPED_LOGIT
 from ...model.edge_sam import EdgeSam
 from ...model.fast_decoder import ImageTokens, decode_one, decode_tokens, to_tokens
 from . import compute_thread
 
 logger = logging.getLogger(__name__)
+
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -59,6 +61,9 @@ class TorchBackend:
     embedding_shape = (1, 256, 64, 64)
     provides_iou_scores = True
     supports_mask_input = True
+    #: The optional keywords of :meth:`decode` this backend understands (hints of what the
+    #: caller will use; a backend without them computes everything).
+    decode_hints = frozenset({"needed_at", "windows", "mask_tokens"})
 
     def __init__(
         self,
@@ -93,6 +98,12 @@ class TorchBackend:
         self._dense_pe: torch.Tensor | None = None
         self._tapped = _TappedEncoder(self.model.image_encoder).eval()
         logger.debug("torch backend on %s (fuse=%s, threads=%d)", self.device, fuse, torch.get_num_threads())
+
+    @property
+    def decodes_prompt_by_prompt(self) -> bool:
+        """Whether a batch of prompts costs its size in single calls (the CPU fast path): the
+        automatic grid then uses small fixed batches (see ``ONE_BY_ONE_POINTS_PER_BATCH``)."""
+        return self.fast_decoder and self.device.type == "cpu"
 
     @property
     def dense_pe(self) -> torch.Tensor:
@@ -146,12 +157,30 @@ class TorchBackend:
         point_coords: np.ndarray,
         point_labels: np.ndarray,
         mask_input: np.ndarray | None = None,
+        *,
+        needed_at: np.ndarray | None = None,
+        windows: np.ndarray | None = None,
+        mask_tokens: slice | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Low-res logits ``B x 4 x 256 x 256`` and IoU scores ``B x 4`` (on the compute thread)."""
-        return compute_thread.run(self._decode, embeddings, point_coords, point_labels, mask_input)
+        """Low-res logits ``B x 4 x 256 x 256`` and IoU scores ``B x 4`` (on the compute thread).
 
-    def _decode(self, embeddings, point_coords, point_labels, mask_input):
+        Hints (on CPU; elsewhere only ``mask_tokens`` is used):
+            needed_at: ``B x 2`` low-res pixels ``(row, col)``, one per prompt: a prompt none of
+                whose masks is positive at its pixel is not upscaled, and its logits come back
+                as :data:`~napari_edgesam.constants.SKIPPED_LOGIT` everywhere (callers that keep
+                only masks containing that pixel get the same answer).
+            windows: ``B x 4`` low-res ``(r0, r1, c0, c1)`` (end-exclusive) per prompt: logits
+                are computed only over the embedding cells covering the window (``SKIPPED_LOGIT``
+                elsewhere).
+            mask_tokens: only these of the 4 masks are computed and returned (``B x M x ...``).
+        """
+        return compute_thread.run(self._decode, embeddings, point_coords, point_labels, mask_input,
+                                  needed_at, windows, mask_tokens)
+
+    def _decode(self, embeddings, point_coords, point_labels, mask_input, needed_at=None, windows=None,
+                mask_tokens=None):
         dev = self.device
+        sl = mask_tokens if mask_tokens is not None else slice(None)
         with torch.inference_mode():
             coords = _tensor(point_coords, dev)
             labels = torch.as_tensor(np.asarray(point_labels), device=dev).round().to(torch.int64)
@@ -159,11 +188,17 @@ class TorchBackend:
             sparse = pe.embed_points(coords, labels, pad=False)
             if self.fast_decoder:
                 h, w = pe.image_embedding_size
+                b = sparse.shape[0]
+                hints = {
+                    "at": None if needed_at is None else np.asarray(needed_at, np.int64).reshape(b, 2),
+                    "windows": None if windows is None else np.asarray(windows, np.int64).reshape(b, 4),
+                    "sl": sl,
+                }
                 if mask_input is None:  # the image side is shared by the whole batch
-                    masks, iou = self._decode_shared(embeddings, sparse, (h, w))
+                    masks, iou = self._decode_shared(embeddings, sparse, (h, w), hints)
                 else:
                     src = self._image_tokens(embeddings) + to_tokens(pe.embed_masks(_tensor(mask_input, dev)))
-                    masks, iou = self._decode_each(src, sparse, (h, w))
+                    masks, iou = self._decode_each(src, sparse, (h, w), hints)
             else:
                 emb = _tensor(embeddings, dev)
                 if mask_input is not None:
@@ -172,40 +207,47 @@ class TorchBackend:
                     h, w = pe.image_embedding_size
                     dense = pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(coords.shape[0], -1, h, w)
                 masks, iou = self.model.mask_decoder.predict_masks(emb, self.dense_pe, sparse, dense)
+                masks = masks[:, sl]
         return masks.cpu().numpy(), iou.cpu().numpy()
 
-    def _decode_shared(self, embeddings: np.ndarray, sparse: torch.Tensor, size: tuple[int, int]):
+    def _decode_shared(self, embeddings: np.ndarray, sparse: torch.Tensor, size: tuple[int, int], hints: dict):
         """Prompts without a mask input: on CPU one prompt at a time through
         :func:`~napari_edgesam.model.fast_decoder.decode_one` (chunked, cache-resident passes; the
         first block's image side is kept per embedding); elsewhere one batched call."""
         shared = self._shared_tokens(embeddings)
-        decoder = self.model.mask_decoder
         if self.device.type != "cpu":
-            return decode_tokens(decoder, shared.src[None], shared.pe[None], sparse, size)
-        b = sparse.shape[0]
-        masks = torch.empty((b, decoder.num_mask_tokens, 4 * size[0], 4 * size[1]))
+            masks, iou = decode_tokens(self.model.mask_decoder, shared.src[None], shared.pe[None], sparse, size)
+            return masks[:, hints["sl"]], iou
+        return self._one_by_one(lambda i: shared, sparse, size, hints)
+
+    def _one_by_one(self, image_of, sparse: torch.Tensor, size: tuple[int, int], hints: dict):
+        """:func:`~napari_edgesam.model.fast_decoder.decode_one` for each prompt ``i`` on the image
+        tokens ``image_of(i)``: on CPU a batch of B prompts costs more per prompt than B single
+        calls (B x 4 MB of image tokens per step leave the cache)."""
+        decoder = self.model.mask_decoder
+        sl, at, windows = hints["sl"], hints["at"], hints["windows"]
+        b, m = sparse.shape[0], len(range(decoder.num_mask_tokens)[sl])
+        masks = torch.empty((b, m, 4 * size[0], 4 * size[1]))
         ious = []
         for i in range(b):
-            m, iou = decode_one(decoder, shared, sparse[i : i + 1], size)
-            masks[i : i + 1] = m
+            pixel = None if at is None else (int(at[i, 0]), int(at[i, 1]))
+            window = None if windows is None else tuple(int(v) for v in windows[i])
+            out, iou = decode_one(decoder, image_of(i), sparse[i : i + 1], size, mask_tokens=sl,
+                                  needed_at=pixel, window=window)
+            if out is None:
+                masks[i] = SKIPPED_LOGIT
+            else:
+                masks[i : i + 1] = out
             ious.append(iou)
         return masks, torch.cat(ious)
 
-    def _decode_each(self, src: torch.Tensor, sparse: torch.Tensor, size: tuple[int, int]):
-        """The fast decoder one prompt at a time (each with its own image tokens ``B x N x C``,
-        e.g. from a mask input): on CPU a batch of B prompts costs more per prompt than B
-        single calls (B x 4 MB of image tokens per step leave the cache)."""
+    def _decode_each(self, src: torch.Tensor, sparse: torch.Tensor, size: tuple[int, int], hints: dict):
+        """Prompts with image tokens of their own ``B x N x C`` (a mask input each)."""
         decoder, pe = self.model.mask_decoder, self._pe_tokens()
-        b = sparse.shape[0]
         if self.device.type != "cpu":
-            return decode_tokens(decoder, src, pe, sparse, size)
-        masks = torch.empty((b, decoder.num_mask_tokens, 4 * size[0], 4 * size[1]))
-        ious = []
-        for i in range(b):
-            m, iou = decode_one(decoder, ImageTokens(decoder, src[i : i + 1], pe, shared=False), sparse[i : i + 1], size)
-            masks[i : i + 1] = m
-            ious.append(iou)
-        return masks, torch.cat(ious)
+            masks, iou = decode_tokens(decoder, src, pe, sparse, size)
+            return masks[:, hints["sl"]], iou
+        return self._one_by_one(lambda i: ImageTokens(decoder, src[i : i + 1], pe, shared=False), sparse, size, hints)
 
     def _pe_tokens(self) -> torch.Tensor:
         if self._pe_tok is None:
