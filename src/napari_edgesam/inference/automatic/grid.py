@@ -159,17 +159,24 @@ def _filter_chunk(
     """Filter one chunk's candidates on their low-res logits, then upscale the survivors."""
     lh, lw = covered.shape
     low = pred.low_res_logits[:, :, :lh, :lw]
-    stab = stability_score(low, MASK_THRESHOLD, cfg.stability_offset)
-    keep = stab >= cfg.stability_thresh
+    pr, pc = _low_res_pixels(pts, emb, (lh, lw)).T
+    inside = low[np.arange(len(pts)), :, pr, pc] > MASK_THRESHOLD if len(pts) else np.zeros(low.shape[:2], bool)
+    # the whole-map statistics only for candidates that can still pass (most grid points on
+    # background have no mask over their point)
+    todo = inside if cfg.require_point_inside else np.ones_like(inside)
+    stab = np.zeros(low.shape[:2], np.float32)
+    frac = np.zeros(low.shape[:2])
+    pos = np.zeros(low.shape, bool)
+    if todo.any():
+        stab[todo] = stability_score(low[todo], MASK_THRESHOLD, cfg.stability_offset)
+        pos[todo] = low[todo] > MASK_THRESHOLD
+        frac[todo] = pos[todo].sum((-1, -2)) / float(lh * lw)
+    keep = todo & (stab >= cfg.stability_thresh)
     score = stab
     if cfg.iou_thresh > 0:
         keep &= pred.scores >= cfg.iou_thresh
         score = 0.5 * (stab + pred.scores)
-    pos = low > MASK_THRESHOLD
-    frac = pos.sum((-1, -2)) / float(lh * lw)
     keep &= frac > 0
-    pr, pc = _low_res_pixels(pts, emb, (lh, lw)).T
-    inside = pos[np.arange(len(pts)), :, pr, pc] if len(pts) else np.zeros_like(keep)
     if cfg.require_point_inside:
         keep &= inside
     background = keep & (frac > cfg.max_area_fraction)
