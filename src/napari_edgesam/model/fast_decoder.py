@@ -433,6 +433,7 @@ def decode_one(
     h, w = grid_size
     tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight, sparse_prompt_embeddings[0]], dim=0)
     t = tokens.shape[0]
+    used = 1 + decoder.num_mask_tokens
     first = layers[0]
     cached = image.q1 is not None
     keys = image.src
@@ -465,16 +466,16 @@ def decode_one(
         if i + 1 < len(layers):
             nxt = layers[i + 1]
             q_side, attn = _token_side(nxt, queries, tokens), nxt.cross_attn_token_to_image
-        else:
-            q_side, attn = queries, transformer.final_attn_token_to_image
-        residual = keys
-        keys, logits = _image_pass(logits_of, residual, v_t, layer.norm4, image.pe,
-                                   _t2i_query(attn, q_side + tokens), heads, chunk)
+            q_in = q_side + tokens
+        else:  # only the IoU and mask tokens are read after the final attention
+            q_side, attn = queries[:used], transformer.final_attn_token_to_image
+            q_in = q_side + tokens[:used]
+        keys, logits = _image_pass(logits_of, keys, v_t, layer.norm4, image.pe, _t2i_query(attn, q_in), heads, chunk)
         if i + 1 < len(layers):
             queries = nxt.norm2(q_side + _t2i_finish(attn, logits, keys, t))
             queries = nxt.norm3(queries + nxt.mlp(queries))
         else:
-            queries = transformer.norm_final_attn(queries + _t2i_finish(attn, logits, keys, t))
+            queries = transformer.norm_final_attn(q_side + _t2i_finish(attn, logits, keys, used))
     mlps = decoder.output_hypernetworks_mlps
     idx = range(decoder.num_mask_tokens)[mask_tokens]
     hyper = torch.stack([mlps[j](queries[1 + j]) for j in idx])
