@@ -216,11 +216,11 @@ def decode_tokens(
 
 
 # -- one prompt on a CPU: cached first block, fused passes over the image tokens ---------------
-#: Image tokens per chunk of the single-prompt path: a chunk's tensors (512 x 256 floats, 0.5 MB)
+#: Image tokens per chunk of the single-prompt path: a chunk's tensors (1024 x 256 floats, 1 MB)
 #: stay in the CPU's L2 cache from the product through softmax, residual, LayerNorm, the
 #: positional add and the next attention's logits, instead of each step streaming 4 MB tensors
 #: through memory.
-TOKEN_CHUNK = 512
+TOKEN_CHUNK = 1024
 #: ``needed_at`` skips the upscaling when every mask's logit at the pixel is below minus this.
 NEEDED_MARGIN = 0.01
 
@@ -231,8 +231,8 @@ class ImageTokens:
     The first block's image side does not depend on the prompt: its key, value and query
     projections of the image tokens are computed once here (``3 x N x C/2``), which makes that
     block's two attentions ~8x cheaper per prompt. Without ``shared`` (tokens used by one
-    prompt only, e.g. with its own mask input) nothing is precomputed: that costs more than it
-    saves once.
+    prompt only, e.g. with its own mask input) nothing is precomputed until :meth:`share`:
+    that costs more than it saves once.
 
     Args:
         decoder: the mask decoder.
@@ -246,7 +246,12 @@ class ImageTokens:
         self.src = image_tokens[0].contiguous()
         self.pe = pe_tokens[0].contiguous()
         self.k1 = self.v1 = self.q1 = None
-        if not shared:
+        if shared:
+            self.share(decoder)
+
+    def share(self, decoder: MaskDecoder) -> None:
+        """Precompute the first block's projections (once; they pay off from the second prompt)."""
+        if self.q1 is not None:
             return
         first = decoder.transformer.layers[0]
         t2i, i2t = first.cross_attn_token_to_image, first.cross_attn_image_to_token

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import weakref
+from collections import OrderedDict
 
 import numpy as np
 import torch
@@ -36,6 +37,11 @@ def resolve_device(device: str = "auto") -> torch.device:
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError("device 'mps' was requested but MPS is not available; use 'cpu'")
     return dev
+
+
+#: Embeddings whose decoder-side image tokens are kept (~10 MB each): two, so that alternating
+#: between two images (e.g. two viewers or layers) does not recompute them on every call.
+TOKEN_CACHE = 2
 
 
 class TorchBackend:
@@ -94,7 +100,7 @@ class TorchBackend:
         self._jit_encoder = None
         self.fast_decoder = fast_decoder
         self._pe_tok: torch.Tensor | None = None
-        self._last_tokens: tuple | None = None
+        self._token_cache: OrderedDict[int, tuple] = OrderedDict()
         self._dense_pe: torch.Tensor | None = None
         self._tapped = _TappedEncoder(self.model.image_encoder).eval()
         logger.debug("torch backend on %s (fuse=%s, threads=%d)", self.device, fuse, torch.get_num_threads())
@@ -214,7 +220,7 @@ class TorchBackend:
         """Prompts without a mask input: on CPU one prompt at a time through
         :func:`~napari_edgesam.model.fast_decoder.decode_one` (chunked, cache-resident passes; the
         first block's image side is kept per embedding); elsewhere one batched call."""
-        shared = self._shared_tokens(embeddings)
+        shared = self._shared_tokens(embeddings, sparse.shape[0])
         if self.device.type != "cpu":
             masks, iou = decode_tokens(self.model.mask_decoder, shared.src[None], shared.pe[None], sparse, size)
             return masks[:, hints["sl"]], iou
@@ -258,20 +264,31 @@ class TorchBackend:
         """The embedding in token layout ``1 x N x C`` (float32 on the device)."""
         return to_tokens(_tensor(embeddings, self.device))
 
-    def _shared_tokens(self, embeddings: np.ndarray) -> ImageTokens:
+    def _shared_tokens(self, embeddings: np.ndarray, prompts: int = 1) -> ImageTokens:
         """The image side shared by every prompt without a mask input (tokens plus the no-mask
-        embedding, and those plus the positional encoding), kept for the most recent embedding
-        array: repeated clicks on one image skip it (embedding arrays are never modified in
-        place once computed)."""
-        last = self._last_tokens
-        if last is not None and last[0]() is embeddings:
-            return last[1]
+        embedding, positional encoding), kept for the :data:`TOKEN_CACHE` most recent embedding
+        arrays (embedding arrays are never modified in place once computed). The first block's
+        projections are added from the second prompt on an embedding (the first of a batch of
+        several): a single decode on a fresh embedding (3D propagation) does not pay for them."""
+        cache = self._token_cache
+        key = id(embeddings)
+        hit = cache.get(key)
+        cpu = self.device.type == "cpu"  # the batched (GPU) path does not use the projections
+        if hit is not None and hit[0]() is embeddings:
+            cache.move_to_end(key)
+            shared = hit[1]
+            if cpu:
+                shared.share(self.model.mask_decoder)
+            return shared
         no_mask = self.model.prompt_encoder.no_mask_embed.weight.reshape(1, 1, -1)
-        shared = ImageTokens(self.model.mask_decoder, self._image_tokens(embeddings) + no_mask, self._pe_tokens())
+        shared = ImageTokens(self.model.mask_decoder, self._image_tokens(embeddings) + no_mask, self._pe_tokens(),
+                             shared=cpu and prompts > 1)
         try:
-            self._last_tokens = (weakref.ref(embeddings), shared)
+            cache[key] = (weakref.ref(embeddings), shared)
         except TypeError:  # not weak-referenceable: no reuse
-            self._last_tokens = None
+            return shared
+        while len(cache) > TOKEN_CACHE:
+            cache.popitem(last=False)
         return shared
 
 
