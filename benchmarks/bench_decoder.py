@@ -51,6 +51,56 @@ def timed(fns: dict, rounds: int, warmup: int = 3) -> dict[str, tuple[float, flo
     return {k: (statistics.median(wall[k]), statistics.median(cpu[k])) for k in fns}
 
 
+def previous_predictor(predictor):
+    """A copy of a torch-backed ``predictor`` that behaves as before the single-prompt path:
+    the fast decoder as ``decode_tokens`` on the token-layout embedding (the no-mask embedding
+    added on every call), no decode hints, the embedding checked and float16 features converted
+    on every call. Shares the model with ``predictor``."""
+    import copy
+
+    import torch
+
+    from napari_edgesam.inference.backends.torch_backend import TorchBackend
+    from napari_edgesam.inference.core.predictor import EdgeSamPredictor, _check_embedding
+    from napari_edgesam.model.fast_decoder import decode_tokens, to_tokens
+
+    class PreviousBackend(TorchBackend):
+        decode_hints = frozenset()
+        decodes_prompt_by_prompt = True  # same fixed grid batches as the current path
+
+        def _decode_shared(self, embeddings, sparse, size, hints):
+            src = to_tokens(torch.from_numpy(np.ascontiguousarray(embeddings, np.float32)))
+            src = src + self.model.prompt_encoder.no_mask_embed.weight.reshape(1, 1, -1)
+            masks = torch.empty((sparse.shape[0], 4, 4 * size[0], 4 * size[1]))
+            ious = []
+            for i in range(sparse.shape[0]):  # one prompt per call, as before
+                masks[i : i + 1], iou = decode_tokens(self.model.mask_decoder, src, self._pe_tokens(),
+                                                      sparse[i : i + 1], size)
+                ious.append(iou)
+            return masks[:, hints["sl"]], torch.cat(ious)
+
+    class PreviousPredictor(EdgeSamPredictor):
+        def checked(self, embedding):
+            _check_embedding(embedding, self.backend.embedding_shape)
+            return embedding
+
+        def _features32(self, emb):
+            return emb.features.astype(np.float32)
+
+        def decode_batch(self, embedding, point_coords=None, point_labels=None, boxes=None, mask_input=None,
+                         num_multimask_outputs=1, return_logits=False, use_stability_score=False, upscale=True):
+            return super().decode_batch(embedding, point_coords, point_labels, boxes, mask_input,
+                                        num_multimask_outputs, return_logits, use_stability_score, upscale)
+
+    backend = copy.copy(predictor.backend)
+    backend.__class__ = PreviousBackend
+    old = copy.copy(predictor)
+    old.__class__ = PreviousPredictor
+    old.backend = backend
+    old._last_checked = old._last_f32 = None
+    return old
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=None)
@@ -60,39 +110,17 @@ def main() -> None:
     import torch
 
     from napari_edgesam.inference.backends.torch_backend import TorchBackend
-    from napari_edgesam.inference.core.predictor import EdgeSamPredictor, _check_embedding
+    from napari_edgesam.inference.core.predictor import EdgeSamPredictor
     from napari_edgesam.model import build_edge_sam
-    from napari_edgesam.model.fast_decoder import decode_tokens, to_tokens
 
     if args.threads:
         torch.set_num_threads(args.threads)
     rounds = 10 if args.quick else args.rounds
 
-    class PreviousBackend(TorchBackend):
-        """The fast decoder as it was: ``decode_tokens`` per prompt on the token-layout
-        embedding, the no-mask embedding added on every call."""
-
-        decode_hints = frozenset()
-
-        def _decode_shared(self, embeddings, sparse, size, hints):
-            src = to_tokens(torch.from_numpy(np.ascontiguousarray(embeddings, np.float32)))
-            src = src + self.model.prompt_encoder.no_mask_embed.weight.reshape(1, 1, -1)
-            return decode_tokens(self.model.mask_decoder, src, self._pe_tokens(), sparse, size)
-
-    class PreviousPredictor(EdgeSamPredictor):
-        """Checks the embedding and converts float16 features on every call, as before."""
-
-        def checked(self, embedding):
-            _check_embedding(embedding, self.backend.embedding_shape)
-            return embedding
-
-        def _features32(self, emb):
-            return emb.features.astype(np.float32)
-
     sd = golden_state_dict()
     eager = build_edge_sam(sd).eval()
     new = EdgeSamPredictor(TorchBackend(build_edge_sam(sd), "cpu"), "golden")
-    old = PreviousPredictor(PreviousBackend(build_edge_sam(sd), "cpu"), "golden")
+    old = previous_predictor(EdgeSamPredictor(TorchBackend(build_edge_sam(sd), "cpu"), "golden"))
     rng = np.random.default_rng(0)
     image = (rng.random((768, 1024)) * 255).astype(np.uint8)
     emb = new.encode(image)
