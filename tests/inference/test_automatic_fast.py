@@ -119,7 +119,10 @@ def test_box_mode_windows_keep_the_quality_of_full_decoding(nuclei):
     """Box prompts decoded only in their windows find the nuclei full decoding finds (a
     synthetic 512 x 512 image; the window can only change masks that reach far beyond their box)."""
     from _helpers import matched_ious
-    from napari_edgesam.inference.automatic.boxes import BoxAutomaticConfig, generate_masks_from_boxes
+    from napari_edgesam.inference.automatic.boxes import (
+        BoxAutomaticConfig,
+        generate_masks_from_boxes,
+    )
     from napari_edgesam.inference.automatic.grid import masks_to_labels
     from napari_edgesam.inference.loading.model_prior import find_model_prior
     from napari_edgesam.inference.prior import load_prior
