@@ -13,7 +13,7 @@ The default model has the golden weights (``tests/data/golden``: the official Ed
 architecture and cost with deterministic weights); ``--model`` takes a registered name or a
 .pth/.onnx file. Needs a display: run under ``xvfb-run`` on a headless machine::
 
-    xvfb-run -a python benchmarks/bench_interactive.py --device cpu
+    xvfb-run -a python benchmarks/bench_interactive.py --device cpu [--quick]
 """
 
 from __future__ import annotations
@@ -289,7 +289,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hidden", action="store_true",
                         help="do not show the viewer: nothing is drawn, which isolates the plugin from the "
                              "rendering (under xvfb napari draws with software OpenGL on the same CPU cores)")
+    parser.add_argument("--quick", action="store_true", help="8 repeats and 6 slices (a few minutes)")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.repeats, args.slices = min(args.repeats, 8), min(args.slices, 6)
 
     if args.model:
         from napari_edgesam.inference.loading.api import load_model

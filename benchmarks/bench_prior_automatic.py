@@ -1,24 +1,35 @@
-"""Automatic mode on held-out real nuclei: point grid vs the granularity prior's boxes.
+"""Automatic mode with the shipped model: point grid vs the granularity prior's boxes, speed and quality.
 
-    python benchmarks/bench_prior_automatic.py --model edgesam-nuclei --prior PATH \
-        --image data/nuclei/heldout/images/dsb_right_half.tif --labels data/nuclei/heldout/labels/dsb_right_half.tif
+    python benchmarks/bench_prior_automatic.py [--quick] [--compare] [--model edgesam-nuclei] [--prior PATH]
+        [--image IMG --labels LABELS]
 
-Prints time per image and instance quality (matched at IoU >= 0.5: precision, recall, F1,
-mean IoU of the matches) for both modes, run one after the other in one process.
+Cases: the held-out stardist right half (``data/nuclei_v2/heldout``, 512 x 256, never used for
+training or tuning) unless ``--image/--labels`` name another pair, a synthetic 512 x 512 and a
+synthetic 1024 x 1024 nuclei image (``datasets.synthetic_nuclei_2d``; ``--quick`` leaves the
+1024 one out). For each: seconds (grid: with and without the shared encoder pass; prior boxes:
+including the encoder and box head), decoder prompts, and instance quality matched at
+IoU >= 0.5 (precision, recall, F1, mean IoU of the matches). One process, modes one after the
+other; timings are of a shared machine (noisy). ``--compare`` also runs every mode with the
+previous decoder path and no decode hints (``bench_decoder.previous_predictor``), each right
+after the current one, so that both see the same machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
-import tifffile
 
+from napari_edgesam.datasets import synthetic_nuclei_2d
 from napari_edgesam.inference.automatic.boxes import BoxAutomaticConfig, segment_automatic_boxes
 from napari_edgesam.inference.automatic.grid import AutomaticConfig, segment_automatic
 from napari_edgesam.inference.loading.api import load_model
+from napari_edgesam.inference.loading.model_prior import find_model_prior
 from napari_edgesam.inference.prior import load_prior
+
+HELDOUT = Path(__file__).resolve().parents[1] / "data" / "nuclei_v2" / "heldout"
 
 
 def match(pred: np.ndarray, gt: np.ndarray, thr: float = 0.5) -> dict:
@@ -49,27 +60,65 @@ def match(pred: np.ndarray, gt: np.ndarray, thr: float = 0.5) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="edgesam-nuclei")
-    ap.add_argument("--prior", required=True)
-    ap.add_argument("--image", required=True)
-    ap.add_argument("--labels", required=True)
+    ap.add_argument("--prior", default=None, help="box head file (default: the one stored beside the model)")
+    ap.add_argument("--image", default=None)
+    ap.add_argument("--labels", default=None)
+    ap.add_argument("--quick", action="store_true", help="leave the 1024 x 1024 synthetic image out")
+    ap.add_argument("--compare", action="store_true", help="also the previous decoder path, interleaved")
     args = ap.parse_args()
-    image, gt = tifffile.imread(args.image), tifffile.imread(args.labels)
+    import tifffile
+
     predictor = load_model(args.model, backend="torch", device="cpu")
-    prior = load_prior(args.prior, predictor)
-    emb = predictor.encode(image, prior=None)
-    rows = []
-    t = time.perf_counter()
-    grid = segment_automatic(predictor, image, AutomaticConfig(), embedding=emb)
-    rows.append(("point grid 32x32 (batched)", time.perf_counter() - t, grid))
-    t = time.perf_counter()
-    boxes = segment_automatic_boxes(predictor, prior, image, BoxAutomaticConfig())
-    rows.append(("prior boxes (incl. encoder + head)", time.perf_counter() - t, boxes))
-    print(f"{args.image}: {len([i for i in np.unique(gt) if i])} instances (grid timing excludes the shared embedding)")
-    print("| mode | seconds | objects | precision | recall | F1 | matched mIoU |\n|---|---|---|---|---|---|---|")
-    for name, sec, res in rows:
-        labels = res.labels if hasattr(res, "labels") else res
-        m = match(np.asarray(labels), gt)
-        print(f"| {name} | {sec:.1f} | {m['objects']} | {m['precision']} | {m['recall']} | {m['F1']} | {m['matched mIoU']} |")
+    prior = load_prior(args.prior or find_model_prior(args.model), predictor)
+    calls = {"prompts": 0}
+    image_path = args.image or HELDOUT / "images" / "dsb_right_half.tif"
+    label_path = args.labels or HELDOUT / "labels" / "dsb_right_half.tif"
+    cases = [(f"held-out {Path(image_path).name}", tifffile.imread(image_path), tifffile.imread(label_path)),
+             ("synthetic 512x512", *synthetic_nuclei_2d(seed=21, shape=(512, 512), n_nuclei=40))]
+    if not args.quick:
+        cases.append(("synthetic 1024x1024", *synthetic_nuclei_2d(seed=22, shape=(1024, 1024), n_nuclei=160)))
+    segment_automatic_boxes(predictor, prior, cases[0][1], BoxAutomaticConfig())  # warm-up (jit trace)
+    versions = [("", predictor)]
+    if args.compare:
+        import sys
+
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from bench_decoder import previous_predictor
+
+        versions.append((" [previous path]", previous_predictor(predictor)))
+    print("| image | mode | seconds | prompts decoded | objects | precision | recall | F1 | matched mIoU |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, image, gt in cases:
+        rows = []
+        for tag, pred in versions:  # the current path, then the previous one on the same machine state
+            real = pred.decode_batch
+
+            def counting(emb, point_coords=None, point_labels=None, boxes=None, *a, _real=real, **k):
+                calls["prompts"] += len(point_coords if point_coords is not None else boxes)
+                return _real(emb, point_coords, point_labels, boxes, *a, **k)
+
+            if tag:  # keep the previous path's signature (no hints) visible to the automatic modes
+                import functools
+
+                counting = functools.wraps(real)(lambda *a, _c=counting, **k: _c(*a, **k))
+            pred.decode_batch = counting
+            t = time.perf_counter()
+            emb = pred.encode(image, prior=None)
+            t_enc = time.perf_counter() - t
+            calls["prompts"] = 0
+            t = time.perf_counter()
+            grid = segment_automatic(pred, image, AutomaticConfig(), embedding=emb)
+            sec = time.perf_counter() - t
+            rows.append((f"point grid 32x32{tag} ({sec + t_enc:.2f} s with the encoder)", sec, calls["prompts"], grid))
+            calls["prompts"] = 0
+            t = time.perf_counter()
+            boxes = segment_automatic_boxes(pred, prior, image, BoxAutomaticConfig())
+            rows.append((f"prior boxes{tag} (incl. encoder + head)", time.perf_counter() - t, calls["prompts"], boxes))
+            pred.decode_batch = real
+        for mode, sec, n, labels in rows:
+            m = match(np.asarray(labels), gt)
+            print(f"| {name} ({int(gt.max())} nuclei) | {mode} | {sec:.2f} | {n} | {m['objects']} | {m['precision']} "
+                  f"| {m['recall']} | {m['F1']} | {m['matched mIoU']} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -38,3 +38,7 @@ def token_slice(num_multimask_outputs: int) -> slice:
         raise ValueError(
             f"num_multimask_outputs must be 1, 3 or 4, got {num_multimask_outputs!r}"
         ) from None
+
+#: Low-res logits a decoder call was told it need not compute (``decode_batch(needed_at=,
+#: windows=)``): finite, so upscaling stays well defined, and far below every threshold.
+SKIPPED_LOGIT = -1.0e4

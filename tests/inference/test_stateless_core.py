@@ -154,3 +154,33 @@ def test_the_session_runs_the_click_rule_once_per_click(predictor, image, monkey
     np.testing.assert_array_equal(result.mask, expected[0])
     assert session_module.click_box is predictor_module.click_box  # one rule for both
     assert not predictor.is_image_set
+
+
+def test_an_embedding_is_checked_once_and_converted_once(predictor, image, monkeypatch):
+    """Repeated clicks on one embedding skip the finite/shape check and the float16 -> float32
+    conversion after the first; any other embedding (a damaged one included) is checked."""
+    from dataclasses import replace
+
+    import napari_edgesam.inference.core.predictor as core
+
+    checks = []
+    real = core._check_embedding
+    monkeypatch.setattr(core, "_check_embedding", lambda e, s: (checks.append(e), real(e, s)))
+    emb = predictor.encode(image)
+    emb16 = emb.astype(np.float16)
+    pt, lab = np.float32([[40, 30]]), np.ones(1)
+    first = predictor.segment(pt, lab, embedding=emb16)
+    again = predictor.segment(pt, lab, embedding=emb16)
+    predictor.decode(emb16, pt, lab)
+    assert len(checks) == 1
+    np.testing.assert_array_equal(first[0], again[0])
+    # the float16 features decode as their float32 values would
+    as32 = replace(emb16, features=emb16.features.astype(np.float32))
+    np.testing.assert_array_equal(predictor.segment(pt, lab, embedding=as32)[2], first[2])
+    assert len(checks) == 2
+    bad = emb.features.copy()
+    bad[0, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        predictor.segment(pt, lab, embedding=replace(emb, features=bad))
+    with pytest.raises(ValueError, match="NaN"):  # and again: a failed check is not remembered
+        predictor.decode(replace(emb, features=bad), pt, lab)

@@ -9,9 +9,10 @@ Pipeline for one 2D image (or tile):
 3. Chunks of ``boxes_per_batch`` boxes are decoded with ONE decoder call each
    (``decode_batch(embedding, boxes=..., num_multimask_outputs=1, upscale=False)``: a box prompt uses
    token 0, one mask per box).
-4. Masks are filtered on their 256 x 256 logits (stability score), upscaled only inside their
-   bounding box, cleaned (islands, holes), and must agree with their prompt box (IoU of the
-   mask's bounding box with the box >= ``min_box_iou``).
+4. Masks are computed only inside a window around their box (:func:`box_windows`: where a
+   mask can be and still agree with its box), filtered on their 256 x 256 logits (stability
+   score), upscaled only inside their bounding box, cleaned (islands, holes), and must agree
+   with their prompt box (IoU of the mask's bounding box with the box >= ``min_box_iou``).
 5. Mask-box NMS, then painting into a label image largest-first.
 
 Steps 4-5 (:mod:`.masks`), regions and tiles (:mod:`.common`) are shared with the
@@ -34,7 +35,7 @@ from ...constants import MASK_THRESHOLD
 from ..core.postprocess import stability_score
 from ..core.predictor import ImageEmbedding
 from ..prior import ProposalSet, box_iou, nms_boxes
-from .common import MaskSettings, ProgressFn, check_cancel, segment_image
+from .common import MaskSettings, ProgressFn, accepts_keyword, check_cancel, segment_image
 from .masks import MaskCandidate, candidate_from_logits, masks_to_labels, nms
 
 logger = logging.getLogger(__name__)
@@ -77,6 +78,27 @@ def prompt_boxes(proposals: ProposalSet, cfg: BoxAutomaticConfig) -> tuple[np.nd
     props = proposals.above(cfg.score_thresh)
     keep = nms_boxes(props.boxes, props.scores, cfg.box_nms_thresh)[: cfg.max_proposals]
     return props.boxes[keep], props.scores[keep]
+
+
+def box_windows(boxes: np.ndarray, emb: ImageEmbedding, min_box_iou: float) -> np.ndarray | None:
+    """Low-res ``(r0, r1, c0, c1)`` windows (end-exclusive), one per ``K x 4`` pixel box, outside
+    which a mask cannot lie and still pass the box check: a mask whose bounding box has IoU
+    >= ``t`` with the box sticks out of it by at most ``(1 - t) / t`` of the box's height (width)
+    on either side. Plus 2 low-res pixels for the bilinear upscaling; None when ``t`` is 0 (no
+    box check, no window)."""
+    if min_box_iou <= 0 or not len(boxes):
+        return None
+    ext = (1.0 - min_box_iou) / min_box_iou
+    sy = emb.input_size[0] / emb.original_size[0] / 4
+    sx = emb.input_size[1] / emb.original_size[1] / 4
+    b = np.asarray(boxes, np.float64)
+    bh, bw = (b[:, 3] - b[:, 1]) * ext, (b[:, 2] - b[:, 0]) * ext
+    lh, lw = -(-emb.input_size[0] // 4), -(-emb.input_size[1] // 4)
+    r0 = np.clip(np.floor((b[:, 1] - bh) * sy) - 2, 0, lh)
+    r1 = np.clip(np.ceil((b[:, 3] + bh) * sy) + 2, 0, lh)
+    c0 = np.clip(np.floor((b[:, 0] - bw) * sx) - 2, 0, lw)
+    c1 = np.clip(np.ceil((b[:, 2] + bw) * sx) + 2, 0, lw)
+    return np.stack([r0, r1, c0, c1], axis=1).astype(np.int64)
 
 
 def _chunk_candidates(boxes, box_scores, pred, emb: ImageEmbedding, cfg: BoxAutomaticConfig) -> list[MaskCandidate]:
@@ -123,11 +145,14 @@ def generate_masks_from_boxes(
     boxes, scores = prompt_boxes(proposals, config)
     candidates: list[MaskCandidate] = []
     n = config.boxes_per_batch
+    windowed = accepts_keyword(predictor.decode_batch, "windows")
     for start in range(0, len(boxes), n):
         check_cancel(cancel)
         chunk = boxes[start : start + n]
+        # only where a mask can pass the box check (logits elsewhere set to SKIPPED_LOGIT)
+        windows = box_windows(chunk, embedding, config.min_box_iou) if windowed else None
         pred = predictor.decode_batch(embedding, boxes=chunk, num_multimask_outputs=1, use_stability_score=True,
-                                      upscale=False)
+                                      upscale=False, **({} if windows is None else {"windows": windows}))
         candidates += _chunk_candidates(chunk, scores[start : start + n], pred, embedding, config)
         if progress is not None:
             progress(min(start + n, len(boxes)), len(boxes))

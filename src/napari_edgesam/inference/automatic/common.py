@@ -105,6 +105,17 @@ def check_region(region: Sequence[float] | None, shape: tuple[int, int]) -> tupl
     return x0, y0, x1, y1
 
 
+def accepts_keyword(fn, name: str) -> bool:
+    """Whether callable ``fn`` accepts the keyword ``name`` (duck-typed predictors may not)."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
 # -- images, tiles and stacks -----------------------------------------------------------------
 def segment_image(
     image: np.ndarray,

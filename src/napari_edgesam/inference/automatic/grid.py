@@ -42,6 +42,7 @@ from .common import (
     Cancelled,
     MaskSettings,
     ProgressFn,
+    accepts_keyword,
     check_cancel,
     segment_image,
     segment_volume,
@@ -58,7 +59,7 @@ from .masks import (
 
 __all__ = [
     "AutomaticConfig", "COVER_MARGIN", "CPU_PROBE_SIZES", "Cancelled", "ChunkSizer",
-    "GPU_POINTS_PER_BATCH", "MaskCandidate", "ProgressFn", "clean_mask", "generate_masks",
+    "GPU_POINTS_PER_BATCH", "MaskCandidate", "ONE_BY_ONE_POINTS_PER_BATCH", "ProgressFn", "clean_mask", "generate_masks",
     "masks_to_labels", "nms", "on_gpu", "point_grid", "segment_automatic", "segment_automatic_3d",
     "upscale_in_box", "volume_normalisation",
 ]
@@ -73,8 +74,9 @@ class AutomaticConfig(MaskSettings):
     Attributes (besides those of :class:`~napari_edgesam.inference.automatic.common.MaskSettings`:
     stability, NMS, areas, tiling):
         points_per_side: grid points along the longest side of the image (or tile).
-        points_per_batch: prompts per decoder call; None: 64 on a GPU, and on a CPU the
-            fastest of 64/16/4, timed on the first chunks (see :class:`ChunkSizer`).
+        points_per_batch: prompts per decoder call; None: 64 on a GPU and where the backend
+            decodes prompt by prompt (the torch CPU path), otherwise the fastest of 64/16/4,
+            timed on the first chunks (see :class:`ChunkSizer`).
         num_multimask_outputs: candidates per point: 4 (all tokens) or 3 (tokens 1-3).
         iou_thresh: minimum IoU-head score; 0 disables it (EdgeSAM's IoU head is unreliable).
         max_area_fraction: masks covering more than this fraction of the image (or tile) are
@@ -142,25 +144,39 @@ def _has_holes(mask: np.ndarray) -> bool:
 
 
 # -- candidates -------------------------------------------------------------------------------
+def _low_res_pixels(pts: np.ndarray, emb: ImageEmbedding, shape: tuple[int, int]) -> np.ndarray:
+    """``N x 2`` (row, col) of the low-res logit pixel under each (x, y) point, within the
+    ``shape`` of the logits that cover the image."""
+    sy, sx = emb.input_size[0] / emb.original_size[0], emb.input_size[1] / emb.original_size[1]
+    pr = np.clip((pts[:, 1] * sy / 4).astype(int), 0, shape[0] - 1)
+    pc = np.clip((pts[:, 0] * sx / 4).astype(int), 0, shape[1] - 1)
+    return np.stack([pr, pc], axis=1)
+
+
 def _filter_chunk(
     pts: np.ndarray, pred, emb: ImageEmbedding, cfg: AutomaticConfig, covered: np.ndarray
 ) -> list[MaskCandidate]:
     """Filter one chunk's candidates on their low-res logits, then upscale the survivors."""
     lh, lw = covered.shape
     low = pred.low_res_logits[:, :, :lh, :lw]
-    stab = stability_score(low, MASK_THRESHOLD, cfg.stability_offset)
-    keep = stab >= cfg.stability_thresh
+    pr, pc = _low_res_pixels(pts, emb, (lh, lw)).T
+    inside = low[np.arange(len(pts)), :, pr, pc] > MASK_THRESHOLD if len(pts) else np.zeros(low.shape[:2], bool)
+    # the whole-map statistics only for candidates that can still pass (most grid points on
+    # background have no mask over their point)
+    todo = inside if cfg.require_point_inside else np.ones_like(inside)
+    stab = np.zeros(low.shape[:2], np.float32)
+    frac = np.zeros(low.shape[:2])
+    pos = np.zeros(low.shape, bool)
+    if todo.any():
+        stab[todo] = stability_score(low[todo], MASK_THRESHOLD, cfg.stability_offset)
+        pos[todo] = low[todo] > MASK_THRESHOLD
+        frac[todo] = pos[todo].sum((-1, -2)) / float(lh * lw)
+    keep = todo & (stab >= cfg.stability_thresh)
     score = stab
     if cfg.iou_thresh > 0:
         keep &= pred.scores >= cfg.iou_thresh
         score = 0.5 * (stab + pred.scores)
-    pos = low > MASK_THRESHOLD
-    frac = pos.sum((-1, -2)) / float(lh * lw)
     keep &= frac > 0
-    scale = (emb.input_size[0] / emb.original_size[0], emb.input_size[1] / emb.original_size[1])
-    pr = np.clip((pts[:, 1] * scale[0] / 4).astype(int), 0, lh - 1)
-    pc = np.clip((pts[:, 0] * scale[1] / 4).astype(int), 0, lw - 1)
-    inside = pos[np.arange(len(pts)), :, pr, pc] if len(pts) else np.zeros_like(keep)
     if cfg.require_point_inside:
         keep &= inside
     background = keep & (frac > cfg.max_area_fraction)
@@ -207,6 +223,9 @@ def generate_masks(
 #: size is timed once on real chunks (largest first) and the fastest per prompt is kept.
 GPU_POINTS_PER_BATCH = 64
 CPU_PROBE_SIZES = (64, 16, 4)
+#: Prompts per call for backends that decode prompt by prompt anyway (the torch CPU path):
+#: fixed, so results do not depend on timing, and the GPU's, so both give the same masks.
+ONE_BY_ONE_POINTS_PER_BATCH = GPU_POINTS_PER_BATCH
 
 
 def on_gpu(predictor) -> bool:
@@ -243,11 +262,14 @@ class ChunkSizer:
 def _generate(predictor, emb, cfg, progress, cancel) -> list[MaskCandidate]:
     pts = point_grid(emb.original_size, cfg.points_per_side)
     fixed = cfg.points_per_batch or (GPU_POINTS_PER_BATCH if on_gpu(predictor) else None)
+    if not fixed and getattr(getattr(predictor, "backend", None), "decodes_prompt_by_prompt", False):
+        fixed = ONE_BY_ONE_POINTS_PER_BATCH  # no batch size is faster there
     sizer = ChunkSizer(fixed)
     ih, iw = emb.input_size
     covered = np.zeros((-(-ih // 4), -(-iw // 4)), bool)
     sy, sx = ih / emb.original_size[0] / 4, iw / emb.original_size[1] / 4
     remaining, done, candidates, calls = pts, 0, [], 0
+    hinted = cfg.require_point_inside and accepts_keyword(predictor.decode_batch, "needed_at")
     while len(remaining):
         check_cancel(cancel)
         if cfg.skip_covered and covered.any():
@@ -261,10 +283,13 @@ def _generate(predictor, emb, cfg, progress, cancel) -> list[MaskCandidate]:
         size = sizer.next()
         chunk, remaining = remaining[:size], remaining[size:]
         t0 = time.perf_counter()
+        # a mask must contain its point: prompts with no mask there need no upscaling (most
+        # background points; backends that cannot skip them ignore the hint)
+        hint = {"needed_at": _low_res_pixels(chunk, emb, covered.shape)} if hinted else {}
         pred = predictor.decode_batch(
             emb, point_coords=chunk[:, None, :], point_labels=np.ones((len(chunk), 1), np.float32),
             num_multimask_outputs=cfg.num_multimask_outputs,
-            use_stability_score=cfg.iou_thresh == 0, upscale=False,
+            use_stability_score=cfg.iou_thresh == 0, upscale=False, **hint,
         )
         sizer.record(size, len(chunk), time.perf_counter() - t0)
         calls += 1

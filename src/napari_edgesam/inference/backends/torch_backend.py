@@ -5,15 +5,18 @@ from __future__ import annotations
 import copy
 import logging
 import weakref
+from collections import OrderedDict
 
 import numpy as np
 import torch
 
+from ...constants import SKIPPED_LOGIT
 from ...model.edge_sam import EdgeSam
-from ...model.fast_decoder import decode_tokens, to_tokens
+from ...model.fast_decoder import ImageTokens, decode_one, decode_tokens, to_tokens
 from . import compute_thread
 
 logger = logging.getLogger(__name__)
+
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -35,6 +38,11 @@ def resolve_device(device: str = "auto") -> torch.device:
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError("device 'mps' was requested but MPS is not available; use 'cpu'")
     return dev
+
+
+#: Embeddings whose decoder-side image tokens are kept (~10 MB each): two, so that alternating
+#: between two images (e.g. two viewers or layers) does not recompute them on every call.
+TOKEN_CACHE = 2
 
 
 class TorchBackend:
@@ -60,6 +68,9 @@ class TorchBackend:
     embedding_shape = (1, 256, 64, 64)
     provides_iou_scores = True
     supports_mask_input = True
+    #: The optional keywords of :meth:`decode` this backend understands (hints of what the
+    #: caller will use; a backend without them computes everything).
+    decode_hints = frozenset({"needed_at", "windows", "mask_tokens"})
 
     def __init__(
         self,
@@ -90,7 +101,7 @@ class TorchBackend:
         self._jit_encoder = None
         self.fast_decoder = fast_decoder
         self._pe_tok: torch.Tensor | None = None
-        self._last_tokens: tuple | None = None
+        self._token_cache: OrderedDict[int, tuple] = OrderedDict()
         self._dense_pe: torch.Tensor | None = None
         self._tapped = _TappedEncoder(self.model.image_encoder).eval()
         logger.debug("torch backend on %s (fuse=%s, threads=%d)", self.device, fuse, torch.get_num_threads())
@@ -108,6 +119,12 @@ class TorchBackend:
         new._last_tokens = None
         new._dense_pe = None
         return new
+
+    @property
+    def decodes_prompt_by_prompt(self) -> bool:
+        """Whether a batch of prompts costs its size in single calls (the CPU fast path): the
+        automatic grid then uses small fixed batches (see ``ONE_BY_ONE_POINTS_PER_BATCH``)."""
+        return self.fast_decoder and self.device.type == "cpu"
 
     @property
     def dense_pe(self) -> torch.Tensor:
@@ -161,25 +178,48 @@ class TorchBackend:
         point_coords: np.ndarray,
         point_labels: np.ndarray,
         mask_input: np.ndarray | None = None,
+        *,
+        needed_at: np.ndarray | None = None,
+        windows: np.ndarray | None = None,
+        mask_tokens: slice | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Low-res logits ``B x 4 x 256 x 256`` and IoU scores ``B x 4`` (on the compute thread)."""
-        return compute_thread.run(self._decode, embeddings, point_coords, point_labels, mask_input)
+        """Low-res logits ``B x 4 x 256 x 256`` and IoU scores ``B x 4`` (on the compute thread).
 
-    def _decode(self, embeddings, point_coords, point_labels, mask_input):
+        Hints (on CPU; elsewhere only ``mask_tokens`` is used):
+            needed_at: ``B x 2`` low-res pixels ``(row, col)``, one per prompt: a prompt none of
+                whose masks is positive at its pixel is not upscaled, and its logits come back
+                as :data:`~napari_edgesam.constants.SKIPPED_LOGIT` everywhere (callers that keep
+                only masks containing that pixel get the same answer).
+            windows: ``B x 4`` low-res ``(r0, r1, c0, c1)`` (end-exclusive) per prompt: logits
+                are computed only over the embedding cells covering the window (``SKIPPED_LOGIT``
+                elsewhere).
+            mask_tokens: only these of the 4 masks are computed and returned (``B x M x ...``).
+        """
+        return compute_thread.run(self._decode, embeddings, point_coords, point_labels, mask_input,
+                                  needed_at, windows, mask_tokens)
+
+    def _decode(self, embeddings, point_coords, point_labels, mask_input, needed_at=None, windows=None,
+                mask_tokens=None):
         dev = self.device
+        sl = mask_tokens if mask_tokens is not None else slice(None)
         with torch.inference_mode():
             coords = _tensor(point_coords, dev)
             labels = torch.as_tensor(np.asarray(point_labels), device=dev).round().to(torch.int64)
             pe = self.model.prompt_encoder
             sparse = pe.embed_points(coords, labels, pad=False)
             if self.fast_decoder:
-                src = self._image_tokens(embeddings)
-                if mask_input is not None:
-                    src = src + to_tokens(pe.embed_masks(_tensor(mask_input, dev)))
-                else:  # shared by the whole batch
-                    src = src + pe.no_mask_embed.weight.reshape(1, 1, -1)
                 h, w = pe.image_embedding_size
-                masks, iou = self._decode_each(src, sparse, (h, w))
+                b = sparse.shape[0]
+                hints = {
+                    "at": None if needed_at is None else np.asarray(needed_at, np.int64).reshape(b, 2),
+                    "windows": None if windows is None else np.asarray(windows, np.int64).reshape(b, 4),
+                    "sl": sl,
+                }
+                if mask_input is None:  # the image side is shared by the whole batch
+                    masks, iou = self._decode_shared(embeddings, sparse, (h, w), hints)
+                else:
+                    src = self._image_tokens(embeddings) + to_tokens(pe.embed_masks(_tensor(mask_input, dev)))
+                    masks, iou = self._decode_each(src, sparse, (h, w), hints)
             else:
                 emb = _tensor(embeddings, dev)
                 if mask_input is not None:
@@ -188,23 +228,47 @@ class TorchBackend:
                     h, w = pe.image_embedding_size
                     dense = pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(coords.shape[0], -1, h, w)
                 masks, iou = self.model.mask_decoder.predict_masks(emb, self.dense_pe, sparse, dense)
+                masks = masks[:, sl]
         return masks.cpu().numpy(), iou.cpu().numpy()
 
-    def _decode_each(self, src: torch.Tensor, sparse: torch.Tensor, size: tuple[int, int]):
-        """The fast decoder one prompt at a time: on CPU a batch of B prompts costs more per
-        prompt than B single calls (B x 4 MB of image tokens per step leave the cache;
-        measured 15 ms per prompt alone against 18-24 ms in batches of 2-64)."""
-        decoder, pe = self.model.mask_decoder, self._pe_tokens()
-        b = sparse.shape[0]
-        if b == 1 or self.device.type != "cpu":
-            return decode_tokens(decoder, src, pe, sparse, size)
-        masks = torch.empty((b, decoder.num_mask_tokens, 4 * size[0], 4 * size[1]), device=src.device)
+    def _decode_shared(self, embeddings: np.ndarray, sparse: torch.Tensor, size: tuple[int, int], hints: dict):
+        """Prompts without a mask input: on CPU one prompt at a time through
+        :func:`~napari_edgesam.model.fast_decoder.decode_one` (chunked, cache-resident passes; the
+        first block's image side is kept per embedding); elsewhere one batched call."""
+        shared = self._shared_tokens(embeddings, sparse.shape[0])
+        if self.device.type != "cpu":
+            masks, iou = decode_tokens(self.model.mask_decoder, shared.src[None], shared.pe[None], sparse, size)
+            return masks[:, hints["sl"]], iou
+        return self._one_by_one(lambda i: shared, sparse, size, hints)
+
+    def _one_by_one(self, image_of, sparse: torch.Tensor, size: tuple[int, int], hints: dict):
+        """:func:`~napari_edgesam.model.fast_decoder.decode_one` for each prompt ``i`` on the image
+        tokens ``image_of(i)``: on CPU a batch of B prompts costs more per prompt than B single
+        calls (B x 4 MB of image tokens per step leave the cache)."""
+        decoder = self.model.mask_decoder
+        sl, at, windows = hints["sl"], hints["at"], hints["windows"]
+        b, m = sparse.shape[0], len(range(decoder.num_mask_tokens)[sl])
+        masks = torch.empty((b, m, 4 * size[0], 4 * size[1]))
         ious = []
         for i in range(b):
-            masks[i : i + 1], iou = decode_tokens(decoder, src if src.shape[0] == 1 else src[i : i + 1], pe,
-                                                  sparse[i : i + 1], size)
+            pixel = None if at is None else (int(at[i, 0]), int(at[i, 1]))
+            window = None if windows is None else tuple(int(v) for v in windows[i])
+            out, iou = decode_one(decoder, image_of(i), sparse[i : i + 1], size, mask_tokens=sl,
+                                  needed_at=pixel, window=window)
+            if out is None:
+                masks[i] = SKIPPED_LOGIT
+            else:
+                masks[i : i + 1] = out
             ious.append(iou)
         return masks, torch.cat(ious)
+
+    def _decode_each(self, src: torch.Tensor, sparse: torch.Tensor, size: tuple[int, int], hints: dict):
+        """Prompts with image tokens of their own ``B x N x C`` (a mask input each)."""
+        decoder, pe = self.model.mask_decoder, self._pe_tokens()
+        if self.device.type != "cpu":
+            masks, iou = decode_tokens(decoder, src, pe, sparse, size)
+            return masks[:, hints["sl"]], iou
+        return self._one_by_one(lambda i: ImageTokens(decoder, src[i : i + 1], pe, shared=False), sparse, size, hints)
 
     def _pe_tokens(self) -> torch.Tensor:
         if self._pe_tok is None:
@@ -212,18 +276,35 @@ class TorchBackend:
         return self._pe_tok
 
     def _image_tokens(self, embeddings: np.ndarray) -> torch.Tensor:
-        """The embedding in token layout (float32 on the device), kept for the most recent
-        embedding array: repeated clicks on one image skip the conversion (embedding arrays
-        are never modified in place once computed)."""
-        last = self._last_tokens
-        if last is not None and last[0]() is embeddings:
-            return last[1]
-        tokens = to_tokens(_tensor(embeddings, self.device))
+        """The embedding in token layout ``1 x N x C`` (float32 on the device)."""
+        return to_tokens(_tensor(embeddings, self.device))
+
+    def _shared_tokens(self, embeddings: np.ndarray, prompts: int = 1) -> ImageTokens:
+        """The image side shared by every prompt without a mask input (tokens plus the no-mask
+        embedding, positional encoding), kept for the :data:`TOKEN_CACHE` most recent embedding
+        arrays (embedding arrays are never modified in place once computed). The first block's
+        projections are added from the second prompt on an embedding (the first of a batch of
+        several): a single decode on a fresh embedding (3D propagation) does not pay for them."""
+        cache = self._token_cache
+        key = id(embeddings)
+        hit = cache.get(key)
+        cpu = self.device.type == "cpu"  # the batched (GPU) path does not use the projections
+        if hit is not None and hit[0]() is embeddings:
+            cache.move_to_end(key)
+            shared = hit[1]
+            if cpu:
+                shared.share(self.model.mask_decoder)
+            return shared
+        no_mask = self.model.prompt_encoder.no_mask_embed.weight.reshape(1, 1, -1)
+        shared = ImageTokens(self.model.mask_decoder, self._image_tokens(embeddings) + no_mask, self._pe_tokens(),
+                             shared=cpu and prompts > 1)
         try:
-            self._last_tokens = (weakref.ref(embeddings), tokens)
+            cache[key] = (weakref.ref(embeddings), shared)
         except TypeError:  # not weak-referenceable: no reuse
-            self._last_tokens = None
-        return tokens
+            return shared
+        while len(cache) > TOKEN_CACHE:
+            cache.popitem(last=False)
+        return shared
 
 
 class _TappedEncoder(torch.nn.Module):

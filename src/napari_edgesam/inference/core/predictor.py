@@ -12,12 +12,13 @@ boxes are (x0, y0, x1, y1).
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ...constants import MASK_THRESHOLD, token_slice
+from ...constants import MASK_THRESHOLD, SKIPPED_LOGIT, token_slice
 from ..backends import Backend, as_backend
 from ..prior import ProposalSet, click_box, encode_with_prior
 from .postprocess import fill_holes as _fill_holes
@@ -142,6 +143,10 @@ class EdgeSamPredictor:
         self.refine_with_mask_input = True
         #: The weights file the model came from, if any (set by ``load_model``).
         self.source_path = None
+        # the last embedding that passed :meth:`checked` and the float32 copy of the last float16
+        # features decoded (weak references; embedding arrays are never modified in place)
+        self._last_checked: tuple | None = None
+        self._last_f32: tuple | None = None
 
     # -- image -------------------------------------------------------------------------------
     def encode(
@@ -199,8 +204,32 @@ class EdgeSamPredictor:
         the problem otherwise."""
         if not isinstance(embedding, ImageEmbedding):
             raise TypeError(f"expected an ImageEmbedding, got {type(embedding).__name__}")
+        last = self._last_checked
+        if last is not None and last[0]() is embedding and last[1]() is embedding.features:
+            return embedding  # checked already (each click of a session decodes the same one)
         _check_embedding(embedding, getattr(self.backend, "embedding_shape", None))
+        try:
+            self._last_checked = (weakref.ref(embedding), weakref.ref(embedding.features))
+        except TypeError:
+            self._last_checked = None
         return embedding
+
+    def _features32(self, emb: ImageEmbedding) -> np.ndarray:
+        """``emb.features`` as float32; the conversion of float16 (cached) features is kept for
+        the last array, so that repeated clicks neither convert again nor miss the backend's
+        own per-embedding cache (keyed by the array it is given)."""
+        f = emb.features
+        if f.dtype == np.float32:
+            return f
+        last = self._last_f32
+        if last is not None and last[0]() is f:
+            return last[1]
+        out = f.astype(np.float32)
+        try:
+            self._last_f32 = (weakref.ref(f), out)
+        except TypeError:
+            self._last_f32 = None
+        return out
 
     def reset_image(self) -> None:
         self._embedding = None
@@ -277,6 +306,8 @@ class EdgeSamPredictor:
         return_logits: bool = False,
         use_stability_score: bool = False,
         upscale: bool = True,
+        needed_at: np.ndarray | None = None,
+        windows: np.ndarray | None = None,
     ) -> Prediction:
         """Segment ``B`` objects of ``embedding``'s image with one decoder call; the
         predictor's state is not used.
@@ -287,13 +318,31 @@ class EdgeSamPredictor:
             boxes: ``B x 4`` (x0, y0, x1, y1) pixels.
             mask_input: ``B x 1 x 256 x 256`` low-res logits.
             upscale: also compute full-size masks (``masks`` is None otherwise).
+            needed_at: ``B x 2`` low-res pixels ``(row, col)`` (of the ``256 x 256`` logits), for
+                callers that keep only masks positive at that pixel (the automatic grid: a mask
+                must contain its point): a backend that can (``supports_needed_at``) skips the
+                prompts with no mask positive there and returns them as empty (logits of
+                :data:`~napari_edgesam.constants.SKIPPED_LOGIT`: stability 0); others compute
+                everything.
+            windows: ``B x 4`` low-res ``(r0, r1, c0, c1)`` (end-exclusive) per prompt: the low-res
+                logits outside each window are set to ``SKIPPED_LOGIT`` (with any backend), and a
+                backend that can skips computing them.
         """
         emb = self.checked(embedding)
         coords, labels, boxes = validate_batch_prompts(point_coords, point_labels, boxes, emb.original_size)
         batch = coords.shape[0] if coords is not None else boxes.shape[0]
         masks_in = None if mask_input is None else validate_mask_input(mask_input, batch)
+        if needed_at is not None:
+            needed_at = np.asarray(needed_at, np.int64)
+            if needed_at.shape != (batch, 2):
+                raise ValueError(f"needed_at must be {batch} x 2 low-res (row, col) pixels, got shape {needed_at.shape}")
+        if windows is not None:
+            windows = np.asarray(windows, np.int64)
+            if windows.shape != (batch, 4):
+                raise ValueError(f"windows must be {batch} x 4 low-res (r0, r1, c0, c1), got shape {windows.shape}")
         return self._decode(
-            emb, coords, labels, boxes, masks_in, num_multimask_outputs, return_logits, use_stability_score, upscale
+            emb, coords, labels, boxes, masks_in, num_multimask_outputs, return_logits, use_stability_score, upscale,
+            needed_at, windows,
         )
 
     def _decode(
@@ -307,6 +356,8 @@ class EdgeSamPredictor:
         return_logits: bool,
         use_stability_score: bool,
         upscale: bool,
+        needed_at: np.ndarray | None = None,
+        windows: np.ndarray | None = None,
     ) -> Prediction:
         sl = token_slice(num_multimask_outputs)
         if mask_input is not None and not self.backend.supports_mask_input:
@@ -315,9 +366,21 @@ class EdgeSamPredictor:
                 "backend or an ONNX decoder exported by napari-edgesam"
             )
         dc, dl = to_decoder_prompts(coords, labels, boxes, emb.original_size, emb.input_size)
-        features = emb.features.astype(np.float32, copy=False)
-        low_res, iou = self.backend.decode(features, dc, dl, mask_input)
-        low_res = low_res[:, sl]
+        features = self._features32(emb)
+        understood = getattr(self.backend, "decode_hints", frozenset())
+        hints = {k: v for k, v in (("needed_at", needed_at), ("windows", windows), ("mask_tokens", sl))
+                 if v is not None and k in understood}
+        low_res, iou = self.backend.decode(features, dc, dl, mask_input, **hints)
+        if "mask_tokens" not in hints:
+            low_res = low_res[:, sl]
+        if windows is not None:
+            if not low_res.flags.writeable:
+                low_res = low_res.copy()
+            for b, (r0, r1, c0, c1) in enumerate(windows):
+                low_res[b, :, : max(r0, 0)] = SKIPPED_LOGIT
+                low_res[b, :, max(r1, 0) :] = SKIPPED_LOGIT
+                low_res[b, :, :, : max(c0, 0)] = SKIPPED_LOGIT
+                low_res[b, :, :, max(c1, 0) :] = SKIPPED_LOGIT
         if use_stability_score or iou is None:
             if iou is None and not use_stability_score and not self._warned_scores:
                 logger.warning("%s decoder gives no IoU scores; returning stability scores", self.backend.name)
