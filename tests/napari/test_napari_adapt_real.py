@@ -51,6 +51,19 @@ def _box_preview(qtbot, c, box) -> np.ndarray:
     return blocker.args[0].labels > 0
 
 
+@pytest.fixture()
+def own_cache(monkeypatch, tmp_path):
+    """A weights cache of this test's own: the model it saves does not reach later tests' lists."""
+    from napari_edgesam.cachedir import CACHE_ENV
+    from napari_edgesam.inference.loading.weights import refresh_adapted_models
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    yield
+    monkeypatch.undo()
+    refresh_adapted_models()  # the saved model leaves the registry with its cache
+
+
+@pytest.mark.usefixtures("own_cache")
 def test_adapt_end_to_end(make_napari_viewer, qtbot):
     from napari_edgesam.inference.loading.api import list_models, load_model
 
