@@ -138,3 +138,36 @@ def test_measure_times_the_backends_and_stores_them(tmp_path, monkeypatch):
     assert backend_choice.load_timings() == timings
     backend, why = backend_choice.choose(["onnxruntime", "openvino"])
     assert backend == "onnxruntime" and "fastest measured on this CPU" in why
+
+
+def test_auto_pairs_the_openvino_encoder_with_the_torch_decoder(installed, monkeypatch):
+    """With OpenVINO and torch installed, ``auto`` runs the (int8) encoder on OpenVINO and the
+    decoder on torch: the embeddings are OpenVINO's, the masks those of the same weights."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("torch")
+    import numpy as np
+
+    from napari_edgesam.datasets import synthetic_nuclei_2d
+    from napari_edgesam.inference.backends.split_backend import SplitBackend
+
+    installed("torch", "onnxruntime", "openvino")
+    split = api.load_model("edgesam-nuclei", num_threads=1, cache=False, prior="auto")
+    assert isinstance(split.backend, SplitBackend) and split.backend.name == "openvino+torch"
+    assert split.model_name == "edgesam-nuclei-int8" and split.backend.supports_mask_input
+    assert type(split.prior).__name__ == "OnnxBoxPrior"  # the prior beside the encoder, on OpenVINO
+    monkeypatch.setenv("NAPARI_EDGESAM_SPLIT", "0")
+    plain = api.load_model("edgesam-nuclei", num_threads=1, cache=False)
+    assert plain.backend.name == "openvino"
+    # asked for by name: OpenVINO for both
+    monkeypatch.delenv("NAPARI_EDGESAM_SPLIT")
+    assert api.load_model("edgesam-nuclei", backend="openvino", num_threads=1, cache=False).backend.name == "openvino"
+
+    image, labels = synthetic_nuclei_2d(seed=3, shape=(256, 256), n_nuclei=12)
+    emb = split.encode(image)
+    np.testing.assert_array_equal(emb.features, plain.encode(image).features)  # one encoder
+    for k in np.unique(labels)[1:6]:
+        ys, xs = np.nonzero(labels == k)
+        box = np.float32([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+        a = split.segment(box=box, embedding=emb)[0]
+        b = plain.segment(box=box, embedding=emb)[0]
+        assert (a & b).sum() / max((a | b).sum(), 1) > 0.99  # two decoders of the same weights

@@ -32,7 +32,7 @@ NEW_LABELS_CHOICE = f"new layer: {LABELS_LAYER}"
 CUSTOM_MODEL_CHOICE = "custom file..."
 NO_CHANNEL_AXIS = "none"
 COMPOSITE_CHANNEL = "composite"
-BACKEND_CHOICES = ("auto", "torch", "onnxruntime")
+BACKEND_CHOICES = ("auto", "torch", "onnxruntime", "openvino")
 DIRECTION_CHOICES = {"both directions": "both", "forward (z+)": "forward", "backward (z-)": "backward"}
 
 

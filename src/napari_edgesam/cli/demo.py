@@ -21,7 +21,7 @@ FALLBACK_MODELS = ("edgesam", "edgesam-nuclei")
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None,
                    help="registered model name or .pth/.onnx file (default: the best available)")
-    p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime"))
+    p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime", "openvino"))
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--sample", default="nuclei_2d", choices=SAMPLES, help="sample image to open")
     p.add_argument("--screenshot", metavar="PATH", default=None,

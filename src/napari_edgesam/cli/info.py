@@ -82,7 +82,7 @@ def _auto_model() -> str:
 def _auto_backend() -> str:
     """The backend ``--backend auto`` runs that model on, and why (one line)."""
     from ..inference.loading import weights
-    from ..inference.loading.api import choose_backend, choose_model, wants_int8
+    from ..inference.loading.api import TORCH_DECODER_WHY, torch_decodes, choose_backend, choose_model, wants_int8
 
     try:
         name = choose_model(allow_download=False)[0]
@@ -90,13 +90,14 @@ def _auto_backend() -> str:
         backend, why = choose_backend(spec)
     except (RuntimeError, ValueError, KeyError) as err:
         return f"none ({err})"
+    decoder = f"; decoder on torch: {TORCH_DECODER_WHY}" if torch_decodes(spec, backend, "auto") else ""
     if backend != "torch" and wants_int8(spec, backend, None):
         from ..models import PACKAGED
 
         gate = PACKAGED.get(name, {}).get("int8_gate", {})
         iou = f"; mask IoU vs float32 {gate['mean_iou']:.3f} on held-out nuclei" if "mean_iou" in gate else ""
-        return f"{backend} with the int8 encoder of {name} ({why}; int8: its accuracy gate held{iou})"
-    return f"{backend} ({why})"
+        return f"{backend} with the int8 encoder of {name} ({why}; int8: its accuracy gate held{iou}{decoder})"
+    return f"{backend} ({why}{decoder})"
 
 
 def run(args: argparse.Namespace) -> int:

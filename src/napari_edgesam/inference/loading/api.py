@@ -345,7 +345,12 @@ def _load_predictor(name_or_path, backend, device, decoder, allow_download, allo
                                        allow_download=allow_download)
             dec = weights.fetch_weight(key, "onnx_decoder", allow_download=allow_download)
             # int8 embeddings differ from float32 ones: they are cached under a name of their own
-            predictor = _onnx_predictor(enc, dec, device, f"{key}-int8" if int8 else key, backend_options, kind)
+            name = f"{key}-int8" if int8 else key
+            predictor = _onnx_predictor(enc, dec, device, name, backend_options, kind)
+            if backend == "auto" and torch_decodes(spec, kind, device):
+                predictor = _with_torch_decoder(predictor, weights.fetch_weight(key, "pth", allow_download=False),
+                                                device, name, allow_unsafe)
+                logger.info("model %s: decoder on torch (%s)", key, TORCH_DECODER_WHY)
             predictor.source_path = weights.fetch_weight(key, "onnx_encoder", allow_download=allow_download)
         predictor.refine_with_mask_input = spec.mask_input_refines
         return predictor
@@ -373,6 +378,35 @@ def _load_predictor(name_or_path, backend, device, decoder, allow_download, allo
         raise ValueError(f"unsupported model file {path}: expected .pth, .pt or .onnx")
     known = ", ".join(sorted(weights.MODEL_REGISTRY))
     raise ValueError(f"unknown model {key!r}: use one of {known}, or a path to a .pth/.onnx file")
+
+
+#: Why ``backend="auto"`` decodes on torch beside an OpenVINO encoder.
+TORCH_DECODER_WHY = ("torch's fast decoder answers a prompt in less time than the ONNX decoder in OpenVINO "
+                     "(benchmarks/bench_core.py); the encoder stays on OpenVINO")
+
+
+def torch_decodes(spec: weights.ModelSpec, kind: str, device: str) -> bool:
+    """Whether ``auto`` pairs the OpenVINO encoder of ``spec`` with torch's decoder: on the CPU,
+    with torch installed and the model's checkpoint on this machine (never downloaded for it).
+    ``NAPARI_EDGESAM_SPLIT=0`` turns the pairing off."""
+    if kind != "openvino" or device not in ("auto", "cpu") or os.environ.get("NAPARI_EDGESAM_SPLIT", "1") == "0":
+        return False
+    return "pth" in spec.files and torch_available() and _format_present(spec, "pth")
+
+
+def _with_torch_decoder(predictor: EdgeSamPredictor, checkpoint: Path, device: str, name: str,
+                        allow_unsafe: bool) -> EdgeSamPredictor:
+    """``predictor`` with its encoder and torch's decoder of the same weights (``checkpoint``)."""
+    from ...model.build import build_edge_sam
+    from ..backends import compute_thread
+    from ..backends.split_backend import SplitBackend
+    from ..backends.torch_backend import TorchBackend
+
+    decoder = compute_thread.run(lambda: TorchBackend(build_edge_sam(checkpoint, allow_unsafe=allow_unsafe), "cpu"))
+    weights.confirm_loaded(checkpoint)
+    split = EdgeSamPredictor(SplitBackend(predictor.backend, decoder), model_name=name)
+    split.source_path = predictor.source_path
+    return split
 
 
 def _torch_predictor(path: Path, device: str, name: str, allow_unsafe: bool, options: dict) -> EdgeSamPredictor:

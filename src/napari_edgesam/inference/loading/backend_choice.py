@@ -11,8 +11,8 @@ unfolded eager model in float32 and ~0.2x with the gated int8 encoder on an Inte
 (torch 0.64x, onnxruntime 0.70x), and 0.73x onnxruntime's time on an AMD EPYC Zen 3 (AVX2),
 where torch's default path measured 0.65x eager. OpenVINO's CPU plugin supports AMD CPUs
 (AVX2/AVX-512 kernels by instruction set, not by vendor). Its decoder is a few ms per prompt
-slower than torch's (23 vs 16 ms on the Xeon), which a click does not notice but an image's
-encoder time does. Not measured: an AMD laptop; a measurement answers for the CPU it runs on.
+slower than torch's (23 vs 16 ms on the Xeon): with torch installed too, ``load_model`` pairs
+OpenVINO's encoder with torch's decoder (:mod:`napari_edgesam.inference.backends.split_backend`). Not measured: an AMD laptop; a measurement answers for the CPU it runs on.
 
 A measurement (``napari-edgesam info --measure-backends``, or
 :func:`napari_edgesam.inference.loading.measure.measure`) times each

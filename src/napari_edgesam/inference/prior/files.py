@@ -49,7 +49,8 @@ def load_prior(path: str | os.PathLike, predictor=None, *, device: str = "auto",
         from .onnx_prior import OnnxBoxPrior
 
         backend = getattr(predictor, "backend", None)
-        if getattr(backend, "name", None) == "openvino":  # the prior runs in the predictor's runtime
+        runtime = getattr(backend, "encoder_name", getattr(backend, "name", None))
+        if runtime == "openvino":  # the prior runs in the runtime of the predictor's encoder
             prior = OnnxBoxPrior(path, device=device, use_embedding=use_embedding, runtime="openvino",
                                  num_threads=getattr(backend, "num_threads", None),
                                  cache=getattr(backend, "cache", True))
