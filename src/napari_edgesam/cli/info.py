@@ -82,7 +82,13 @@ def _auto_model() -> str:
 def _auto_backend() -> str:
     """The backend ``--backend auto`` runs that model on, and why (one line)."""
     from ..inference.loading import weights
-    from ..inference.loading.api import TORCH_DECODER_WHY, torch_decodes, choose_backend, choose_model, wants_int8
+    from ..inference.loading.api import (
+        TORCH_DECODER_WHY,
+        choose_backend,
+        choose_model,
+        torch_decodes,
+        wants_int8,
+    )
 
     try:
         name = choose_model(allow_download=False)[0]
