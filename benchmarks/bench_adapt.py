@@ -6,7 +6,7 @@ held-out objects the table reports, never seen during the adaptation):
 - ``sample3d``: the plugin's own 3D sample (``synthetic_nuclei_3d(seed=2024, shape=(24, 192,
   192), n_nuclei=20)``, the demo's): objects of slices 0-11, evaluated on slices 12-23;
 - ``inverted``: DSB-like synthetic nuclei with inverted contrast (dark nuclei, bright background);
-- ``large``: much larger nuclei than the training ones (radius 70 px in 768 x 768 planes);
+- ``large``: much larger nuclei than the training ones (radius 110 px in 1024 x 1024 planes);
 - ``dim``: dim, strongly textured nuclei in noise;
 - ``cells``: cell-like objects (Voronoi cells with a bright boundary, a dim cytoplasm and a
   bright nucleus): the object is the whole cell.
@@ -52,7 +52,7 @@ def inverted():
 
 def large():
     def one(seed):
-        return synthetic_nuclei_sized(seed=seed, shape=(768, 768), radius=70.0)
+        return synthetic_nuclei_sized(seed=seed, shape=(1024, 1024), radius=110.0)
     return [one(s) for s in range(4)], [one(s) for s in (10, 11, 12)]
 
 
@@ -115,8 +115,6 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=None, help="stop after N steps (comparisons on a busy machine)")
     ap.add_argument("--lr", type=float, default=None)
-    ap.add_argument("--anchor", type=float, default=None)
-    ap.add_argument("--box-jitter", type=float, default=None)
     args = ap.parse_args()
     if args.quick:
         args.k, args.seconds, args.eval_objects = [20], 30.0, 24
@@ -161,8 +159,7 @@ def main() -> None:
                     pool.embeddings[kk] = base.encode(pool.images[kk])
                 data.embeddings[kk] = pool.embeddings[kk]
             for params in args.params:
-                opts = {k: v for k, v in (("lr", args.lr), ("anchor", args.anchor), ("box_jitter", args.box_jitter))
-                        if v is not None}
+                opts = {} if args.lr is None else {"lr": args.lr}
                 adapter = Adapter(base, data, max_seconds=args.seconds if args.steps is None else 1e9,
                                   max_steps=args.steps, params=params, seed=args.seed, **opts)
                 adapter.prepare()
@@ -187,7 +184,7 @@ def main() -> None:
     print(f"worst change of the kept model on eval objects: {worst:+.3f} (target >= -0.01)")
     low = [g for g in gains if g[1] == max(args.k) and rows[gains.index(g)][3]["mean"] < 0.6]
     if low:
-        print("scenarios starting below 0.6, K = %d: " % max(args.k)
+        print(f"scenarios starting below 0.6, K = {max(args.k)}: "
               + ", ".join(f"{n} {p} {d:+.3f}" for n, _, p, d in low) + " (target >= +0.15)")
 
 

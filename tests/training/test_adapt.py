@@ -11,10 +11,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from _helpers import one_thread  # noqa: F401
 from napari_edgesam.datasets import synthetic_nuclei_2d
 from napari_edgesam.training.adapt import AdaptData, AdaptObject, objects_from_labels, plane_key
-
-from _helpers import one_thread  # noqa: F401
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.usefixtures("one_thread")

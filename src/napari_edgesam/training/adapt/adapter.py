@@ -148,10 +148,6 @@ class Adapter:
         box_probability: chance that a step prompts with boxes (else one point per object).
         min_area: objects with fewer pixels (in the 256 x 256 low-res frame, after the resize)
             are not trained on.
-        anchor: after every update, pull the weights back towards the base's by ``lr * anchor``
-            of their distance (decoupled "weight decay towards the base", L2-SP style); 0: off.
-        box_jitter: move each box side by up to this fraction of the box's size (uniform), as a
-            user's boxes are not tight; 0: the exact box of the mask.
         fast_decoder: train through the fast decoder's rewrite (same gradients, ~2.5x faster)
             instead of the module-by-module decoder.
     """
@@ -159,13 +155,11 @@ class Adapter:
     def __init__(self, predictor, data: AdaptData, *, max_seconds: float = 60.0, holdout_fraction: float = 0.2,
                  seed: int = 0, params: str = "head", lr: float | None = None, batch_objects: int = 1,
                  max_steps: int | None = None, box_probability: float = 0.5, min_area: int = 4,
-                 fast_decoder: bool = True, anchor: float = 0.0, box_jitter: float = 0.0) -> None:
+                 fast_decoder: bool = True) -> None:
         if params not in PARAMS:
             raise ValueError(f"params must be one of {PARAMS}, got {params!r}")
         if not (max_seconds > 0):
             raise ValueError(f"max_seconds must be > 0, got {max_seconds}")
-        if not 0.0 <= box_jitter <= 0.25:
-            raise ValueError(f"box_jitter must be between 0 and 0.25, got {box_jitter}")
         if batch_objects < 1:
             raise ValueError(f"batch_objects must be >= 1, got {batch_objects}")
         self.base = predictor
@@ -182,8 +176,6 @@ class Adapter:
         self.box_probability = float(box_probability)
         self.min_area = int(min_area)
         self.fast_decoder = bool(fast_decoder)
-        self.anchor = float(anchor)
-        self.box_jitter = float(box_jitter)
         self.loop_cfg = LoopConfig(num_refinements=1, mask_input_in_refinement=True)
         self.steps = 0
         self.losses: list[float] = []
@@ -271,7 +263,6 @@ class Adapter:
         except (RuntimeError, TypeError, ValueError):
             self.optimizer = torch.optim.AdamW(trainable, lr=self.lr, weight_decay=0.0, foreach=True)
         self._trainable = trainable
-        self._initial = [p.detach().clone() for p in trainable] if self.anchor > 0 else []
         # per plane: the embedding (float32 tensor) and the valid low-res region
         self._emb: dict[str, torch.Tensor] = {}
         self._valid: dict[str, torch.Tensor] = {}
@@ -329,12 +320,7 @@ class Adapter:
             emb = self.data.embeddings[obj.image_key]
             p = sample_point_in_mask(obj.mask, self._rng)
             points.append(scale_coords(p, emb.original_size, emb.input_size))
-        boxes = np.stack([self._boxes[i] for i in idx])
-        if self.box_jitter > 0 and mode == "box":
-            size = np.tile(boxes[:, 2:] - boxes[:, :2] + 1, (1, 2))  # w, h, w, h
-            boxes = boxes + self._rng.uniform(-self.box_jitter, self.box_jitter, boxes.shape) * size
-            boxes = np.clip(boxes, 0, IMG_SIZE - 1).astype(np.float32)
-        boxes = torch.from_numpy(boxes).to(self.device)
+        boxes = torch.from_numpy(np.stack([self._boxes[i] for i in idx])).to(self.device)
         pts = torch.from_numpy(np.stack(points)).to(self.device)
         coords, labels = initial_prompts(mode, boxes, pts)
         embeddings = torch.cat([self._emb[o.image_key] for o in objs])
@@ -350,10 +336,6 @@ class Adapter:
             result.loss.backward()
         torch.nn.utils.clip_grad_norm_(self._trainable, 1.0)
         self.optimizer.step()
-        if self.anchor > 0:
-            with torch.no_grad():
-                shrink = self.optimizer.param_groups[0]["lr"] * self.anchor
-                torch._foreach_lerp_(self._trainable, self._initial, min(shrink, 1.0))
         loss = float(result.loss.detach())
         self.steps += 1
         self.losses.append(loss)
