@@ -167,7 +167,8 @@ def test_guard_rejects_a_harmful_adaptation(base):
     from napari_edgesam.training.adapt import adapt
 
     img, lab = synthetic_nuclei_2d(seed=5, shape=(192, 192), n_nuclei=10, radius=(10.0, 20.0))
-    good = AdaptData.from_pairs([(img, lab)], base, embed=True)
+    good = AdaptData.from_pairs([(img, lab)], base)  # embedded now
+    assert set(good.embeddings) == set(good.images)
     seen = []
     result = adapt(base, good, max_seconds=600, max_steps=3, lr=5.0, seed=1, progress=lambda f, eta: seen.append(f))
     assert result.steps == 3 and seen[-1] == 1.0 and all(0 <= f <= 1 for f in seen)
