@@ -148,7 +148,7 @@ class Adapter:
         box_probability: chance that a step prompts with boxes (else one point per object).
         min_area: objects with fewer pixels (in the 256 x 256 low-res frame, after the resize)
             are not trained on.
-        fast_decoder: train through the fast decoder's rewrite (same gradients, ~2.5x faster)
+        fast_decoder: train through the fast decoder's rewrite (same gradients, ~2x faster steps)
             instead of the module-by-module decoder.
     """
 
