@@ -178,6 +178,27 @@ def test_guard_rejects_a_harmful_adaptation(base):
     assert result.predictor is base and "kept the base model" in result.message
 
 
+def test_adapted_and_base_keep_their_own_decoders(base, data):
+    """Both predictors decode the same embedding, in any order, each with its own decoder
+    (decoder-side caches are per backend: they hold projections of the decoder's weights)."""
+    from napari_edgesam.training.adapt import Adapter
+
+    adapter = Adapter(base, data, max_seconds=600, max_steps=2, params="decoder", lr=3e-3, seed=3)
+    while not adapter.done:
+        adapter.step()
+    obj = max(data.objects, key=lambda o: o.area)
+    emb = data.embeddings[obj.image_key]
+    click = np.array([[obj.mask.nonzero()[1].mean(), obj.mask.nonzero()[0].mean()]], np.float32)
+    fresh = adapter.adapted_predictor().decode(emb, click, np.ones(1, np.float32), num_multimask_outputs=4)[2]
+    first = base.decode(emb, click, np.ones(1, np.float32), num_multimask_outputs=4)[2]
+    adapted = adapter.adapted_predictor()
+    after_base = adapted.decode(emb, click, np.ones(1, np.float32), num_multimask_outputs=4)[2]
+    again = base.decode(emb, click, np.ones(1, np.float32), num_multimask_outputs=4)[2]
+    np.testing.assert_allclose(after_base, fresh, atol=1e-4)
+    np.testing.assert_allclose(again, first, atol=1e-4)
+    assert np.abs(after_base - first).max() > 0.1
+
+
 def test_cancel_stops_the_loop(base, data):
     from napari_edgesam.training.adapt import adapt
 
