@@ -15,13 +15,13 @@ torch = pytest.importorskip("torch")
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    """Two planes of inverted-contrast nuclei written as an annotation export."""
+    """Two planes of nuclei (which the base segments well) written as an annotation export."""
     from napari_edgesam.interactive.annotations import AnnotatedImage, export_annotations
 
     items = []
     for seed in (0, 1):
         img, lab = synthetic_nuclei_2d(seed=seed, shape=(160, 160), n_nuclei=6, radius=(10.0, 18.0))
-        items.append(AnnotatedImage(f"inv{seed}", (img.max() - img).astype(np.uint16), lab, []))
+        items.append(AnnotatedImage(f"nuclei{seed}", img, lab, []))
     return export_annotations(tmp_path_factory.mktemp("adapt_cli") / "ann", items)
 
 

@@ -7,8 +7,8 @@ import json
 
 import numpy as np
 import pytest
-from _helpers import LabelOraclePredictor
 
+from _helpers import LabelOraclePredictor
 from napari_edgesam.interactive.annotations import (
     AnnotatedImage,
     ObjectPrompts,

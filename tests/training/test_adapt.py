@@ -11,10 +11,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from _helpers import one_thread  # noqa: F401
 from napari_edgesam.datasets import synthetic_nuclei_2d
 from napari_edgesam.training.adapt import AdaptData, AdaptObject, objects_from_labels, plane_key
-
-from _helpers import one_thread  # noqa: F401
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -158,20 +157,46 @@ def test_adaptation_improves_heldout_objects(base, adapted, other_plane):
     assert after["mean"] >= before["mean"] + 0.15, (before, after)
     assert measure(base, objs, embs) == before
     card = result.card
-    assert card["parameters"] == "decoder" and card["objects"] == 12 and card["images"] == 2
+    assert card["parameters"] == "head" and card["objects"] == 12 and card["images"] == 2
     assert set(card["image_hashes"]) == set(adapter.data.image_keys)
     assert card["heldout_after"] == result.after and card["base_model"]["name"] == "edgesam-nuclei"
 
 
-def test_guard_rejects_a_harmful_adaptation(base, data):
+def test_guard_rejects_a_harmful_adaptation(base):
+    """Nuclei the base segments well (normal contrast) and a learning rate that wrecks it."""
     from napari_edgesam.training.adapt import adapt
 
+    img, lab = synthetic_nuclei_2d(seed=5, shape=(192, 192), n_nuclei=10, radius=(10.0, 20.0))
+    good = AdaptData.from_pairs([(img, lab)], base)  # embedded now
+    assert set(good.embeddings) == set(good.images)
     seen = []
-    result = adapt(base, data, max_seconds=600, max_steps=3, lr=5.0, seed=1, progress=lambda f, eta: seen.append(f))
+    result = adapt(base, good, max_seconds=600, max_steps=3, lr=5.0, seed=1, progress=lambda f, eta: seen.append(f))
     assert result.steps == 3 and seen[-1] == 1.0 and all(0 <= f <= 1 for f in seen)
+    assert result.before["mean"] > 0.8
     assert not result.accepted, result.message
     assert result.after["mean"] < result.before["mean"]
     assert result.predictor is base and "kept the base model" in result.message
+
+
+def test_adapted_and_base_keep_their_own_decoders(base, data):
+    """Both predictors decode the same embedding, in any order, each with its own decoder
+    (decoder-side caches are per backend: they hold projections of the decoder's weights)."""
+    from napari_edgesam.training.adapt import Adapter
+
+    adapter = Adapter(base, data, max_seconds=600, max_steps=2, params="decoder", lr=3e-3, seed=3)
+    while not adapter.done:
+        adapter.step()
+    obj = max(data.objects, key=lambda o: o.area)
+    emb = data.embeddings[obj.image_key]
+    click = np.array([[obj.mask.nonzero()[1].mean(), obj.mask.nonzero()[0].mean()]], np.float32)
+    fresh = adapter.adapted_predictor().decode(emb, click, np.ones(1, np.float32), num_multimask_outputs=4)[2]
+    first = base.decode(emb, click, np.ones(1, np.float32), num_multimask_outputs=4)[2]
+    adapted = adapter.adapted_predictor()
+    after_base = adapted.decode(emb, click, np.ones(1, np.float32), num_multimask_outputs=4)[2]
+    again = base.decode(emb, click, np.ones(1, np.float32), num_multimask_outputs=4)[2]
+    np.testing.assert_allclose(after_base, fresh, atol=1e-4)
+    np.testing.assert_allclose(again, first, atol=1e-4)
+    assert np.abs(after_base - first).max() > 0.1
 
 
 def test_cancel_stops_the_loop(base, data):
@@ -230,6 +255,21 @@ def test_save_list_load_export_adapted_model(adapted, base, data, tmp_path, monk
 
     assert main(["export", "my-nuclei", "-o", str(tmp_path / "onnx")]) == 0
     assert (tmp_path / "onnx" / "my-nuclei_encoder.onnx").is_file()
+    # a new process finds it by name: segment --model NAME
+    import os
+    import subprocess
+    import sys
+
+    import tifffile
+
+    img_path = tmp_path / "plane.tif"
+    tifffile.imwrite(img_path, inverted(3)[0])
+    out = tmp_path / "labels.tif"
+    proc = subprocess.run([sys.executable, "-m", "napari_edgesam", "segment", str(img_path), "--box", "20,20,80,80",
+                           "--model", "my-nuclei", "--backend", "torch", "--device", "cpu", "-o", str(out)],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert tifffile.imread(out).shape == (192, 192)
     # the folder gone: the name goes too
     for f in path.parent.iterdir():
         f.unlink()

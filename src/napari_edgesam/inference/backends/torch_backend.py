@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 import weakref
 from collections import OrderedDict
@@ -110,14 +109,13 @@ class TorchBackend:
         """A backend that shares this one's image encoder (and its traced graph) and decodes
         with ``prompt_encoder`` and ``mask_decoder`` instead (e.g. adapted copies): its
         embeddings are this backend's, bit for bit. This backend is not changed."""
-        new = copy.copy(self)
-        model = EdgeSam(self.model.image_encoder, prompt_encoder, mask_decoder)
-        model.prompt_encoder.eval().to(self.device)
-        model.mask_decoder.eval().to(self.device)
-        new.model = model.to(self.device)
-        new._pe_tok = None
-        new._last_tokens = None
-        new._dense_pe = None
+        model = EdgeSam(self.model.image_encoder, prompt_encoder.eval(), mask_decoder.eval())
+        # a backend of its own (every decoder-side cache starts empty: they hold projections of
+        # the decoder's weights); the encoder is taken as it is (not fused again, not re-traced)
+        new = TorchBackend(model, str(self.device), fuse=False, channels_last=self.channels_last,
+                           encoder_dtype=self.encoder_dtype, jit=False, fast_decoder=self.fast_decoder)
+        new.jit = self.jit
+        new._jit_encoder = self._jit_encoder
         return new
 
     @property

@@ -2,7 +2,7 @@
 model (``OUT.pth``, loadable by ``load_model``) with its card (``OUT.json``) and prior beside it.
 
     napari-edgesam train adapt --images DIR --labels DIR --model BASE -o OUT.pth
-                               [--max-seconds S] [--max-objects N] [--params decoder|head]
+                               [--max-seconds S] [--max-objects N] [--params head|decoder]
 
 The held-out objects' box and click mIoU before and after are printed; when the guard rejects
 the adaptation nothing is written (exit status 1) unless ``--force``.
@@ -23,8 +23,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--max-seconds", type=float, default=60.0, help="time budget in seconds (default 60)")
     ap.add_argument("--max-objects", type=int, default=None, help="adapt on at most N objects (a seeded random choice)")
     ap.add_argument("--max-steps", type=int, default=None, help="stop after N optimiser steps")
-    ap.add_argument("--params", choices=("decoder", "head"), default="decoder",
-                    help="which parameters move (default: the whole decoder)")
+    ap.add_argument("--params", choices=("head", "decoder"), default="head",
+                    help="which parameters move: the decoder's output head (default) or the whole decoder")
     ap.add_argument("--holdout", type=float, default=0.2, help="part of the objects held out for the guard (default 0.2)")
     ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default: per --params)")
     ap.add_argument("--seed", type=int, default=0)

@@ -93,15 +93,17 @@ class AdaptData:
 
     @classmethod
     def from_pairs(cls, pairs: Iterable[tuple[np.ndarray, np.ndarray]], predictor=None, *,
-                   min_area: int = 16, embed: bool = False, **normalisation) -> AdaptData:
+                   min_area: int = 16, embed: bool | None = None, **normalisation) -> AdaptData:
         """Data from ``(image, labels)`` pairs: ``image`` ``H x W`` or ``H x W x C``, ``labels``
-        ``H x W`` instance ids (0 background). With ``embed`` (needs ``predictor``) the planes
-        are embedded now; otherwise :meth:`Adapter.prepare` does it. ``normalisation`` goes
-        to ``predictor.encode``."""
+        ``H x W`` instance ids (0 background); objects under ``min_area`` pixels are skipped.
+        With a ``predictor`` the planes are embedded now (``embed=False``: later, by
+        :meth:`Adapter.prepare`). ``normalisation`` goes to ``predictor.encode``."""
         data = cls(normalisation=dict(normalisation))
         for image, labels in pairs:
             key = data.add_image(image)
             data.add_labels(key, labels, min_area=min_area)
+        if embed is None:
+            embed = predictor is not None
         if embed:
             if predictor is None:
                 raise ValueError("embed=True needs the predictor")
