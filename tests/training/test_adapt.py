@@ -286,3 +286,38 @@ def test_rejected_adaptation_is_not_saved(base, data, tmp_path):
     assert not result.accepted and "no adaptation step" in result.message
     with pytest.raises(ValueError, match="not kept"):
         write_adapted(result, tmp_path / "x.pth")
+
+
+def test_adapting_the_default_openvino_torch_pair_keeps_its_encoder(monkeypatch, tmp_path):
+    """``backend="auto"`` pairs OpenVINO's encoder with torch's decoder: adapting that predictor
+    moves the torch decoder and keeps the OpenVINO encoder (and so its cached embeddings)."""
+    pytest.importorskip("openvino")
+    from napari_edgesam.inference.backends.split_backend import SplitBackend
+    from napari_edgesam.inference.loading import backend_choice
+    from napari_edgesam.inference.loading.api import load_model
+    from napari_edgesam.training.adapt import Adapter
+
+    monkeypatch.setattr(backend_choice, "load_timings", lambda: {})  # the rule, not a measurement
+    split = load_model("edgesam-nuclei", allow_download=False, num_threads=1, cache=False)
+    assert isinstance(split.backend, SplitBackend)
+    d = AdaptData.from_pairs([inverted(0)]).limited(6, seed=0)
+    d.embed_missing(split)
+    adapter = Adapter(split, d, max_seconds=600, max_steps=3, holdout_fraction=0.34, seed=0)
+    adapter.prepare()
+    while not adapter.done:
+        adapter.step()
+    result = adapter.finish()
+    assert result.accepted or result.predictor is split
+    candidate = adapter.adapted_predictor()
+    assert isinstance(candidate.backend, SplitBackend)
+    assert candidate.backend.encoder_backend is split.backend.encoder_backend
+    assert candidate.model_name == split.model_name
+    assert candidate.backend.model.mask_decoder is not split.backend.model.mask_decoder
+    # saved from the checkpoint the torch decoder came from, with the .pth prior beside it
+    from napari_edgesam.inference.prior.files import load_box_head
+    from napari_edgesam.training.adapt.save import write_adapted
+
+    out = write_adapted(result, tmp_path / "pair.pth", force=True)
+    assert load_box_head(out.with_name("pair.prior.pth")) is not None
+    reloaded = load_model(out, backend="torch", allow_download=False, jit=False)
+    assert reloaded.backend.name == "torch"

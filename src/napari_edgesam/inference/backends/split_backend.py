@@ -36,6 +36,17 @@ class SplitBackend:
         self.cache = getattr(encoder, "cache", True)
 
     @property
+    def model(self):
+        """The decoder backend's torch model (``EdgeSam``; None when it has none): what adapting
+        the decoder and saving it read (:mod:`napari_edgesam.training.adapt`)."""
+        return getattr(self.decoder_backend, "model", None)
+
+    def with_decoder(self, prompt_encoder, mask_decoder) -> SplitBackend:
+        """The same encoder with the decoder backend's ``with_decoder`` (adapted copies); this
+        backend is not changed. AttributeError when the decoder backend cannot."""
+        return SplitBackend(self.encoder_backend, self.decoder_backend.with_decoder(prompt_encoder, mask_decoder))
+
+    @property
     def embedding_shape(self):
         return getattr(self.encoder_backend, "embedding_shape", None)
 

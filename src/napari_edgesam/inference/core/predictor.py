@@ -143,6 +143,9 @@ class EdgeSamPredictor:
         self.refine_with_mask_input = True
         #: The weights file the model came from, if any (set by ``load_model``).
         self.source_path = None
+        #: The PyTorch checkpoint (``.pth``) its torch parts were built from, if any (set by
+        #: ``load_model``; differs from ``source_path`` when an ONNX encoder is paired with torch's decoder).
+        self.checkpoint_path = None
         # the last embedding that passed :meth:`checked` and the float32 copy of the last float16
         # features decoded (weak references; embedding arrays are never modified in place)
         self._last_checked: tuple | None = None

@@ -406,6 +406,7 @@ def _with_torch_decoder(predictor: EdgeSamPredictor, checkpoint: Path, device: s
     weights.confirm_loaded(checkpoint)
     split = EdgeSamPredictor(SplitBackend(predictor.backend, decoder), model_name=name)
     split.source_path = predictor.source_path
+    split.checkpoint_path = Path(checkpoint)
     return split
 
 
@@ -419,7 +420,7 @@ def _torch_predictor(path: Path, device: str, name: str, allow_unsafe: bool, opt
 
     predictor = EdgeSamPredictor(compute_thread.run(build), model_name=name)
     weights.confirm_loaded(path)  # a fetched file's hash is recorded once it has loaded
-    predictor.source_path = Path(path)
+    predictor.source_path = predictor.checkpoint_path = Path(path)
     return predictor
 
 

@@ -356,6 +356,7 @@ class Adapter:
         new.prior = base.prior
         new.refine_with_mask_input = base.refine_with_mask_input
         new.source_path = base.source_path
+        new.checkpoint_path = getattr(base, "checkpoint_path", None)
         return new
 
     def finish(self) -> AdaptResult:

@@ -43,7 +43,7 @@ def adapted_state_dict(result: AdaptResult) -> dict[str, torch.Tensor]:
     decoder (float32); the base's own file gives the unfused encoder weights."""
     adapted = result.adapted if result.adapted is not None else result.predictor
     base = result.base if result.base is not None else adapted
-    source = getattr(base, "source_path", None)
+    source = getattr(base, "checkpoint_path", None) or getattr(base, "source_path", None)
     if source is None or Path(source).suffix.lower() not in (".pth", ".pt") or not Path(source).is_file():
         raise ValueError("saving an adapted model needs its base loaded from a .pth file (load_model(name or "
                          f"path, backend='torch')); this base came from {source or 'memory'}")
@@ -75,7 +75,8 @@ def write_adapted(result: AdaptResult, path: str | os.PathLike, *, name: str | N
     sd = adapted_state_dict(result)
     path.parent.mkdir(parents=True, exist_ok=True)
     base = result.base if result.base is not None else result.predictor
-    prior_src = find_prior(base.source_path)
+    # the .pth prior beside the checkpoint (an ONNX encoder's source has a .prior.onnx beside it)
+    prior_src = find_prior(getattr(base, "checkpoint_path", None) or base.source_path)
     files = {"pth": path.name}
     if prior_src is not None:
         prior_dst = path.with_name(f"{path.stem}.prior.pth")
