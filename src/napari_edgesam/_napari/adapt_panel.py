@@ -18,7 +18,6 @@ from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
     QFormLayout,
-    QHBoxLayout,
     QLabel,
     QLineEdit,
     QProgressBar,
@@ -44,6 +43,7 @@ from .adapt_job import (
 )
 from .adapt_runner import AdaptRunner
 from .annotation_capture import labels_planes
+from .rows import row
 from .text import one_line, wrapping
 from .workers import start_worker
 
@@ -52,15 +52,6 @@ logger = logging.getLogger(__name__)
 _NO_LABELS = "(no labels layer)"
 #: Progress bar resolution.
 _STEPS = 1000
-
-
-def _row(*widgets: QWidget) -> QWidget:
-    box = QWidget()
-    lay = QHBoxLayout(box)
-    lay.setContentsMargins(0, 0, 0, 0)
-    for w in widgets:
-        lay.addWidget(w)
-    return box
 
 
 class AdaptPanel(QWidget):
@@ -142,15 +133,15 @@ class AdaptPanel(QWidget):
         form = QFormLayout(self)
         form.setContentsMargins(0, 0, 0, 0)
         form.addRow(self.counts)
-        form.addRow(_row(self.use_labels, self.labels_layer))
+        form.addRow(row(self.use_labels, self.labels_layer))
         form.addRow("Time budget", self.seconds)
-        form.addRow(_row(self.adapt, self.cancel))
+        form.addRow(row(self.adapt, self.cancel))
         form.addRow(self.progress)
         form.addRow(self.result)
         form.addRow(self.revert)
-        form.addRow(_row(self.name, self.save))
+        form.addRow(row(self.name, self.save))
         form.addRow(self.export)
-        form.addRow(_row(self.auto, self.auto_every))
+        form.addRow(row(self.auto, self.auto_every))
 
     def _connect(self) -> None:
         c = self.controller

@@ -13,7 +13,6 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QFrame,
     QGroupBox,
-    QHBoxLayout,
     QLabel,
     QLineEdit,
     QProgressBar,
@@ -28,6 +27,7 @@ from . import names
 from .adapt_panel import AdaptPanel
 from .controller import InteractiveController
 from .model_panel import ModelPanel
+from .rows import row
 from .text import wrapping
 
 logger = logging.getLogger(__name__)
@@ -45,15 +45,6 @@ def _close_with(widget: QWidget, controller: InteractiveController, viewer) -> N
     window = getattr(getattr(viewer, "window", None), "_qt_window", None)
     if window is not None:
         window.destroyed.connect(close)
-
-
-def _row(*widgets: QWidget) -> QWidget:
-    box = QWidget()
-    lay = QHBoxLayout(box)
-    lay.setContentsMargins(0, 0, 0, 0)
-    for w in widgets:
-        lay.addWidget(w)
-    return box
 
 
 def _button(text: str, tip: str) -> QPushButton:
@@ -155,18 +146,18 @@ class InteractiveWidget(QWidget):
         form.addRow(self.autozoom)
         form.addRow(self.whole_object)
         form.addRow(self.hint)
-        form.addRow(_row(self.add_points, self.draw_box))
-        form.addRow(_row(self.polarity, self.candidate))
-        form.addRow(_row(self.commit, self.clear, self.undo))
+        form.addRow(row(self.add_points, self.draw_box))
+        form.addRow(row(self.polarity, self.candidate))
+        form.addRow(row(self.commit, self.clear, self.undo))
         form.addRow(self.embed_bar)
         form.addRow(self.status)
         stack_box = QGroupBox("Stack")
         sform = QFormLayout(stack_box)
-        sform.addRow(_row(self.precompute, self.cancel_precompute))
+        sform.addRow(row(self.precompute, self.cancel_precompute))
         sform.addRow(self.precompute_bar)
-        sform.addRow("Cache dir", _row(self.cache_dir, self.cache_browse))
+        sform.addRow("Cache dir", row(self.cache_dir, self.cache_browse))
         sform.addRow("Direction", self.direction)
-        sform.addRow(_row(self.propagate, self.cancel_propagation))
+        sform.addRow(row(self.propagate, self.cancel_propagation))
         sform.addRow(self.propagation_bar)
         sform.addRow(self.quality)
         adapt_box = QGroupBox("Adapt to my annotations")
