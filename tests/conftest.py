@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import locale
 from pathlib import Path
 
 import numpy as np
@@ -110,3 +111,16 @@ def offline(monkeypatch, tmp_path):
 
     monkeypatch.setattr(socket.socket, "connect", connect)
     return cache, attempts
+
+
+@pytest.fixture(autouse=True)
+def _locale_kept():
+    """The process's character-type locale as it was before each test. Something in the GUI
+    stack (a C library, not Python code; seen during the napari adapt tests, not reproducible
+    alone) once left it at "C": Python's default text encoding was then ASCII for every later
+    test (CI: UnicodeDecodeError reading the sources and a subprocess's output)."""
+    before = locale.setlocale(locale.LC_CTYPE)
+    yield
+    if locale.setlocale(locale.LC_CTYPE) != before:
+        locale.setlocale(locale.LC_CTYPE, before)
+

@@ -35,7 +35,7 @@ def test_the_registry_is_built_at_import_with_the_shipped_model():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split("\n")[0] == (
-        "['edgesam', 'edgesam-3x', 'edgesam-nuclei'] True ['onnx_decoder', 'onnx_encoder', 'pth'] True")
+        "['edgesam', 'edgesam-3x', 'edgesam-nuclei'] True ['onnx_decoder', 'onnx_encoder', 'onnx_encoder_int8', 'pth'] True")
 
 
 def test_only_the_weights_module_changes_the_registry():

@@ -37,7 +37,7 @@ def _module_file(module: str) -> Path | None:
 def _names(module: str) -> tuple[set[str], dict[str, set[str]]]:
     """Top-level names of ``module`` (and its submodules), and each class's own attributes."""
     path = _module_file(module)
-    tree = ast.parse(path.read_text(), str(path))
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
     names: set[str] = set()
     classes: dict[str, set[str]] = {}
     for node in tree.body:
@@ -108,7 +108,7 @@ def _absolute(target: str, path: Path) -> str | None:
 def test_cross_references_in_docstrings_resolve():
     bad = []
     for path in CODE:
-        for n, line in enumerate(path.read_text().splitlines(), 1):
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             for m in ROLE.finditer(line):
                 target = _absolute(m.group(2).rstrip("."), path)
                 if target is not None and not _resolves(target):
@@ -119,7 +119,7 @@ def test_cross_references_in_docstrings_resolve():
 def test_dotted_names_resolve():
     bad = [f"{path.relative_to(ROOT)}:{n}: {m.group(0)}"
            for path in [*CODE, *DOCS]
-           for n, line in enumerate(path.read_text().splitlines(), 1)
+           for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
            for m in DOTTED.finditer(line) if not _resolves(m.group(0))]
     assert not bad, "dotted names that do not exist:\n" + "\n".join(bad)
 
@@ -127,7 +127,7 @@ def test_dotted_names_resolve():
 def test_file_paths_in_the_docs_exist():
     bad = []
     for path in [*DOCS, *CODE]:
-        for n, line in enumerate(path.read_text().splitlines(), 1):
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             found = [ROOT / p for p in PATH.findall(line)]
             found += [SRC / PKG / p for p in FOLDER_PATH.findall(line)]
             bad += [f"{path.relative_to(ROOT)}:{n}: {p.relative_to(ROOT)}" for p in found if not p.exists()]

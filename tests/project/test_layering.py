@@ -53,7 +53,7 @@ def _imports(name: str) -> list[tuple[str, int]]:
     path = MODULES[name]
     package = name if _is_package(name) else name.rpartition(".")[0]
     found = []
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
         if isinstance(node, ast.Import):
             found += [(a.name, node.lineno) for a in node.names]
         elif isinstance(node, ast.ImportFrom):

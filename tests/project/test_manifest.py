@@ -29,7 +29,7 @@ def test_the_installed_distribution_ships_this_manifest(manifest):
 def test_npe2_validate_with_imports():
     out = subprocess.run(
         [sys.executable, "-m", "npe2", "validate", "napari-edgesam", "--imports"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, encoding="utf-8", timeout=300,
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "valid" in out.stdout

@@ -146,10 +146,7 @@ class EdgeSamPredictor:
         #: The PyTorch checkpoint (``.pth``) its torch parts were built from, if any (set by
         #: ``load_model``; differs from ``source_path`` when an ONNX encoder is paired with torch's decoder).
         self.checkpoint_path = None
-        # the last embedding that passed :meth:`checked` and the float32 copy of the last float16
-        # features decoded (weak references; embedding arrays are never modified in place)
-        self._last_checked: tuple | None = None
-        self._last_f32: tuple | None = None
+        self._memo = _DecodeMemo()  # repeated decodes of one embedding: checked once, converted once
 
     # -- image -------------------------------------------------------------------------------
     def encode(
@@ -207,14 +204,14 @@ class EdgeSamPredictor:
         the problem otherwise."""
         if not isinstance(embedding, ImageEmbedding):
             raise TypeError(f"expected an ImageEmbedding, got {type(embedding).__name__}")
-        last = self._last_checked
+        last = self._memo.checked
         if last is not None and last[0]() is embedding and last[1]() is embedding.features:
             return embedding  # checked already (each click of a session decodes the same one)
         _check_embedding(embedding, getattr(self.backend, "embedding_shape", None))
         try:
-            self._last_checked = (weakref.ref(embedding), weakref.ref(embedding.features))
+            self._memo.checked = (weakref.ref(embedding), weakref.ref(embedding.features))
         except TypeError:
-            self._last_checked = None
+            self._memo.checked = None
         return embedding
 
     def _features32(self, emb: ImageEmbedding) -> np.ndarray:
@@ -224,14 +221,14 @@ class EdgeSamPredictor:
         f = emb.features
         if f.dtype == np.float32:
             return f
-        last = self._last_f32
+        last = self._memo.f32
         if last is not None and last[0]() is f:
             return last[1]
         out = f.astype(np.float32)
         try:
-            self._last_f32 = (weakref.ref(f), out)
+            self._memo.f32 = (weakref.ref(f), out)
         except TypeError:
-            self._last_f32 = None
+            self._memo.f32 = None
         return out
 
     def reset_image(self) -> None:
@@ -465,6 +462,19 @@ class EdgeSamPredictor:
         if one_piece:  # the user's click, not the prior's box, says which piece is the object
             mask = keep_prompted_pieces(mask, pt, np.ones(1, np.float32))
         return mask, score, low
+
+
+class _DecodeMemo:
+    """What repeated decodes of one embedding need not redo: the embedding that passed
+    :meth:`EdgeSamPredictor.checked` and the float32 copy of the last float16 features (weak
+    references to the embedding's arrays, which are never modified in place). One object for
+    the predictor's life: a cache, not the predictor's state."""
+
+    __slots__ = ("checked", "f32")
+
+    def __init__(self) -> None:
+        self.checked: tuple | None = None
+        self.f32: tuple | None = None
 
 
 def _check_prompts(emb: ImageEmbedding, point_coords, point_labels, box) -> tuple:
