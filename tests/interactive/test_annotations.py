@@ -101,7 +101,7 @@ def test_exported_folder_is_training_data(tmp_path):
 @pytest.mark.parametrize("images", ['{"a": 5}', '{"a": {"objects": 5}}', '{"a": {"objects": [{"id": "x", "box": [1, 2, 3, 4]}]}}',
                                     '{"a": {"objects": [{"id": 1, "box": [1, 2, 3]}]}}', '{"../../x": {"objects": []}}'])
 def test_malformed_prompts_json_is_one_clear_error(tmp_path, images):
-    (tmp_path / "prompts.json").write_text('{"format": "napari-edgesam-annotations", "images": %s}' % images)
+    (tmp_path / "prompts.json").write_text('{"format": "napari-edgesam-annotations", "images": ' + images + "}")
     with pytest.raises(ValueError, match=r"prompts.json: (image|invalid image name)"):
         read_annotations(tmp_path)
 
