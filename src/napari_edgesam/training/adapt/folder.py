@@ -50,6 +50,8 @@ def data_from_folder(images: str | os.PathLike, labels: str | os.PathLike, *, mi
         image, lab = read_array(rec.image), read_array(rec.labels, labels=True)
         if lab.dtype.kind not in "iu":
             raise ValueError(f"{rec.labels}: labels must be integers (instance ids), got {lab.dtype}")
+        if lab.dtype.kind == "i" and lab.size and int(lab.min()) < 0:
+            raise ValueError(f"{rec.labels}: labels must be instance ids >= 0 (0 background), got {int(lab.min())}")
         prompts = {p.id: p for p in saved.get(Path(rec.key).name, [])}
         for plane, plane_labels in _planes(image, lab, str(rec.image)):
             key = data.add_image(plane)
