@@ -81,3 +81,12 @@ def test_train_adapt_negative_labels_and_bad_budgets_are_named_before_the_model_
         assert main([*base, opt, value]) == 1
         err = capsys.readouterr().err
         assert f"{opt} must be" in err and "no-such-model" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_train_adapt_never_overwrites_its_base_model(folder, tmp_path, capsys):
+    base = tmp_path / "base.pth"
+    base.write_bytes(b"the user's checkpoint")
+    rc = main(["train", "adapt", "--images", str(folder / "images"), "--labels", str(folder / "labels"),
+               "--model", str(base), "-o", str(tmp_path / "." / "base.pth")])
+    assert rc == 1 and "would overwrite the base model" in capsys.readouterr().err
+    assert base.read_bytes() == b"the user's checkpoint"
