@@ -123,3 +123,17 @@ def test_replay_names_the_object_whose_prompts_are_bad():
     with pytest.raises(ValueError, match=r"object 7's saved prompts: point \(500, -3\) lies outside the image"):
         replay_prompts(predictor, image, [ObjectPrompts(3, box=[5, 5, 24, 19]),
                                           ObjectPrompts(7, points=[[500, -3]], point_labels=[1])])
+
+
+def test_foreign_prompts_json_beside_a_training_folder_is_not_fatal(tmp_path, caplog):
+    """``train adapt`` keeps saved prompts for the record only: another tool's prompts.json
+    beside the images is skipped with a warning, the labels are still read."""
+    from napari_edgesam.training.adapt.folder import data_from_folder
+
+    image, lab = _plane()
+    out = export_annotations(tmp_path / "ann", [AnnotatedImage("a", image, lab, _prompts())])
+    (out / "prompts.json").write_text('{"format": "someone-elses", "images": []}')
+    with caplog.at_level("WARNING"):
+        data = data_from_folder(out / "images", out / "labels")
+    assert len(data.objects) == 3 and all(o.box is None and not len(o.points) for o in data.objects)
+    assert "not a napari-edgesam annotations file" in caplog.text

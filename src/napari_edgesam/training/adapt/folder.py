@@ -11,6 +11,7 @@ the masks; the saved ones are kept for the record).
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from ..config import DataConfig
 from ..records import find_records, read_array
 from .data import AdaptData
 from .objects import AdaptObject
+
+logger = logging.getLogger(__name__)
 
 
 def _planes(image: np.ndarray, labels: np.ndarray, name: str) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -77,4 +80,10 @@ def _saved_prompts(images: Path) -> dict:
     from ...interactive.annotations import PROMPTS_FILE, read_prompts
 
     path = images.parent / PROMPTS_FILE
-    return read_prompts(path) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        return read_prompts(path)
+    except ValueError as err:  # the saved prompts are kept for the record only: the labels are the data
+        logger.warning("%s; going on without the saved prompts", err)
+        return {}
