@@ -101,6 +101,8 @@ def save_adapted(result: AdaptResult, name: str, cache_dir: str | os.PathLike | 
     (``<cache_dir>/adapted/<name>.pth`` + card + prior; ``cache_dir`` defaults to the
     project's cache, ``NAPARI_EDGESAM_CACHE``) and register it: it then appears in
     ``list_models()`` and loads with ``load_model(name)``. Returns the ``.pth`` path.
+    Only the project's cache is registered: a model saved into another ``cache_dir`` is found
+    by name in a session whose ``NAPARI_EDGESAM_CACHE`` is that folder (else load its path).
 
     Raises:
         ValueError: a bad or taken name, an existing adapted model of that name (without
