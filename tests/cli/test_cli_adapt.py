@@ -63,3 +63,30 @@ def test_train_adapt_bad_input_is_one_line(folder, tmp_path, capsys):
     assert rc == 1 and "image folder not found" in err and len(err.strip().splitlines()) == 1
     rc = main(_args(folder, tmp_path / "x.onnx"))
     assert rc == 1 and "must be a .pth" in capsys.readouterr().err
+
+
+def test_train_adapt_negative_labels_and_bad_budgets_are_named_before_the_model_loads(tmp_path, capsys):
+    import tifffile
+
+    img, lab = synthetic_nuclei_2d(seed=0, shape=(96, 96), n_nuclei=4, radius=(8.0, 12.0))
+    for sub in ("images", "labels"):
+        (tmp_path / sub).mkdir()
+    tifffile.imwrite(tmp_path / "images" / "a.tif", img)
+    tifffile.imwrite(tmp_path / "labels" / "a.tif", -lab.astype(np.int32))
+    base = ["train", "adapt", "--images", str(tmp_path / "images"), "--labels", str(tmp_path / "labels"),
+            "--model", "no-such-model", "-o", str(tmp_path / "x.pth")]
+    assert main(base) == 1
+    assert "labels must be instance ids >= 0" in capsys.readouterr().err
+    for opt, value in (("--max-seconds", "nan"), ("--max-seconds", "0"), ("--holdout", "1")):
+        assert main([*base, opt, value]) == 1
+        err = capsys.readouterr().err
+        assert f"{opt} must be" in err and "no-such-model" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_train_adapt_never_overwrites_its_base_model(folder, tmp_path, capsys):
+    base = tmp_path / "base.pth"
+    base.write_bytes(b"the user's checkpoint")
+    rc = main(["train", "adapt", "--images", str(folder / "images"), "--labels", str(folder / "labels"),
+               "--model", str(base), "-o", str(tmp_path / "." / "base.pth")])
+    assert rc == 1 and "would overwrite the base model" in capsys.readouterr().err
+    assert base.read_bytes() == b"the user's checkpoint"

@@ -64,3 +64,27 @@ def test_export_int8_refuses_held_out_calibration_before_any_work(tmp_path, gold
 def test_gate_command_needs_an_int8_model(tmp_path, capsys):
     assert main(["gate", "edgesam", "--data", str(tmp_path)]) == 1
     assert "no int8 encoder" in capsys.readouterr().err
+
+
+def test_gate_data_without_objects_is_an_error_before_any_work(tmp_path, golden_checkpoint, capsys):
+    import numpy as np
+
+    gate = _folder(tmp_path / "gate", seed=5)
+    tifffile.imwrite(gate / "labels" / "a.tif", np.zeros((256, 256), np.uint16))
+    out = tmp_path / "onnx"
+    assert main(["export", str(golden_checkpoint), "-o", str(out), "--int8", "--gate", str(gate)]) == 1
+    assert "no labelled object in" in capsys.readouterr().err and not any(out.glob("*.onnx"))
+    nolabels = _folder(tmp_path / "nolabels", seed=5, with_labels=False)
+    assert main(["export", str(golden_checkpoint), "-o", str(out), "--int8", "--gate", str(nolabels)]) == 1
+    assert "no labels for" in capsys.readouterr().err and not any(out.glob("*.onnx"))
+
+
+def test_gate_refuses_an_encoder_against_itself(tmp_path, capsys):
+    from napari_edgesam.inference.loading import weights
+
+    gate = _folder(tmp_path / "gate", seed=5)
+    fp32 = weights.fetch_weight("edgesam-nuclei", "onnx_encoder", progress=False)
+    assert main(["gate", str(fp32), "--data", str(gate)]) == 1
+    assert "MODEL is the *_encoder_int8.onnx file" in capsys.readouterr().err
+    assert main(["gate", str(fp32), "--reference", str(fp32), "--data", str(gate)]) == 1
+    assert "compares two encoders" in capsys.readouterr().err

@@ -171,3 +171,16 @@ def test_auto_pairs_the_openvino_encoder_with_the_torch_decoder(installed, monke
         a = split.segment(box=box, embedding=emb)[0]
         b = plain.segment(box=box, embedding=emb)[0]
         assert (a & b).sum() / max((a | b).sum(), 1) > 0.99  # two decoders of the same weights
+
+
+@pytest.mark.parametrize(("value", "on"), [("1", True), ("", True), ("on", True), ("0", False), (" 0", False),
+                                           ("false", False), ("OFF", False), ("no", False)])
+def test_split_env_spellings(monkeypatch, value, on):
+    monkeypatch.setenv("NAPARI_EDGESAM_SPLIT", value)
+    assert api._split_enabled() is on
+
+
+def test_split_env_junk_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("NAPARI_EDGESAM_SPLIT", "junk")
+    with pytest.raises(ValueError, match="NAPARI_EDGESAM_SPLIT='junk' is not understood: set it to 0"):
+        api._split_enabled()

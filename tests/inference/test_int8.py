@@ -107,7 +107,7 @@ def test_int8_is_the_openvino_default_and_opt_in_elsewhere():
     assert ort.backend.encoder_path.name == "edge_sam_nuclei_encoder.onnx"
     ort8 = load_model("edgesam-nuclei", backend="onnxruntime", int8=True, num_threads=1)
     assert ort8.backend.encoder_path.name == "edge_sam_nuclei_encoder_int8.onnx"
-    with pytest.raises(ValueError, match="no int8 encoder for the torch backend"):
+    with pytest.raises(ValueError, match="int8 runs on the ONNX backends, not torch: load 'edgesam-nuclei' with"):
         load_model("edgesam-nuclei", backend="torch", int8=True)
 
 

@@ -96,3 +96,44 @@ def test_exported_folder_is_training_data(tmp_path):
     by_area = sorted(data.objects, key=lambda o: o.area)
     assert by_area[-1].area == int((lab == 9).sum()) and by_area[-1].points.tolist() == [[55, 40], [10, 10]]
     assert any(o.box is not None and o.box.tolist() == [5, 5, 24, 19] for o in data.objects)
+
+
+@pytest.mark.parametrize("images", ['{"a": 5}', '{"a": {"objects": 5}}', '{"a": {"objects": [{"id": "x", "box": [1, 2, 3, 4]}]}}',
+                                    '{"a": {"objects": [{"id": 1, "box": [1, 2, 3]}]}}', '{"../../x": {"objects": []}}'])
+def test_malformed_prompts_json_is_one_clear_error(tmp_path, images):
+    (tmp_path / "prompts.json").write_text('{"format": "napari-edgesam-annotations", "images": ' + images + "}")
+    with pytest.raises(ValueError, match=r"prompts.json: (image|invalid image name)"):
+        read_annotations(tmp_path)
+
+
+def test_corrupt_annotation_tif_is_named(tmp_path):
+    image, lab = _plane()
+    out = export_annotations(tmp_path / "ann", [AnnotatedImage("a", image, lab, _prompts())])
+    (out / "labels" / "a.tif").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="cannot read the annotation 'a'"):
+        read_annotations(out)
+
+
+def test_replay_names_the_object_whose_prompts_are_bad():
+    from napari_edgesam import load_model
+
+    pytest.importorskip("torch")
+    image, _ = _plane()
+    predictor = load_model("edgesam-nuclei", backend="torch", device="cpu")
+    with pytest.raises(ValueError, match=r"object 7's saved prompts: point \(500, -3\) lies outside the image"):
+        replay_prompts(predictor, image, [ObjectPrompts(3, box=[5, 5, 24, 19]),
+                                          ObjectPrompts(7, points=[[500, -3]], point_labels=[1])])
+
+
+def test_foreign_prompts_json_beside_a_training_folder_is_not_fatal(tmp_path, caplog):
+    """``train adapt`` keeps saved prompts for the record only: another tool's prompts.json
+    beside the images is skipped with a warning, the labels are still read."""
+    from napari_edgesam.training.adapt.folder import data_from_folder
+
+    image, lab = _plane()
+    out = export_annotations(tmp_path / "ann", [AnnotatedImage("a", image, lab, _prompts())])
+    (out / "prompts.json").write_text('{"format": "someone-elses", "images": []}')
+    with caplog.at_level("WARNING"):
+        data = data_from_folder(out / "images", out / "labels")
+    assert len(data.objects) == 3 and all(o.box is None and not len(o.points) for o in data.objects)
+    assert "not a napari-edgesam annotations file" in caplog.text

@@ -319,5 +319,16 @@ def test_adapting_the_default_openvino_torch_pair_keeps_its_encoder(monkeypatch,
 
     out = write_adapted(result, tmp_path / "pair.pth", force=True)
     assert load_box_head(out.with_name("pair.prior.pth")) is not None
+    import json
+
+    from napari_edgesam.inference.loading.weights import MODEL_REGISTRY
+
+    licence = MODEL_REGISTRY["edgesam-nuclei"].licence
+    assert licence and json.loads(out.with_suffix(".json").read_text())["licence"] == licence  # the base's
     reloaded = load_model(out, backend="torch", allow_download=False, jit=False)
     assert reloaded.backend.name == "torch"
+
+
+def test_negative_label_ids_are_refused():
+    with pytest.raises(ValueError, match="instance ids >= 0"):
+        objects_from_labels(-np.eye(8, dtype=np.int32))

@@ -132,6 +132,10 @@ def run(args: argparse.Namespace) -> int:
         from ..export.int8 import calibration_images
 
         args.calibration_images = calibration_images(args.calibration)
+        if args.gate is not None:  # gate data without images, labels or objects: before the export too
+            from ..export.int8_gate import read_pairs
+
+            args.gate_pairs = read_pairs(args.gate)
     checkpoint = _checkpoint(args.model)
     prior = _prior_file(args.prior, checkpoint) if args.prior is not None else None
     model = build_edge_sam(checkpoint, allow_unsafe=args.allow_unsafe)
@@ -178,11 +182,11 @@ def _int8(args: argparse.Namespace, encoder: Path, decoder: Path) -> int:
     if args.gate is None:
         print("int8 gate not run (pass --gate DIR with held-out images/ and labels/); use it opt-in")
         return 0
-    from ..export.int8_gate import read_pairs, run_gate
+    from ..export.int8_gate import run_gate
     from ..inference.backends.openvino_backend import openvino_available
 
     backend = "openvino" if openvino_available() else "onnxruntime"
-    result = run_gate(int8, encoder, decoder, read_pairs(args.gate), backend=backend)
+    result = run_gate(int8, encoder, decoder, args.gate_pairs, backend=backend)
     record = {**result.as_dict(), "data": str(args.gate), "backend": backend, "reference": encoder.name}
     atomic_write_text(int8.with_suffix(".gate.json"), json.dumps(record, indent=2) + "\n")
     print(result.line())

@@ -47,7 +47,8 @@ def _files(model: str, reference: Path | None, decoder: Path | None) -> tuple[Pa
                                 f"not found: {model}")
     if reference is None:
         if not int8.stem.endswith("_int8"):
-            raise ValueError(f"cannot find the float32 encoder of {int8}: pass --reference")
+            raise ValueError(f"cannot find the float32 encoder of {int8}: MODEL is the *_encoder_int8.onnx file "
+                             "of 'napari-edgesam export ... --int8' (its float32 encoder beside it), or pass --reference")
         reference = int8.with_name(int8.stem.removesuffix("_int8") + ".onnx")
     return int8, reference, decoder or _onnx_decoder_for(int8)
 

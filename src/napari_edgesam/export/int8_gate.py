@@ -68,6 +68,9 @@ def read_pairs(folder: str | os.PathLike) -> list[tuple[np.ndarray, np.ndarray]]
         if not lab.is_file():
             raise FileNotFoundError(f"no labels for {path}: expected {lab}")
         pairs.append((tifffile.imread(path), tifffile.imread(lab)))
+    if not any(np.asarray(labels).max(initial=0) > 0 for _, labels in pairs):
+        raise ValueError(f"no labelled object in {folder / 'labels'}: the gate compares masks of the labelled "
+                         "objects; give held-out images with their instance labels")
     return pairs
 
 
@@ -104,6 +107,9 @@ def run_gate(int8_encoder: str | os.PathLike, fp32_encoder: str | os.PathLike, d
         opts = {}
     else:
         raise ValueError(f"the int8 gate runs on 'openvino' or 'onnxruntime', got {backend!r}")
+    if Path(int8_encoder).resolve() == Path(fp32_encoder).resolve():
+        raise ValueError(f"the int8 gate compares two encoders, got {Path(int8_encoder).name} twice: pass the "
+                         "*_encoder_int8.onnx file and its float32 reference")
     ref = EdgeSamPredictor(Engine(fp32_encoder, decoder, num_threads=num_threads, **opts), "fp32")
     low = EdgeSamPredictor(Engine(int8_encoder, decoder, num_threads=num_threads, **opts), "int8")
     return measure(ref, low, pairs, threshold=threshold)

@@ -142,8 +142,18 @@ def read_prompts(folder: str | os.PathLike) -> dict[str, list[ObjectPrompts]]:
         raise ValueError(f"{path} is not valid JSON ({err})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("images"), dict):
         raise ValueError(f"{path} is not a napari-edgesam annotations file (format {FORMAT!r})")
-    return {name: [ObjectPrompts.from_json(o) for o in entry.get("objects", [])]
-            for name, entry in data["images"].items()}
+    out = {}
+    for name, entry in data["images"].items():
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise ValueError(f"{path}: invalid image name {name!r} (letters, digits, '.', '_' and '-' only)")
+        objects = entry.get("objects", []) if isinstance(entry, dict) else None
+        if not isinstance(objects, list):
+            raise ValueError(f"{path}: image {name!r} must be a mapping with an 'objects' list, got {entry!r:.80}")
+        try:
+            out[name] = [ObjectPrompts.from_json(o) for o in objects]
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{path}: image {name!r}: bad object prompts ({err})") from None
+    return out
 
 
 def read_annotations(folder: str | os.PathLike) -> list[AnnotatedImage]:
@@ -158,7 +168,11 @@ def read_annotations(folder: str | os.PathLike) -> list[AnnotatedImage]:
         for p in (img_path, lab_path):
             if not p.is_file():
                 raise FileNotFoundError(f"{p} is listed in {folder / PROMPTS_FILE} but missing")
-        out.append(AnnotatedImage(name, tifffile.imread(img_path), tifffile.imread(lab_path), objs))
+        try:
+            image, labels = tifffile.imread(img_path), tifffile.imread(lab_path)
+        except (ValueError, OSError) as err:
+            raise ValueError(f"cannot read the annotation {name!r} in {folder} ({err})") from None
+        out.append(AnnotatedImage(name, image, labels, objs))
     return out
 
 
@@ -183,7 +197,10 @@ def replay_prompts(predictor, image: np.ndarray, prompts: Sequence[ObjectPrompts
     session = Session(fill_holes=fill_holes)
     for i, o in enumerate(objs):
         obj = ObjectPrompt(o.points, o.point_labels, o.box)
-        result = session.decode(predictor, emb, ("replay", i), [obj], proposals=emb.proposals)
+        try:
+            result = session.decode(predictor, emb, ("replay", i), [obj], proposals=emb.proposals)
+        except ValueError as err:
+            raise ValueError(f"object {o.id}'s saved prompts: {err}") from None
         mask = np.asarray(result.objects[0].mask, bool)
         labels[mask & (labels == 0)] = o.id
     return labels

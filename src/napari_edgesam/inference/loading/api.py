@@ -120,6 +120,9 @@ def wants_int8(spec: weights.ModelSpec, backend: str, int8: bool | None) -> bool
     has = "onnx_encoder_int8" in spec.files
     if int8 is None:
         return has and backend == "openvino"
+    if int8 and has and backend not in ONNX_BACKENDS:
+        raise ValueError(f"int8 runs on the ONNX backends, not {backend}: load {spec.name!r} with "
+                         "backend='openvino', 'onnxruntime' or 'auto' for its int8 encoder, or int8=False for torch")
     if int8 and (not has or backend not in ONNX_BACKENDS):
         raise ValueError(f"model {spec.name!r} has no int8 encoder for the {backend} backend: export one with "
                          f"'napari-edgesam export {spec.name} -o DIR --int8' and load DIR's *_encoder_int8.onnx "
@@ -389,9 +392,21 @@ def torch_decodes(spec: weights.ModelSpec, kind: str, device: str) -> bool:
     """Whether ``auto`` pairs the OpenVINO encoder of ``spec`` with torch's decoder: on the CPU,
     with torch installed and the model's checkpoint on this machine (never downloaded for it).
     ``NAPARI_EDGESAM_SPLIT=0`` turns the pairing off."""
-    if kind != "openvino" or device not in ("auto", "cpu") or os.environ.get("NAPARI_EDGESAM_SPLIT", "1") == "0":
+    if kind != "openvino" or device not in ("auto", "cpu") or not _split_enabled():
         return False
     return "pth" in spec.files and torch_available() and _format_present(spec, "pth")
+
+
+def _split_enabled() -> bool:
+    """``NAPARI_EDGESAM_SPLIT``: unset, ``1``/``true``/``yes``/``on`` pair the encoder with torch's
+    decoder, ``0``/``false``/``no``/``off`` do not; anything else is a ValueError."""
+    value = os.environ.get("NAPARI_EDGESAM_SPLIT", "1").strip().lower()
+    if value in ("1", "true", "yes", "on", ""):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"NAPARI_EDGESAM_SPLIT={os.environ['NAPARI_EDGESAM_SPLIT']!r} is not understood: "
+                     "set it to 0 (OpenVINO's own decoder) or 1 (torch's decoder, the default), or unset it")
 
 
 def _with_torch_decoder(predictor: EdgeSamPredictor, checkpoint: Path, device: str, name: str,

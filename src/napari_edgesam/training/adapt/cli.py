@@ -47,6 +47,15 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--output must be a .pth file, got {out}")
     if args.max_objects is not None and args.max_objects < 2:
         raise ValueError(f"--max-objects must be at least 2 (one to learn from, one to check on), got {args.max_objects}")
+    base_file = Path(args.model)
+    if base_file.is_file() and out.resolve() in (base_file.resolve(),
+                                                 base_file.with_name(f"{base_file.stem}.prior.pth").resolve()):
+        raise ValueError(f"--output {out} would overwrite the base model {base_file} (or its prior): "
+                         "write the adapted model to another file")
+    if not args.max_seconds > 0:
+        raise ValueError(f"--max-seconds must be a number of seconds > 0, got {args.max_seconds}")
+    if not 0.0 < args.holdout < 1.0:
+        raise ValueError(f"--holdout must be between 0 and 1 (the part of the objects held out), got {args.holdout}")
     data = data_from_folder(args.images, args.labels).limited(args.max_objects, seed=args.seed)
     predictor, _ = load_predictor(args.model, backend="torch", device=args.device)
     print(f"adapting {args.model} on {len(data.objects)} objects of {len(data.image_keys)} images "

@@ -11,6 +11,7 @@ the masks; the saved ones are kept for the record).
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from ..config import DataConfig
 from ..records import find_records, read_array
 from .data import AdaptData
 from .objects import AdaptObject
+
+logger = logging.getLogger(__name__)
 
 
 def _planes(image: np.ndarray, labels: np.ndarray, name: str) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -50,6 +53,8 @@ def data_from_folder(images: str | os.PathLike, labels: str | os.PathLike, *, mi
         image, lab = read_array(rec.image), read_array(rec.labels, labels=True)
         if lab.dtype.kind not in "iu":
             raise ValueError(f"{rec.labels}: labels must be integers (instance ids), got {lab.dtype}")
+        if lab.dtype.kind == "i" and lab.size and int(lab.min()) < 0:
+            raise ValueError(f"{rec.labels}: labels must be instance ids >= 0 (0 background), got {int(lab.min())}")
         prompts = {p.id: p for p in saved.get(Path(rec.key).name, [])}
         for plane, plane_labels in _planes(image, lab, str(rec.image)):
             key = data.add_image(plane)
@@ -75,4 +80,10 @@ def _saved_prompts(images: Path) -> dict:
     from ...interactive.annotations import PROMPTS_FILE, read_prompts
 
     path = images.parent / PROMPTS_FILE
-    return read_prompts(path) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        return read_prompts(path)
+    except ValueError as err:  # the saved prompts are kept for the record only: the labels are the data
+        logger.warning("%s; going on without the saved prompts", err)
+        return {}

@@ -74,6 +74,9 @@ def objects_from_labels(labels: np.ndarray, min_area: int = 1) -> list[np.ndarra
         raise ValueError(f"labels must be a 2D H x W image, got shape {labels.shape}")
     if labels.dtype.kind not in "iub":
         raise ValueError(f"labels must be integers (instance ids), got dtype {labels.dtype}")
+    if labels.dtype.kind == "i" and labels.size and int(labels.min()) < 0:
+        raise ValueError(f"labels must be instance ids >= 0 (0 background), got {int(labels.min())}: "
+                         "relabel the objects with positive ids")
     out = []
     for idx, sl in enumerate(ndi.find_objects(labels.astype(np.int64, copy=False)), 1):
         if sl is None:

@@ -86,7 +86,9 @@ def write_adapted(result: AdaptResult, path: str | os.PathLike, *, name: str | N
     card = dict(result.card)
     card.update({"name": name or path.stem, "files": files, "accepted": bool(result.accepted),
                  "mask_input_refines": bool(getattr(base, "refine_with_mask_input", True))})
-    spec = weights.MODEL_REGISTRY.get(str(card.get("base_model", {}).get("name") or ""))
+    base_name = str(card.get("base_model", {}).get("name") or "")
+    # an int8 encoder's predictor is named '<model>-int8' (its embedding cache): the weights are <model>'s
+    spec = weights.MODEL_REGISTRY.get(base_name) or weights.MODEL_REGISTRY.get(base_name.removesuffix("-int8"))
     if spec is not None and not card.get("licence"):
         card["licence"] = spec.licence
     atomic_write_text(path.with_suffix(".json"), json.dumps(card, indent=1, sort_keys=True, default=str))
@@ -99,6 +101,8 @@ def save_adapted(result: AdaptResult, name: str, cache_dir: str | os.PathLike | 
     (``<cache_dir>/adapted/<name>.pth`` + card + prior; ``cache_dir`` defaults to the
     project's cache, ``NAPARI_EDGESAM_CACHE``) and register it: it then appears in
     ``list_models()`` and loads with ``load_model(name)``. Returns the ``.pth`` path.
+    Only the project's cache is registered: a model saved into another ``cache_dir`` is found
+    by name in a session whose ``NAPARI_EDGESAM_CACHE`` is that folder (else load its path).
 
     Raises:
         ValueError: a bad or taken name, an existing adapted model of that name (without
