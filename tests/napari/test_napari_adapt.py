@@ -13,7 +13,6 @@ from __future__ import annotations
 import gc
 import threading
 import time
-from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 import numpy as np
@@ -34,6 +33,7 @@ from napari_edgesam.inference.core.preprocess import to_rgb_uint8
 from napari_edgesam.interactive.annotations import read_annotations
 from napari_edgesam.interactive.commit_log import AnnotationLog
 from napari_edgesam.training.adapt import AdaptData, AdaptObject
+from napari_edgesam.training.adapt.result import AdaptResult
 
 TIMEOUT = 120_000
 SHAPE, COUNT, SEED = (96, 128), 6, 5
@@ -56,19 +56,6 @@ class ShiftedBackend:
     def decode(self, *args, **kwargs):
         low, iou = self.inner.decode(*args, **kwargs)
         return low - self.shift, iou
-
-
-@dataclass
-class FakeResult:
-    accepted: bool
-    before: dict
-    after: dict
-    n_train: int
-    n_heldout: int
-    seconds: float
-    message: str
-    predictor: object
-    card: dict = field(default_factory=dict)
 
 
 class FakeAdapter:
@@ -102,7 +89,7 @@ class FakeAdapter:
         n_held = max(1, len(self.data.objects) // 5)
         adapted = EdgeSamPredictor(ShiftedBackend(self.predictor.backend), f"{self.predictor.model_name}-adapted")
         after = 0.81 if self.api.accept else 0.41
-        return FakeResult(self.api.accept, {"miou": 0.62}, {"miou": after}, len(self.data.objects) - n_held,
+        return AdaptResult(self.api.accept, {"miou": 0.62}, {"miou": after}, len(self.data.objects) - n_held,
                           n_held, time.monotonic() - self.t0, "fake", adapted)
 
 
