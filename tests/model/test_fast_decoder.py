@@ -119,6 +119,49 @@ def test_single_prompt_path_matches_reference(model, n_points, mask, chunk, toke
     assert np.all(want.abs()[differ].numpy() < 1e-4)
 
 
+@pytest.mark.parametrize("tokens", [slice(0, 1), slice(1, 4), slice(None), slice(2, 3)])
+def test_single_prompt_path_without_iou_scores(model, tokens):
+    """Without the IoU scores the final attention runs only for the chosen mask tokens: same
+    masks, bit for bit up to BLAS summation order, and no scores."""
+    gen = torch.Generator().manual_seed(7)
+    pe = model.prompt_encoder
+    emb = torch.randn(1, 256, 64, 64, generator=gen)
+    coords, labels = torch.rand(1, 2, 2, generator=gen) * 1024, torch.tensor([[1, 0]])
+    with torch.inference_mode():
+        sparse = pe.embed_points(coords, labels, pad=False)
+        dense = pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, 64, 64)
+        ref_masks, _ = model.mask_decoder.predict_masks(emb, pe.get_dense_pe(), sparse, dense)
+        image = ImageTokens(model.mask_decoder, to_tokens(emb + dense), to_tokens(pe.get_dense_pe()))
+        full, iou = decode_one(model.mask_decoder, image, sparse, (64, 64), mask_tokens=tokens)
+        masks, none = decode_one(model.mask_decoder, image, sparse, (64, 64), mask_tokens=tokens, need_iou=False)
+    assert none is None and iou.shape == (1, 4)
+    assert masks.shape == full.shape == ref_masks[:, tokens].shape
+    assert _rel(masks, full) < 1e-6
+    assert _rel(masks, ref_masks[:, tokens]) < 1e-5
+
+
+def test_backend_without_iou_scores(golden_state_dict):
+    """``need_iou=False`` (masks ranked by stability): NaN scores, the same masks; the predictor
+    asks for it only when it ranks by stability, so ``segment`` is unchanged."""
+    from napari_edgesam.inference.core.predictor import EdgeSamPredictor
+
+    backend = TorchBackend(build_edge_sam(golden_state_dict), "cpu")
+    rng = np.random.default_rng(3)
+    emb = rng.standard_normal((1, 256, 64, 64)).astype(np.float32)
+    coords, labels = np.array([[[300.0, 200.0], [0.0, 0.0]]], np.float32), np.array([[1.0, -1.0]], np.float32)
+    full, iou = backend.decode(emb, coords, labels)
+    masks, nan = backend.decode(emb, coords, labels, need_iou=False)
+    assert np.isnan(nan).all() and nan.shape == iou.shape and np.isfinite(iou).all()
+    assert np.abs(masks - full).max() <= 1e-5 * np.abs(full).max()
+    pred = EdgeSamPredictor(backend, "golden")
+    image = (rng.random((300, 400)) * 255).astype(np.uint8)
+    pred.set_image(image)
+    m1, s1, low1 = pred.predict(np.array([[120.0, 80.0]]), np.ones(1), num_multimask_outputs=4)
+    m2, s2, low2 = pred.predict(np.array([[120.0, 80.0]]), np.ones(1), num_multimask_outputs=4, use_stability_score=True)
+    assert np.isfinite(s1).all() and np.isfinite(s2).all()
+    assert np.abs(low1 - low2).max() <= 1e-5 * np.abs(low1).max()
+
+
 @pytest.mark.parametrize("rows", [1, 5, 8, 64])
 def test_chunked_upscaling_layout(model, rows):
     """The gather that puts chunked cell-major logits in image order matches the convolutions

@@ -88,7 +88,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     auto.add_argument("--max-area-fraction", type=float, default=0.3,
                       help="masks larger than this fraction of the image are background")
     auto.add_argument("--no-skip-covered", action="store_true",
-                      help="decode every grid point, even those inside found objects")
+                      help="decode every grid point (and, in --mode boxes, every box), even those "
+                           "inside found objects")
     boxes = parser.add_argument_group("prior-box mode (--mode boxes)")
     boxes.add_argument("--score-thresh", type=float, default=0.3, help="minimum proposal score of a box to decode")
     boxes.add_argument("--max-proposals", type=int, default=500, help="decode at most this many boxes per image (or tile)")
@@ -113,7 +114,7 @@ def config_from_args(args: argparse.Namespace):
         skip_covered=not args.no_skip_covered, **shared,
     )
     boxes = BoxAutomaticConfig(score_thresh=args.score_thresh, max_proposals=args.max_proposals,
-                               min_box_iou=args.min_box_iou, **shared)
+                               min_box_iou=args.min_box_iou, skip_covered=not args.no_skip_covered, **shared)
     if args.autozoom and mode != "prompts":
         raise ValueError("--autozoom is used with --prompts only")
     if args.prior is not None and mode != "boxes":

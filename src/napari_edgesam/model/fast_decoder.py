@@ -410,7 +410,8 @@ def decode_one(
     chunk: int = TOKEN_CHUNK,
     needed_at: tuple[int, int] | None = None,
     window: tuple[int, int, int, int] | None = None,
-) -> tuple[torch.Tensor | None, torch.Tensor]:
+    need_iou: bool = True,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """:func:`decode_tokens` for ONE prompt on a CPU (same maths, ~1e-6 relative).
 
     The first block's image side comes precomputed in ``image``; every later pass over the
@@ -429,16 +430,25 @@ def decode_one(
             most grid points on background fail that, and the upscaling is ~45% of the cost).
         window: low-res pixels ``(r0, r1, c0, c1)`` (end-exclusive): the masks are upscaled
             only over the embedding cells that cover them (:data:`SKIPPED_LOGIT` elsewhere).
+        need_iou: compute the IoU head's scores (callers that rank masks by stability do not
+            read them: the final attention then also skips the IoU token).
     Returns:
         mask logits ``1 x M x 4h x 4w`` (``M`` masks of ``mask_tokens``; None when skipped by
-        ``needed_at``) and the IoU scores of all 4 tokens, ``1 x 4``.
+        ``needed_at``) and the IoU scores of all 4 tokens, ``1 x 4`` (None without ``need_iou``).
+
+    The final token->image attention runs only for the tokens read afterwards (the IoU token
+    when ``need_iou``, the mask tokens of ``mask_tokens``): its rows are independent of each
+    other, so the others' results are the same bits as with every row.
     """
     transformer = decoder.transformer
     layers = transformer.layers
     h, w = grid_size
     tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight, sparse_prompt_embeddings[0]], dim=0)
     t = tokens.shape[0]
-    used = 1 + decoder.num_mask_tokens
+    idx = range(decoder.num_mask_tokens)[mask_tokens]
+    # the rows of the final attention that are read: IoU token (0), the chosen mask tokens
+    read = ([0] if need_iou else []) + [1 + j for j in idx]
+    used = torch.tensor(read) if read != list(range(len(read))) else slice(0, len(read))
     first = layers[0]
     cached = image.q1 is not None
     keys = image.src
@@ -472,19 +482,19 @@ def decode_one(
             nxt = layers[i + 1]
             q_side, attn = _token_side(nxt, queries, tokens), nxt.cross_attn_token_to_image
             q_in = q_side + tokens
-        else:  # only the IoU and mask tokens are read after the final attention
-            q_side, attn = queries[:used], transformer.final_attn_token_to_image
-            q_in = q_side + tokens[:used]
+        else:  # only the tokens read afterwards go through the final attention
+            q_side, attn = queries[used], transformer.final_attn_token_to_image
+            q_in = q_side + tokens[used]
         keys, logits = _image_pass(logits_of, keys, v_t, layer.norm4, image.pe, _t2i_query(attn, q_in), heads, chunk)
         if i + 1 < len(layers):
             queries = nxt.norm2(q_side + _t2i_finish(attn, logits, keys, t))
             queries = nxt.norm3(queries + nxt.mlp(queries))
         else:
-            queries = transformer.norm_final_attn(q_side + _t2i_finish(attn, logits, keys, used))
+            queries = transformer.norm_final_attn(q_side + _t2i_finish(attn, logits, keys, len(read)))
     mlps = decoder.output_hypernetworks_mlps
-    idx = range(decoder.num_mask_tokens)[mask_tokens]
-    hyper = torch.stack([mlps[j](queries[1 + j]) for j in idx])
-    iou = decoder.iou_prediction_head(queries[:1])
+    first_mask = 1 if need_iou else 0  # row of the first chosen mask token in ``queries``
+    hyper = torch.stack([mlps[j](queries[first_mask + r]) for r, j in enumerate(idx)])
+    iou = decoder.iou_prediction_head(queries[:1]) if need_iou else None
     # skipped only when clearly negative (a margin over the rounding of a 1-row product)
     if needed_at is not None and not bool((_logits_at(decoder, keys, hyper, w, *needed_at) > -NEEDED_MARGIN).any()):
         return None, iou

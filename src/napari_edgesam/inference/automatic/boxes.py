@@ -8,7 +8,9 @@ Pipeline for one 2D image (or tile):
    ``max_proposals`` are kept.
 3. Chunks of ``boxes_per_batch`` boxes are decoded with ONE decoder call each
    (``decode_batch(embedding, boxes=..., num_multimask_outputs=1, upscale=False)``: a box prompt uses
-   token 0, one mask per box).
+   token 0, one mask per box). With ``skip_covered`` a box that lies mostly
+   (``covered_fraction``) inside masks already accepted from better-scored boxes is not decoded:
+   a duplicate of a found object, or a box around several of them.
 4. Masks are computed only inside a window around their box (:func:`box_windows`: where a
    mask can be and still agree with its box), filtered on their 256 x 256 logits (stability
    score), upscaled only inside their bounding box, cleaned (islands, holes), and must agree
@@ -50,8 +52,13 @@ class BoxAutomaticConfig(MaskSettings):
         score_thresh: minimum proposal score.
         box_nms_thresh: IoU above which the lower-scoring proposal is not decoded.
         max_proposals: at most this many boxes are decoded (best first).
-        boxes_per_batch: box prompts per decoder call.
+        boxes_per_batch: box prompts per decoder call (on backends that decode prompt by
+            prompt anyway, :data:`ONE_BY_ONE_BOXES_PER_BATCH`, so that ``skip_covered`` sees the
+            masks found so far).
         min_box_iou: minimum IoU of a mask's bounding box with its prompt box (0 disables).
+        skip_covered: do not decode boxes whose area lies at least ``covered_fraction`` inside
+            masks already accepted (decoded from boxes of higher score).
+        covered_fraction: see ``skip_covered``.
     """
 
     stability_thresh: float = 0.85
@@ -60,6 +67,8 @@ class BoxAutomaticConfig(MaskSettings):
     max_proposals: int = 500
     boxes_per_batch: int = 64
     min_box_iou: float = 0.5
+    skip_covered: bool = True
+    covered_fraction: float = 0.5
 
     def _rules(self) -> list[tuple[bool, str, str]]:
         return [
@@ -68,6 +77,7 @@ class BoxAutomaticConfig(MaskSettings):
             (int(self.max_proposals) >= 1, "max_proposals", ">= 1"),
             (int(self.boxes_per_batch) >= 1, "boxes_per_batch", ">= 1"),
             (0.0 <= self.min_box_iou <= 1.0, "min_box_iou", "in [0, 1]"),
+            (0.0 < self.covered_fraction <= 1.0, "covered_fraction", "in (0, 1]"),
             *super()._rules(),
         ]
 
@@ -99,6 +109,20 @@ def box_windows(boxes: np.ndarray, emb: ImageEmbedding, min_box_iou: float) -> n
     c0 = np.clip(np.floor((b[:, 0] - bw) * sx) - 2, 0, lw)
     c1 = np.clip(np.ceil((b[:, 2] + bw) * sx) + 2, 0, lw)
     return np.stack([r0, r1, c0, c1], axis=1).astype(np.int64)
+
+
+#: Boxes per decoder call with ``skip_covered`` on backends that decode prompt by prompt (the
+#: torch CPU path): each call's accepted masks can spare the boxes of the next.
+ONE_BY_ONE_BOXES_PER_BATCH = 8
+
+
+def _covered_fraction(covered: np.ndarray, box: np.ndarray) -> float:
+    """The fraction of pixel box ``(x0, y0, x1, y1)`` (clipped to the image) that is ``covered``."""
+    h, w = covered.shape
+    x0, y0 = int(np.clip(np.floor(box[0]), 0, w)), int(np.clip(np.floor(box[1]), 0, h))
+    x1, y1 = int(np.clip(np.ceil(box[2]), 0, w)), int(np.clip(np.ceil(box[3]), 0, h))
+    area = (x1 - x0) * (y1 - y0)
+    return float(covered[y0:y1, x0:x1].sum()) / area if area > 0 else 1.0
 
 
 def _chunk_candidates(boxes, box_scores, pred, emb: ImageEmbedding, cfg: BoxAutomaticConfig) -> list[MaskCandidate]:
@@ -145,20 +169,41 @@ def generate_masks_from_boxes(
     boxes, scores = prompt_boxes(proposals, config)
     candidates: list[MaskCandidate] = []
     n = config.boxes_per_batch
+    if config.skip_covered and getattr(getattr(predictor, "backend", None), "decodes_prompt_by_prompt", False):
+        n = min(n, ONE_BY_ONE_BOXES_PER_BATCH)  # small calls cost nothing there, and prune more
     windowed = accepts_keyword(predictor.decode_batch, "windows")
-    for start in range(0, len(boxes), n):
+    covered = np.zeros(tuple(embedding.original_size), bool) if config.skip_covered else None
+    todo, done, decoded, reported = list(range(len(boxes))), 0, 0, 0
+    while todo:
         check_cancel(cancel)
-        chunk = boxes[start : start + n]
+        take: list[int] = []
+        while todo and len(take) < n:
+            i = todo.pop(0)
+            done += 1
+            if covered is None or _covered_fraction(covered, boxes[i]) < config.covered_fraction:
+                take.append(i)
+        if not take:
+            break
+        chunk = boxes[take]
         # only where a mask can pass the box check (logits elsewhere set to SKIPPED_LOGIT)
         windows = box_windows(chunk, embedding, config.min_box_iou) if windowed else None
         pred = predictor.decode_batch(embedding, boxes=chunk, num_multimask_outputs=1, use_stability_score=True,
                                       upscale=False, **({} if windows is None else {"windows": windows}))
-        candidates += _chunk_candidates(chunk, scores[start : start + n], pred, embedding, config)
+        decoded += len(take)
+        found = _chunk_candidates(chunk, scores[take], pred, embedding, config)
+        if covered is not None:
+            for cand in found:
+                h, w = cand.mask.shape
+                covered[cand.y0 : cand.y0 + h, cand.x0 : cand.x0 + w] |= cand.mask
+        candidates += found
         if progress is not None:
-            progress(min(start + n, len(boxes)), len(boxes))
+            progress(done, len(boxes))
+            reported = done
+    if progress is not None and reported < len(boxes):  # the last boxes were all skipped
+        progress(len(boxes), len(boxes))
     kept = nms(candidates, config.nms_thresh)
-    logger.debug("box automatic: %d proposals, %d decoded, %d candidates, %d after NMS",
-                 len(proposals), len(boxes), len(candidates), len(kept))
+    logger.debug("box automatic: %d proposals, %d prompted, %d decoded, %d candidates, %d after NMS",
+                 len(proposals), len(boxes), decoded, len(candidates), len(kept))
     return kept
 
 

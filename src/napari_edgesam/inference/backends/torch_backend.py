@@ -69,7 +69,7 @@ class TorchBackend:
     supports_mask_input = True
     #: The optional keywords of :meth:`decode` this backend understands (hints of what the
     #: caller will use; a backend without them computes everything).
-    decode_hints = frozenset({"needed_at", "windows", "mask_tokens"})
+    decode_hints = frozenset({"needed_at", "windows", "mask_tokens", "need_iou"})
 
     def __init__(
         self,
@@ -180,6 +180,7 @@ class TorchBackend:
         needed_at: np.ndarray | None = None,
         windows: np.ndarray | None = None,
         mask_tokens: slice | None = None,
+        need_iou: bool = True,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Low-res logits ``B x 4 x 256 x 256`` and IoU scores ``B x 4`` (on the compute thread).
 
@@ -192,12 +193,15 @@ class TorchBackend:
                 are computed only over the embedding cells covering the window (``SKIPPED_LOGIT``
                 elsewhere).
             mask_tokens: only these of the 4 masks are computed and returned (``B x M x ...``).
+            need_iou: False when the caller does not read the IoU scores (it ranks masks by
+                stability): they come back as NaN, and the CPU path skips the IoU token's share
+                of the final attention.
         """
         return compute_thread.run(self._decode, embeddings, point_coords, point_labels, mask_input,
-                                  needed_at, windows, mask_tokens)
+                                  needed_at, windows, mask_tokens, need_iou)
 
     def _decode(self, embeddings, point_coords, point_labels, mask_input, needed_at=None, windows=None,
-                mask_tokens=None):
+                mask_tokens=None, need_iou=True):
         dev = self.device
         sl = mask_tokens if mask_tokens is not None else slice(None)
         with torch.inference_mode():
@@ -212,6 +216,7 @@ class TorchBackend:
                     "at": None if needed_at is None else np.asarray(needed_at, np.int64).reshape(b, 2),
                     "windows": None if windows is None else np.asarray(windows, np.int64).reshape(b, 4),
                     "sl": sl,
+                    "iou": bool(need_iou),
                 }
                 if mask_input is None:  # the image side is shared by the whole batch
                     masks, iou = self._decode_shared(embeddings, sparse, (h, w), hints)
@@ -252,7 +257,9 @@ class TorchBackend:
             pixel = None if at is None else (int(at[i, 0]), int(at[i, 1]))
             window = None if windows is None else tuple(int(v) for v in windows[i])
             out, iou = decode_one(decoder, image_of(i), sparse[i : i + 1], size, mask_tokens=sl,
-                                  needed_at=pixel, window=window)
+                                  needed_at=pixel, window=window, need_iou=hints["iou"])
+            if iou is None:  # not asked for
+                iou = torch.full((1, decoder.num_mask_tokens), float("nan"))
             if out is None:
                 masks[i] = SKIPPED_LOGIT
             else:

@@ -368,7 +368,10 @@ class EdgeSamPredictor:
         dc, dl = to_decoder_prompts(coords, labels, boxes, emb.original_size, emb.input_size)
         features = self._features32(emb)
         understood = getattr(self.backend, "decode_hints", frozenset())
-        hints = {k: v for k, v in (("needed_at", needed_at), ("windows", windows), ("mask_tokens", sl))
+        # the IoU head's scores are not read when masks are ranked by stability
+        need_iou = None if not use_stability_score else False
+        hints = {k: v for k, v in (("needed_at", needed_at), ("windows", windows), ("mask_tokens", sl),
+                                   ("need_iou", need_iou))
                  if v is not None and k in understood}
         low_res, iou = self.backend.decode(features, dc, dl, mask_input, **hints)
         if "mask_tokens" not in hints:
