@@ -135,3 +135,17 @@ def test_cli_boxes_mode_without_a_prior_says_how_to_get_one(inputs, tmp_path, go
     assert str(golden_checkpoint.with_name("edge_sam.prior.pth")) in err and "napari-edgesam train prior" in err
     rc = main(["batch", str(inputs), "-o", str(tmp_path / "out"), "--auto", "--prior", "auto"])
     assert rc == 1 and "--mode boxes" in capsys.readouterr().err
+
+
+def test_cli_boxes_mode_flags_reach_the_config():
+    """``--no-zoom`` / ``--no-skip-covered`` switch off the zoomed tiles and the box pruning."""
+    import argparse
+
+    from napari_edgesam.cli.batch import add_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    default = config_from_args(parser.parse_args(["in", "-o", "out", "--mode", "boxes"]))
+    assert default.boxes.zoom and default.boxes.skip_covered
+    off = config_from_args(parser.parse_args(["in", "-o", "out", "--mode", "boxes", "--no-zoom", "--no-skip-covered"]))
+    assert not off.boxes.zoom and not off.boxes.skip_covered and not off.automatic.skip_covered

@@ -99,6 +99,51 @@ def test_boxes_inside_found_objects_are_not_decoded():
         BoxAutomaticConfig(covered_fraction=0.0)
 
 
+def test_zoom_plan_from_the_typical_proposal():
+    """Tiles that bring the median proposal radius to ``target_radius`` frame pixels (at most
+    ``max_zoom``), overlapping by 4 radii; no zoom for objects near the target or too few boxes."""
+    from napari_edgesam.inference.automatic.boxes import zoom_plan
+    from napari_edgesam.inference.core.predictor import ImageEmbedding
+
+    def emb_with(radius, shape=(1024, 1024), n=9):
+        boxes = np.float32([[10 * i, 10 * i, 10 * i + 2 * radius, 10 * i + 2 * radius] for i in range(n)])
+        long = max(shape)
+        input_size = (round(shape[0] * 1024 / long), round(shape[1] * 1024 / long))
+        return ImageEmbedding(np.zeros((1, 256, 64, 64), np.float32), shape, input_size,
+                              ProposalSet(boxes, np.full(n, 0.9, np.float32), shape))
+
+    cfg = BoxAutomaticConfig()
+    assert zoom_plan(emb_with(8.0), cfg) == (256, 32)            # zoom 4: tiles of 1024 / 4
+    assert zoom_plan(emb_with(4.0), cfg) == (256, 32)            # zoom 8 capped at max_zoom 4
+    tile, overlap = zoom_plan(emb_with(16.0), cfg)               # zoom 2
+    assert (tile, overlap) == (512, 64)
+    assert zoom_plan(emb_with(8.0, shape=(512, 300)), cfg) == (256, 32)  # frame x2: zoom 2 of 512
+    assert zoom_plan(emb_with(24.0), cfg) is None                # within target / zoom_band
+    assert zoom_plan(emb_with(8.0, n=3), cfg) is None            # too few boxes to measure
+    assert zoom_plan(emb_with(8.0), BoxAutomaticConfig(max_zoom=1.0)) is None
+    with pytest.raises(ValueError, match="max_zoom"):
+        BoxAutomaticConfig(max_zoom=0.5)
+
+
+def test_small_objects_are_segmented_in_zoomed_tiles():
+    """A field of small objects (radius 6-9 px in a 1000 px image, ~8 frame pixels) is segmented
+    again in zoomed tiles (one prior pass per tile after the whole-image one) and every object
+    comes out once, whole, across tile borders; ``zoom=False`` keeps the single pass, where
+    the 256 x 256 logits are too coarse for some of them."""
+    image, truth = synthetic_instances((1000, 1000), n=30, rmin=6, rmax=9, seed=12, gap=6)  # values 40 + 7 i < 256
+    found = {}
+    for zoom in (True, False):
+        stub, prior = BoxOraclePredictor(), ThresholdPrior()
+        labels = segment_automatic_boxes(stub, prior, image, BoxAutomaticConfig(zoom=zoom, min_area=10))
+        ious = matched_ious(truth, labels)
+        found[zoom] = (prior.calls, int((ious > 0.85).sum()))
+        if zoom:
+            assert (ious > 0.85).all(), ious
+            assert int(labels.max()) == int(truth.max())
+    assert found[True][0] > 4 and found[False][0] == 1
+    assert found[False][1] < found[True][1] == int(truth.max())
+
+
 def test_box_agreement_filter_drops_masks_that_overflow_their_box():
     image, truth = instances(n=4, seed=5)
     stub = BoxOraclePredictor()

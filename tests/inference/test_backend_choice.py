@@ -155,6 +155,14 @@ def test_auto_pairs_the_openvino_encoder_with_the_torch_decoder(installed, monke
     assert isinstance(split.backend, SplitBackend) and split.backend.name == "openvino+torch"
     assert split.model_name == "edgesam-nuclei-int8" and split.backend.supports_mask_input
     assert type(split.prior).__name__ == "OnnxBoxPrior"  # the prior beside the encoder, on OpenVINO
+    # the .pth head loads too: it runs on the torch decoder backend's float32 encoder
+    from napari_edgesam.inference.loading.model_prior import find_model_prior
+    from napari_edgesam.inference.prior import load_prior
+
+    head = load_prior(find_model_prior("edgesam-nuclei"), split)
+    assert head.backend is split.backend.decoder_backend
+    # the automatic modes see the torch decoder's fixed batches (results independent of timing)
+    assert split.backend.decodes_prompt_by_prompt
     monkeypatch.setenv("NAPARI_EDGESAM_SPLIT", "0")
     plain = api.load_model("edgesam-nuclei", num_threads=1, cache=False)
     assert plain.backend.name == "openvino"

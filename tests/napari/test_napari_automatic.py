@@ -138,8 +138,11 @@ def test_prior_boxes_mode_segments_with_the_prior(make_napari_viewer, qtbot):
     assert not widget.score.native.isHidden() and widget.points_per_side.native.isHidden()
     assert widget.stability.value == BoxAutomaticConfig().stability_thresh
     widget.max_proposals.value = 50
+    assert not widget.zoom.native.isHidden() and widget.zoom.value  # zoom on small objects: on by default
+    widget.zoom.value = False
     config = widget.request().config
-    assert isinstance(config, BoxAutomaticConfig) and config.max_proposals == 50
+    assert isinstance(config, BoxAutomaticConfig) and config.max_proposals == 50 and not config.zoom
+    widget.zoom.value = True
     run_widget(widget, qtbot)
     labels = viewer.layers[LABELS_LAYER].data
     assert (matched_ious(truth, labels) > 0.85).all() and labels.max() == truth.max()

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from magicgui.widgets import (
+    CheckBox,
     ComboBox,
     Container,
     FloatSpinBox,
@@ -185,6 +186,9 @@ class AutomaticWidget(QWidget):
                                   tooltip="minimum proposal score of a prior box")
         self.max_proposals = SpinBox(label="max boxes", value=b.max_proposals, min=1, max=100_000,
                                      tooltip="decode at most this many boxes per image (or tile)")
+        self.zoom = CheckBox(label="zoom in on small objects", value=b.zoom,
+                             tooltip="when the objects are small in the model's 1024 px view, segment the "
+                                     "image again in zoomed tiles (more accurate masks, one encoder pass per tile)")
         self.stability = FloatSpinBox(label="stability ≥", value=d.stability_thresh, min=0, max=1, step=0.01)
         self.min_area = SpinBox(label="min area (px)", value=d.min_area, min=0, max=10**7)
         self.max_area = FloatSpinBox(label="max area (fraction)", value=d.max_area_fraction, min=0.01, max=1, step=0.05)
@@ -199,7 +203,7 @@ class AutomaticWidget(QWidget):
         wrapping(self.status.native)
         self.form = Container(widgets=[
             self.image_layer, self.model, self.mode, self.points_per_side, self.score, self.max_proposals,
-            self.stability, self.min_area, self.max_area, self.nms, self.region, self.box_layer, self.stack,
+            self.zoom, self.stability, self.min_area, self.max_area, self.nms, self.region, self.box_layer, self.stack,
             Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
             self.progress, self.status,
         ])
@@ -259,7 +263,7 @@ class AutomaticWidget(QWidget):
         self.stack.visible = self._is_stack(self.image_layer.value)
         boxes = self.mode.value == MODE_BOXES
         for widget, visible in ((self.points_per_side, not boxes), (self.max_area, not boxes),
-                                (self.score, boxes), (self.max_proposals, boxes)):
+                                (self.score, boxes), (self.max_proposals, boxes), (self.zoom, boxes)):
             widget.visible = visible
 
     # -- the request -------------------------------------------------------------------------
@@ -269,7 +273,8 @@ class AutomaticWidget(QWidget):
                   "hole_area": int(self.min_area.value), "nms_thresh": float(self.nms.value)}
         if self.mode.value == MODE_BOXES:
             return BoxAutomaticConfig(score_thresh=float(self.score.value),
-                                      max_proposals=int(self.max_proposals.value), **shared)
+                                      max_proposals=int(self.max_proposals.value), zoom=bool(self.zoom.value),
+                                      **shared)
         return AutomaticConfig(points_per_side=int(self.points_per_side.value),
                                max_area_fraction=float(self.max_area.value), **shared)
 

@@ -17,6 +17,15 @@ Pipeline for one 2D image (or tile):
    with their prompt box (IoU of the mask's bounding box with the box >= ``min_box_iou``).
 5. Mask-box NMS, then painting into a label image largest-first.
 
+Small objects: the model segments objects best at a radius of ~32 px of its 1024 input frame
+(:data:`~napari_edgesam.inference.core.autozoom.DEFAULT_TARGET_RADIUS`, what AutoZoom zooms
+prompted objects to). With ``zoom`` the proposals of the image's own pass give the typical
+object size; when it is below ``target_radius / zoom_band`` in the frame, the image is
+segmented again in tiles small enough that the objects reach ``target_radius`` (at most
+``max_zoom`` times larger), each tile embedded on its own and the tiles stitched as for large
+images. Objects the size of a whole 1024 frame tile cost one pass; a field of small nuclei
+costs one pass per tile.
+
 Steps 4-5 (:mod:`.masks`), regions and tiles (:mod:`.common`) are shared with the
 point-grid mode (:mod:`.grid`); stacks (per slice, merged in 3D) go through
 :func:`~napari_edgesam.inference.automatic.modes.segment_automatic_any` with ``stack=True``.
@@ -27,7 +36,9 @@ few decoder calls instead of tens.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -59,6 +70,11 @@ class BoxAutomaticConfig(MaskSettings):
         skip_covered: do not decode boxes whose area lies at least ``covered_fraction`` inside
             masks already accepted (decoded from boxes of higher score).
         covered_fraction: see ``skip_covered``.
+        zoom: segment images whose objects are small in the 1024 frame again in zoomed tiles
+            (see the module docstring).
+        target_radius: object radius (pixels of the 1024 frame) zoomed tiles aim at.
+        zoom_band: zoom only when the typical radius is below ``target_radius / zoom_band``.
+        max_zoom: the largest zoom factor.
     """
 
     stability_thresh: float = 0.85
@@ -69,6 +85,10 @@ class BoxAutomaticConfig(MaskSettings):
     min_box_iou: float = 0.5
     skip_covered: bool = True
     covered_fraction: float = 0.5
+    zoom: bool = True
+    target_radius: float = 32.0
+    zoom_band: float = 1.5
+    max_zoom: float = 4.0
 
     def _rules(self) -> list[tuple[bool, str, str]]:
         return [
@@ -78,6 +98,9 @@ class BoxAutomaticConfig(MaskSettings):
             (int(self.boxes_per_batch) >= 1, "boxes_per_batch", ">= 1"),
             (0.0 <= self.min_box_iou <= 1.0, "min_box_iou", "in [0, 1]"),
             (0.0 < self.covered_fraction <= 1.0, "covered_fraction", "in (0, 1]"),
+            (4.0 <= self.target_radius <= 256.0, "target_radius", "in [4, 256] frame pixels"),
+            (self.zoom_band >= 1.0, "zoom_band", ">= 1"),
+            (1.0 <= self.max_zoom <= 16.0, "max_zoom", "in [1, 16]"),
             *super()._rules(),
         ]
 
@@ -111,9 +134,11 @@ def box_windows(boxes: np.ndarray, emb: ImageEmbedding, min_box_iou: float) -> n
     return np.stack([r0, r1, c0, c1], axis=1).astype(np.int64)
 
 
+#: Zoom decisions need at least this many boxes to measure the typical object size.
+MIN_SIZE_BOXES = 5
 #: Boxes per decoder call with ``skip_covered`` on backends that decode prompt by prompt (the
 #: torch CPU path): each call's accepted masks can spare the boxes of the next.
-ONE_BY_ONE_BOXES_PER_BATCH = 8
+ONE_BY_ONE_BOXES_PER_BATCH = 4
 
 
 def _covered_fraction(covered: np.ndarray, box: np.ndarray) -> float:
@@ -230,10 +255,57 @@ def segment_automatic_boxes(
         ``H x W`` uint32 labels (0 background).
     """
 
-    def segment_tile(rgb: np.ndarray, report: ProgressFn | None, _whole: bool) -> np.ndarray:
-        emb = predictor.encode_rgb(rgb, prior=prior)  # one encoder pass when the prior shares it
+    def plain_tile(rgb: np.ndarray, report: ProgressFn | None, _whole: bool, emb: ImageEmbedding | None = None) -> np.ndarray:
+        if emb is None:
+            emb = predictor.encode_rgb(rgb, prior=prior)  # one encoder pass when the prior shares it
         masks = generate_masks_from_boxes(predictor, emb, emb.proposals, config, progress=report, cancel=cancel)
         return masks_to_labels(masks, rgb.shape[:2], config.min_area, config.min_visible_fraction)
 
+    def segment_tile(rgb: np.ndarray, report: ProgressFn | None, whole: bool) -> np.ndarray:
+        emb = predictor.encode_rgb(rgb, prior=prior)
+        plan = zoom_plan(emb, config) if config.zoom else None
+        if plan is None:
+            return plain_tile(rgb, report, whole, emb)
+        tile, overlap = plan
+        logger.info("box automatic: objects are small in the frame; segmenting in zoomed tiles of %d px", tile)
+        zoomed = dataclasses.replace(config, tile_size=tile, tile_overlap=overlap)
+        return segment_image(rgb, plain_tile, zoomed, progress=report, cancel=cancel)
+
     return segment_image(image, segment_tile, config, region=region, normalisation=normalisation,
                          progress=progress, cancel=cancel)
+
+
+def typical_radius(proposals: ProposalSet, cfg: BoxAutomaticConfig) -> float | None:
+    """The median radius (pixels of the image, ``sqrt(w h) / 2`` of a box) of the boxes that
+    would be decoded, or None with fewer than :data:`MIN_SIZE_BOXES` of them."""
+    boxes, _ = prompt_boxes(proposals, cfg)
+    if len(boxes) < MIN_SIZE_BOXES:
+        return None
+    w = np.clip(boxes[:, 2] - boxes[:, 0], 0, None)
+    h = np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+    return float(np.median(np.sqrt(w * h) / 2))
+
+
+def zoom_plan(emb: ImageEmbedding, cfg: BoxAutomaticConfig) -> tuple[int, int] | None:
+    """``(tile_size, tile_overlap)`` in image pixels for segmenting ``emb``'s image again
+    zoomed (its objects small in the frame), or None to keep the whole-image pass.
+
+    The zoom ``z = target_radius / r`` (``r``: :func:`typical_radius` in frame pixels), applied
+    only when ``z > zoom_band`` and at most ``max_zoom``; tiles of ``longest side / z`` pixels
+    are embedded at the full 1024 frame. Neighbouring tiles overlap by 4 typical radii (at least
+    1/8 of a tile), so that an object lies whole in some tile."""
+    if emb.proposals is None:
+        return None
+    radius = typical_radius(emb.proposals, cfg)
+    if radius is None or radius <= 0:
+        return None
+    frame = max(emb.input_size) / max(emb.original_size)  # frame pixels per image pixel
+    zoom = cfg.target_radius / (radius * frame)
+    if zoom <= cfg.zoom_band:
+        return None
+    zoom = min(zoom, cfg.max_zoom)
+    tile = max(64, int(round(max(emb.original_size) / zoom)))
+    if tile >= max(emb.original_size):
+        return None
+    overlap = int(min(tile // 2 - 1, max(tile // 8, math.ceil(4 * radius))))
+    return tile, overlap

@@ -47,6 +47,12 @@ class SplitBackend:
         return SplitBackend(self.encoder_backend, self.decoder_backend.with_decoder(prompt_encoder, mask_decoder))
 
     @property
+    def decodes_prompt_by_prompt(self) -> bool:
+        """The decoder backend's (the automatic modes then use fixed batch sizes: results that
+        do not depend on timing)."""
+        return bool(getattr(self.decoder_backend, "decodes_prompt_by_prompt", False))
+
+    @property
     def embedding_shape(self):
         return getattr(self.encoder_backend, "embedding_shape", None)
 

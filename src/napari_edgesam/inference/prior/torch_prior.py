@@ -45,7 +45,12 @@ class TorchBoxPrior:
     @classmethod
     def from_backend(cls, backend, head, meta: dict | None = None, *, check_encoder: bool = True) -> TorchBoxPrior:
         """Share ``backend``'s encoder (a :class:`TorchBackend`); with ``check_encoder`` a head
-        trained on another encoder (per ``meta["encoder_signature"]``) raises ``ValueError``."""
+        trained on another encoder (per ``meta["encoder_signature"]``) raises ``ValueError``.
+        With an encoder in another runtime and a torch decoder (``SplitBackend``), the head
+        runs on the torch model's float32 encoder, in a pass of its own."""
+        torch_side = getattr(backend, "decoder_backend", None)
+        if not hasattr(backend, "device") and hasattr(torch_side, "encode_tensor_with_taps"):
+            backend = torch_side
         model = getattr(backend, "model", None)
         if model is None or not hasattr(model, "image_encoder"):
             raise ValueError(f"a torch box head needs the torch backend's encoder, not the {getattr(backend, 'name', backend)!r} "
