@@ -1,7 +1,12 @@
 """Automatic mode with the shipped model: point grid vs the granularity prior's boxes, speed and quality.
 
     python benchmarks/bench_prior_automatic.py [--quick] [--compare] [--model edgesam-nuclei] [--prior PATH]
-        [--image IMG --labels LABELS]
+        [--backend auto] [--image IMG --labels LABELS]
+
+The model loads as the widget and ``batch`` load it (``load_predictor``: ``--backend auto`` is the
+default backend, e.g. OpenVINO's int8 encoder with torch's decoder, and the prior stored beside
+the encoder file). Prior boxes run twice: as shipped (``zoom`` on: images whose objects are small
+in the 1024 frame are segmented again in zoomed tiles) and with ``zoom=False``.
 
 Cases: the held-out stardist right half (``data/nuclei_v2/heldout``, 512 x 256, never used for
 training or tuning) unless ``--image/--labels`` name another pair, a synthetic 512 x 512 and a
@@ -25,8 +30,7 @@ import numpy as np
 from napari_edgesam.datasets import synthetic_nuclei_2d
 from napari_edgesam.inference.automatic.boxes import BoxAutomaticConfig, segment_automatic_boxes
 from napari_edgesam.inference.automatic.grid import AutomaticConfig, segment_automatic
-from napari_edgesam.inference.loading.api import load_model
-from napari_edgesam.inference.loading.model_prior import find_model_prior
+from napari_edgesam.inference.loading.with_prior import load_predictor
 from napari_edgesam.inference.prior import load_prior
 
 HELDOUT = Path(__file__).resolve().parents[1] / "data" / "nuclei_v2" / "heldout"
@@ -60,6 +64,7 @@ def match(pred: np.ndarray, gt: np.ndarray, thr: float = 0.5) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="edgesam-nuclei")
+    ap.add_argument("--backend", default="auto", help="auto (the default backend), torch, onnxruntime or openvino")
     ap.add_argument("--prior", default=None, help="box head file (default: the one stored beside the model)")
     ap.add_argument("--image", default=None)
     ap.add_argument("--labels", default=None)
@@ -68,8 +73,11 @@ def main() -> None:
     args = ap.parse_args()
     import tifffile
 
-    predictor = load_model(args.model, backend="torch", device="cpu")
-    prior = load_prior(args.prior or find_model_prior(args.model), predictor)
+    predictor, why = load_predictor(args.model, backend=args.backend)
+    prior = load_prior(args.prior, predictor) if args.prior else predictor.prior
+    if prior is None:
+        raise SystemExit(f"no granularity prior for {args.model}: {why}")
+    print(f"backend {predictor.backend.name}, prior {type(prior).__name__}")
     calls = {"prompts": 0}
     image_path = args.image or HELDOUT / "images" / "dsb_right_half.tif"
     label_path = args.labels or HELDOUT / "labels" / "dsb_right_half.tif"
@@ -110,10 +118,12 @@ def main() -> None:
             grid = segment_automatic(pred, image, AutomaticConfig(), embedding=emb)
             sec = time.perf_counter() - t
             rows.append((f"point grid 32x32{tag} ({sec + t_enc:.2f} s with the encoder)", sec, calls["prompts"], grid))
-            calls["prompts"] = 0
-            t = time.perf_counter()
-            boxes = segment_automatic_boxes(pred, prior, image, BoxAutomaticConfig())
-            rows.append((f"prior boxes{tag} (incl. encoder + head)", time.perf_counter() - t, calls["prompts"], boxes))
+            for zoom in (True, False):
+                calls["prompts"] = 0
+                t = time.perf_counter()
+                boxes = segment_automatic_boxes(pred, prior, image, BoxAutomaticConfig(zoom=zoom))
+                rows.append((f"prior boxes{tag}{'' if zoom else ', no zoom'} (incl. encoder + head)",
+                             time.perf_counter() - t, calls["prompts"], boxes))
             pred.decode_batch = real
         for mode, sec, n, labels in rows:
             m = match(np.asarray(labels), gt)

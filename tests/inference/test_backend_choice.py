@@ -155,6 +155,8 @@ def test_auto_pairs_the_openvino_encoder_with_the_torch_decoder(installed, monke
     assert isinstance(split.backend, SplitBackend) and split.backend.name == "openvino+torch"
     assert split.model_name == "edgesam-nuclei-int8" and split.backend.supports_mask_input
     assert type(split.prior).__name__ == "OnnxBoxPrior"  # the prior beside the encoder, on OpenVINO
+    # the int8 prior (encoder and head in one int8 graph, gated) gives the embedding too: one pass
+    assert split.prior.path.name == "edge_sam_nuclei.prior_int8.onnx" and split.prior.use_embedding
     # the .pth head loads too: it runs on the torch decoder backend's float32 encoder
     from napari_edgesam.inference.loading.model_prior import find_model_prior
     from napari_edgesam.inference.prior import load_prior
@@ -171,7 +173,7 @@ def test_auto_pairs_the_openvino_encoder_with_the_torch_decoder(installed, monke
     assert api.load_model("edgesam-nuclei", backend="openvino", num_threads=1, cache=False).backend.name == "openvino"
 
     image, labels = synthetic_nuclei_2d(seed=3, shape=(256, 256), n_nuclei=12)
-    emb = split.encode(image)
+    emb = split.encode(image, prior=None)
     np.testing.assert_array_equal(emb.features, plain.encode(image).features)  # one encoder
     for k in np.unique(labels)[1:6]:
         ys, xs = np.nonzero(labels == k)

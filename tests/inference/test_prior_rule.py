@@ -148,6 +148,34 @@ def test_find_prior_beside_model(tmp_path):
     assert find_prior(tmp_path / "m_encoder.onnx") == tmp_path / "m.prior.onnx"
 
 
+def test_int8_prior_beside_an_int8_encoder_only_with_a_passed_gate(tmp_path):
+    """``x.prior_int8.onnx`` (encoder + head in one int8 graph) is found beside the int8 encoder
+    only while its gate record says passed; the float32 encoder keeps the float32 prior; the
+    embedding output is used only for the predictor of the twin int8 encoder file."""
+    import json
+    from types import SimpleNamespace
+
+    from napari_edgesam.inference.prior.files import _is_int8_twin
+
+    for name in ("m.prior.onnx", "m.prior_int8.onnx"):
+        (tmp_path / name).write_bytes(b"x")
+    int8, fp32 = tmp_path / "m_encoder_int8.onnx", tmp_path / "m_encoder.onnx"
+    assert find_prior(int8) == tmp_path / "m.prior.onnx"  # no gate record
+    gate = tmp_path / "m.prior_int8.gate.json"
+    gate.write_text(json.dumps({"passed": False, "mean_iou": 0.9}))
+    assert find_prior(int8) == tmp_path / "m.prior.onnx"
+    gate.write_text("{not json")
+    assert find_prior(int8) == tmp_path / "m.prior.onnx"
+    gate.write_text(json.dumps({"passed": True, "mean_iou": 0.98}))
+    assert find_prior(int8) == tmp_path / "m.prior_int8.onnx"
+    assert find_prior(fp32) == tmp_path / "m.prior.onnx"
+    prior = tmp_path / "m.prior_int8.onnx"
+    assert _is_int8_twin(prior, SimpleNamespace(source_path=int8))
+    assert not _is_int8_twin(prior, SimpleNamespace(source_path=fp32))
+    assert not _is_int8_twin(prior, SimpleNamespace(source_path=None))
+    assert not _is_int8_twin(tmp_path / "m.prior.onnx", SimpleNamespace(source_path=int8))
+
+
 # -- with the golden model --------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def torch_prior(golden_predictor, tmp_path_factory):

@@ -159,7 +159,8 @@ def run(args: argparse.Namespace) -> int:
         path = export_box_head(head, args.output / f"{prefix}.prior.onnx", encoder=model.image_encoder,
                                with_embedding=True, meta=meta, opset=args.opset)
         print(f"prior:   {path} (from {prior})")
-    code = _int8(args, encoder, decoder) if args.int8 else 0  # from the float32 file, before fp16 storage
+    prior_onnx = args.output / f"{prefix}.prior.onnx" if head is not None else None
+    code = _int8(args, encoder, decoder, prior_onnx) if args.int8 else 0  # from the float32 files, before fp16 storage
     if args.fp16_weights:
         from ..export.fp16_storage import store_weights_fp16
 
@@ -169,20 +170,28 @@ def run(args: argparse.Namespace) -> int:
     return code
 
 
-def _int8(args: argparse.Namespace, encoder: Path, decoder: Path) -> int:
-    """Quantize the exported encoder; with ``--gate``, check it and record the result beside it."""
+def _int8(args: argparse.Namespace, encoder: Path, decoder: Path, prior: Path | None = None) -> int:
+    """Quantize the exported encoder (and the prior, encoder and head in one graph, when one was
+    exported); with ``--gate``, check each and record the result beside it."""
     import json
 
     from .._atomic import atomic_write_text
     from ..export.int8 import int8_path_for, quantize_encoder
+    from ..inference.prior.files import INT8_PRIOR_GATE_SUFFIX, INT8_PRIOR_SUFFIX
 
     images = args.calibration_images
     int8 = quantize_encoder(encoder, int8_path_for(encoder), images)
     print(f"int8 encoder: {int8} ({int8.stat().st_size / 1e6:.1f} MB, calibrated on {len(images)} images)")
+    int8_prior = None
+    if prior is not None:
+        stem = prior.name.removesuffix(".prior.onnx")
+        int8_prior = quantize_encoder(prior, prior.with_name(stem + INT8_PRIOR_SUFFIX), images)
+        print(f"int8 prior:   {int8_prior} ({int8_prior.stat().st_size / 1e6:.1f} MB; encoder and box head, "
+              "with the embedding as an output)")
     if args.gate is None:
         print("int8 gate not run (pass --gate DIR with held-out images/ and labels/); use it opt-in")
         return 0
-    from ..export.int8_gate import run_gate
+    from ..export.int8_gate import run_gate, run_prior_gate
     from ..inference.backends.openvino_backend import openvino_available
 
     backend = "openvino" if openvino_available() else "onnxruntime"
@@ -190,4 +199,12 @@ def _int8(args: argparse.Namespace, encoder: Path, decoder: Path) -> int:
     record = {**result.as_dict(), "data": str(args.gate), "backend": backend, "reference": encoder.name}
     atomic_write_text(int8.with_suffix(".gate.json"), json.dumps(record, indent=2) + "\n")
     print(result.line())
-    return 0 if result.passed else 1
+    passed = result.passed
+    if int8_prior is not None:
+        prior_result = run_prior_gate(int8_prior, encoder, decoder, args.gate_pairs, backend=backend)
+        record = {**prior_result.as_dict(), "data": str(args.gate), "backend": backend, "reference": encoder.name}
+        stem = int8_prior.name.removesuffix(INT8_PRIOR_SUFFIX)
+        atomic_write_text(int8_prior.with_name(stem + INT8_PRIOR_GATE_SUFFIX), json.dumps(record, indent=2) + "\n")
+        print("prior embedding: " + prior_result.line())
+        passed = passed and prior_result.passed
+    return 0 if passed else 1

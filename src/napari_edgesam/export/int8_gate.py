@@ -113,3 +113,28 @@ def run_gate(int8_encoder: str | os.PathLike, fp32_encoder: str | os.PathLike, d
     ref = EdgeSamPredictor(Engine(fp32_encoder, decoder, num_threads=num_threads, **opts), "fp32")
     low = EdgeSamPredictor(Engine(int8_encoder, decoder, num_threads=num_threads, **opts), "int8")
     return measure(ref, low, pairs, threshold=threshold)
+
+
+def run_prior_gate(int8_prior: str | os.PathLike, fp32_encoder: str | os.PathLike, decoder: str | os.PathLike,
+                   pairs, *, backend: str = "openvino", threshold: float = MIN_MEAN_IOU,
+                   num_threads: int | None = None) -> GateResult:
+    """The gate of an int8 prior's embedding output (``x.prior_int8.onnx``: encoder and box head
+    quantized in one graph): its masks against the float32 encoder's, as :func:`run_gate` (the
+    predictor then takes its embedding from the prior's pass)."""
+    from ..inference.core.predictor import EdgeSamPredictor
+    from ..inference.prior.onnx_prior import OnnxBoxPrior
+
+    if backend == "openvino":
+        from ..inference.backends.openvino_backend import OpenVinoBackend as Engine
+
+        opts, prior_opts = {"cache": False}, {"runtime": "openvino", "cache": False}
+    elif backend == "onnxruntime":
+        from ..inference.backends.onnx_backend import OnnxBackend as Engine
+
+        opts, prior_opts = {}, {}
+    else:
+        raise ValueError(f"the int8 gate runs on 'openvino' or 'onnxruntime', got {backend!r}")
+    ref = EdgeSamPredictor(Engine(fp32_encoder, decoder, num_threads=num_threads, **opts), "fp32")
+    via = EdgeSamPredictor(Engine(fp32_encoder, decoder, num_threads=num_threads, **opts), "int8 prior")
+    via.prior = OnnxBoxPrior(int8_prior, use_embedding=True, num_threads=num_threads, **prior_opts)
+    return measure(ref, via, pairs, threshold=threshold)

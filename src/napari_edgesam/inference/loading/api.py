@@ -302,11 +302,15 @@ def load_model(
 
 def _attach_prior(predictor: EdgeSamPredictor, prior: str | os.PathLike, device: str) -> None:
     from ..prior import find_prior, load_prior
+    from ..prior.files import encoder_file
 
     path = Path(prior) if os.fspath(prior) != "auto" else None
     if path is None:
         source = predictor.source_path
-        path = find_prior(source) if source is not None else None
+        running = encoder_file(predictor)  # e.g. the int8 encoder: its int8 prior comes first
+        path = find_prior(running) if running is not None else None
+        if path is None and source is not None:
+            path = find_prior(source)
         if path is None:
             logger.warning("prior='auto': no granularity prior (.prior.pth/.prior.onnx) is stored beside %s; "
                            "going on without one", source)

@@ -28,8 +28,13 @@ def load_predictor(name_or_path: str, backend: str = "auto", device: str = "auto
 
     predictor = load_model(name_or_path, backend=backend, device=device, allow_download=allow_download,
                            **backend_options)
+    from ..prior.files import encoder_file
+
     source = getattr(predictor, "source_path", None)
-    path = find_prior(source) if source is not None else None
+    running = encoder_file(predictor)  # e.g. the int8 encoder: its int8 prior comes first
+    path = find_prior(running) if running is not None else None
+    if path is None and source is not None:
+        path = find_prior(source)
     if path is None:
         return predictor, NO_PRIOR_REASON
     try:

@@ -27,25 +27,73 @@ if TYPE_CHECKING:
 FORMAT = "napari-edgesam-boxhead/1"
 
 
+#: Suffix of a prior quantized together with its encoder (``x.prior_int8.onnx``: encoder and box
+#: head in one int8 graph, with the embedding as an output) and of its gate record.
+INT8_PRIOR_SUFFIX = ".prior_int8.onnx"
+INT8_PRIOR_GATE_SUFFIX = ".prior_int8.gate.json"
+
+
 def find_prior(model_path: str | os.PathLike) -> Path | None:
     """The prior stored beside a model file (``x.prior.onnx`` for ONNX models, else
-    ``x.prior.pth``), or None."""
+    ``x.prior.pth``), or None. Beside an int8 encoder (``x_encoder_int8.onnx``) the int8 prior
+    ``x.prior_int8.onnx`` comes first when its gate record (``x.prior_int8.gate.json``) says it
+    passed: one int8 pass then gives both the embedding and the boxes."""
     path = Path(model_path)
+    int8 = path.stem.endswith("_int8")
     stem = path.stem.removesuffix("_int8")  # an int8 encoder shares the float32 one's prior
     stem = stem[: -len("_encoder")] if stem.endswith("_encoder") else stem
     names = [f"{stem}.prior.onnx", f"{stem}.prior.pth"] if path.suffix == ".onnx" else [f"{stem}.prior.pth"]
+    if int8 and path.suffix == ".onnx" and int8_prior_gate_passed(path.with_name(stem + INT8_PRIOR_SUFFIX)):
+        names.insert(0, stem + INT8_PRIOR_SUFFIX)
     for name in names:
         if (path.with_name(name)).is_file():
             return path.with_name(name)
     return None
 
 
+def int8_prior_gate_passed(prior: str | os.PathLike) -> bool:
+    """Whether the gate record beside int8 prior file ``prior`` (``x.prior_int8.gate.json``,
+    written by ``napari-edgesam export --int8 --gate``) says its embedding passed the int8 gate."""
+    import json
+
+    prior = Path(prior)
+    record = prior.with_name(prior.name.removesuffix(INT8_PRIOR_SUFFIX) + INT8_PRIOR_GATE_SUFFIX)
+    try:
+        return bool(json.loads(record.read_text(encoding="utf-8")).get("passed")) and prior.is_file()
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def encoder_file(predictor) -> Path | None:
+    """The weights file the predictor's image encoder runs from: the ONNX encoder of an ONNX or
+    split backend (e.g. the int8 one), else the predictor's ``source_path`` (a checkpoint)."""
+    backend = getattr(predictor, "backend", None)
+    encoder = getattr(backend, "encoder_backend", backend)
+    path = getattr(encoder, "encoder_path", None)
+    if path is None:
+        path = getattr(predictor, "source_path", None)
+    return None if path is None else Path(path)
+
+
+def _is_int8_twin(prior: Path, predictor) -> bool:
+    """Whether ``prior`` (``x.prior_int8.onnx``) is the int8 twin of the predictor's encoder file
+    (``x_encoder_int8.onnx`` in the same folder): its embedding output may then stand for the
+    encoder's (both passed the int8 gate)."""
+    source = encoder_file(predictor)
+    if source is None or not prior.name.endswith(INT8_PRIOR_SUFFIX):
+        return False
+    stem = prior.name.removesuffix(INT8_PRIOR_SUFFIX)
+    return Path(source).resolve() == prior.resolve().with_name(f"{stem}_encoder_int8.onnx")
+
+
 def load_prior(path: str | os.PathLike, predictor=None, *, device: str = "auto", check_encoder: bool = True,
                use_embedding: bool = False):
     """Load a prior: a ``.pth`` head (needs ``predictor`` with the torch backend, whose encoder
-    it shares) or an exported ``.onnx`` prior (``use_embedding``: see :class:`OnnxBoxPrior`)."""
+    it shares) or an exported ``.onnx`` prior (``use_embedding``: see :class:`OnnxBoxPrior`; on
+    for the int8 prior beside the predictor's own int8 encoder file)."""
     path = Path(path)
     if path.suffix.lower() == ".onnx":
+        use_embedding = use_embedding or _is_int8_twin(path, predictor)
         from .onnx_prior import OnnxBoxPrior
 
         backend = getattr(predictor, "backend", None)
