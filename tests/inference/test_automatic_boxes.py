@@ -125,6 +125,24 @@ def test_zoom_plan_from_the_typical_proposal():
         BoxAutomaticConfig(max_zoom=0.5)
 
 
+def test_zoom_plan_ignores_proposals_outside_the_image():
+    """Proposals outside the image come clipped to its edge with no area: they say nothing of
+    the objects' size (counted, they made the median 0 and switched the zoom off)."""
+    from napari_edgesam.inference.automatic.boxes import typical_radius, zoom_plan
+    from napari_edgesam.inference.core.predictor import ImageEmbedding
+
+    small = [[10 * i, 10 * i, 10 * i + 16, 10 * i + 16] for i in range(9)]      # radius 8
+    outside = [[1024, 40 * i, 1024, 40 * i + 30] for i in range(12)]            # clipped to x = 1024
+    boxes = np.float32(outside + small)
+    props = ProposalSet(boxes, np.linspace(0.95, 0.6, len(boxes)).astype(np.float32), (1024, 1024))
+    emb = ImageEmbedding(np.zeros((1, 256, 64, 64), np.float32), (1024, 1024), (1024, 1024), props)
+    cfg = BoxAutomaticConfig()
+    assert typical_radius(props, cfg) == 8.0
+    assert zoom_plan(emb, cfg) == (256, 32)
+    flat = ProposalSet(np.float32(outside + small[:4]), np.full(16, 0.9, np.float32), (1024, 1024))
+    assert typical_radius(flat, cfg) is None  # 4 sized boxes: too few to measure
+
+
 def test_small_objects_are_segmented_in_zoomed_tiles():
     """A field of small objects (radius 6-9 px in a 1000 px image, ~8 frame pixels) is segmented
     again in zoomed tiles (one prior pass per tile after the whole-image one) and every object

@@ -194,3 +194,38 @@ def test_split_env_junk_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("NAPARI_EDGESAM_SPLIT", "junk")
     with pytest.raises(ValueError, match="NAPARI_EDGESAM_SPLIT='junk' is not understood: set it to 0"):
         api._split_enabled()
+
+
+def test_a_torch_head_on_the_split_backend_keeps_the_encoders_embedding(golden_state_dict):
+    """A ``.pth`` head on encoder-X + torch-decoder runs on the torch encoder in a pass of its
+    own: the embedding stays the split backend's encoder's (what ``encode`` without the prior,
+    the cache and every other path see), not the torch encoder's."""
+    torch = pytest.importorskip("torch")
+    import numpy as np
+
+    from napari_edgesam.inference.backends.split_backend import SplitBackend
+    from napari_edgesam.inference.backends.torch_backend import TorchBackend
+    from napari_edgesam.inference.core.predictor import EdgeSamPredictor
+    from napari_edgesam.inference.prior import TorchBoxPrior
+    from napari_edgesam.model import build_edge_sam
+    from napari_edgesam.model.box_head import BoxHead, BoxHeadConfig
+
+    class OtherEncoder:  # stands for OpenVINO's int8 encoder
+        name, provides_iou_scores, supports_mask_input = "other", False, False
+        calls = 0
+
+        def encode(self, x):
+            OtherEncoder.calls += 1
+            return np.full((1, 256, 64, 64), 0.25, np.float32)
+
+    torch_side = TorchBackend(build_edge_sam(golden_state_dict), "cpu")
+    split = SplitBackend(OtherEncoder(), torch_side)
+    torch.manual_seed(1)
+    prior = TorchBoxPrior.from_backend(split, BoxHead(BoxHeadConfig(channels=16, score_thresh=0.0, max_detections=5)))
+    assert prior.backend is torch_side and not prior.shares_encoder_with(split)
+    assert prior.shares_encoder_with(torch_side)
+    pred = EdgeSamPredictor(split, "split")
+    image = (np.random.default_rng(0).random((96, 128)) * 255).astype(np.uint8)
+    emb = pred.encode(image, prior=prior)
+    assert OtherEncoder.calls == 1 and np.all(emb.features == 0.25)
+    assert emb.proposals is not None and emb.proposals.original_size == (96, 128)

@@ -175,3 +175,35 @@ def test_chunked_upscaling_layout(model, rows):
         ref = (hyper @ up.reshape(32, -1)).reshape(3, 256, 256)
         out = _upscaled_masks_chunked(dec, keys, hyper, 64, 64, rows)
     assert _rel(out, ref) < 1e-5
+
+
+def test_backend_without_iou_scores_with_every_hint(golden_state_dict):
+    """``need_iou=False`` together with the other hints (chosen tokens, ``needed_at`` skips,
+    windows) and with mask inputs: the same masks as with the scores, the same prompts
+    skipped, NaN scores for every prompt (skipped ones included)."""
+    from napari_edgesam.constants import SKIPPED_LOGIT
+
+    backend = TorchBackend(build_edge_sam(golden_state_dict), "cpu")
+    rng = np.random.default_rng(5)
+    emb = rng.standard_normal((1, 256, 64, 64)).astype(np.float32)
+    coords = rng.uniform(0, 1024, (5, 1, 2)).astype(np.float32)
+    labels = np.ones((5, 1), np.float32)
+    at = rng.integers(0, 256, (5, 2))
+    windows = np.array([[0, 256, 0, 256], [10, 90, 30, 200], [100, 101, 5, 9], [0, 40, 0, 40], [200, 256, 0, 256]])
+    masks_in = rng.standard_normal((5, 1, 256, 256)).astype(np.float32)
+    seen = set()
+    for tokens in (slice(0, 1), slice(1, 4)):
+        for extra in ({"needed_at": at}, {"windows": windows}, {"needed_at": at, "windows": windows}):
+            for mask_input in (None, masks_in):
+                full, iou = backend.decode(emb, coords, labels, mask_input, mask_tokens=tokens, **extra)
+                masks, nan = backend.decode(emb, coords, labels, mask_input, mask_tokens=tokens, need_iou=False, **extra)
+                assert masks.shape == full.shape == (5, len(range(4)[tokens]), 256, 256)
+                assert np.isnan(nan).all() and nan.shape == iou.shape == (5, 4) and np.isfinite(iou).all()
+                skipped = (full == SKIPPED_LOGIT).all(axis=(1, 2, 3))
+                assert ((masks == SKIPPED_LOGIT).all(axis=(1, 2, 3)) == skipped).all()
+                seen.add((tokens.start, "needed_at" in extra, bool(skipped.any()), bool((~skipped).any())))
+                scale = max(1.0, float(np.abs(np.where(full == SKIPPED_LOGIT, 0, full)).max()))
+                assert np.abs(masks - full).max() <= 1e-5 * scale
+    # with needed_at some prompts were skipped and some decoded (both paths ran)
+    assert {(t, hinted) for t, hinted, some_skipped, some_kept in seen if some_skipped and some_kept} == {
+        (0, True), (1, True)}

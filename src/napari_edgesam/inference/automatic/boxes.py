@@ -277,13 +277,16 @@ def segment_automatic_boxes(
 
 def typical_radius(proposals: ProposalSet, cfg: BoxAutomaticConfig) -> float | None:
     """The median radius (pixels of the image, ``sqrt(w h) / 2`` of a box) of the boxes that
-    would be decoded, or None with fewer than :data:`MIN_SIZE_BOXES` of them."""
+    would be decoded, or None with fewer than :data:`MIN_SIZE_BOXES` of them. Boxes of no area
+    (proposals outside the image, clipped to its edge) say nothing of the objects' size and
+    are not counted."""
     boxes, _ = prompt_boxes(proposals, cfg)
-    if len(boxes) < MIN_SIZE_BOXES:
+    w = boxes[:, 2] - boxes[:, 0]
+    h = boxes[:, 3] - boxes[:, 1]
+    sized = (w > 0) & (h > 0)
+    if int(sized.sum()) < MIN_SIZE_BOXES:
         return None
-    w = np.clip(boxes[:, 2] - boxes[:, 0], 0, None)
-    h = np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
-    return float(np.median(np.sqrt(w * h) / 2))
+    return float(np.median(np.sqrt(w[sized] * h[sized]) / 2))
 
 
 def zoom_plan(emb: ImageEmbedding, cfg: BoxAutomaticConfig) -> tuple[int, int] | None:

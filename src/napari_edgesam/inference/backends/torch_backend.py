@@ -194,8 +194,8 @@ class TorchBackend:
                 elsewhere).
             mask_tokens: only these of the 4 masks are computed and returned (``B x M x ...``).
             need_iou: False when the caller does not read the IoU scores (it ranks masks by
-                stability): they come back as NaN, and the CPU path skips the IoU token's share
-                of the final attention.
+                stability): on the CPU fast path they come back as NaN (the final attention
+                skips the IoU token); elsewhere they are computed anyway.
         """
         return compute_thread.run(self._decode, embeddings, point_coords, point_labels, mask_input,
                                   needed_at, windows, mask_tokens, need_iou)

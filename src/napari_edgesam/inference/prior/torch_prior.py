@@ -128,6 +128,9 @@ class TorchBoxPrior:
         return emb.float().contiguous().cpu().numpy(), boxes, scores
 
     def shares_encoder_with(self, backend) -> bool:
-        """Whether :meth:`embed_and_propose` gives ``backend``'s embedding (the same encoder)."""
+        """Whether :meth:`embed_and_propose` gives ``backend``'s embedding (the same encoder).
+        A ``SplitBackend``'s embeddings are its encoder backend's (its ``model`` is the decoder
+        side's: a torch decoder beside another runtime's encoder does not share it)."""
+        backend = getattr(backend, "encoder_backend", backend)
         model = getattr(backend, "model", None)
         return model is not None and getattr(model, "image_encoder", None) is self.encoder
