@@ -108,7 +108,10 @@ def test_adapt_end_to_end(make_napari_viewer, qtbot):
           f"{np.median(outcome.step_seconds):.3f} s; longest Qt stall {rec.max_gap:.3f} s; {outcome.message}")
     assert busy_when_answered, "the click was answered only after the adaptation"
     assert click_s < 1.5  # no step is waited for (noisy shared CPU: generous)
-    assert rec.max_gap < MAX_GAP_S, f"the Qt thread was blocked for {rec.max_gap:.3f} s while adapting"
+    # an adaptation step on the Qt thread stalled it 0.66-3.1 s per step (session 5); the real run
+    # keeps it far below that, but one CI run on a host ~2x slower than usual measured a 0.385 s
+    # tick gap (0.015 s typical): twice the responsiveness tests' bound still catches a step
+    assert rec.max_gap < 2 * MAX_GAP_S, f"the Qt thread was blocked for {rec.max_gap:.3f} s while adapting"
     assert outcome.accepted, outcome.message
     result = outcome.result
     assert result.after["mean"] > result.before["mean"] + 0.15
