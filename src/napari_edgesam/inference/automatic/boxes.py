@@ -45,6 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...constants import MASK_THRESHOLD
+from ..core.autozoom import DEFAULT_TARGET_RADIUS
 from ..core.postprocess import stability_score
 from ..core.predictor import ImageEmbedding
 from ..prior import ProposalSet, box_iou, nms_boxes
@@ -86,7 +87,7 @@ class BoxAutomaticConfig(MaskSettings):
     skip_covered: bool = True
     covered_fraction: float = 0.5
     zoom: bool = True
-    target_radius: float = 32.0
+    target_radius: float = DEFAULT_TARGET_RADIUS
     zoom_band: float = 1.5
     max_zoom: float = 4.0
 
