@@ -127,7 +127,7 @@ def main() -> None:
             pred.decode_batch = real
         for mode, sec, n, labels in rows:
             m = match(np.asarray(labels), gt)
-            print(f"| {name} ({int(gt.max())} nuclei) | {mode} | {sec:.2f} | {n} | {m['objects']} | {m['precision']} "
+            print(f"| {name} ({len(np.unique(gt[gt > 0]))} nuclei) | {mode} | {sec:.2f} | {n} | {m['objects']} | {m['precision']} "
                   f"| {m['recall']} | {m['F1']} | {m['matched mIoU']} |", flush=True)
 
 

@@ -163,7 +163,7 @@ class LabelOraclePredictor(_OracleBase):
         return Prediction(masks, scores, low)
 
     def segment(self, point_coords=None, point_labels=None, box=None, mask_input=None, candidate=None, *,
-                fill_holes=True, one_piece=True, embedding=None):
+                fill_holes=True, one_piece=True, embedding=None, clip_box=True):
         emb = self.embedding if embedding is None else embedding
         if box is not None:
             x, y = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2

@@ -138,7 +138,8 @@ def test_cli_boxes_mode_without_a_prior_says_how_to_get_one(inputs, tmp_path, go
 
 
 def test_cli_boxes_mode_flags_reach_the_config():
-    """``--no-zoom`` / ``--no-skip-covered`` switch off the zoomed tiles and the box pruning."""
+    """``--no-zoom`` / ``--no-skip-covered`` switch off the zoomed tiles and the box pruning;
+    ``--box-margin`` sets where masks end around their box."""
     import argparse
 
     from napari_edgesam.cli.batch import add_arguments, config_from_args
@@ -149,3 +150,8 @@ def test_cli_boxes_mode_flags_reach_the_config():
     assert default.boxes.zoom and default.boxes.skip_covered
     off = config_from_args(parser.parse_args(["in", "-o", "out", "--mode", "boxes", "--no-zoom", "--no-skip-covered"]))
     assert not off.boxes.zoom and not off.boxes.skip_covered and not off.automatic.skip_covered
+    # masks end at their box (+ 1 px and 2%) unless --box-margin says otherwise (negative: no cut)
+    assert default.boxes.box_margin == 0.02
+    wide = config_from_args(parser.parse_args(["in", "-o", "out", "--mode", "boxes", "--box-margin", "0.1"]))
+    assert wide.boxes.box_margin == 0.1
+    assert config_from_args(parser.parse_args(["in", "-o", "out", "--mode", "boxes", "--box-margin", "-1"])).boxes.box_margin is None

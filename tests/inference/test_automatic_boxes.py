@@ -172,8 +172,13 @@ def test_box_agreement_filter_drops_masks_that_overflow_their_box():
     cx, cy, qw, qh = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 5, (y1 - y0) / 5
     inner = np.float32([[cx - qw, cy - qh, cx + qw, cy + qh]])
     props = ProposalSet(inner, np.float32([0.9]), truth.shape)
-    assert generate_masks_from_boxes(stub, emb, props, BoxAutomaticConfig(min_box_iou=0.5)) == []
-    assert len(generate_masks_from_boxes(stub, emb, props, BoxAutomaticConfig(min_box_iou=0.0))) == 1
+    uncut = {"box_margin": None}  # masks may reach past their box (the check then judges them)
+    assert generate_masks_from_boxes(stub, emb, props, BoxAutomaticConfig(min_box_iou=0.5, **uncut)) == []
+    assert len(generate_masks_from_boxes(stub, emb, props, BoxAutomaticConfig(min_box_iou=0.0, **uncut))) == 1
+    # by default the mask ends at its box (plus a pixel and 2%): it then agrees with it
+    (cut,) = generate_masks_from_boxes(stub, emb, props, BoxAutomaticConfig(min_box_iou=0.5))
+    bx0, by0, bx1, by1 = inner[0]
+    assert cut.x0 >= bx0 - 2 and cut.y0 >= by0 - 2 and cut.box[2] <= bx1 + 2 and cut.box[3] <= by1 + 2
 
 
 def test_segment_automatic_boxes_maps_frames_on_a_non_square_image():

@@ -228,7 +228,8 @@ def test_interactive_session_fills_holes_unless_asked_not_to():
     predictor = EdgeSamPredictor(ImageOracleBackend(), "oracle")
     emb = predictor.encode(_image(ring))
     click = ObjectPrompt(np.float32([[178, 128]]), np.float32([1]))
-    boxed = ObjectPrompt(np.zeros((0, 2), np.float32), np.zeros(0, np.float32), np.float32([150, 80, 190, 180]))
+    # around the whole ring (its centre, where the oracle looks, lies on the ring)
+    boxed = ObjectPrompt(np.zeros((0, 2), np.float32), np.zeros(0, np.float32), np.float32([66, 76, 255, 180]))
     for obj in (click, boxed):
         filled = Session().decode(predictor, emb, "p", [obj])
         kept = Session(fill_holes=False).decode(predictor, emb, "p", [obj])

@@ -75,6 +75,7 @@ def test_segment_rule(predictor, golden_cases):
     """Points: the most stable of 4 candidates; boxes: token 0; holes filled and only the
     prompted piece kept unless asked not to."""
     from napari_edgesam.inference.core.postprocess import (
+        clip_to_box,
         fill_holes,
         keep_prompted_pieces,
         stability_score,
@@ -93,8 +94,11 @@ def test_segment_rule(predictor, golden_cases):
     for k in range(4):
         np.testing.assert_array_equal(
             predictor.segment(c["point_coords"], c["point_labels"], candidate=k, **raw)[0], m4[k])
-    mbox, _, _ = predictor.segment(box=golden_cases["box"]["box"], **raw)
-    np.testing.assert_array_equal(mbox, predictor.predict(box=golden_cases["box"]["box"])[0][0])
+    box = golden_cases["box"]["box"]
+    mbox, _, _ = predictor.segment(box=box, clip_box=False, **raw)
+    np.testing.assert_array_equal(mbox, predictor.predict(box=box)[0][0])
+    # by default the box's mask ends at the box (widened by a pixel and 2%)
+    np.testing.assert_array_equal(predictor.segment(box=box, **raw)[0], clip_to_box(mbox, box))
 
 
 def test_predict_batch_equals_single(predictor, golden_cases):

@@ -111,7 +111,7 @@ class RecordingPredictor(EdgeSamPredictor):
         self.calls = []
 
     def segment(self, point_coords=None, point_labels=None, box=None, mask_input=None, candidate=None, *,
-                fill_holes=True, one_piece=True, embedding=None):
+                fill_holes=True, one_piece=True, embedding=None, clip_box=True):
         self.calls.append((np.asarray(point_coords), np.asarray(point_labels), None if box is None else np.asarray(box),
                            embedding))
         return np.zeros(embedding.original_size, bool), 0.9, np.zeros((256, 256), np.float32)

@@ -95,6 +95,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     boxes.add_argument("--max-proposals", type=int, default=500, help="decode at most this many boxes per image (or tile)")
     boxes.add_argument("--min-box-iou", type=float, default=0.5,
                        help="minimum IoU of a mask's bounding box with its prompt box (0: off)")
+    boxes.add_argument("--box-margin", type=float, default=0.02,
+                       help="masks end at their box widened by this fraction of its side plus a pixel "
+                            "(negative: no cut, as far as --min-box-iou allows)")
     boxes.add_argument("--no-zoom", action="store_true",
                        help="do not segment images of small objects again in zoomed tiles (one encoder pass "
                             "per image; faster, less accurate on small objects)")
@@ -118,7 +121,8 @@ def config_from_args(args: argparse.Namespace):
     )
     boxes = BoxAutomaticConfig(score_thresh=args.score_thresh, max_proposals=args.max_proposals,
                                min_box_iou=args.min_box_iou, skip_covered=not args.no_skip_covered,
-                               zoom=not args.no_zoom, **shared)
+                               zoom=not args.no_zoom, box_margin=None if args.box_margin < 0 else args.box_margin,
+                               **shared)
     if args.autozoom and mode != "prompts":
         raise ValueError("--autozoom is used with --prompts only")
     if args.prior is not None and mode != "boxes":

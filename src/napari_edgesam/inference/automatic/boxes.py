@@ -46,7 +46,7 @@ import numpy as np
 
 from ...constants import MASK_THRESHOLD
 from ..core.autozoom import DEFAULT_TARGET_RADIUS
-from ..core.postprocess import stability_score
+from ..core.postprocess import BOX_MARGIN_FRACTION, BOX_MARGIN_PX, stability_score
 from ..core.predictor import ImageEmbedding
 from ..prior import ProposalSet, box_iou, nms_boxes
 from .common import MaskSettings, ProgressFn, accepts_keyword, check_cancel, segment_image
@@ -76,6 +76,13 @@ class BoxAutomaticConfig(MaskSettings):
         target_radius: object radius (pixels of the 1024 frame) zoomed tiles aim at.
         zoom_band: zoom only when the typical radius is below ``target_radius / zoom_band``.
         max_zoom: the largest zoom factor.
+        box_margin: each mask ends at its prompt box widened on every side by this fraction of
+            the box's side plus a pixel, as a prompted box's mask does (``segment``'s
+            ``clip_box``); None: it may reach as far as ``min_box_iou`` allows. On crowded
+            nuclei the decoder's box masks run into touching neighbours, and the box check
+            then drops them: with the cut, prior-box F1 of the shipped model went 0.49 -> 0.86
+            on the stardist train half and 0.89 / 0.95 / 0.89 -> 0.95 / 0.99 / 0.95 on three
+            synthetic images (margins 0 and 0.05 within 0.03 of 0.02).
     """
 
     stability_thresh: float = 0.85
@@ -90,6 +97,7 @@ class BoxAutomaticConfig(MaskSettings):
     target_radius: float = DEFAULT_TARGET_RADIUS
     zoom_band: float = 1.5
     max_zoom: float = 4.0
+    box_margin: float | None = BOX_MARGIN_FRACTION
 
     def _rules(self) -> list[tuple[bool, str, str]]:
         return [
@@ -102,6 +110,7 @@ class BoxAutomaticConfig(MaskSettings):
             (4.0 <= self.target_radius <= 256.0, "target_radius", "in [4, 256] frame pixels"),
             (self.zoom_band >= 1.0, "zoom_band", ">= 1"),
             (1.0 <= self.max_zoom <= 16.0, "max_zoom", "in [1, 16]"),
+            (self.box_margin is None or 0.0 <= self.box_margin <= 1.0, "box_margin", "None or in [0, 1]"),
             *super()._rules(),
         ]
 
@@ -114,24 +123,35 @@ def prompt_boxes(proposals: ProposalSet, cfg: BoxAutomaticConfig) -> tuple[np.nd
     return props.boxes[keep], props.scores[keep]
 
 
-def box_windows(boxes: np.ndarray, emb: ImageEmbedding, min_box_iou: float) -> np.ndarray | None:
+def box_windows(boxes: np.ndarray, emb: ImageEmbedding, min_box_iou: float,
+                margin: float | None = None) -> np.ndarray | None:
     """Low-res ``(r0, r1, c0, c1)`` windows (end-exclusive), one per ``K x 4`` pixel box, outside
-    which a mask cannot lie and still pass the box check: a mask whose bounding box has IoU
-    >= ``t`` with the box sticks out of it by at most ``(1 - t) / t`` of the box's height (width)
-    on either side. Plus 2 low-res pixels for the bilinear upscaling; None when ``t`` is 0 (no
-    box check, no window)."""
-    if min_box_iou <= 0 or not len(boxes):
+    which mask logits are not computed (``SKIPPED_LOGIT``).
+
+    With ``margin`` (a fraction of the box's side, plus one pixel) the window is the box widened
+    by it and one low-res pixel (so that the bilinear upscaling does not pull the skipped logits
+    into the margin); the upscaled mask is then cut exactly there (:func:`_chunk_candidates`).
+    Otherwise it is where a mask can lie and still pass the box
+    check: a mask whose bounding box has IoU >= ``t`` (``min_box_iou``) with the box sticks out
+    of it by at most ``(1 - t) / t`` of the box's height (width) on either side, plus 2 low-res
+    pixels for the bilinear upscaling. None when there is neither (``t`` 0, no margin)."""
+    clip = margin is not None
+    if (min_box_iou <= 0 and not clip) or not len(boxes):
         return None
-    ext = (1.0 - min_box_iou) / min_box_iou
+    b = np.asarray(boxes, np.float64)
+    h, w = b[:, 3] - b[:, 1], b[:, 2] - b[:, 0]
+    if clip:
+        bh, bw, pad = h * margin + BOX_MARGIN_PX, w * margin + BOX_MARGIN_PX, 1
+    else:
+        ext = (1.0 - min_box_iou) / min_box_iou
+        bh, bw, pad = h * ext, w * ext, 2
     sy = emb.input_size[0] / emb.original_size[0] / 4
     sx = emb.input_size[1] / emb.original_size[1] / 4
-    b = np.asarray(boxes, np.float64)
-    bh, bw = (b[:, 3] - b[:, 1]) * ext, (b[:, 2] - b[:, 0]) * ext
     lh, lw = -(-emb.input_size[0] // 4), -(-emb.input_size[1] // 4)
-    r0 = np.clip(np.floor((b[:, 1] - bh) * sy) - 2, 0, lh)
-    r1 = np.clip(np.ceil((b[:, 3] + bh) * sy) + 2, 0, lh)
-    c0 = np.clip(np.floor((b[:, 0] - bw) * sx) - 2, 0, lw)
-    c1 = np.clip(np.ceil((b[:, 2] + bw) * sx) + 2, 0, lw)
+    r0 = np.clip(np.floor((b[:, 1] - bh) * sy) - pad, 0, lh)
+    r1 = np.clip(np.ceil((b[:, 3] + bh) * sy) + pad, 0, lh)
+    c0 = np.clip(np.floor((b[:, 0] - bw) * sx) - pad, 0, lw)
+    c1 = np.clip(np.ceil((b[:, 2] + bw) * sx) + pad, 0, lw)
     return np.stack([r0, r1, c0, c1], axis=1).astype(np.int64)
 
 
@@ -160,7 +180,9 @@ def _chunk_candidates(boxes, box_scores, pred, emb: ImageEmbedding, cfg: BoxAuto
     for b in np.flatnonzero(stab >= cfg.stability_thresh):
         centre = (float(boxes[b, 0] + boxes[b, 2]) / 2, float(boxes[b, 1] + boxes[b, 3]) / 2)
         cand = candidate_from_logits(low[b], emb, min_area=cfg.min_area,
-                                     hole_area=None if cfg.fill_holes else cfg.hole_area, score=stab[b] * box_scores[b], stability=stab[b], point=centre)
+                                     hole_area=None if cfg.fill_holes else cfg.hole_area, score=stab[b] * box_scores[b],
+                                     stability=stab[b], point=centre,
+                                     clip=None if cfg.box_margin is None else (boxes[b], cfg.box_margin))
         if cand is None:
             continue
         if cfg.min_box_iou > 0 and box_iou(np.float32(cand.box), boxes[b])[0, 0] < cfg.min_box_iou:
@@ -211,8 +233,8 @@ def generate_masks_from_boxes(
         if not take:
             break
         chunk = boxes[take]
-        # only where a mask can pass the box check (logits elsewhere set to SKIPPED_LOGIT)
-        windows = box_windows(chunk, embedding, config.min_box_iou) if windowed else None
+        # only inside the widened box, or where a mask can pass the box check (SKIPPED_LOGIT elsewhere)
+        windows = box_windows(chunk, embedding, config.min_box_iou, config.box_margin) if windowed else None
         pred = predictor.decode_batch(embedding, boxes=chunk, num_multimask_outputs=1, use_stability_score=True,
                                       upscale=False, **({} if windows is None else {"windows": windows}))
         decoded += len(take)
@@ -228,9 +250,27 @@ def generate_masks_from_boxes(
     if progress is not None and reported < len(boxes):  # the last boxes were all skipped
         progress(len(boxes), len(boxes))
     kept = nms(candidates, config.nms_thresh)
+    if config.box_margin is not None:
+        kept = drop_parts(kept, tuple(embedding.original_size), config.covered_fraction)
     logger.debug("box automatic: %d proposals, %d prompted, %d decoded, %d candidates, %d after NMS",
                  len(proposals), len(boxes), decoded, len(candidates), len(kept))
     return kept
+
+
+def drop_parts(candidates: list[MaskCandidate], shape: tuple[int, int], fraction: float) -> list[MaskCandidate]:
+    """Masks by descending score, without those lying at least ``fraction`` inside better ones:
+    a box around part of an object gives, cut at that box, a part of the object's mask, which
+    box NMS keeps (its box differs) and painting would lay over the whole."""
+    covered = np.zeros(shape, bool)
+    out = []
+    for cand in sorted(candidates, key=lambda c: -c.score):
+        h, w = cand.mask.shape
+        region = covered[cand.y0 : cand.y0 + h, cand.x0 : cand.x0 + w]
+        if cand.area and (region & cand.mask).sum() >= fraction * cand.area:
+            continue
+        region |= cand.mask
+        out.append(cand)
+    return out
 
 
 def segment_automatic_boxes(

@@ -17,7 +17,7 @@ import numpy as np
 from scipy import ndimage
 
 from ...constants import IMG_SIZE, LOW_RES_SIZE, MASK_THRESHOLD
-from ..core.postprocess import bilinear_matrix, fill_holes, matmul
+from ..core.postprocess import bilinear_matrix, clip_to_box, fill_holes, matmul
 from ..core.predictor import ImageEmbedding
 
 
@@ -121,13 +121,19 @@ def candidate_from_logits(
     score: float,
     stability: float,
     point: tuple[float, float],
+    clip: tuple[np.ndarray, float] | None = None,
 ) -> MaskCandidate | None:
     """The cleaned full-size mask of one ``256 x 256`` logit map as a tight crop, or None when
-    nothing of at least ``max(min_area, 1)`` pixels is left (see :func:`clean_mask`)."""
+    nothing of at least ``max(min_area, 1)`` pixels is left (see :func:`clean_mask`). ``clip``:
+    ``(box, margin_fraction)``, the mask ends at that ``(x0, y0, x1, y1)`` pixel box widened by a
+    pixel and ``margin_fraction`` of its side (:func:`~napari_edgesam.inference.core.postprocess.clip_to_box`)."""
     up = upscale_in_box(low, emb)
     if up is None:
         return None
     y0, x0, crop = up
+    if clip is not None:
+        box, margin = clip
+        crop = clip_to_box(crop, np.asarray(box, np.float64) - (x0, y0, x0, y0), margin_fraction=margin)
     crop = clean_mask(crop, min_area, hole_area)
     if crop.sum() < max(min_area, 1):
         return None

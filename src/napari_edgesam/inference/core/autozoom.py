@@ -283,11 +283,12 @@ class AutoZoom:
 
     # -- decoding --------------------------------------------------------------------------
     def _decode(self, emb: ImageEmbedding, points, labels, box, proposals=None, click_rule=False,
-                one_piece: bool = True):
+                one_piece: bool = True, clip_box: bool = True):
         if click_rule:  # the prior's rule on these proposals
             return self.predictor.segment_click(points[0], fill_holes=False, one_piece=one_piece,
-                                                embedding=emb.with_proposals(proposals))
-        return self.predictor.segment(points, labels, box, fill_holes=False, one_piece=one_piece, embedding=emb)
+                                                embedding=emb.with_proposals(proposals), clip_box=clip_box)
+        return self.predictor.segment(points, labels, box, fill_holes=False, one_piece=one_piece, embedding=emb,
+                                      clip_box=clip_box)
 
     def _in_window(self, window: CropWindow, points, labels, box):
         cp = cl = cb = None
@@ -301,7 +302,8 @@ class AutoZoom:
         return cp, cl, cb
 
     def segment(self, point_coords: np.ndarray | None = None, point_labels: np.ndarray | None = None,
-                box: np.ndarray | None = None, *, fill_holes: bool = True, one_piece: bool = True) -> ZoomResult:
+                box: np.ndarray | None = None, *, fill_holes: bool = True, one_piece: bool = True,
+                clip_box: bool = True) -> ZoomResult:
         """Segment one object from points ``N x 2`` (x, y) + labels ``N`` and/or a box
         ``(x0, y0, x1, y1)``, all in image pixels. Boxes set the object's size; point-only
         prompts are first decoded on the whole image (with the prior's proposals for a single
@@ -309,10 +311,11 @@ class AutoZoom:
         only zoomed out unless ``click_zoom_in`` (then an empty first mask is looked at again
         in a crop that magnifies it to a quarter of the target size). Interior holes are filled unless
         ``fill_holes`` is False; only the piece the prompt points at is kept unless ``one_piece`` is
-        False (:func:`~napari_edgesam.inference.core.postprocess.keep_prompted_pieces`)."""
+        False (:func:`~napari_edgesam.inference.core.postprocess.keep_prompted_pieces`); a box's mask
+        ends at the box unless ``clip_box`` is False (``EdgeSamPredictor.segment``)."""
         # the predictor's own checks (outside the image, NaN/inf, complex, labels, inverted boxes)
         pts, lab, bx = validate_prompt(point_coords, point_labels, box, self.shape)
-        result = self._segment(pts, lab, bx, one_piece)
+        result = self._segment(pts, lab, bx, one_piece, bool(clip_box))
         if fill_holes and result.mask.any():
             result = ZoomResult(_fill_holes(result.mask), result.score, result.window, result.low_res)
         if one_piece and result.mask.any():
@@ -320,17 +323,17 @@ class AutoZoom:
                                 result.low_res)
         return result
 
-    def _segment(self, pts, lab, bx, one_piece: bool = True) -> ZoomResult:
+    def _segment(self, pts, lab, bx, one_piece: bool = True, clip_box: bool = True) -> ZoomResult:
         """``one_piece``: each decoded mask keeps only its prompted piece (so a click's first mask
         sizes the crop without a neighbour's fragments); False keeps every piece."""
         if bx is not None:
             radius = object_radius(bx)
             larger = radius * global_scale(self.shape) > self.target_radius
             if not self.needs_zoom(radius) or (larger and not self.box_zoom_out):
-                return self._on_whole_image(pts, lab, bx, one_piece)
-            return (self._on_window(self.window_for(bx), pts, lab, bx, one_piece)
-                    or self._on_whole_image(pts, lab, bx, one_piece))
-        result = self._on_whole_image(pts, lab, None, one_piece)
+                return self._on_whole_image(pts, lab, bx, one_piece, clip_box)
+            return (self._on_window(self.window_for(bx), pts, lab, bx, one_piece, clip_box)
+                    or self._on_whole_image(pts, lab, bx, one_piece, clip_box))
+        result = self._on_whole_image(pts, lab, None, one_piece, clip_box)
         box = _mask_box(result.mask)
         if box is None:  # nothing on the whole image: most likely too small there; look closer
             if not self.click_zoom_in:
@@ -349,7 +352,7 @@ class AutoZoom:
             if window.key in tried:
                 return result
             tried.add(window.key)
-            zoomed = self._on_window(window, pts, lab, None, one_piece)
+            zoomed = self._on_window(window, pts, lab, None, one_piece, clip_box)
             if zoomed is None:
                 return result
             result, new_box = zoomed, _mask_box(zoomed.mask)
@@ -359,19 +362,20 @@ class AutoZoom:
             box = new_box
         return result
 
-    def _on_whole_image(self, pts, lab, bx, one_piece: bool = True) -> ZoomResult:
+    def _on_whole_image(self, pts, lab, bx, one_piece: bool = True, clip_box: bool = True) -> ZoomResult:
         emb = self.global_embedding()
         single = bx is None and pts is not None and len(pts) == 1 and lab[0] == 1
         click_rule = single and self._proposals is not None
         mask, score, low = self._decode(emb, pts, lab, bx, self._proposals if click_rule else None, click_rule,
-                                        one_piece)
+                                        one_piece, clip_box)
         return ZoomResult(np.asarray(mask, bool), float(score), None, low)
 
-    def _on_window(self, window: CropWindow, pts, lab, bx, one_piece: bool = True) -> ZoomResult | None:
+    def _on_window(self, window: CropWindow, pts, lab, bx, one_piece: bool = True,
+                   clip_box: bool = True) -> ZoomResult | None:
         cp, cl, cb = self._in_window(window, pts, lab, bx)
         if cb is None and (cl is None or not (cl == 1).any()):
             return None
-        mask, score, low = self._decode(self.embedding(window), cp, cl, cb, one_piece=one_piece)
+        mask, score, low = self._decode(self.embedding(window), cp, cl, cb, one_piece=one_piece, clip_box=clip_box)
         return ZoomResult(window.paste(np.asarray(mask, bool), self.shape), float(score), window, low)
 
 

@@ -60,7 +60,16 @@ def mask_to_low_res_logits(
     return (strength * (2.0 * frac - 1.0)).astype(np.float32)
 
 
-def prompt_from_mask(mask: np.ndarray, box_extension: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+#: How much the box carried to the next slice is widened (fraction of its size per side). Each
+#: mask is also clipped to its box (plus a pixel and 2%), so this bounds how fast a leak into a
+#: touching neighbour can creep from slice to slice. On the plugin's 3D sample (shipped model)
+#: mean 3D IoU was 0.809 / 0.841 / 0.858 at 0.1 / 0.05 / 0, seeded at each nucleus's largest
+#: slice; 0.769 / 0.800 / 0.818 seeded where it has half that area (the object grows); 0.858 /
+#: 0.872 / 0.882 with every third slice. 0.05 keeps room for objects that grow faster than these.
+BOX_EXTENSION = 0.05
+
+
+def prompt_from_mask(mask: np.ndarray, box_extension: float = BOX_EXTENSION) -> tuple[np.ndarray, np.ndarray]:
     """The box and interior point that ask for ``mask`` again on a neighbouring slice.
 
     Args:

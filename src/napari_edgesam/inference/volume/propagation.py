@@ -35,7 +35,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..core.predictor import ImageEmbedding
-from .prompts import mask_to_low_res_logits, prompt_from_mask
+from .prompts import BOX_EXTENSION, mask_to_low_res_logits, prompt_from_mask
 from .result import (
     DIRECTIONS,
     SEED_SCORE,
@@ -74,7 +74,7 @@ def propagate_objects(
     min_overlap: float = 0.2,
     min_area: int = 10,
     use_mask_input: bool = True,
-    box_extension: float = 0.1,
+    box_extension: float = BOX_EXTENSION,
     batch_size: int = 16,
     cancel: threading.Event | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -82,6 +82,7 @@ def propagate_objects(
     fill_holes: bool = True,
     zoom_for: Callable[[int], object] | None = None,
     one_piece: bool = True,
+    clip_box: bool = True,
 ) -> dict[int, PropagationResult]:
     """Propagate several objects through a stack in one pass, sharing each slice's embedding.
 
@@ -114,6 +115,8 @@ def propagate_objects(
             (mean 3D IoU 0.50 against 0.77; ``benchmarks/bench_autozoom_3d.py --propagate``).
         one_piece: keep only the piece of each predicted mask under the object's prompt point
             (False keeps every piece).
+        clip_box: each predicted mask ends at its prompt box, the previous mask's box widened
+            by ``box_extension`` (False keeps what the decoder gives outside it).
     Returns:
         object id -> :class:`PropagationResult`. Errors of the predictor propagate.
     """
@@ -128,7 +131,7 @@ def propagate_objects(
         logger.info("the predictor's backend has no mask input; propagating with box + point only")
         use_mask_input = False
     decoder = SliceDecoder(predictor, get_embedding, use_mask_input, box_extension, max(1, int(batch_size)),
-                           fill_holes, zoom_for, one_piece)
+                           fill_holes, zoom_for, one_piece, clip_box)
     sweeps = Sweeps(seeds, int(n_slices), direction, fill)
     cancelled = _sweep(sweeps, decoder, rules, cancel, progress, on_result)
     if progress is not None and not cancelled:

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..core.postprocess import clip_to_box, keep_prompted_pieces
 from ..core.postprocess import fill_holes as _fill_holes
-from ..core.postprocess import keep_prompted_pieces
 from ..core.predictor import ImageEmbedding
-from .prompts import prompt_from_mask
+from .prompts import BOX_EXTENSION, prompt_from_mask
 from .sweeps import Sweep
 
 #: One decoded prompt: (``H x W`` bool mask, stability score, ``256 x 256`` low-res logits).
@@ -34,31 +34,39 @@ class SliceDecoder:
         zoom_for: slice index -> an AutoZoom of that slice, or None (whole-slice embeddings).
         one_piece: keep only the piece of each predicted mask under the object's prompt point
             (or nearest to it): a neighbour's fragment does not ride along to the next slice.
+        clip_box: each predicted mask ends at its prompt box (the previous slice's mask's box,
+            widened by ``box_extension``; :func:`~napari_edgesam.inference.core.postprocess.clip_to_box`):
+            a leak into a touching neighbour cannot grow from slice to slice.
     """
 
     predictor: object
     get_embedding: Callable[[int], ImageEmbedding]
     use_mask_input: bool = True
-    box_extension: float = 0.1
+    box_extension: float = BOX_EXTENSION
     batch_size: int = 16
     fill_holes: bool = True
     zoom_for: Callable[[int], object] | None = None
     one_piece: bool = True
+    clip_box: bool = True
 
     def __call__(self, z: int, group: list[Sweep]) -> list[Decoded]:
         """The predictions of ``group`` on slice ``z``, in the order of ``group``."""
         if self.zoom_for is not None:
-            decoded = decode_zoomed(self.zoom_for(z), group, self.box_extension)
+            decoded = decode_zoomed(self.zoom_for(z), group, self.box_extension, self.clip_box)
         else:
             emb = self.get_embedding(z)
             check_sizes(emb, z, group)
             decoded = decode_group(self.predictor, emb, group, self.use_mask_input, self.box_extension,
                                    self.batch_size)
+        prompts = [prompt_from_mask(s.mask, self.box_extension) for s in group] if (
+            self.one_piece or self.clip_box) else []
+        if self.clip_box and self.zoom_for is None:  # AutoZoom's segment cuts at the box itself
+            decoded = [(clip_to_box(m, box), score, logits) for (box, _), (m, score, logits) in zip(prompts, decoded)]
         if self.fill_holes:
             decoded = [(_fill_holes(m), score, logits) for m, score, logits in decoded]
         if self.one_piece:
-            decoded = [(keep_prompted_pieces(m, prompt_from_mask(s.mask, self.box_extension)[1]), score, logits)
-                       for s, (m, score, logits) in zip(group, decoded)]
+            decoded = [(keep_prompted_pieces(m, point), score, logits)
+                       for (_, point), (m, score, logits) in zip(prompts, decoded)]
         return decoded
 
 
@@ -102,7 +110,7 @@ def decode_group(predictor, emb: ImageEmbedding, group: list[Sweep], use_mask_in
     return out
 
 
-def decode_zoomed(zoom, group: list[Sweep], box_extension: float) -> list[Decoded]:
+def decode_zoomed(zoom, group: list[Sweep], box_extension: float, clip_box: bool = True) -> list[Decoded]:
     """Like :func:`decode_group`, one object at a time through AutoZoom (no mask input: the
     previous logits are in another frame). The logits kept are the crop's."""
     out = []
@@ -110,6 +118,6 @@ def decode_zoomed(zoom, group: list[Sweep], box_extension: float) -> list[Decode
         if tuple(zoom.shape) != s.mask.shape:
             raise ValueError(f"the slice is of size {tuple(zoom.shape)}, but the masks of object {s.obj} are {s.mask.shape}")
         box, point = prompt_from_mask(s.mask, box_extension)
-        r = zoom.segment(point, np.ones(1, np.float32), box, fill_holes=False)
+        r = zoom.segment(point, np.ones(1, np.float32), box, fill_holes=False, clip_box=clip_box)
         out.append((np.asarray(r.mask, bool), float(r.score), np.asarray(r.low_res, np.float32)))
     return out
