@@ -129,3 +129,17 @@ def test_segment_single_click_with_prior(tmp_path, image_file, golden_checkpoint
     assert predictor.proposals is not None
     mask, _, _ = predictor.segment_click([200, 150])
     np.testing.assert_array_equal(read_image(out) == 1, mask)
+
+
+def test_segment_keep_outside_box(tmp_path, image_file, golden_checkpoint, golden_predictor, edge_golden):
+    """By default a box's mask ends at the box; ``--keep-outside-box`` keeps the rest."""
+    box = [60, 45, 260, 205]
+    golden_predictor.set_image(edge_golden["image"])
+    cut, _, _ = golden_predictor.segment(box=box)
+    free, _, _ = golden_predictor.segment(box=box, clip_box=False)
+    assert (free & ~cut).any(), "the golden model's mask reaches past this box"
+    for flag, expected in (([], cut), (["--keep-outside-box"], free)):
+        out = tmp_path / f"labels{len(flag)}.tif"
+        assert main(["segment", str(image_file), "--box", ",".join(map(str, box)), "-o", str(out),
+                     "--model", str(golden_checkpoint), *flag]) == 0
+        np.testing.assert_array_equal(read_image(out) == 1, expected)

@@ -155,3 +155,6 @@ def test_cli_boxes_mode_flags_reach_the_config():
     wide = config_from_args(parser.parse_args(["in", "-o", "out", "--mode", "boxes", "--box-margin", "0.1"]))
     assert wide.boxes.box_margin == 0.1
     assert config_from_args(parser.parse_args(["in", "-o", "out", "--mode", "boxes", "--box-margin", "-1"])).boxes.box_margin is None
+    # prompt mode: a box's mask ends at the box unless --keep-outside-box
+    assert default.clip_box
+    assert not config_from_args(parser.parse_args(["in", "-o", "out", "--prompts", "p.csv", "--keep-outside-box"])).clip_box

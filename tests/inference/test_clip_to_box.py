@@ -230,3 +230,23 @@ def test_prior_box_masks_are_cut_exactly_where_segment_cuts(shipped):
         lost = max(lost, int((ref & ~full).sum()))
     # measured: identical masks (19 pixels lost per mask at most when the window had no pad)
     assert worst > 0.97 and lost <= 2
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_tiled_images_cut_at_the_box_unless_asked_not_to(shipped, sample):
+    """Batch prompt mode goes through tiles: the cut and its opt-out reach the tile's decode."""
+    from napari_edgesam.inference.embeddings.tiling import TiledImage
+
+    image, labels = sample
+    plane = image[12]
+    tiled = TiledImage(shipped, plane, 96, 32)  # 192 x 192 in 96-px tiles: prompts cross tiles
+    differs = 0
+    for k in np.unique(labels[12])[1:7]:
+        truth = labels[12] == k
+        ys, xs = np.nonzero(truth)
+        box = np.float32([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+        cut = tiled.segment(box=box).full(plane.shape)
+        free = tiled.segment(box=box, clip_box=False).full(plane.shape)
+        assert not (cut & ~clip_to_box(np.ones_like(cut), box)).any()
+        differs += bool((free & ~cut).any())
+    assert differs >= 1

@@ -69,6 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-pieces", action="store_true",
                         help="prompt mode: keep every piece of an object's mask (default: only the piece its "
                              "prompt points at)")
+    parser.add_argument("--keep-outside-box", action="store_true",
+                        help="prompt mode: keep the parts of a box's mask outside the box (default: the mask "
+                             "ends at the box, widened by a pixel and 2%%)")
     parser.add_argument("--autozoom", action="store_true",
                         help="--prompts: segment each object in a crop rescaled so it has the size the model "
                              "handles best (instead of tiles)")
@@ -131,7 +134,7 @@ def config_from_args(args: argparse.Namespace):
         mode=mode, prompts=args.prompts, model=args.model, backend=args.backend, device=args.device,
         automatic=automatic, boxes=boxes, prior=args.prior, channel=args.channel,
         overwrite=args.overwrite, num_threads=args.threads, fill_holes=not args.keep_holes,
-        one_piece=not args.keep_pieces, autozoom=args.autozoom,
+        one_piece=not args.keep_pieces, autozoom=args.autozoom, clip_box=not args.keep_outside_box,
     )
 
 

@@ -47,6 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-holes", action="store_true", help="keep interior holes of the masks (default: filled)")
     p.add_argument("--keep-pieces", action="store_true",
                    help="keep every piece of a mask (default: only the piece the prompt points at)")
+    p.add_argument("--keep-outside-box", action="store_true",
+                   help="keep the parts of a box's mask outside the box (default: the mask ends at the box, "
+                        "widened by a pixel and 2%%; also the box the prior joins to a click)")
     p.add_argument("--autozoom", action="store_true",
                    help="segment each object in a crop rescaled so it has the size the model handles best "
                         "(boxes far from that size, clicks on large objects)")
@@ -89,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     t1 = time.perf_counter()
     h, w = predictor.embedding.original_size
     labels = np.zeros((h, w), np.uint16)
-    fill, one = not args.keep_holes, not args.keep_pieces
+    fill, one, cut = not args.keep_holes, not args.keep_pieces, not args.keep_outside_box
     zoom = None
     if args.autozoom:
         from ..inference.core.autozoom import AutoZoom
@@ -107,11 +110,12 @@ def run(args: argparse.Namespace) -> int:
     for k, (coords, point_labels, box) in enumerate(objects, start=1):
         single_click = coords is not None and box is None and len(coords) == 1 and point_labels[0] == 1
         if zoom is not None:
-            mask = zoom.segment(coords, point_labels, box, fill_holes=fill, one_piece=one).mask
+            mask = zoom.segment(coords, point_labels, box, fill_holes=fill, one_piece=one, clip_box=cut).mask
         elif single_click and predictor.prior is not None:
-            mask, score, _ = predictor.segment_click(coords[0], fill_holes=fill, one_piece=one)
+            mask, score, _ = predictor.segment_click(coords[0], fill_holes=fill, one_piece=one, clip_box=cut)
         else:
-            mask, score, _ = predictor.segment(coords, point_labels, box, fill_holes=fill, one_piece=one)
+            mask, score, _ = predictor.segment(coords, point_labels, box, fill_holes=fill, one_piece=one,
+                                               clip_box=cut)
         labels[mask & (labels == 0)] = k
     t2 = time.perf_counter()
     present = np.zeros(len(objects) + 1, bool)

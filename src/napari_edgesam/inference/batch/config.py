@@ -49,6 +49,9 @@ class BatchConfig:
             every piece.
         autozoom: prompt mode: segment each object in a crop embedded at the scale the model
             handles best (:mod:`napari_edgesam.inference.core.autozoom`) instead of tiles.
+        clip_box: prompt mode: a box's mask ends at the box, widened by a pixel and 2% of its
+            side (:func:`~napari_edgesam.inference.core.postprocess.clip_to_box`); False keeps
+            what lies outside.
     """
 
     mode: str = "auto"
@@ -67,6 +70,7 @@ class BatchConfig:
     fill_holes: bool = True
     one_piece: bool = True
     autozoom: bool = False
+    clip_box: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

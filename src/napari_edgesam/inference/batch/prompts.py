@@ -68,12 +68,12 @@ def segment_prompts(predictor, image: ImageData, prompts: Sequence[CsvObject], c
             zoom = AutoZoom(predictor, plane, **norm)
             for k, obj in objects:
                 out[zoom.segment(obj.points, obj.labels, obj.box, fill_holes=config.fill_holes,
-                                 one_piece=config.one_piece).mask] = k
+                                 one_piece=config.one_piece, clip_box=config.clip_box).mask] = k
             continue
         tiled = TiledImage(predictor, plane, tile or max(plane.shape[:2]), config.automatic.tile_overlap, **norm)
         for k, obj in objects:
             region = tiled.segment(obj.points, obj.labels, obj.box, fill_holes=config.fill_holes,
-                                   one_piece=config.one_piece)
+                                   one_piece=config.one_piece, clip_box=config.clip_box)
             h, w = region.mask.shape
             out[region.y0 : region.y0 + h, region.x0 : region.x0 + w][region.mask] = k
     return labels

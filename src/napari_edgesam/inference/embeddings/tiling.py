@@ -239,7 +239,7 @@ class TiledImage:
         raise ValueError(f"point ({x:g}, {y:g}) lies outside the {self.shape[1]} x {self.shape[0]} image")
 
     def segment(self, point_coords=None, point_labels=None, box=None, *, max_tiles: int = 9,
-                fill_holes: bool = True, one_piece: bool = True) -> RegionMask:
+                fill_holes: bool = True, one_piece: bool = True, clip_box: bool = True) -> RegionMask:
         """Segment one object from points ``N x 2`` (x, y) and/or a box ``(x0, y0, x1, y1)``.
 
         The prompts are checked like the predictor's (:func:`validate_prompt`): ValueError for
@@ -270,7 +270,7 @@ class TiledImage:
         while todo and len(done) < max_tiles:
             t = self.tiles[todo.pop(0)]
             done.add(t.index)
-            part = self._segment_tile(t, pts, lab, bx, full, fill_holes)
+            part = self._segment_tile(t, pts, lab, bx, full, fill_holes, clip_box)
             if part is None:
                 continue
             mask, stab = part
@@ -292,7 +292,8 @@ class TiledImage:
             crop = _fill_holes(crop)
         return RegionMask(int(rows[0]), int(cols[0]), crop.copy(), float(score))
 
-    def _segment_tile(self, t: Tile, pts, lab, bx, so_far: np.ndarray, fill_holes: bool = True):
+    def _segment_tile(self, t: Tile, pts, lab, bx, so_far: np.ndarray, fill_holes: bool = True,
+                      clip_box: bool = True):
         local_pts = local_lab = local_box = None
         if pts is not None:
             inside = np.array([t.contains(x, y) for x, y in pts])
@@ -315,7 +316,7 @@ class TiledImage:
             local_lab = np.concatenate([[1], [] if local_lab is None else local_lab])
         if local_pts is None and local_box is None:
             return None
-        mask, stab, _ = self.predictor.segment(local_pts, local_lab, local_box, fill_holes=fill_holes,
+        mask, stab, _ = self.predictor.segment(local_pts, local_lab, local_box, fill_holes=fill_holes, clip_box=clip_box,
                                                one_piece=False, embedding=self.embedding(t.index))
         return mask, stab
 
