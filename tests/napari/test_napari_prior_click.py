@@ -94,7 +94,8 @@ def make_widget(make_napari_viewer, monkeypatch, qtbot):
         if image is not None:
             viewer.add_image(image, name="nuclei")
         w = InteractiveWidget(viewer)
-        w.controller.use_prior = whole_object  # the user's choice (off by default)
+        w.default_use_prior = w.controller.use_prior
+        w.controller.use_prior = whole_object  # the user's choice (on by default)
         w.controller.autozoom = False  # boxes on the whole plane: answers equal predictor.segment's
         w.controller.embeddings.prefetch_radius = 0  # count only what the user's planes need
         if predictor is not None:
@@ -169,7 +170,8 @@ def preview_mask(w) -> np.ndarray:
 
 # -- (a) the option is there only with a prior -----------------------------------------------
 def test_checkbox_follows_the_prior(make_widget, golden_predictor, predictor, qtbot):
-    w = make_widget(None, whole_object=False)  # the default
+    w = make_widget(None)
+    assert w.default_use_prior, "on by default"
     assert not w.whole_object.isEnabled()  # no model yet
     w.set_predictor(EdgeSamPredictor(golden_predictor.backend, "golden"))
     assert not w.whole_object.isEnabled() and not w.whole_object.isChecked()
@@ -177,14 +179,15 @@ def test_checkbox_follows_the_prior(make_widget, golden_predictor, predictor, qt
     assert "napari-edgesam train prior" in w.whole_object.toolTip()
     assert not w.controller.prior_on
     w.set_predictor(predictor)
-    assert w.whole_object.isEnabled() and not w.whole_object.isChecked()  # available, off by default
-    assert w.whole_object.toolTip() == WHOLE_OBJECT_TIP and not w.controller.prior_on
-    w.whole_object.setChecked(True)  # the user's choice ...
-    assert w.controller.prior_on and w.controller.embeddings.prior is not None
+    assert w.whole_object.isEnabled() and w.whole_object.isChecked()  # available, on by default
+    assert w.whole_object.toolTip() == WHOLE_OBJECT_TIP and w.controller.prior_on
+    assert w.controller.embeddings.prior is not None
+    w.whole_object.setChecked(False)  # the user's choice ...
+    assert not w.controller.prior_on
     w.set_predictor(EdgeSamPredictor(golden_predictor.backend, "golden"))
     assert not w.whole_object.isEnabled() and not w.controller.prior_on
     w.set_predictor(predictor)
-    assert w.whole_object.isEnabled() and w.whole_object.isChecked()  # ... is kept
+    assert w.whole_object.isEnabled() and not w.whole_object.isChecked()  # ... is kept
 
 
 def test_a_broken_prior_file_leaves_a_working_model(golden_checkpoint, tmp_path):

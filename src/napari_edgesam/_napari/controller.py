@@ -77,7 +77,7 @@ class InteractiveController(QObject, PromptActions, PropagationActions):
         self.channel: int | None = None
         self.target: Labels | None = None  # None: a new "EdgeSAM labels" layer
         self.overwrite = False
-        self.use_prior = False  # see set_use_prior for why off by default
+        self.use_prior = True  # see set_use_prior for why on by default
         self.autozoom = True  # see set_autozoom for why on by default
         self._crop_cache = CropEmbeddingCache(CROP_CACHE_SIZE)
         #: Why the model has no usable prior ("" when it has one).
@@ -148,9 +148,11 @@ class InteractiveController(QObject, PromptActions, PropagationActions):
     def set_use_prior(self, on: bool) -> None:
         """Let a single positive click take the whole object with the model's granularity
         prior (when it has one). Planes embedded from now on get their box proposals in the
-        same encoder pass; cached planes get them in a worker when shown. Off by default: on
-        the shipped nuclei model's held-out image it costs 5 points of single-click mIoU
-        (nuclei are rarely ambiguous); it pays off where a click can mean a part or the whole."""
+        same encoder pass; cached planes get them in a worker when shown. On by default since
+        a click's mask ends at the box the prior joins to it (``segment_click``): centre-click
+        mIoU of the shipped nuclei model 63.7 -> 70.4 on the held-out image (62.2 with the prior
+        before the cut), 0.58 -> 0.70 on the train crop, +0.02-0.05 on synthetic nuclei and on
+        the 3D sample; without a prior the option is off."""
         self.use_prior = bool(on)
         if self.predictor is not None:
             self.embeddings.set_prior(self._prior_to_use())
