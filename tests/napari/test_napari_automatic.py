@@ -133,7 +133,12 @@ def test_prior_boxes_mode_segments_with_the_prior(make_napari_viewer, qtbot):
     widget = AutomaticWidget(viewer, predictor=predictor)
     qtbot.addWidget(widget)
     assert _boxes_item(widget).isEnabled()
+    assert widget.mode.value == MODE_BOXES  # a model with a prior starts in prior-box mode
+    assert not widget.score.native.isHidden() and widget.points_per_side.native.isHidden()
+    widget.mode.value = MODE_GRID  # the user's choice ...
     assert widget.score.native.isHidden() and not widget.points_per_side.native.isHidden()
+    widget.mode_choice.update()
+    assert widget.mode.value == MODE_GRID  # ... is kept
     widget.mode.value = MODE_BOXES
     assert not widget.score.native.isHidden() and widget.points_per_side.native.isHidden()
     assert widget.stability.value == BoxAutomaticConfig().stability_thresh

@@ -84,6 +84,9 @@ class PriorModeChoice:
     """Keeps the :data:`MODE_BOXES` entry of a mode combo box in step with the model: enabled
     only when the model (or the widget's injected predictor) has a granularity prior; otherwise
     disabled, with a tooltip saying how to get one, and the choice falls back to :data:`MODE_GRID`.
+    Until the user picks a mode, a model with a prior gets :data:`MODE_BOXES` (on the held-out
+    nuclei F1@0.5 0.838 against the grid's 0.351, in 0.99 s against 7.6 s:
+    ``benchmarks/bench_prior_automatic.py``).
 
     Args:
         mode: the mode combo box (with a :data:`MODE_BOXES` entry).
@@ -94,8 +97,22 @@ class PriorModeChoice:
 
     def __init__(self, mode: ComboBox, model: LineEdit, predictor, on_update=None) -> None:
         self.mode, self.model, self._predictor, self._on_update = mode, model, predictor, on_update
+        self.user_chose = False  # the user picked a mode: it is not changed for them any more
+        self._setting = False
+        mode.changed.connect(self._chosen)
         model.changed.connect(self.update)
         self.update()
+
+    def _chosen(self, _=None) -> None:
+        if not self._setting:
+            self.user_chose = True
+
+    def _set(self, value: str) -> None:
+        self._setting = True
+        try:
+            self.mode.value = value
+        finally:
+            self._setting = False
 
     @property
     def model_name(self) -> str:
@@ -118,7 +135,9 @@ class PriorModeChoice:
             item.setEnabled(available)
             item.setToolTip("" if available else missing_prior_message(self.model_name))
         if not available and self.mode.value == MODE_BOXES:
-            self.mode.value = MODE_GRID
+            self._set(MODE_GRID)
+        elif available and not self.user_chose and self.mode.value == MODE_GRID:
+            self._set(MODE_BOXES)
         if self._on_update is not None:
             self._on_update()
 
