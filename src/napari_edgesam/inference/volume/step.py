@@ -51,15 +51,14 @@ class SliceDecoder:
 
     def __call__(self, z: int, group: list[Sweep]) -> list[Decoded]:
         """The predictions of ``group`` on slice ``z``, in the order of ``group``."""
+        # each object's box + point, once: they prompt the decoder, then cut and pick the piece
+        prompts = [prompt_from_mask(s.mask, self.box_extension) for s in group]
         if self.zoom_for is not None:
-            decoded = decode_zoomed(self.zoom_for(z), group, self.box_extension, self.clip_box)
+            decoded = decode_zoomed(self.zoom_for(z), group, prompts, self.clip_box)
         else:
             emb = self.get_embedding(z)
             check_sizes(emb, z, group)
-            decoded = decode_group(self.predictor, emb, group, self.use_mask_input, self.box_extension,
-                                   self.batch_size)
-        prompts = [prompt_from_mask(s.mask, self.box_extension) for s in group] if (
-            self.one_piece or self.clip_box) else []
+            decoded = decode_group(self.predictor, emb, group, prompts, self.use_mask_input, self.batch_size)
         if self.clip_box and self.zoom_for is None:  # AutoZoom's segment cuts at the box itself
             decoded = [(clip_to_box(m, box), score, logits) for (box, _), (m, score, logits) in zip(prompts, decoded)]
         if self.fill_holes:
@@ -80,11 +79,11 @@ def check_sizes(emb: ImageEmbedding, z: int, group: list[Sweep]) -> None:
             )
 
 
-def decode_group(predictor, emb: ImageEmbedding, group: list[Sweep], use_mask_input: bool,
-                 box_extension: float, batch_size: int) -> list[Decoded]:
-    """Decode the prompts of ``group`` on ``emb``: one ``decode`` for a single sweep, else
+def decode_group(predictor, emb: ImageEmbedding, group: list[Sweep], prompts: list[tuple[np.ndarray, np.ndarray]],
+                 use_mask_input: bool, batch_size: int) -> list[Decoded]:
+    """Decode the prompts of ``group`` (``prompts``: each sweep's box and point from
+    :func:`prompt_from_mask`) on ``emb``: one ``decode`` for a single sweep, else
     ``decode_batch`` calls of at most ``batch_size`` prompts."""
-    prompts = [prompt_from_mask(s.mask, box_extension) for s in group]
     if len(group) == 1:
         box, point = prompts[0]
         masks, scores, low = predictor.decode(
@@ -110,14 +109,14 @@ def decode_group(predictor, emb: ImageEmbedding, group: list[Sweep], use_mask_in
     return out
 
 
-def decode_zoomed(zoom, group: list[Sweep], box_extension: float, clip_box: bool = True) -> list[Decoded]:
+def decode_zoomed(zoom, group: list[Sweep], prompts: list[tuple[np.ndarray, np.ndarray]],
+                  clip_box: bool = True) -> list[Decoded]:
     """Like :func:`decode_group`, one object at a time through AutoZoom (no mask input: the
     previous logits are in another frame). The logits kept are the crop's."""
     out = []
-    for s in group:
+    for s, (box, point) in zip(group, prompts, strict=True):
         if tuple(zoom.shape) != s.mask.shape:
             raise ValueError(f"the slice is of size {tuple(zoom.shape)}, but the masks of object {s.obj} are {s.mask.shape}")
-        box, point = prompt_from_mask(s.mask, box_extension)
         r = zoom.segment(point, np.ones(1, np.float32), box, fill_holes=False, clip_box=clip_box)
         out.append((np.asarray(r.mask, bool), float(r.score), np.asarray(r.low_res, np.float32)))
     return out
