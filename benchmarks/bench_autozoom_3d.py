@@ -95,7 +95,8 @@ def propagation(predictor, image: np.ndarray, labels: np.ndarray) -> None:
 
     for mode, kw in (("raw masks", {"fill_holes": False, "one_piece": False}),
                      ("holes filled", {"one_piece": False}),
-                     ("default (holes filled, one piece)", {}),
+                     ("default (holes filled, one piece, objects exclusive)", {}),
+                     ("default, objects may share pixels", {"exclusive": False}),
                      ("default, no mask input", {"use_mask_input": False}),
                      ("AutoZoom + default", {"zoom_for": zoom_for}),
                      ("AutoZoom + default, no mask input", {"zoom_for": zoom_for, "use_mask_input": False})):

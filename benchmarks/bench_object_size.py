@@ -62,7 +62,7 @@ def _segment_raw(predictor, points, labels, box):
 
 
 def measure(predictor, radius: int, size: int, n_objects: int, seed: int, targets, zoom_cache,
-            band: float | None = None) -> dict:
+            band: float | None = None, zoom_out_above: float | None = None) -> dict:
     image, labels = synthetic_nuclei_sized(seed=seed + 97 * radius + size, shape=(size, size), radius=radius)
     rng = np.random.default_rng(seed + radius + size)
     chosen = rng.choice(np.arange(1, int(labels.max()) + 1), size=min(n_objects, int(labels.max())), replace=False)
@@ -70,8 +70,14 @@ def measure(predictor, radius: int, size: int, n_objects: int, seed: int, target
     zoom = None
     if autozoom is not None and targets:
         extra = {} if band is None else {"band": band}
+        if zoom_out_above is not None:
+            extra["zoom_out_above"] = zoom_out_above
         zoom = {t: autozoom.AutoZoom(predictor, image, target_radius=t, cache=zoom_cache,
                                      embedding=predictor.embedding, **extra) for t in targets}
+        # the same without zooming very large boxes out, side by side (what that rule brings)
+        no_out = {t: autozoom.AutoZoom(predictor, image, target_radius=t, cache=zoom_cache,
+                                       embedding=predictor.embedding, **{**extra, "zoom_out_above": None})
+                  for t in targets}
     out: dict[str, list[float]] = defaultdict(list)
     for i in sorted(chosen.tolist()):
         ys, xs = np.nonzero(labels == i)
@@ -97,6 +103,7 @@ def measure(predictor, radius: int, size: int, n_objects: int, seed: int, target
                 out[f"AZ{t} {name} filled"].append(iou(fill_holes(mask), truth))
                 out[f"AZ{t} holes"].append(has_holes(mask))
             out[f"AZ{t} box default"].append(iou(z.segment(box=box).mask, truth))
+            out[f"AZ{t} box no zoom-out"].append(iou(no_out[t].segment(box=box).mask, truth))
     return out
 
 
@@ -111,6 +118,9 @@ def main() -> None:
     ap.add_argument("--band", type=float, default=None,
                     help="AutoZoom band (default: the module's; 1: zoom every object to the target)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--zoom-out-above", type=float, default=None,
+                    help="AutoZoom zooms boxes out above this radius in the 1024 frame "
+                         "(default: autozoom.DEFAULT_ZOOM_OUT_ABOVE); the 'no zoom-out' column never does")
     ap.add_argument("--quick", action="store_true", help="2 nuclei per image, images of 256 and 1024 px")
     args = ap.parse_args()
     if args.quick:
@@ -126,13 +136,14 @@ def main() -> None:
         for s in args.sizes:
             if s < 3 * r:
                 continue
-            res = measure(predictor, r, s, args.objects, args.seed, targets, cache, args.band)
+            res = measure(predictor, r, s, args.objects, args.seed, targets, cache, args.band, args.zoom_out_above)
             rows.append((r, s, res))
             for k, v in res.items():
                 per_radius[r][k] += v
     keys = ["box", "box filled", "box default", "click", "click filled", "click default", "holes"]
     for t in targets:
-        keys += [f"AZ{t:g} box", f"AZ{t:g} box filled", f"AZ{t:g} box default", f"AZ{t:g} click",
+        keys += [f"AZ{t:g} box", f"AZ{t:g} box filled", f"AZ{t:g} box default", f"AZ{t:g} box no zoom-out",
+                 f"AZ{t:g} click",
                  f"AZ{t:g} click filled", f"AZ{t:g} holes"]
     keys = [k.replace(".0 ", " ") for k in keys]
 

@@ -3,10 +3,11 @@
 Every nucleus is seeded with its true mask on its largest slice and propagated up and down the
 stack with the default settings (whole-slice embeddings, previous logits as mask input, holes
 filled, only the piece under the prompt point kept, each mask ending at its prompt box, default
-stop rules). Measured with edgesam-nuclei v2 (``OMP_NUM_THREADS=1``): mean 3D IoU 0.841, 17 of 20
-nuclei >= 0.8 (0.803 and 16 of 20 before masks ended at the box carried from the previous slice,
-0.770 and 14 of 20 keeping every piece too; ``python benchmarks/bench_autozoom_3d.py --propagate
---no-autozoom``); v1.1 reached 0.29.
+stop rules, objects exclusive on each slice). Measured with edgesam-nuclei v2 (``OMP_NUM_THREADS=1``):
+mean 3D IoU 0.868, 18 of 20 nuclei >= 0.8 (0.841 and 17 of 20 when objects may share pixels, 0.803
+and 16 of 20 before masks ended at the box carried from the previous slice, 0.770 and 14 of 20
+keeping every piece too; ``python benchmarks/bench_autozoom_3d.py --propagate --no-autozoom``);
+v1.1 reached 0.29.
 The bounds sit below the measured values so that another CPU's kernels cannot fail them.
 """
 
@@ -46,6 +47,11 @@ def test_propagation_follows_the_nuclei_of_the_3d_sample():
         scores.append((pred & truth).sum() / (pred | truth).sum())
     scores = np.array(scores)
     print(f"3D IoU mean {scores.mean():.3f}, >= 0.8: {(scores >= 0.8).sum()}/{len(scores)}")
-    assert scores.mean() >= 0.80, scores
-    assert (scores >= 0.8).sum() >= 15, scores
+    assert scores.mean() >= 0.84, scores
+    assert (scores >= 0.8).sum() >= 17, scores
+    # objects followed together do not share pixels
+    for z in range(image.shape[0]):
+        owners = [results[i].masks[z] for i in ids if z in results[i].masks]
+        if len(owners) > 1:
+            assert np.stack(owners).sum(0).max() <= 1, z
     assert not predictor.is_image_set  # propagation never sets the predictor's image

@@ -53,6 +53,15 @@ DEFAULT_CLICK_BAND = 1.0
 #: out lost on the size sweep (radius 128: box mIoU 0.65 zoomed, 0.76 plain) and on the 3D sample
 #: (0.73 vs 0.79), while zooming small ones in won (radius 4-16: 0.85-0.91 vs 0.19-0.55).
 DEFAULT_BOX_ZOOM_OUT = False
+#: ...except objects beyond the sizes the model handles: a box whose object has a radius above this
+#: in the whole-image frame is zoomed out to :data:`DEFAULT_ZOOM_OUT_RADIUS`. edgesam-nuclei v2 was
+#: trained on objects of up to ~400 px across (radius 200) and collapses above a radius of ~160
+#: (box mIoU 0.55 at 160-400 on synthetic nuclei of other seeds than the size sweep's, 0.82 zoomed
+#: out to 64), while from 80 to 160 the whole image is as good or better (0.87 plain, 0.86 zoomed;
+#: n=71; ``benchmarks/bench_zoom_out.py``; the size sweep ``benchmarks/bench_object_size.py`` checks it).
+DEFAULT_ZOOM_OUT_ABOVE = 160.0
+#: The radius (1024-frame pixels) very large boxed objects are zoomed out to.
+DEFAULT_ZOOM_OUT_RADIUS = 64.0
 #: Largest magnification (frame pixels per image pixel) of a crop: tiny objects are not blown up further.
 MAX_SCALE = 8.0
 #: Clicks: at most this many re-crops when the mask found in a crop implies another scale.
@@ -212,7 +221,11 @@ class AutoZoom:
         click_band: point prompts are zoomed out when their first mask's radius in the
             whole-image frame exceeds ``target * click_band``.
         box_zoom_out: also zoom boxes out (objects larger than ``target * band`` in the
-            whole-image frame); off by default (:data:`DEFAULT_BOX_ZOOM_OUT`).
+            whole-image frame) to ``target_radius``; off by default (:data:`DEFAULT_BOX_ZOOM_OUT`).
+        zoom_out_above: boxes whose object's radius in the whole-image frame exceeds this are
+            zoomed out so that it becomes ``zoom_out_radius`` (the model fails on objects that
+            large; :data:`DEFAULT_ZOOM_OUT_ABOVE`); None: never.
+        zoom_out_radius: see ``zoom_out_above`` (:data:`DEFAULT_ZOOM_OUT_RADIUS`).
         click_zoom_in: also zoom point prompts in (first mask smaller than
             ``target / click_band``, or empty); off by default (it lost on the size sweep).
         cache: where crop embeddings are kept (a private 8-entry cache by default).
@@ -225,6 +238,8 @@ class AutoZoom:
     def __init__(self, predictor, image: np.ndarray, *, target_radius: float = DEFAULT_TARGET_RADIUS,
                  band: float = DEFAULT_BAND, click_band: float = DEFAULT_CLICK_BAND,
                  click_zoom_in: bool = False, box_zoom_out: bool = DEFAULT_BOX_ZOOM_OUT,
+                 zoom_out_above: float | None = DEFAULT_ZOOM_OUT_ABOVE,
+                 zoom_out_radius: float = DEFAULT_ZOOM_OUT_RADIUS,
                  max_scale: float = MAX_SCALE,
                  cache: CropEmbeddingCache | None = None, image_key: Hashable | None = None,
                  embedding: ImageEmbedding | None = None, proposals=None, **normalisation) -> None:
@@ -232,12 +247,16 @@ class AutoZoom:
             raise ValueError(f"band and click_band must be >= 1, got {band}, {click_band}")
         if target_radius <= 0:
             raise ValueError(f"target_radius must be > 0, got {target_radius}")
+        if zoom_out_radius <= 0 or (zoom_out_above is not None and zoom_out_above <= 0):
+            raise ValueError(f"zoom_out_radius and zoom_out_above must be > 0, got {zoom_out_radius}, {zoom_out_above}")
         self.predictor = predictor
         self.rgb = to_rgb_uint8(image, **normalisation)
         self.shape: tuple[int, int] = tuple(self.rgb.shape[:2])
         self.target_radius, self.band, self.max_scale = float(target_radius), float(band), float(max_scale)
         self.click_band, self.click_zoom_in = float(click_band), bool(click_zoom_in)
         self.box_zoom_out = bool(box_zoom_out)
+        self.zoom_out_above = None if zoom_out_above is None else float(zoom_out_above)
+        self.zoom_out_radius = float(zoom_out_radius)
         self.cache = cache if cache is not None else CropEmbeddingCache(8)
         if image_key is None:
             from ..embeddings.keys import data_signature
@@ -328,7 +347,12 @@ class AutoZoom:
         sizes the crop without a neighbour's fragments); False keeps every piece."""
         if bx is not None:
             radius = object_radius(bx)
-            larger = radius * global_scale(self.shape) > self.target_radius
+            frame_r = radius * global_scale(self.shape)
+            if self.zoom_out_above is not None and frame_r > self.zoom_out_above:  # beyond the model's sizes
+                window = crop_window(self.shape, bx, self.zoom_out_radius, self.max_scale)
+                return (self._on_window(window, pts, lab, bx, one_piece, clip_box)
+                        or self._on_whole_image(pts, lab, bx, one_piece, clip_box))
+            larger = frame_r > self.target_radius
             if not self.needs_zoom(radius) or (larger and not self.box_zoom_out):
                 return self._on_whole_image(pts, lab, bx, one_piece, clip_box)
             return (self._on_window(self.window_for(bx), pts, lab, bx, one_piece, clip_box)

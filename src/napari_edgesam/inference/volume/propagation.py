@@ -83,6 +83,7 @@ def propagate_objects(
     zoom_for: Callable[[int], object] | None = None,
     one_piece: bool = True,
     clip_box: bool = True,
+    exclusive: bool = True,
 ) -> dict[int, PropagationResult]:
     """Propagate several objects through a stack in one pass, sharing each slice's embedding.
 
@@ -117,6 +118,12 @@ def propagate_objects(
             (False keeps every piece).
         clip_box: each predicted mask ends at its prompt box, the previous mask's box widened
             by ``box_extension`` (False keeps what the decoder gives outside it).
+        exclusive: objects decoded on the same slice do not share pixels: a contested pixel
+            goes to the object it lies deeper inside
+            (:func:`~napari_edgesam.inference.volume.overlaps.split_overlaps`), so that a mask
+            bleeding into a followed neighbour is cut back before it is carried on; predictions
+            settled on a slice before a neighbour's arrived there give up their contested pixels
+            in the returned results (``on_result`` saw them before that); seeds never change.
     Returns:
         object id -> :class:`PropagationResult`. Errors of the predictor propagate.
     """
@@ -131,12 +138,12 @@ def propagate_objects(
         logger.info("the predictor's backend has no mask input; propagating with box + point only")
         use_mask_input = False
     decoder = SliceDecoder(predictor, get_embedding, use_mask_input, box_extension, max(1, int(batch_size)),
-                           fill_holes, zoom_for, one_piece, clip_box)
+                           fill_holes, zoom_for, one_piece, clip_box, exclusive)
     sweeps = Sweeps(seeds, int(n_slices), direction, fill)
     cancelled = _sweep(sweeps, decoder, rules, cancel, progress, on_result)
     if progress is not None and not cancelled:
         progress(sweeps.total, sweeps.total)
-    return sweeps.finish()
+    return sweeps.finish(exclusive=exclusive)
 
 
 def _sweep(sweeps: Sweeps, decoder: SliceDecoder, rules: StopRules, cancel: threading.Event | None,
@@ -150,7 +157,8 @@ def _sweep(sweeps: Sweeps, decoder: SliceDecoder, rules: StopRules, cancel: thre
         z, group = sweeps.next_slice()
         if not group:
             continue
-        for s, (mask, score, logits) in zip(group, decoder(z, group), strict=True):
+        settled, seeds = sweeps.settled(z, {s.obj for s in group}) if decoder.exclusive else ([], [])
+        for s, (mask, score, logits) in zip(group, decoder(z, group, settled, seeds), strict=True):
             sweeps.done += 1
             reason = rules.reason(mask, score, s.mask)
             if reason is None:

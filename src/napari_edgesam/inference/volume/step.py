@@ -5,7 +5,7 @@ predictor is never changed) or through AutoZoom crops.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,6 +13,7 @@ import numpy as np
 from ..core.postprocess import clip_to_box, keep_prompted_pieces
 from ..core.postprocess import fill_holes as _fill_holes
 from ..core.predictor import ImageEmbedding
+from .overlaps import split_overlaps
 from .prompts import BOX_EXTENSION, prompt_from_mask
 from .sweeps import Sweep
 
@@ -48,9 +49,14 @@ class SliceDecoder:
     zoom_for: Callable[[int], object] | None = None
     one_piece: bool = True
     clip_box: bool = True
+    exclusive: bool = True
 
-    def __call__(self, z: int, group: list[Sweep]) -> list[Decoded]:
-        """The predictions of ``group`` on slice ``z``, in the order of ``group``."""
+    def __call__(self, z: int, group: list[Sweep], settled: Sequence[tuple[int, np.ndarray]] = (),
+                 seeds: Sequence[tuple[int, np.ndarray]] = ()) -> list[Decoded]:
+        """The predictions of ``group`` on slice ``z``, in the order of ``group``. With
+        ``exclusive``, objects do not share pixels: a pixel contested by the group or by other
+        objects' earlier predictions ``settled`` ``(object, mask)`` on this slice goes to the
+        mask it lies deeper inside, and other objects' ``seeds`` keep all of theirs."""
         # each object's box + point, once: they prompt the decoder, then cut and pick the piece
         prompts = [prompt_from_mask(s.mask, self.box_extension) for s in group]
         if self.zoom_for is not None:
@@ -63,6 +69,9 @@ class SliceDecoder:
             decoded = [(clip_to_box(m, box), score, logits) for (box, _), (m, score, logits) in zip(prompts, decoded)]
         if self.fill_holes:
             decoded = [(_fill_holes(m), score, logits) for m, score, logits in decoded]
+        if self.exclusive and (len(group) > 1 or settled or seeds):
+            masks = split_overlaps([m for m, _, _ in decoded], [s.obj for s in group], settled, seeds)
+            decoded = [(m, score, logits) for m, (_, score, logits) in zip(masks, decoded)]
         if self.one_piece:
             decoded = [(keep_prompted_pieces(m, point), score, logits)
                        for (_, point), (m, score, logits) in zip(prompts, decoded)]

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core.preprocess import resized_shape
+from .overlaps import split_overlaps
 from .prompts import mask_to_low_res_logits
 from .result import (
     SEED_SCORE,
@@ -193,6 +194,19 @@ class Sweeps:
                 group.append(s)
         return z, group
 
+    def settled(self, z: int, besides: set[int]) -> tuple[list[tuple[int, np.ndarray]], list[tuple[int, np.ndarray]]]:
+        """``(object, mask)`` of every object not in ``besides`` that already has a mask on
+        slice ``z``: its best prediction so far, and its seed."""
+        predicted, seeds = [], []
+        for obj, res in self.results.items():
+            if obj in besides:
+                continue
+            if z in res.seeded:
+                seeds.append((obj, res.masks[z]))
+            elif z in self.candidates[obj]:
+                predicted.append((obj, self.candidates[obj][z].mask))
+        return predicted, seeds
+
     def accept(self, s: Sweep, z: int, mask: np.ndarray, score: float, logits: np.ndarray) -> bool:
         """Move ``s`` to slice ``z``; True when its prediction is now the slice's best for the object."""
         s.z, s.mask, s.logits, s.taken = z, mask, logits, s.taken + 1
@@ -202,8 +216,13 @@ class Sweeps:
             return True
         return False
 
-    def finish(self) -> dict[int, PropagationResult]:
-        """Every object's result: its seeds and the best prediction of every slice reached."""
+    def finish(self, exclusive: bool = False) -> dict[int, PropagationResult]:
+        """Every object's result: its seeds and the best prediction of every slice reached.
+        With ``exclusive``, predictions of different objects on one slice that still share pixels
+        (one was settled before the other was decoded there) split them as
+        :func:`~napari_edgesam.inference.volume.overlaps.split_overlaps` does; seeds never change."""
+        if exclusive:
+            self._split_settled()
         for obj, found in self.candidates.items():
             res = self.results[obj]
             for z, c in found.items():
@@ -211,3 +230,18 @@ class Sweeps:
             res.masks = dict(sorted(res.masks.items()))
             res.scores = dict(sorted(res.scores.items()))
         return self.results
+
+    def _split_settled(self) -> None:
+        by_slice: dict[int, list[int]] = {}
+        for obj, found in self.candidates.items():
+            for z in found:
+                by_slice.setdefault(z, []).append(obj)
+        for z, objs in by_slice.items():
+            seeds = [(obj, res.masks[z]) for obj, res in self.results.items() if z in res.seeded]
+            if len(objs) + len(seeds) < 2:
+                continue
+            masks = split_overlaps([self.candidates[o][z].mask for o in objs], objs, fixed=seeds)
+            for obj, mask in zip(objs, masks, strict=True):
+                c = self.candidates[obj][z]
+                if mask is not c.mask:
+                    self.candidates[obj][z] = Candidate(c.distance, c.score, mask)
