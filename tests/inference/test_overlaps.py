@@ -126,3 +126,20 @@ def test_propagated_neighbours_do_not_share_pixels(seed_b):
         assert iou(vol[1] | vol[2], a | b) > 0.6  # both followed through the stack either way
     # the seeds stay as annotated
     assert (runs[True][1].masks[10] == a[10]).all() and (runs[True][2].masks[seed_b] == b[seed_b]).all()
+
+
+def test_protected_pixels_are_never_taken():
+    """A neighbour that is not propagated (e.g. committed earlier) is protected: the bleeding
+    masks of the propagated object stop at it, so the object does not drift into it."""
+    a, b, truth = two_touching_nuclei()
+    seeds = {1: {10: a[10]}}
+    free = propagate_objects(BleedingPredictor(truth), embeddings, seeds, N, one_piece=False)
+    guarded = propagate_objects(BleedingPredictor(truth), embeddings, seeds, N, one_piece=False,
+                                protected=lambda z: b[z])
+    taken_free = sum(np.count_nonzero(m & b[z]) for z, m in free[1].masks.items())
+    taken = sum(np.count_nonzero(m & b[z]) for z, m in guarded[1].masks.items() if z != 10)
+    assert taken_free > 30 and taken == 0
+    assert guarded[1].masks[10] is not None and (guarded[1].masks[10] == a[10]).all()  # the seed as annotated
+    assert set(guarded[1].masks) == set(free[1].masks)  # followed as far as before
+    with pytest.raises(ValueError, match="protected"):
+        propagate_objects(BleedingPredictor(truth), embeddings, seeds, N, protected=lambda z: np.zeros((3, 3), bool))

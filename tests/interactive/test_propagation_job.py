@@ -147,6 +147,35 @@ def test_job_passes_its_settings_to_a_stand_in():
     assert got and got[0][:2] == (4, 3)
 
 
+def test_job_protects_committed_labels_but_not_the_propagated_ones():
+    """``protected`` labels reach the algorithm as a per-slice mask of the pixels of committed
+    objects, without those of the targets the job propagates (``keep_ids``)."""
+    committed = np.zeros((7, 5, 6), np.int32)
+    committed[3, :2, :2] = 5  # another object
+    committed[3, 3:, 3:] = 9  # the committed object being propagated back into its id
+    seeds = {1: {3: committed[3] == 9}}
+    seen = {}
+
+    def stand_in(predictor, get_embedding, seeds, n_slices, **kwargs):
+        seen.update(kwargs)
+        return {1: PropagationResult({3: seeds[1][3]}, {3: 1.0}, {}, (3,))}
+
+    plane = Plane((7, 5, 6), (1, 2), (3, 0, 0))
+    job = PropagationJob(plane, 0, seeds, lambda z: None, keep_ids={1: 9}, protected=committed)
+    job.run("predictor", propagate=stand_in)
+    mask = seen["protected"](3)
+    assert mask.dtype == bool and mask.shape == (5, 6)
+    np.testing.assert_array_equal(mask, committed[3] == 5)
+    assert not seen["protected"](0).any()
+    # without protected labels (or with labels of another shape) nothing is passed
+    seen.clear()
+    PropagationJob(plane, 0, seeds, lambda z: None).run("predictor", propagate=stand_in)
+    assert "protected" not in seen
+    PropagationJob(plane, 0, seeds, lambda z: None, protected=np.zeros((2, 5, 6), np.int32)).run(
+        "predictor", propagate=stand_in)
+    assert "protected" not in seen
+
+
 def test_the_job_and_status_text_modules_are_qt_free():
     code = ("import sys, napari_edgesam.interactive.propagation_job, napari_edgesam.interactive.result_text; "
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('qtpy', 'napari', 'PyQt5', 'PySide2', 'magicgui')); "

@@ -114,8 +114,9 @@ def test_propagation_wiring_with_a_stub(widget, qtbot):
     seed = prompt(qtbot, c, (40, 30)).labels > 0
     calls = {}
 
-    def fake_propagate(predictor, get_embedding, seeds, n_slices, *, direction, cancel, progress, on_result):
-        calls.update(seeds=seeds, n=n_slices, direction=direction, emb=get_embedding(4))
+    def fake_propagate(predictor, get_embedding, seeds, n_slices, *, direction, cancel, progress, on_result,
+                       protected=None):
+        calls.update(seeds=seeds, n=n_slices, direction=direction, emb=get_embedding(4), protected=protected)
         out = {}
         for obj, obj_seeds in seeds.items():
             (z0, m0), = obj_seeds.items()
@@ -136,6 +137,8 @@ def test_propagation_wiring_with_a_stub(widget, qtbot):
     assert list(calls["seeds"]) == [1] and list(calls["seeds"][1]) == [3]
     np.testing.assert_array_equal(calls["seeds"][1][3], seed)
     assert calls["emb"].original_size == (64, 80)
+    # nothing committed yet: no pixel of the stack is protected
+    assert calls["protected"] is None or not calls["protected"](4).any()
     preview = viewer.layers[names.PREVIEW_LAYER].data
     np.testing.assert_array_equal(preview[3] > 0, seed)
     np.testing.assert_array_equal(preview[4] == 1, np.roll(seed, 1, axis=1))
@@ -162,6 +165,7 @@ def test_propagate_a_committed_label_back_into_its_id(widget, qtbot):
 
     def fake_propagate(predictor, get_embedding, seeds, n_slices, **kwargs):
         seen["seeds"] = seeds
+        seen["protected"] = kwargs.get("protected")
         m = seeds[1][3]
         return {1: PropagationResult({3: m, 2: m}, {3: 1.0, 2: 0.9}, {}, (3,))}
 
@@ -170,6 +174,9 @@ def test_propagate_a_committed_label_back_into_its_id(widget, qtbot):
         assert c.propagate("backward")
     assert list(seen["seeds"]) == [1] and list(seen["seeds"][1]) == [3]
     assert c.keep_ids == {1: 1}
+    # the other committed object is protected, the propagated one's own pixels are not
+    assert seen["protected"](0)[:5, :5].all() and seen["protected"](0).sum() == 25
+    assert not seen["protected"](3).any()
     record = c.commit()
     assert record.ids == {1: 1}
     np.testing.assert_array_equal(target.data[2] == 1, target.data[3] == 1)

@@ -7,7 +7,7 @@ and the result come back into the preview.
 :class:`~napari_edgesam._napari.controller.InteractiveController` (a mixin): it uses the
 controller's public interface (``current_view``, ``preview_layer``, ``target_layer``,
 ``prompt_layers``, ``embeddings``, ``predictor``, ``propagation``, ``propagation_options``,
-``generation``, ``keep_ids`` and the ``status``/``propagated``/``propagation_summary`` signals).
+``generation``, ``keep_ids``, ``overwrite`` and the ``status``/``propagated``/``propagation_summary`` signals).
 """
 
 from __future__ import annotations
@@ -53,8 +53,11 @@ class PropagationActions:
             self.status.emit("nothing to propagate: segment an object (or select a committed label) first")
             return None
         embeddings = self.embeddings
+        # committed labels stay theirs (unless the user overwrites): propagated masks do not take them
+        protected = None if target is None or self.overwrite or target.data.shape != preview.data.shape \
+            else target.data
         return PropagationJob(plane, axis, seeds, lambda z: embeddings.embed_now(view, plane.at(axis, z)),
-                              direction, self.generation, keep_ids, self.propagation_options, preview)
+                              direction, self.generation, keep_ids, self.propagation_options, preview, protected)
 
     def _propagated_slice(self, item: tuple) -> None:
         job, obj, z, mask = item

@@ -82,6 +82,10 @@ class PropagationJob:
         keep_ids: preview id -> target id for objects taken from the target labels.
         options: further keyword arguments of ``propagate_objects`` (stop rules, ...).
         preview: where the results go (the preview layer, opaque here).
+        protected: nD labels (the plane's shape) of objects committed earlier, or None: the
+            propagated masks never take their pixels (the target labels when existing labels
+            are not to be overwritten), except those of the targets in :attr:`keep_ids` (the
+            objects being propagated). Read slice by slice in the worker.
     """
 
     plane: Plane
@@ -93,6 +97,7 @@ class PropagationJob:
     keep_ids: Mapping[int, int] = field(default_factory=dict)
     options: Mapping[str, object] = field(default_factory=dict)
     preview: object = None
+    protected: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.direction not in DIRECTIONS:
@@ -138,8 +143,20 @@ class PropagationJob:
         """
         seeds = {obj: dict(s) for obj, s in self.seeds.items()}
         on_result = None if on_slice is None else (lambda obj, z, mask, score: on_slice(obj, z, mask))
+        options = dict(self.options)
+        if self.protected is not None and self.protected.shape == tuple(self.plane.shape):
+            options.setdefault("protected", self.protected_pixels)
         return propagate(predictor, self.embedding_for, seeds, self.n_slices, direction=self.direction,
-                         cancel=cancel, progress=progress, on_result=on_result, **self.options)
+                         cancel=cancel, progress=progress, on_result=on_result, **options)
+
+    def protected_pixels(self, z: int) -> np.ndarray | None:
+        """``rows x cols`` bool: the pixels of slice ``z`` that belong to committed objects
+        other than those being propagated (None without :attr:`protected`)."""
+        if self.protected is None:
+            return None
+        lab = self.plane.at(self.axis, z).read_labels(self.protected)
+        own = [int(v) for v in self.keep_ids.values()]
+        return (lab != 0) & ~np.isin(lab, own) if own else lab != 0
 
     def write_slice(self, labels: np.ndarray, obj: int, z: int, mask: np.ndarray) -> bool:
         """Put object ``obj``'s ``mask`` on slice ``z`` of the nD ``labels`` (in place) unless

@@ -84,6 +84,7 @@ def propagate_objects(
     one_piece: bool = True,
     clip_box: bool = True,
     exclusive: bool = True,
+    protected: Callable[[int], np.ndarray | None] | None = None,
 ) -> dict[int, PropagationResult]:
     """Propagate several objects through a stack in one pass, sharing each slice's embedding.
 
@@ -124,6 +125,9 @@ def propagate_objects(
             bleeding into a followed neighbour is cut back before it is carried on; predictions
             settled on a slice before a neighbour's arrived there give up their contested pixels
             in the returned results (``on_result`` saw them before that); seeds never change.
+        protected: slice index -> ``H x W`` bool pixels of objects that are not propagated
+            (e.g. labels committed earlier), or None: predicted masks never take them, so an
+            object cannot drift into an annotated neighbour either.
     Returns:
         object id -> :class:`PropagationResult`. Errors of the predictor propagate.
     """
@@ -138,7 +142,7 @@ def propagate_objects(
         logger.info("the predictor's backend has no mask input; propagating with box + point only")
         use_mask_input = False
     decoder = SliceDecoder(predictor, get_embedding, use_mask_input, box_extension, max(1, int(batch_size)),
-                           fill_holes, zoom_for, one_piece, clip_box, exclusive)
+                           fill_holes, zoom_for, one_piece, clip_box, exclusive, protected)
     sweeps = Sweeps(seeds, int(n_slices), direction, fill)
     cancelled = _sweep(sweeps, decoder, rules, cancel, progress, on_result)
     if progress is not None and not cancelled:

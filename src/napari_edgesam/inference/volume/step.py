@@ -38,6 +38,9 @@ class SliceDecoder:
         clip_box: each predicted mask ends at its prompt box (the previous slice's mask's box,
             widened by ``box_extension``; :func:`~napari_edgesam.inference.core.postprocess.clip_to_box`):
             a leak into a touching neighbour cannot grow from slice to slice.
+        exclusive: objects do not share pixels (see ``__call__``).
+        protected: slice index -> ``H x W`` bool pixels no predicted mask may take (objects that
+            are not propagated), or None.
     """
 
     predictor: object
@@ -50,6 +53,7 @@ class SliceDecoder:
     one_piece: bool = True
     clip_box: bool = True
     exclusive: bool = True
+    protected: Callable[[int], np.ndarray | None] | None = None
 
     def __call__(self, z: int, group: list[Sweep], settled: Sequence[tuple[int, np.ndarray]] = (),
                  seeds: Sequence[tuple[int, np.ndarray]] = ()) -> list[Decoded]:
@@ -72,6 +76,13 @@ class SliceDecoder:
         if self.exclusive and (len(group) > 1 or settled or seeds):
             masks = split_overlaps([m for m, _, _ in decoded], [s.obj for s in group], settled, seeds)
             decoded = [(m, score, logits) for m, (_, score, logits) in zip(masks, decoded)]
+        keep_out = None if self.protected is None else self.protected(z)
+        if keep_out is not None:
+            keep_out = np.asarray(keep_out, bool)
+            if keep_out.shape != group[0].mask.shape:
+                raise ValueError(f"the protected pixels of slice {z} have shape {keep_out.shape}, "
+                                 f"the masks {group[0].mask.shape}")
+            decoded = [(m & ~keep_out, score, logits) for m, score, logits in decoded]
         if self.one_piece:
             decoded = [(keep_prompted_pieces(m, point), score, logits)
                        for (_, point), (m, score, logits) in zip(prompts, decoded)]
