@@ -316,6 +316,9 @@ def test_very_large_boxes_are_zoomed_out_to_the_zoom_out_radius(shape, cx, cy, a
     assert smaller.window.scale == pytest.approx(32 / radius, rel=0.02)
     with pytest.raises(ValueError, match="zoom_out"):
         AutoZoom(predictor, image, zoom_out_radius=0)
+    # a threshold below the zoom-out radius never turns the zoom out into a zoom in
+    odd = AutoZoom(predictor, image, embedding=predictor.embedding, zoom_out_above=10, zoom_out_radius=400)
+    assert odd.segment(box=box).window is None
 
 
 def test_packaged_model_segments_very_large_nuclei_zoomed_out():

@@ -143,3 +143,82 @@ def test_protected_pixels_are_never_taken():
     assert set(guarded[1].masks) == set(free[1].masks)  # followed as far as before
     with pytest.raises(ValueError, match="protected"):
         propagate_objects(BleedingPredictor(truth), embeddings, seeds, N, protected=lambda z: np.zeros((3, 3), bool))
+
+
+# -- what takes part in the split (regressions found by review) -----------------------------
+def _disc(cy, cx, r):
+    yy, xx = np.ogrid[:H, :W]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+
+
+class ScriptedPredictor(FakePredictor):
+    """``rule(z, x) -> (mask, stability)`` for the prompt point's column ``x``."""
+
+    def __init__(self, rule):
+        super().__init__(np.zeros((N, H, W), np.int32))
+        self.rule = rule
+
+    def _segment(self, emb, point, box, mask_input):
+        x = int(np.asarray(point).reshape(-1, 2)[0, 0].round())
+        mask, score = self.rule(self.z_of(emb), x)
+        return mask.copy(), score
+
+
+A_DISC, B_DISC = _disc(32, 30, 14), _disc(32, 58, 14)
+
+
+def test_a_rejected_prediction_takes_no_pixels():
+    """B's prediction on slice 3 swallows A but is rejected (stability 0.3): A keeps its mask
+    there and is followed on."""
+    def rule(z, x):
+        if x < 44:
+            return A_DISC, 0.95
+        return (_disc(32, 44, 30), 0.3) if z == 3 else (B_DISC, 0.95)
+
+    res = propagate_objects(ScriptedPredictor(rule), embeddings, {1: {2: A_DISC}, 2: {2: B_DISC}}, 6,
+                            one_piece=False, clip_box=False)
+    assert sorted(res[1].masks) == list(range(6))
+    assert (res[1].masks[3] == A_DISC).all()
+    assert res[2].stopped["forward"] == "low stability"
+
+
+def test_an_emptied_mask_stops_its_sweep_without_an_error():
+    """B's accepted mask on slice 3 lies deep around A: A's mask there is all taken, and with
+    every rule off (min_area 0, min_overlap 0) A's sweep stops as "mask vanished" instead of
+    failing to build a prompt from an empty mask."""
+    def rule(z, x):
+        if x < 44:
+            return A_DISC, 0.95
+        return (_disc(32, 44, 34), 0.95) if z == 3 else (B_DISC, 0.95)
+
+    res = propagate_objects(ScriptedPredictor(rule), embeddings, {1: {2: A_DISC}, 2: {2: B_DISC}}, 6,
+                            clip_box=False, min_area=0, min_overlap=0.0)
+    assert res[1].stopped["forward"] == "mask vanished" and 3 not in res[1].masks
+    assert all(m.any() for r in res.values() for m in r.masks.values())
+
+
+def test_the_final_split_never_empties_a_settled_slice():
+    """B (small) settles on slice 3 before A's bleeding mask arrives there: the final split may
+    not leave B with an empty slice between full ones; A gives up those pixels instead."""
+    small = _disc(32, 58, 6)
+
+    def rule(z, x):
+        if x < 44:
+            return (_disc(32, 44, 30), 0.95) if z == 3 else (A_DISC, 0.95)
+        return small, 0.95
+
+    seen = []
+    res = propagate_objects(ScriptedPredictor(rule), embeddings, {1: {0: A_DISC}, 2: {5: small}}, 6,
+                            one_piece=False, clip_box=False, on_result=lambda o, z, m, s: seen.append((o, z)))
+    assert all(np.count_nonzero(m) >= 10 for m in res[2].masks.values())
+    for z in set(res[1].masks) & set(res[2].masks):
+        assert not (res[1].masks[z] & res[2].masks[z]).any()
+
+
+def test_split_overlaps_checks_shapes():
+    with pytest.raises(ValueError, match="one shape"):
+        split_overlaps([np.ones((4, 4), bool), np.ones((5, 5), bool)], [1, 2])
+    with pytest.raises(ValueError, match="one shape"):
+        split_overlaps([np.ones((4, 4), bool)], [1], fixed=[(2, np.ones((4, 5), bool))])
+    with pytest.raises(ValueError, match="H x W"):
+        split_overlaps([np.ones((2, 4, 4), bool)], [1], settled=[(2, np.ones((2, 4, 4), bool))])

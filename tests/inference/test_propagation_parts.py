@@ -31,7 +31,11 @@ def test_stop_rules_in_their_order():
     assert rules.reason(square(5, 5, size=3), 0.1, prev) == STOP_VANISHED  # area first (9 < 10)
     assert rules.reason(square(5, 6), 0.5, prev) == STOP_LOW_STABILITY
     assert rules.reason(square(12, 12), 0.9, prev) == STOP_LOW_OVERLAP
-    assert StopRules(0.0, 0.0, 0).reason(np.zeros((20, 20), bool), 0.0, prev) is None  # no rule
+    one_pixel = np.zeros((20, 20), bool)
+    one_pixel[0, 0] = True
+    assert StopRules(0.0, 0.0, 0).reason(one_pixel, 0.0, prev) is None  # no rule
+    # but an empty mask is never followed (there is nothing to prompt the next slice with)
+    assert StopRules(0.0, 0.0, 0).reason(np.zeros((20, 20), bool), 0.0, prev) == STOP_VANISHED
     assert iou(square(0, 0), square(0, 3)) == pytest.approx(18 / 54)
     assert iou(np.zeros((2, 2), bool), np.zeros((2, 2), bool)) == 0.0
     for bad, match in (({"min_stability": 1.5}, "min_stability"), ({"min_overlap": float("nan")}, "min_overlap"),

@@ -221,9 +221,10 @@ class AutoZoom:
         click_band: point prompts are zoomed out when their first mask's radius in the
             whole-image frame exceeds ``target * click_band``.
         box_zoom_out: also zoom boxes out (objects larger than ``target * band`` in the
-            whole-image frame) to ``target_radius``; off by default (:data:`DEFAULT_BOX_ZOOM_OUT`).
-        zoom_out_above: boxes whose object's radius in the whole-image frame exceeds this are
-            zoomed out so that it becomes ``zoom_out_radius`` (the model fails on objects that
+            whole-image frame) to ``target_radius`` (those above ``zoom_out_above`` still go to
+            ``zoom_out_radius``); off by default (:data:`DEFAULT_BOX_ZOOM_OUT`).
+        zoom_out_above: boxes whose object's radius in the whole-image frame exceeds this (and
+            ``zoom_out_radius``) are zoomed out so that it becomes ``zoom_out_radius`` (the model fails on objects that
             large; :data:`DEFAULT_ZOOM_OUT_ABOVE`); None: never.
         zoom_out_radius: see ``zoom_out_above`` (:data:`DEFAULT_ZOOM_OUT_RADIUS`).
         click_zoom_in: also zoom point prompts in (first mask smaller than
@@ -348,7 +349,8 @@ class AutoZoom:
         if bx is not None:
             radius = object_radius(bx)
             frame_r = radius * global_scale(self.shape)
-            if self.zoom_out_above is not None and frame_r > self.zoom_out_above:  # beyond the model's sizes
+            if self.zoom_out_above is not None and frame_r > max(self.zoom_out_above, self.zoom_out_radius):
+                # beyond the model's sizes (and only ever a zoom out)
                 window = crop_window(self.shape, bx, self.zoom_out_radius, self.max_scale)
                 return (self._on_window(window, pts, lab, bx, one_piece, clip_box)
                         or self._on_whole_image(pts, lab, bx, one_piece, clip_box))

@@ -47,6 +47,9 @@ def split_overlaps(masks: Sequence[np.ndarray], owners: Sequence[int],
     if n != len(owners):
         raise ValueError(f"{n} masks but {len(owners)} owners")
     masks = [np.asarray(m, bool) for m in masks]
+    shapes = {m.shape for m in masks} | {np.shape(m) for _, m in settled} | {np.shape(m) for _, m in fixed}
+    if len(shapes) > 1 or any(len(sh) != 2 for sh in shapes):
+        raise ValueError(f"split_overlaps needs H x W masks of one shape, got shapes {sorted(shapes)}")
     out = _split_by_depth(masks + [np.asarray(m, bool) for _, m in settled], list(owners) + [o for o, _ in settled], n)
     for owner, seed in fixed:
         seed = np.asarray(seed, bool)

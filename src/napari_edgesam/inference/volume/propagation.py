@@ -147,7 +147,7 @@ def propagate_objects(
     cancelled = _sweep(sweeps, decoder, rules, cancel, progress, on_result)
     if progress is not None and not cancelled:
         progress(sweeps.total, sweeps.total)
-    return sweeps.finish(exclusive=exclusive)
+    return sweeps.finish(exclusive=exclusive, min_area=rules.min_area)
 
 
 def _sweep(sweeps: Sweeps, decoder: SliceDecoder, rules: StopRules, cancel: threading.Event | None,
@@ -161,10 +161,16 @@ def _sweep(sweeps: Sweeps, decoder: SliceDecoder, rules: StopRules, cancel: thre
         z, group = sweeps.next_slice()
         if not group:
             continue
-        settled, seeds = sweeps.settled(z, {s.obj for s in group}) if decoder.exclusive else ([], [])
-        for s, (mask, score, logits) in zip(group, decoder(z, group, settled, seeds), strict=True):
+        decoded = decoder(z, group)
+        reasons = [rules.reason(mask, score, s.mask) for s, (mask, score, _) in zip(group, decoded, strict=True)]
+        if decoder.exclusive:  # only the predictions the rules keep compete for pixels, then are judged again
+            settled, seeds = sweeps.settled(z, {s.obj for s in group})
+            split = decoder.split(group, decoded, [r is None for r in reasons], settled, seeds)
+            reasons = [r if r is not None or new is old else rules.reason(new[0], new[1], s.mask)
+                       for s, r, new, old in zip(group, reasons, split, decoded, strict=True)]
+            decoded = split
+        for s, (mask, score, logits), reason in zip(group, decoded, reasons, strict=True):
             sweeps.done += 1
-            reason = rules.reason(mask, score, s.mask)
             if reason is None:
                 if sweeps.accept(s, z, mask, score, logits) and on_result is not None:
                     on_result(s.obj, z, mask, score)

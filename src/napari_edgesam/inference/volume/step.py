@@ -55,12 +55,10 @@ class SliceDecoder:
     exclusive: bool = True
     protected: Callable[[int], np.ndarray | None] | None = None
 
-    def __call__(self, z: int, group: list[Sweep], settled: Sequence[tuple[int, np.ndarray]] = (),
-                 seeds: Sequence[tuple[int, np.ndarray]] = ()) -> list[Decoded]:
-        """The predictions of ``group`` on slice ``z``, in the order of ``group``. With
-        ``exclusive``, objects do not share pixels: a pixel contested by the group or by other
-        objects' earlier predictions ``settled`` ``(object, mask)`` on this slice goes to the
-        mask it lies deeper inside, and other objects' ``seeds`` keep all of theirs."""
+    def __call__(self, z: int, group: list[Sweep]) -> list[Decoded]:
+        """The predictions of ``group`` on slice ``z``, in the order of ``group``: cut at their
+        boxes, holes filled, the ``protected`` pixels left out, and only the prompted piece kept
+        (as set). Objects may still share pixels here: see :meth:`split`."""
         # each object's box + point, once: they prompt the decoder, then cut and pick the piece
         prompts = [prompt_from_mask(s.mask, self.box_extension) for s in group]
         if self.zoom_for is not None:
@@ -73,9 +71,6 @@ class SliceDecoder:
             decoded = [(clip_to_box(m, box), score, logits) for (box, _), (m, score, logits) in zip(prompts, decoded)]
         if self.fill_holes:
             decoded = [(_fill_holes(m), score, logits) for m, score, logits in decoded]
-        if self.exclusive and (len(group) > 1 or settled or seeds):
-            masks = split_overlaps([m for m, _, _ in decoded], [s.obj for s in group], settled, seeds)
-            decoded = [(m, score, logits) for m, (_, score, logits) in zip(masks, decoded)]
         keep_out = None if self.protected is None else self.protected(z)
         if keep_out is not None:
             keep_out = np.asarray(keep_out, bool)
@@ -87,6 +82,29 @@ class SliceDecoder:
             decoded = [(keep_prompted_pieces(m, point), score, logits)
                        for (_, point), (m, score, logits) in zip(prompts, decoded)]
         return decoded
+
+    def split(self, group: list[Sweep], decoded: list[Decoded], accepted: Sequence[bool],
+              settled: Sequence[tuple[int, np.ndarray]] = (),
+              seeds: Sequence[tuple[int, np.ndarray]] = ()) -> list[Decoded]:
+        """The ``accepted`` predictions of ``group`` (those the stop rules kept) without shared
+        pixels: a pixel contested by two of them, or by one of them and another object's earlier
+        prediction ``settled`` ``(object, mask)`` on this slice, goes to the mask it lies deeper
+        inside; other objects' ``seeds`` keep all of theirs
+        (:func:`~napari_edgesam.inference.volume.overlaps.split_overlaps`). Rejected predictions
+        do not compete and come back as they are; a mask that lost pixels keeps only its
+        prompted piece again (as set)."""
+        idx = [i for i, ok in enumerate(accepted) if ok]
+        if not self.exclusive or not idx or (len(idx) == 1 and not settled and not seeds):
+            return list(decoded)
+        masks = split_overlaps([decoded[i][0] for i in idx], [group[i].obj for i in idx], settled, seeds)
+        out = list(decoded)
+        for i, mask in zip(idx, masks, strict=True):
+            m, score, logits = decoded[i]
+            if mask is not m:
+                if self.one_piece and mask.any():
+                    mask = keep_prompted_pieces(mask, prompt_from_mask(group[i].mask, self.box_extension)[1])
+                out[i] = (mask, score, logits)
+        return out
 
 
 def check_sizes(emb: ImageEmbedding, z: int, group: list[Sweep]) -> None:

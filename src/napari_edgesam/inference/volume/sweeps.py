@@ -33,7 +33,7 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 
 @dataclass(frozen=True)
 class StopRules:
-    """When a direction stops: the predicted mask has fewer than ``min_area`` pixels
+    """When a direction stops: the predicted mask has fewer than ``min_area`` pixels or none
     ("mask vanished"), a stability score below ``min_stability``, or an IoU with the
     previous slice's mask below ``min_overlap``. Checked on construction."""
 
@@ -53,7 +53,8 @@ class StopRules:
     def reason(self, mask: np.ndarray, score: float, previous: np.ndarray) -> str | None:
         """Why the prediction ``mask`` (stability ``score``) following ``previous`` is
         rejected, or None when it is accepted."""
-        if np.count_nonzero(mask) < self.min_area:
+        area = np.count_nonzero(mask)
+        if area < self.min_area or area == 0:  # an empty mask is never followed (nothing to prompt with)
             return STOP_VANISHED
         if score < self.min_stability:
             return STOP_LOW_STABILITY
@@ -216,13 +217,15 @@ class Sweeps:
             return True
         return False
 
-    def finish(self, exclusive: bool = False) -> dict[int, PropagationResult]:
+    def finish(self, exclusive: bool = False, min_area: int = 1) -> dict[int, PropagationResult]:
         """Every object's result: its seeds and the best prediction of every slice reached.
         With ``exclusive``, predictions of different objects on one slice that still share pixels
         (one was settled before the other was decoded there) split them as
-        :func:`~napari_edgesam.inference.volume.overlaps.split_overlaps` does; seeds never change."""
+        :func:`~napari_edgesam.inference.volume.overlaps.split_overlaps` does; seeds never
+        change, and a prediction the split would leave with fewer than ``min_area`` pixels (or
+        none) keeps its pixels, which the others give up instead."""
         if exclusive:
-            self._split_settled()
+            self._split_settled(max(1, int(min_area)))
         for obj, found in self.candidates.items():
             res = self.results[obj]
             for z, c in found.items():
@@ -231,7 +234,7 @@ class Sweeps:
             res.scores = dict(sorted(res.scores.items()))
         return self.results
 
-    def _split_settled(self) -> None:
+    def _split_settled(self, min_area: int) -> None:
         by_slice: dict[int, list[int]] = {}
         for obj, found in self.candidates.items():
             for z in found:
@@ -240,7 +243,15 @@ class Sweeps:
             seeds = [(obj, res.masks[z]) for obj, res in self.results.items() if z in res.seeded]
             if len(objs) + len(seeds) < 2:
                 continue
-            masks = split_overlaps([self.candidates[o][z].mask for o in objs], objs, fixed=seeds)
+            before = [self.candidates[o][z].mask for o in objs]
+            masks = split_overlaps(before, objs, fixed=seeds)
+            for k, (old, new) in enumerate(zip(before, masks, strict=True)):
+                if new is not old and np.count_nonzero(new) < min_area:  # would vanish: it keeps its pixels
+                    kept = split_overlaps([old], [objs[k]], fixed=seeds)[0]
+                    masks[k] = kept
+                    for j in range(len(masks)):
+                        if j != k and objs[j] != objs[k] and (masks[j] & kept).any():
+                            masks[j] = masks[j] & ~kept
             for obj, mask in zip(objs, masks, strict=True):
                 c = self.candidates[obj][z]
                 if mask is not c.mask:
