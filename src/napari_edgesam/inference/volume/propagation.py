@@ -119,12 +119,14 @@ def propagate_objects(
             (False keeps every piece).
         clip_box: each predicted mask ends at its prompt box, the previous mask's box widened
             by ``box_extension`` (False keeps what the decoder gives outside it).
-        exclusive: objects decoded on the same slice do not share pixels: a contested pixel
-            goes to the object it lies deeper inside
+        exclusive: objects do not share pixels: among the predictions of a slice that the stop
+            rules keep (and other objects' earlier ones there), a contested pixel goes to the
+            object it lies deeper inside
             (:func:`~napari_edgesam.inference.volume.overlaps.split_overlaps`), so that a mask
-            bleeding into a followed neighbour is cut back before it is carried on; predictions
-            settled on a slice before a neighbour's arrived there give up their contested pixels
-            in the returned results (``on_result`` saw them before that); seeds never change.
+            bleeding into a followed neighbour is cut back before it is carried on; the masks are
+            then judged again. Predictions settled on a slice before a neighbour's arrived there
+            give up their contested pixels in the returned results (``on_result`` saw them before
+            that), unless that would leave them with fewer than ``min_area``; seeds never change.
         protected: slice index -> ``H x W`` bool pixels of objects that are not propagated
             (e.g. labels committed earlier), or None: predicted masks never take them, so an
             object cannot drift into an annotated neighbour either.
