@@ -222,3 +222,20 @@ def test_split_overlaps_checks_shapes():
         split_overlaps([np.ones((4, 4), bool)], [1], fixed=[(2, np.ones((4, 5), bool))])
     with pytest.raises(ValueError, match="H x W"):
         split_overlaps([np.ones((2, 4, 4), bool)], [1], settled=[(2, np.ones((2, 4, 4), bool))])
+
+
+def test_two_objects_on_one_track_keep_it_where_each_is_nearer_its_seed():
+    """Object 1 (seeded on slice 0) ends up following object 2's track (seeded on slice 6):
+    where their masks coincide, the slice stays with the object nearer its seed, and the other
+    has no mask there (never an empty one)."""
+    small = _disc(32, 58, 5)
+
+    def rule(z, x):
+        return (A_DISC, 0.95) if z <= 3 and x < 44 else (small, 0.95)
+
+    res = propagate_objects(ScriptedPredictor(rule), embeddings, {1: {0: A_DISC}, 2: {6: small}}, 7,
+                            one_piece=False, clip_box=False, min_overlap=0.0)
+    for z in set(res[1].masks) & set(res[2].masks):
+        assert not (res[1].masks[z] & res[2].masks[z]).any()
+    assert all(m.any() for r in res.values() for m in r.masks.values())
+    assert {4, 5} <= set(res[2].masks)  # nearer object 2's seed

@@ -176,6 +176,22 @@ def test_job_protects_committed_labels_but_not_the_propagated_ones():
     assert "protected" not in seen
 
 
+def test_write_results_takes_dropped_slices_off_the_preview():
+    """A slice written while the job ran (``on_slice``) that the final results no longer have
+    (dropped when objects were made exclusive) is cleared; seeds and other objects stay."""
+    plane = Plane((7, 5, 6), (1, 2), (3, 0, 0))
+    seed = np.zeros((5, 6), bool)
+    seed[1:4, 1:4] = True
+    job = PropagationJob(plane, 0, {1: {3: seed}}, lambda z: None)
+    labels = np.zeros((7, 5, 6), np.int32)
+    labels[3][seed] = 1
+    labels[5, 0, 0] = 2  # another object
+    assert job.write_slice(labels, 1, 4, seed) and job.write_slice(labels, 1, 5, seed)
+    job.write_results(labels, {1: PropagationResult({3: seed, 4: seed}, {3: 1.0, 4: 0.9}, {}, (3,))})
+    assert (labels[4] == 1).sum() == seed.sum() and (labels[3] == 1).sum() == seed.sum()
+    assert not (labels[5] == 1).any() and labels[5, 0, 0] == 2
+
+
 def test_the_job_and_status_text_modules_are_qt_free():
     code = ("import sys, napari_edgesam.interactive.propagation_job, napari_edgesam.interactive.result_text; "
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('qtpy', 'napari', 'PyQt5', 'PySide2', 'magicgui')); "

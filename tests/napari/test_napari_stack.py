@@ -177,6 +177,11 @@ def test_propagate_a_committed_label_back_into_its_id(widget, qtbot):
     # the other committed object is protected, the propagated one's own pixels are not
     assert seen["protected"](0)[:5, :5].all() and seen["protected"](0).sum() == 25
     assert not seen["protected"](3).any()
+    # propagated again (the preview now holds it): its own committed pixels are still not protected
+    with qtbot.waitSignal(c.propagated, timeout=TIMEOUT):
+        assert c.propagate("forward")
+    assert not seen["protected"](3).any() and seen["protected"](0).sum() == 25
+    assert c.keep_ids == {1: 1}
     record = c.commit()
     assert record.ids == {1: 1}
     np.testing.assert_array_equal(target.data[2] == 1, target.data[3] == 1)

@@ -52,6 +52,8 @@ class PropagationActions:
         if not seeds:
             self.status.emit("nothing to propagate: segment an object (or select a committed label) first")
             return None
+        if not keep_ids and self.keep_ids:  # the preview holds a committed label propagated before
+            keep_ids = {p: t for p, t in self.keep_ids.items() if p in seeds}
         embeddings = self.embeddings
         # committed labels stay theirs (unless the user overwrites): propagated masks do not take them
         protected = None if target is None or self.overwrite or target.data.shape != preview.data.shape \

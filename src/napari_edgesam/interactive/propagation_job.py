@@ -98,6 +98,9 @@ class PropagationJob:
     options: Mapping[str, object] = field(default_factory=dict)
     preview: object = None
     protected: np.ndarray | None = None
+    #: ``(object, z)`` written by :meth:`write_slice` (cleared again by :meth:`write_results`
+    #: where the final results have no mask)
+    painted: set = field(default_factory=set, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.direction not in DIRECTIONS:
@@ -164,10 +167,18 @@ class PropagationJob:
         if z in self.seeded(obj):
             return False
         stack.write_object(labels, self.plane, self.axis, obj, z, mask)
+        self.painted.add((int(obj), int(z)))
         return True
 
     def write_results(self, labels: np.ndarray, results: Mapping[int, PropagationResult]) -> None:
-        """Put every propagated (non-seed) slice of ``results`` into ``labels`` (in place)."""
+        """Put every propagated (non-seed) slice of ``results`` into ``labels`` (in place), and
+        take objects off the slices written while the job ran that the results no longer have
+        (a prediction dropped when objects were made exclusive)."""
+        for obj, z in sorted(self.painted):
+            res = results.get(obj)
+            if res is not None and z not in res.masks and z not in self.seeded(obj):
+                empty = np.zeros(self.plane.at(self.axis, z).read_labels(labels).shape, bool)
+                stack.write_object(labels, self.plane, self.axis, obj, z, empty)
         for obj, res in results.items():
             for z, mask in res.masks.items():
                 self.write_slice(labels, obj, z, mask)

@@ -126,7 +126,9 @@ def propagate_objects(
             bleeding into a followed neighbour is cut back before it is carried on; the masks are
             then judged again. Predictions settled on a slice before a neighbour's arrived there
             give up their contested pixels in the returned results (``on_result`` saw them before
-            that), unless that would leave them with fewer than ``min_area``; seeds never change.
+            that); one the split would leave with fewer than ``min_area`` pixels keeps its pixels
+            if the others can give them up, or else is dropped (it lay on another object). Seeds
+            never change.
         protected: slice index -> ``H x W`` bool pixels of objects that are not propagated
             (e.g. labels committed earlier), or None: predicted masks never take them, so an
             object cannot drift into an annotated neighbour either.
@@ -149,7 +151,7 @@ def propagate_objects(
     cancelled = _sweep(sweeps, decoder, rules, cancel, progress, on_result)
     if progress is not None and not cancelled:
         progress(sweeps.total, sweeps.total)
-    return sweeps.finish(exclusive=exclusive, min_area=rules.min_area)
+    return sweeps.finish(exclusive=exclusive, min_area=rules.min_area, one_piece=one_piece)
 
 
 def _sweep(sweeps: Sweeps, decoder: SliceDecoder, rules: StopRules, cancel: threading.Event | None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 
 from ..core.preprocess import resized_shape
 from .overlaps import split_overlaps
@@ -217,15 +218,19 @@ class Sweeps:
             return True
         return False
 
-    def finish(self, exclusive: bool = False, min_area: int = 1) -> dict[int, PropagationResult]:
+    def finish(self, exclusive: bool = False, min_area: int = 1, one_piece: bool = False) -> dict[int, PropagationResult]:
         """Every object's result: its seeds and the best prediction of every slice reached.
+
         With ``exclusive``, predictions of different objects on one slice that still share pixels
         (one was settled before the other was decoded there) split them as
         :func:`~napari_edgesam.inference.volume.overlaps.split_overlaps` does; seeds never
-        change, and a prediction the split would leave with fewer than ``min_area`` pixels (or
-        none) keeps its pixels, which the others give up instead."""
+        change; ties go to the prediction nearer its seed. A prediction the split would leave
+        with fewer than ``min_area`` pixels keeps its pixels and the others give them up, unless
+        that would leave one of them that small: then the prediction is dropped (its object has
+        no mask on that slice; it lay on another object). With ``one_piece``, a prediction the
+        split cut in pieces keeps its largest."""
         if exclusive:
-            self._split_settled(max(1, int(min_area)))
+            self._split_settled(max(1, int(min_area)), one_piece)
         for obj, found in self.candidates.items():
             res = self.results[obj]
             for z, c in found.items():
@@ -234,7 +239,7 @@ class Sweeps:
             res.scores = dict(sorted(res.scores.items()))
         return self.results
 
-    def _split_settled(self, min_area: int) -> None:
+    def _split_settled(self, min_area: int, one_piece: bool) -> None:
         by_slice: dict[int, list[int]] = {}
         for obj, found in self.candidates.items():
             for z in found:
@@ -243,16 +248,35 @@ class Sweeps:
             seeds = [(obj, res.masks[z]) for obj, res in self.results.items() if z in res.seeded]
             if len(objs) + len(seeds) < 2:
                 continue
+            # nearest seed first: it wins ties and keeps its pixels first
+            objs.sort(key=lambda o: (self.candidates[o][z].distance, -self.candidates[o][z].score))
             before = [self.candidates[o][z].mask for o in objs]
-            masks = split_overlaps(before, objs, fixed=seeds)
-            for k, (old, new) in enumerate(zip(before, masks, strict=True)):
-                if new is not old and np.count_nonzero(new) < min_area:  # would vanish: it keeps its pixels
-                    kept = split_overlaps([old], [objs[k]], fixed=seeds)[0]
+            masks: list[np.ndarray | None] = split_overlaps(before, objs, fixed=seeds)
+            if one_piece:
+                masks = [m if m is b else _largest_piece(m) for m, b in zip(masks, before, strict=True)]
+            for k in range(len(objs)):
+                if masks[k] is None or masks[k] is before[k] or np.count_nonzero(masks[k]) >= min_area:
+                    continue
+                kept = split_overlaps([before[k]], [objs[k]], fixed=seeds)[0]  # its pixels back
+                trial = [m if m is None or j == k or objs[j] == objs[k] or not (m & kept).any() else m & ~kept
+                         for j, m in enumerate(masks)]
+                if np.count_nonzero(kept) >= min_area and all(
+                        t is None or t is masks[j] or np.count_nonzero(t) >= min_area for j, t in enumerate(trial)):
+                    masks = trial
                     masks[k] = kept
-                    for j in range(len(masks)):
-                        if j != k and objs[j] != objs[k] and (masks[j] & kept).any():
-                            masks[j] = masks[j] & ~kept
+                else:  # it lies on another object: no mask of this object on this slice
+                    masks[k] = None
             for obj, mask in zip(objs, masks, strict=True):
                 c = self.candidates[obj][z]
-                if mask is not c.mask:
+                if mask is None:
+                    del self.candidates[obj][z]
+                elif mask is not c.mask:
                     self.candidates[obj][z] = Candidate(c.distance, c.score, mask)
+
+
+def _largest_piece(mask: np.ndarray) -> np.ndarray:
+    """The largest 8-connected piece of ``mask`` (the mask itself if it has one piece or none)."""
+    lab, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    if n <= 1:
+        return mask
+    return lab == (int(np.argmax(np.bincount(lab.ravel())[1:])) + 1)
