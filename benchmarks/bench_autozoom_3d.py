@@ -8,7 +8,8 @@ propagation from each nucleus's largest slice (its ground-truth mask as the seed
 nucleus, with raw masks, holes filled, the default (also one piece), and AutoZoom per slice
 (``propagate_objects(..., zoom_for=...)``).
 
-    python benchmarks/bench_autozoom_3d.py [--propagate] [--no-autozoom]
+    python benchmarks/bench_autozoom_3d.py [--propagate] [--no-autozoom] [--no-prompts]
+        [--sample-seed 2024] [--seed-at largest|half]
 
 ``--no-autozoom`` leaves the AutoZoom rows out (minutes instead of most of an hour on 2 cores:
 AutoZoom embeds a crop per nucleus slice).
@@ -77,11 +78,13 @@ def prompts(predictor, image: np.ndarray, labels: np.ndarray, autozoom: bool = T
             print(f"  {k}: {np.mean(v):.3f}")
 
 
-def propagation(predictor, image: np.ndarray, labels: np.ndarray) -> None:
+def propagation(predictor, image: np.ndarray, labels: np.ndarray, seed_at: str = "largest") -> None:
     ids = [int(i) for i in np.unique(labels)[1:]]
     seeds = {}
     for i in ids:
-        z = int(np.argmax((labels == i).sum((1, 2))))
+        area = (labels == i).sum((1, 2))
+        # the largest slice, or the first with half that area (the object grows from there)
+        z = int(np.argmax(area)) if seed_at == "largest" else int(np.nonzero(area >= 0.5 * area.max())[0][0])
         seeds[i] = {z: labels[z] == i}
     embeddings: dict = {}
     cache = CropEmbeddingCache(256)
@@ -123,13 +126,19 @@ def main() -> None:
     ap.add_argument("--propagate", action="store_true", help="also measure 3D propagation")
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--no-autozoom", action="store_true", help="leave the AutoZoom rows out (much faster)")
+    ap.add_argument("--sample-seed", type=int, default=2024, help="seed of the synthetic stack (2024: the plugin's sample)")
+    ap.add_argument("--seed-at", choices=("largest", "half"), default="largest",
+                    help="propagation seeds: each nucleus's largest slice, or its first slice with half that area")
+    ap.add_argument("--no-prompts", action="store_true", help="propagation rows only")
     args = ap.parse_args()
-    image, labels = synthetic_nuclei_3d(seed=2024, shape=(24, 192, 192), n_nuclei=20)
+    image, labels = synthetic_nuclei_3d(seed=args.sample_seed, shape=(24, 192, 192), n_nuclei=20)
     predictor = load_model(args.model, backend=args.backend, allow_download=False)
-    print(f"{args.model}, own 3D sample (synthetic_nuclei_3d(seed=2024, shape=(24, 192, 192), n_nuclei=20))")
-    prompts(predictor, image, labels, autozoom=not args.no_autozoom)
+    print(f"{args.model}, 3D sample synthetic_nuclei_3d(seed={args.sample_seed}, shape=(24, 192, 192), n_nuclei=20)"
+          f"{' (the plugin sample)' if args.sample_seed == 2024 else ''}; propagation seeded at the {args.seed_at} slice")
+    if not args.no_prompts:
+        prompts(predictor, image, labels, autozoom=not args.no_autozoom)
     if args.propagate:
-        propagation(predictor, image, labels)
+        propagation(predictor, image, labels, args.seed_at)
 
 
 if __name__ == "__main__":

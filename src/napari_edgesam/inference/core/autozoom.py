@@ -224,8 +224,8 @@ class AutoZoom:
             whole-image frame) to ``target_radius`` (those above ``zoom_out_above`` still go to
             ``zoom_out_radius``); off by default (:data:`DEFAULT_BOX_ZOOM_OUT`).
         zoom_out_above: boxes whose object's radius in the whole-image frame exceeds this (and
-            ``zoom_out_radius``) are zoomed out so that it becomes ``zoom_out_radius`` (the model fails on objects that
-            large; :data:`DEFAULT_ZOOM_OUT_ABOVE`); None: never.
+            ``zoom_out_radius``) are zoomed out so that it becomes ``zoom_out_radius`` (the
+            model fails on objects that large; :data:`DEFAULT_ZOOM_OUT_ABOVE`); None: never.
         zoom_out_radius: see ``zoom_out_above`` (:data:`DEFAULT_ZOOM_OUT_RADIUS`).
         click_zoom_in: also zoom point prompts in (first mask smaller than
             ``target / click_band``, or empty); off by default (it lost on the size sweep).

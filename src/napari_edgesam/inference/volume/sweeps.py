@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
+from ..core.postprocess import keep_prompted_pieces
 from ..core.preprocess import resized_shape
 from .overlaps import split_overlaps
 from .prompts import mask_to_low_res_logits
@@ -253,7 +253,7 @@ class Sweeps:
             before = [self.candidates[o][z].mask for o in objs]
             masks: list[np.ndarray | None] = split_overlaps(before, objs, fixed=seeds)
             if one_piece:
-                masks = [m if m is b else _largest_piece(m) for m, b in zip(masks, before, strict=True)]
+                masks = [m if m is b else keep_prompted_pieces(m) for m, b in zip(masks, before, strict=True)]
             for k in range(len(objs)):
                 if masks[k] is None or masks[k] is before[k] or np.count_nonzero(masks[k]) >= min_area:
                     continue
@@ -273,10 +273,3 @@ class Sweeps:
                 elif mask is not c.mask:
                     self.candidates[obj][z] = Candidate(c.distance, c.score, mask)
 
-
-def _largest_piece(mask: np.ndarray) -> np.ndarray:
-    """The largest 8-connected piece of ``mask`` (the mask itself if it has one piece or none)."""
-    lab, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
-    if n <= 1:
-        return mask
-    return lab == (int(np.argmax(np.bincount(lab.ravel())[1:])) + 1)
