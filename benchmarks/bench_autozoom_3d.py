@@ -3,7 +3,8 @@ one-piece rule.
 
 Prompts: box and centre click on every nucleus slice of >= 30 px (mean IoU, share of raw masks
 with interior holes). "raw": the decoder's mask; "filled": its holes filled; "default": what
-``segment`` gives by default (holes filled, only the prompted piece). With ``--propagate``:
+``segment`` gives by default (holes filled, only the prompted piece, a box's centre point);
+"box alone": the default without the centre point (``box_centre=False``). With ``--propagate``:
 propagation from each nucleus's largest slice (its ground-truth mask as the seed), 3D IoU per
 nucleus, with raw masks, holes filled, the default (also one piece), and AutoZoom per slice
 (``propagate_objects(..., zoom_for=...)``).
@@ -40,7 +41,7 @@ def holes(mask: np.ndarray) -> bool:
 
 def prompts(predictor, image: np.ndarray, labels: np.ndarray, autozoom: bool = True) -> None:
     cache = CropEmbeddingCache(64)
-    res: dict[str, list] = {k: [] for k in ("box raw", "box filled", "box default", "click raw", "click filled",
+    res: dict[str, list] = {k: [] for k in ("box raw", "box filled", "box default", "box alone (no centre point)", "click raw", "click filled",
                                             "click default", "AZ box", "AZ click", "holes raw", "AZ holes raw")}
     t0 = time.perf_counter()
     for z in range(image.shape[0]):
@@ -61,6 +62,7 @@ def prompts(predictor, image: np.ndarray, labels: np.ndarray, autozoom: bool = T
             res["box raw"].append(iou(mb, truth))
             res["box filled"].append(iou(fill_holes(mb), truth))
             res["box default"].append(iou(predictor.segment(box=box)[0], truth))
+            res["box alone (no centre point)"].append(iou(predictor.segment(box=box, box_centre=False)[0], truth))
             res["click raw"].append(iou(mc, truth))
             res["click filled"].append(iou(fill_holes(mc), truth))
             res["click default"].append(iou(predictor.segment(*click)[0], truth))

@@ -13,7 +13,9 @@ their interior holes filled (:func:`napari_edgesam.inference.automatic.masks.fil
 "default" is what ``segment`` gives by default (holes filled, only the prompted piece); "holes" is
 the share of raw masks (box and click) with an interior hole. AutoZoom
 (:mod:`napari_edgesam.inference.core.autozoom`) embeds a crop in which the object has its
-preferred size; ``--targets`` sweeps that size (radius in the 1024 frame).
+preferred size; ``--targets`` sweeps that size (radius in the 1024 frame). "box alone" is
+AutoZoom's default box mask decoded from the box only (``box_centre=False``: before session 9,
+a box prompt got no centre point).
 """
 
 from __future__ import annotations
@@ -78,6 +80,10 @@ def measure(predictor, radius: int, size: int, n_objects: int, seed: int, target
         no_out = {t: autozoom.AutoZoom(predictor, image, target_radius=t, cache=zoom_cache,
                                        embedding=predictor.embedding, **{**extra, "zoom_out_above": None})
                   for t in targets}
+        # the same with box prompts decoded from the box alone (no centre point), side by side
+        alone = {t: autozoom.AutoZoom(predictor, image, target_radius=t, cache=zoom_cache,
+                                      embedding=predictor.embedding, box_centre=False, **extra)
+                 for t in targets}
     out: dict[str, list[float]] = defaultdict(list)
     for i in sorted(chosen.tolist()):
         ys, xs = np.nonzero(labels == i)
@@ -104,6 +110,7 @@ def measure(predictor, radius: int, size: int, n_objects: int, seed: int, target
                 out[f"AZ{t} holes"].append(has_holes(mask))
             out[f"AZ{t} box default"].append(iou(z.segment(box=box).mask, truth))
             out[f"AZ{t} box no zoom-out"].append(iou(no_out[t].segment(box=box).mask, truth))
+            out[f"AZ{t} box alone"].append(iou(alone[t].segment(box=box).mask, truth))
     return out
 
 
@@ -143,6 +150,7 @@ def main() -> None:
     keys = ["box", "box filled", "box default", "click", "click filled", "click default", "holes"]
     for t in targets:
         keys += [f"AZ{t:g} box", f"AZ{t:g} box filled", f"AZ{t:g} box default", f"AZ{t:g} box no zoom-out",
+                 f"AZ{t:g} box alone",
                  f"AZ{t:g} click",
                  f"AZ{t:g} click filled", f"AZ{t:g} holes"]
     keys = [k.replace(".0 ", " ") for k in keys]

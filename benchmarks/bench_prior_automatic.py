@@ -6,7 +6,9 @@
 The model loads as the widget and ``batch`` load it (``load_predictor``: ``--backend auto`` is the
 default backend, e.g. OpenVINO's int8 encoder with torch's decoder, and the prior stored beside
 the encoder file). Prior boxes run twice: as shipped (``zoom`` on: images whose objects are small
-in the 1024 frame are segmented again in zoomed tiles) and with ``zoom=False``.
+in the 1024 frame are segmented again in zoomed tiles), with ``zoom=False``, and with
+``box_centre=True`` (boxes whose mask fell short decoded again with their centre as a positive
+point; "prompts decoded" counts those second decodes).
 
 Cases: the held-out stardist right half (``data/nuclei_v2/heldout``, 512 x 256, never used for
 training or tuning) unless ``--image/--labels`` name another pair, a synthetic 512 x 512 and a
@@ -118,12 +120,12 @@ def main() -> None:
             grid = segment_automatic(pred, image, AutomaticConfig(), embedding=emb)
             sec = time.perf_counter() - t
             rows.append((f"point grid 32x32{tag} ({sec + t_enc:.2f} s with the encoder)", sec, calls["prompts"], grid))
-            for zoom in (True, False):
+            for zoom, centre in ((True, False), (False, False), (True, True)):
                 calls["prompts"] = 0
                 t = time.perf_counter()
-                boxes = segment_automatic_boxes(pred, prior, image, BoxAutomaticConfig(zoom=zoom))
-                rows.append((f"prior boxes{tag}{'' if zoom else ', no zoom'} (incl. encoder + head)",
-                             time.perf_counter() - t, calls["prompts"], boxes))
+                boxes = segment_automatic_boxes(pred, prior, image, BoxAutomaticConfig(zoom=zoom, box_centre=centre))
+                rows.append((f"prior boxes{tag}{'' if zoom else ', no zoom'}{', box centre' if centre else ''} "
+                             "(incl. encoder + head)", time.perf_counter() - t, calls["prompts"], boxes))
             pred.decode_batch = real
         for mode, sec, n, labels in rows:
             m = match(np.asarray(labels), gt)

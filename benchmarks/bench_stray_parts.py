@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     predictor = load_model(args.model)
     with_prior, why = load_predictor(args.model)
     prior_rows: dict[str, list[float]] = {"cut": [], "not cut": []}
-    rows = {"box": [], "box kept": [], "click": [], "click kept": []}
+    rows = {"box": [], "box kept": [], "click": [], "click kept": [], "box alone": []}
     parts = {"box": 0, "click": 0}
     embeddings: dict = {}
     for image_path in sorted((Path(args.data) / "heldout" / "images").glob("*.tif")):
@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             parts["click"] += ndi.label(by_click, EIGHT)[1] > 1
             rows["box"].append(iou(by_box, truth))
             rows["box kept"].append(iou(predictor.segment(box=box, embedding=emb)[0], truth))
+            rows["box alone"].append(iou(predictor.segment(box=box, embedding=emb, box_centre=False)[0], truth))
             rows["click"].append(iou(by_click, truth))
             rows["click kept"].append(iou(predictor.segment(*click, embedding=emb)[0], truth))
             if with_prior.prior is not None:
@@ -76,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     for kind in ("box", "click"):
         print(f"| {kind} | {100 * np.mean(rows[kind]):.1f} | {100 * np.mean(rows[kind + ' kept']):.1f} | "
               f"{parts[kind]}/{n} |")
+    print(f"\nbox, default post-processing, decoded from the box alone (box_centre=False, before session 9): "
+          f"{100 * np.mean(rows['box alone']):.1f} mIoU (%)")
     if prior_rows["cut"]:
         print(f"\ncentre click with the prior (segment_click, {with_prior.backend!r}): mask ending at the prior's box "
               f"{100 * np.mean(prior_rows['cut']):.1f}, not cut {100 * np.mean(prior_rows['not cut']):.1f} mIoU (%)")

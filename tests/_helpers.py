@@ -163,7 +163,7 @@ class LabelOraclePredictor(_OracleBase):
         return Prediction(masks, scores, low)
 
     def segment(self, point_coords=None, point_labels=None, box=None, mask_input=None, candidate=None, *,
-                fill_holes=True, one_piece=True, embedding=None, clip_box=True):
+                fill_holes=True, one_piece=True, embedding=None, clip_box=True, box_centre=True):
         emb = self.embedding if embedding is None else embedding
         if box is not None:
             x, y = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
@@ -182,6 +182,7 @@ class BoxOraclePredictor(_OracleBase):
     def __init__(self, seed: int = 0, prior=None) -> None:
         super().__init__(seed, prior)
         self.upscaled = False
+        self.centre_prompts = 0
 
     def _answer(self, emb, box) -> np.ndarray:
         lab = self._labels(emb)
@@ -194,13 +195,19 @@ class BoxOraclePredictor(_OracleBase):
 
     def decode_batch(self, embedding, point_coords=None, point_labels=None, boxes=None, mask_input=None,
                      num_multimask_outputs=1, return_logits=False, use_stability_score=False, upscale=True):
-        assert point_coords is None and num_multimask_outputs == 1
+        # points come only as the centre of their box (``box_centre``): the answer is the box's
+        assert num_multimask_outputs == 1
         b = np.asarray(boxes, np.float32)
+        if point_coords is not None:
+            centres = (b[:, :2] + b[:, 2:]) / 2
+            assert np.allclose(np.asarray(point_coords)[:, 0], centres, atol=1e-3), "a point other than the centre"
+            self.centre_prompts += len(b)  # counted apart: calls/prompts are the boxes' own decodes
         assert b.ndim == 2 and b.shape[1] == 4
         h, w = embedding.original_size
         assert (b >= -0.5).all() and (b[:, [0, 2]] <= w + 0.5).all() and (b[:, [1, 3]] <= h + 0.5).all()
-        self.calls += 1
-        self.prompts += len(b)
+        if point_coords is None:
+            self.calls += 1
+            self.prompts += len(b)
         self.upscaled |= upscale
         low = np.stack([self._answer(embedding, x) for x in b])[:, None]
         return Prediction(None, stability_score(low), low)

@@ -38,6 +38,21 @@ def test_segment_boxes(tmp_path, image_file, golden_checkpoint, golden_predictor
     assert "2 object(s)" in capsys.readouterr().out
 
 
+def test_segment_box_alone(tmp_path, image_file, golden_checkpoint, golden_predictor, edge_golden):
+    """By default a box whose first mask falls short is decoded again with its centre as a
+    positive point; ``--box-alone`` decodes the box alone."""
+    box = [20, 20, 380, 280]
+    golden_predictor.set_image(edge_golden["image"])
+    with_centre, _, _ = golden_predictor.segment(box=box)
+    alone, _, _ = golden_predictor.segment(box=box, box_centre=False)
+    assert (with_centre != alone).any(), "the golden model's mask falls short of this box"
+    for flag, expected in (([], with_centre), (["--box-alone"], alone)):
+        out = tmp_path / f"labels{len(flag)}.tif"
+        assert main(["segment", str(image_file), "--box", ",".join(map(str, box)), "-o", str(out),
+                     "--model", str(golden_checkpoint), *flag]) == 0
+        np.testing.assert_array_equal(read_image(out) == 1, expected)
+
+
 def test_segment_points(tmp_path, image_file, golden_checkpoint, golden_predictor, edge_golden):
     out = tmp_path / "labels.tif"
     rc = main(["segment", str(image_file), "--point", "200,150", "--point", "100,75,0",

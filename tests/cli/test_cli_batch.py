@@ -158,3 +158,8 @@ def test_cli_boxes_mode_flags_reach_the_config():
     # prompt mode: a box's mask ends at the box unless --keep-outside-box
     assert default.clip_box
     assert not config_from_args(parser.parse_args(["in", "-o", "out", "--prompts", "p.csv", "--keep-outside-box"])).clip_box
+    # prompt mode: a box falling short is decoded again with its centre unless --box-alone; the
+    # prior-box mode does that only with --box-centre
+    assert default.box_centre and not default.boxes.box_centre
+    assert not config_from_args(parser.parse_args(["in", "-o", "out", "--prompts", "p.csv", "--box-alone"])).box_centre
+    assert config_from_args(parser.parse_args(["in", "-o", "out", "--mode", "boxes", "--box-centre"])).boxes.box_centre

@@ -50,6 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-outside-box", action="store_true",
                    help="keep the parts of a box's mask outside the box (default: the mask ends at the box, "
                         "widened by a pixel and 2%%; also the box the prior joins to a click)")
+    p.add_argument("--box-alone", action="store_true",
+                   help="decode a box alone (default: a box without positive points is decoded again with its "
+                        "centre as a positive point when its first mask holds it)")
     p.add_argument("--autozoom", action="store_true",
                    help="segment each object in a crop rescaled so it has the size the model handles best "
                         "(boxes far from that size, clicks on large objects)")
@@ -98,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         from ..inference.core.autozoom import AutoZoom
 
         zoom = AutoZoom(predictor, image, embedding=predictor.embedding, proposals=predictor.proposals,
+                        box_centre=not args.box_alone,
                         channel=args.channel, contrast_limits=args.contrast_limits)
     objects = []
     if args.point:
@@ -115,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
             mask, score, _ = predictor.segment_click(coords[0], fill_holes=fill, one_piece=one, clip_box=cut)
         else:
             mask, score, _ = predictor.segment(coords, point_labels, box, fill_holes=fill, one_piece=one,
-                                               clip_box=cut)
+                                               clip_box=cut, box_centre=not args.box_alone)
         labels[mask & (labels == 0)] = k
     t2 = time.perf_counter()
     present = np.zeros(len(objects) + 1, bool)

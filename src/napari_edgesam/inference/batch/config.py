@@ -52,6 +52,9 @@ class BatchConfig:
         clip_box: prompt mode: a box's mask ends at the box, widened by a pixel and 2% of its
             side (:func:`~napari_edgesam.inference.core.postprocess.clip_to_box`); False keeps
             what lies outside.
+        box_centre: prompt mode: a box without positive points is decoded again with its centre
+            as a positive point when its first mask holds the centre (``EdgeSamPredictor.segment``);
+            False decodes the box alone.
     """
 
     mode: str = "auto"
@@ -71,6 +74,7 @@ class BatchConfig:
     one_piece: bool = True
     autozoom: bool = False
     clip_box: bool = True
+    box_centre: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

@@ -65,7 +65,7 @@ def segment_prompts(predictor, image: ImageData, prompts: Sequence[CsvObject], c
         if config.autozoom:
             from ..core.autozoom import AutoZoom
 
-            zoom = AutoZoom(predictor, plane, **norm)
+            zoom = AutoZoom(predictor, plane, box_centre=config.box_centre, **norm)
             for k, obj in objects:
                 out[zoom.segment(obj.points, obj.labels, obj.box, fill_holes=config.fill_holes,
                                  one_piece=config.one_piece, clip_box=config.clip_box).mask] = k
@@ -73,7 +73,8 @@ def segment_prompts(predictor, image: ImageData, prompts: Sequence[CsvObject], c
         tiled = TiledImage(predictor, plane, tile or max(plane.shape[:2]), config.automatic.tile_overlap, **norm)
         for k, obj in objects:
             region = tiled.segment(obj.points, obj.labels, obj.box, fill_holes=config.fill_holes,
-                                   one_piece=config.one_piece, clip_box=config.clip_box)
+                                   one_piece=config.one_piece, clip_box=config.clip_box,
+                                   box_centre=config.box_centre)
             h, w = region.mask.shape
             out[region.y0 : region.y0 + h, region.x0 : region.x0 + w][region.mask] = k
     return labels

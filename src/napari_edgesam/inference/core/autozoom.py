@@ -229,6 +229,8 @@ class AutoZoom:
         zoom_out_radius: see ``zoom_out_above`` (:data:`DEFAULT_ZOOM_OUT_RADIUS`).
         click_zoom_in: also zoom point prompts in (first mask smaller than
             ``target / click_band``, or empty); off by default (it lost on the size sweep).
+        box_centre: box prompts without a positive point also get the box's centre as one when
+            it lies in the box's first mask (``EdgeSamPredictor.segment(box_centre=...)``).
         cache: where crop embeddings are kept (a private 8-entry cache by default).
         image_key: identifies the image in ``cache`` (default: a content hash).
         embedding: the whole image's embedding if the caller has it (e.g. ``predictor.embedding``
@@ -241,7 +243,7 @@ class AutoZoom:
                  click_zoom_in: bool = False, box_zoom_out: bool = DEFAULT_BOX_ZOOM_OUT,
                  zoom_out_above: float | None = DEFAULT_ZOOM_OUT_ABOVE,
                  zoom_out_radius: float = DEFAULT_ZOOM_OUT_RADIUS,
-                 max_scale: float = MAX_SCALE,
+                 max_scale: float = MAX_SCALE, box_centre: bool = True,
                  cache: CropEmbeddingCache | None = None, image_key: Hashable | None = None,
                  embedding: ImageEmbedding | None = None, proposals=None, **normalisation) -> None:
         if band < 1 or click_band < 1:
@@ -258,6 +260,7 @@ class AutoZoom:
         self.box_zoom_out = bool(box_zoom_out)
         self.zoom_out_above = None if zoom_out_above is None else float(zoom_out_above)
         self.zoom_out_radius = float(zoom_out_radius)
+        self.box_centre = bool(box_centre)
         self.cache = cache if cache is not None else CropEmbeddingCache(8)
         if image_key is None:
             from ..embeddings.keys import data_signature
@@ -308,7 +311,7 @@ class AutoZoom:
             return self.predictor.segment_click(points[0], fill_holes=False, one_piece=one_piece,
                                                 embedding=emb.with_proposals(proposals), clip_box=clip_box)
         return self.predictor.segment(points, labels, box, fill_holes=False, one_piece=one_piece, embedding=emb,
-                                      clip_box=clip_box)
+                                      clip_box=clip_box, box_centre=self.box_centre)
 
     def _in_window(self, window: CropWindow, points, labels, box):
         cp = cl = cb = None

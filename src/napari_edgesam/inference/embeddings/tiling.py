@@ -239,7 +239,8 @@ class TiledImage:
         raise ValueError(f"point ({x:g}, {y:g}) lies outside the {self.shape[1]} x {self.shape[0]} image")
 
     def segment(self, point_coords=None, point_labels=None, box=None, *, max_tiles: int = 9,
-                fill_holes: bool = True, one_piece: bool = True, clip_box: bool = True) -> RegionMask:
+                fill_holes: bool = True, one_piece: bool = True, clip_box: bool = True,
+                box_centre: bool = True) -> RegionMask:
         """Segment one object from points ``N x 2`` (x, y) and/or a box ``(x0, y0, x1, y1)``.
 
         The prompts are checked like the predictor's (:func:`validate_prompt`): ValueError for
@@ -251,6 +252,7 @@ class TiledImage:
         ``max_tiles`` tiles. Interior holes of the joined mask are filled unless ``fill_holes``
         is False; of the joined mask only the piece the prompt points at is kept unless
         ``one_piece`` is False (:func:`~napari_edgesam.inference.core.postprocess.keep_prompted_pieces`).
+        ``clip_box`` and ``box_centre`` are the predictor's (``EdgeSamPredictor.segment``), per tile.
         """
         pts, lab, bx = validate_prompt(point_coords, point_labels, box, self.shape)  # never clamped
         h, w = self.shape
@@ -270,7 +272,7 @@ class TiledImage:
         while todo and len(done) < max_tiles:
             t = self.tiles[todo.pop(0)]
             done.add(t.index)
-            part = self._segment_tile(t, pts, lab, bx, full, fill_holes, clip_box)
+            part = self._segment_tile(t, pts, lab, bx, full, fill_holes, clip_box, box_centre)
             if part is None:
                 continue
             mask, stab = part
@@ -293,7 +295,7 @@ class TiledImage:
         return RegionMask(int(rows[0]), int(cols[0]), crop.copy(), float(score))
 
     def _segment_tile(self, t: Tile, pts, lab, bx, so_far: np.ndarray, fill_holes: bool = True,
-                      clip_box: bool = True):
+                      clip_box: bool = True, box_centre: bool = True):
         local_pts = local_lab = local_box = None
         if pts is not None:
             inside = np.array([t.contains(x, y) for x, y in pts])
@@ -317,7 +319,8 @@ class TiledImage:
         if local_pts is None and local_box is None:
             return None
         mask, stab, _ = self.predictor.segment(local_pts, local_lab, local_box, fill_holes=fill_holes, clip_box=clip_box,
-                                               one_piece=False, embedding=self.embedding(t.index))
+                                               one_piece=False, embedding=self.embedding(t.index),
+                                               box_centre=box_centre)
         return mask, stab
 
     @staticmethod
