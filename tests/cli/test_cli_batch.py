@@ -163,3 +163,8 @@ def test_cli_boxes_mode_flags_reach_the_config():
     assert default.box_centre and not default.boxes.box_centre
     assert not config_from_args(parser.parse_args(["in", "-o", "out", "--prompts", "p.csv", "--box-alone"])).box_centre
     assert config_from_args(parser.parse_args(["in", "-o", "out", "--mode", "boxes", "--box-centre"])).boxes.box_centre
+    # each flag belongs to one mode: elsewhere it would be silently ignored
+    with pytest.raises(ValueError, match="--box-alone is used with --prompts only"):
+        config_from_args(parser.parse_args(["in", "-o", "out", "--mode", "boxes", "--box-alone"]))
+    with pytest.raises(ValueError, match="--box-centre is used with --mode boxes only"):
+        config_from_args(parser.parse_args(["in", "-o", "out", "--prompts", "p.csv", "--box-centre"]))

@@ -223,7 +223,8 @@ def test_prior_box_masks_are_cut_exactly_where_segment_cuts(shipped):
         b = boxes[np.argmin([abs((bx[0] + bx[2]) / 2 - c.point[0]) + abs((bx[1] + bx[3]) / 2 - c.point[1]) for bx in boxes])]
         full = np.zeros(emb.original_size, bool)
         full[c.y0 : c.y0 + c.mask.shape[0], c.x0 : c.x0 + c.mask.shape[1]] = c.mask
-        free = shipped.segment(box=b, embedding=emb, fill_holes=False, one_piece=False, clip_box=False)[0]
+        free = shipped.segment(box=b, embedding=emb, fill_holes=False, one_piece=False, clip_box=False,
+                               box_centre=False)[0]  # the automatic mode decodes boxes alone by default
         ref = clip_to_box(free, b, margin_fraction=0.0)
         assert not (full & ~clip_to_box(np.ones_like(full), b, margin_fraction=0.0)).any()
         worst = min(worst, _iou(full, ref))

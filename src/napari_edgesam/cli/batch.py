@@ -134,6 +134,12 @@ def config_from_args(args: argparse.Namespace):
                                box_centre=args.box_centre, **shared)
     if args.autozoom and mode != "prompts":
         raise ValueError("--autozoom is used with --prompts only")
+    if args.box_alone and mode != "prompts":
+        raise ValueError("--box-alone is used with --prompts only (prompted boxes); in --mode boxes the prior's "
+                         "boxes are decoded alone unless --box-centre")
+    if args.box_centre and mode != "boxes":
+        raise ValueError(f"--box-centre is used with --mode boxes only (mode is {mode!r}); prompted boxes get "
+                         "their centre by default (--box-alone turns it off)")
     if args.prior is not None and mode != "boxes":
         raise ValueError(f"--prior is used with --mode boxes only (mode is {mode!r})")
     return BatchConfig(

@@ -76,13 +76,15 @@ def read_pairs(folder: str | os.PathLike) -> list[tuple[np.ndarray, np.ndarray]]
 
 def measure(fp32, int8, pairs, *, threshold: float = MIN_MEAN_IOU) -> GateResult:
     """The gate for two predictors sharing a decoder (``fp32``, ``int8``: anything with
-    ``encode`` and ``segment(box=..., embedding=...)``) on ``(image, labels)`` pairs."""
+    ``encode`` and ``segment(box=..., embedding=..., box_centre=...)``) on ``(image, labels)`` pairs.
+    Each box is decoded alone (``box_centre=False``): the gate compares encoders, and the
+    all-or-nothing second decode of a box whose mask falls short would add flips of its own."""
     ious: list[float] = []
     for image, labels in pairs:
         e32, e8 = fp32.encode(image), int8.encode(image)
         for box in object_boxes(labels):
-            a = np.asarray(fp32.segment(box=box, embedding=e32)[0], bool)
-            b = np.asarray(int8.segment(box=box, embedding=e8)[0], bool)
+            a = np.asarray(fp32.segment(box=box, embedding=e32, box_centre=False)[0], bool)
+            b = np.asarray(int8.segment(box=box, embedding=e8, box_centre=False)[0], bool)
             union = (a | b).sum()
             ious.append(float((a & b).sum() / union) if union else 1.0)
     if not ious:

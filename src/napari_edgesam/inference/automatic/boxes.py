@@ -275,7 +275,7 @@ def _with_centre_points(predictor, embedding: ImageEmbedding, boxes: np.ndarray,
     low = pred.low_res_logits
     redo, centres = [], []
     for b, box in enumerate(boxes):
-        point = box_centre_point(low[b, 0] > MASK_THRESHOLD, box * np.float32([sx, sy, sx, sy]), None,
+        point = box_centre_point(low[b, 0] > MASK_THRESHOLD, box * np.float32([sx, sy, sx, sy]),
                                  pixel_size=1.0 / sx)
         if point is not None:
             redo.append(b)

@@ -431,8 +431,8 @@ class EdgeSamPredictor:
         mask runs into touching neighbours); pass False to keep what lies outside. With ``box_centre`` (the default) a box
         prompt without positive points is decoded a second time with the box's centre as a positive point when its
         first mask holds the centre but fills less of the box than the ellipse inscribed in it, and the box is at least
-        16 pixels long (:func:`box_centre_point`: a box's mask that falls short of the object); pass False for one
-        decode of the box alone. ``embedding``: segment in this embedding's image
+        16 pixels long, and no negative point lies in the box (:func:`box_centre_point`: a box's mask that falls
+        short of the object); pass False for one decode of the box alone. ``embedding``: segment in this embedding's image
         instead of the current one (the predictor's state is not used). Returns mask ``H x W`` bool, stability score
         (of the decoder's mask; 0 for a mask with no pixel in the image), low-res
         ``256 x 256`` logits (unfilled).
@@ -450,15 +450,17 @@ class EdgeSamPredictor:
         mask = None
         if box_centre and boxes is not None:
             first = upscale_logits(low[:1], emb.input_size, emb.original_size)[0] > MASK_THRESHOLD
-            centre = box_centre_point(first, boxes[0], labels)
+            centre = box_centre_point(first, boxes[0], None if coords is None else coords[0],
+                                      None if labels is None else labels[0])
             if centre is None:
                 mask = first
-            else:
-                coords = centre[None] if coords is None else np.concatenate([coords, centre[None]], axis=1)
-                labels = np.ones((1, 1), np.float32) if labels is None else np.concatenate(
+            else:  # the post-processing below still follows the user's own prompts (as the session's,
+                # AutoZoom's and the tiles' own passes do)
+                with_centre = centre[None] if coords is None else np.concatenate([coords, centre[None]], axis=1)
+                centre_labels = np.ones((1, 1), np.float32) if labels is None else np.concatenate(
                     [labels, np.ones((1, 1), np.float32)], axis=1)
                 out = self._decode(
-                    emb, coords, labels, boxes,
+                    emb, with_centre, centre_labels, boxes,
                     None if mask_input is None else validate_mask_input(mask_input, 1),
                     n, False, True, upscale=False,
                 )
@@ -528,20 +530,28 @@ CENTRE_MIN_HALF_SIDE = 8.0
 CENTRE_MAX_FILL = float(np.pi / 4)
 
 
-def box_centre_point(mask: np.ndarray, box: np.ndarray, labels: np.ndarray | None,
-                     pixel_size: float = 1.0) -> np.ndarray | None:
+def box_centre_point(mask: np.ndarray, box: np.ndarray, points: np.ndarray | None = None,
+                     labels: np.ndarray | None = None, pixel_size: float = 1.0) -> np.ndarray | None:
     """The centre of ``box`` (``(x0, y0, x1, y1)`` pixels) as a ``1 x 2`` (x, y) point to add as
     a positive prompt, or None. ``mask``: the box's own first mask ``H x W`` (bool, same pixels);
-    ``labels``: the prompt's point labels ``1 x N`` or None; ``pixel_size``: image pixels per
-    pixel of ``mask`` (e.g. low-res logits: 4 x the image's side / 1024).
+    ``points`` ``N x 2`` (x, y, same pixels) and ``labels`` ``N``: the prompt's points, or None;
+    ``pixel_size``: image pixels per pixel of ``mask`` (e.g. low-res logits: 4 x the image's
+    side / 1024).
 
-    None when the prompt already has a positive point; when the box is small (longer side below
-    ``2 x`` :data:`CENTRE_MIN_HALF_SIDE` pixels); when the first mask already fills
-    :data:`CENTRE_MAX_FILL` of the box or more (then it is not short of the object); or when the
-    first mask does not hold the centre (a ring, a crescent, an object whose centre is
-    background: the point would force the wrong pixels in)."""
-    if labels is not None and (labels == 1).any():
-        return None
+    None when the prompt already has a positive point, or a negative point inside the box (the
+    user is correcting the mask there: a positive centre could contradict the click); when the
+    box is small (longer side below ``2 x`` :data:`CENTRE_MIN_HALF_SIDE` pixels); when the first
+    mask already fills :data:`CENTRE_MAX_FILL` of the box or more (then it is not short of the
+    object); or when the first mask does not hold the centre (a ring, a crescent, an object
+    whose centre is background: the point would force the wrong pixels in)."""
+    if labels is not None and len(labels):
+        labels = np.asarray(labels).reshape(-1)
+        if (labels == 1).any():
+            return None
+        pts = np.asarray(points, np.float64).reshape(-1, 2)
+        inside = ((pts[:, 0] >= box[0]) & (pts[:, 0] <= box[2]) & (pts[:, 1] >= box[1]) & (pts[:, 1] <= box[3]))
+        if inside.any():
+            return None
     x0, y0, x1, y1 = (float(v) for v in box)
     if max(x1 - x0, y1 - y0) * pixel_size < 2 * CENTRE_MIN_HALF_SIDE:
         return None
