@@ -6,7 +6,9 @@ plugin's own, nuclei of one size).
 Rows per data set, shipped model on the torch backend, default post-processing: box mIoU with
 the rule (default) and with the box alone (``box_centre=False``), and the same split by how much
 of its box the box-alone mask fills (the rule re-decodes only below pi/4, the ellipse inscribed
-in the box, and only boxes at least 16 px long). With ``--automatic``: prior-box automatic
+in the box, and only boxes at least 16 px long), beside the first version of the rule (the
+centre added whenever the box's mask holds it: "point always"); and radius-4 nuclei that
+AutoZoom magnifies 6-8x (where the 16-px minimum comes from). With ``--automatic``: prior-box automatic
 F1@0.5 and matched mIoU with ``BoxAutomaticConfig(box_centre=True)`` against the default (off).
 Also the latency of a box prompt on the train crop, with the rule and alone (interleaved).
 
@@ -29,6 +31,8 @@ from bench_prior_automatic import match  # noqa: E402
 
 from napari_edgesam.datasets import synthetic_nuclei_2d, synthetic_nuclei_3d, synthetic_nuclei_sized  # noqa: E402
 from napari_edgesam.inference.automatic.boxes import BoxAutomaticConfig, segment_automatic_boxes  # noqa: E402
+from napari_edgesam.inference.core import predictor as P  # noqa: E402
+from napari_edgesam.inference.core.autozoom import AutoZoom, CropEmbeddingCache  # noqa: E402
 from napari_edgesam.inference.loading.with_prior import load_predictor  # noqa: E402
 
 FILL_BANDS = ((0.0, 0.7), (0.7, np.pi / 4), (np.pi / 4, 0.85), (0.85, 2.0))
@@ -38,20 +42,45 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum() / max((a | b).sum(), 1))
 
 
-def boxes(predictor, pairs) -> np.ndarray:
-    """Rows (fill of the box-alone mask, IoU with the rule, IoU alone) of every nucleus >= 30 px."""
+class Always:
+    """Within the block, the rule adds the centre to every box whose mask holds it (no fill or
+    size condition): the first version of the rule, for comparison."""
+
+    def __enter__(self):
+        self.saved = P.CENTRE_MAX_FILL, P.CENTRE_MIN_HALF_SIDE
+        P.CENTRE_MAX_FILL, P.CENTRE_MIN_HALF_SIDE = np.inf, 0.0
+
+    def __exit__(self, *exc):
+        P.CENTRE_MAX_FILL, P.CENTRE_MIN_HALF_SIDE = self.saved
+
+
+def boxes(predictor, pairs, zoom: bool = False) -> np.ndarray:
+    """Rows (fill of the box-alone mask, IoU with the rule, IoU alone, IoU with the point always)
+    of every nucleus >= 30 px (``zoom``: through AutoZoom, every nucleus)."""
     rows = []
     for image, labels in pairs:
-        emb = predictor.encode(image)
+        if zoom:
+            zooms = {c: AutoZoom(predictor, image, box_centre=c, cache=CropEmbeddingCache(64)) for c in (True, False)}
+
+            def seg(box, centre, zooms=zooms):
+                return zooms[centre].segment(box=box).mask
+        else:
+            emb = predictor.encode(image)
+
+            def seg(box, centre, emb=emb):
+                return predictor.segment(box=box, embedding=emb, box_centre=centre)[0]
         for k in np.unique(labels)[1:]:
             truth = labels == k
-            if truth.sum() < 30:
+            if truth.sum() < (1 if zoom else 30):
                 continue
             ys, xs = np.nonzero(truth)
             box = np.float32([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
-            alone = predictor.segment(box=box, embedding=emb, box_centre=False)[0]
+            alone = seg(box, False)
             fill = alone.sum() / float((box[2] - box[0]) * (box[3] - box[1]))
-            rows.append((fill, iou(predictor.segment(box=box, embedding=emb)[0], truth), iou(alone, truth)))
+            with_rule = seg(box, True)
+            with Always():
+                always = seg(box, True)
+            rows.append((fill, iou(with_rule, truth), iou(alone, truth), iou(always, truth)))
     return np.array(rows)
 
 
@@ -84,7 +113,8 @@ def timing(predictor, pair, rounds: int = 3) -> None:
     predictor._decode = real
     print(f"\nlatency per box prompt ({len(found)} boxes of {image.shape[1]} x {image.shape[0]}, {rounds} rounds, "
           f"interleaved): with the rule {1e3 * statistics.median(secs[True]):.1f} ms, box alone "
-          f"{1e3 * statistics.median(secs[False]):.1f} ms (median); decoded twice: {twice[0] - len(found)} of {len(found)}")
+          f"{1e3 * statistics.median(secs[False]):.1f} ms (median); decoded twice: {twice[0] - len(found)} of {len(found)}",
+          flush=True)
 
 
 def main() -> int:
@@ -103,19 +133,26 @@ def main() -> int:
     cases.append(("3D sample seed 7, every other slice", [(volume[z], vlabels[z]) for z in range(0, 24, 2)]))
     cases.append(("sized nuclei r16/32/48 in 512", [synthetic_nuclei_sized(seed=5, shape=(512, 512), radius=r)
                                                     for r in (16, 32, 48)]))
+    tiny = [synthetic_nuclei_sized(seed=s, shape=(1024, 1024), radius=4) for s in (11, 12)]
+    for _, labels in tiny:  # 6 nuclei per image: each is an AutoZoom crop of its own
+        labels[~np.isin(labels, np.random.default_rng(0).choice(np.arange(1, labels.max() + 1), 6, replace=False))] = 0
     bands = " | ".join(f"fill {lo:.2f}-{hi:.2f}" if hi < 2 else f"fill >= {lo:.2f}" for lo, hi in FILL_BANDS)
-    print(f"{args.model} (torch), box mIoU, default post-processing: with the centre rule (default) / box alone; "
-          "fill: share of its box the box-alone mask covers (n in brackets)\n")
-    print(f"| data | n | with the rule | box alone | {bands} |")
-    print("|---|---|---|---|" + "---|" * len(FILL_BANDS))
-    for name, pairs in cases:
-        r = boxes(predictor, pairs)
+    print(f"{args.model} (torch), box mIoU, default post-processing: with the centre rule (default) / box alone / "
+          "point always; fill: share of its box the box-alone mask covers (n in brackets)\n")
+    print("columns 'with the rule' / 'box alone' / 'point always' (the centre whenever the mask holds it, "
+          "whatever the fill and size: the first version of the rule)\n")
+    print(f"| data | n | with the rule | box alone | point always | {bands} |")
+    print("|---|---|---|---|---|" + "---|" * len(FILL_BANDS))
+    for name, pairs, zoom in [(n, p, False) for n, p in cases] + [
+            ("radius-4 nuclei in 1024 images, AutoZoom (crops magnified 6-8x)", tiny, True)]:
+        r = boxes(predictor, pairs, zoom)
         cells = []
         for lo, hi in FILL_BANDS:
             s = (r[:, 0] >= lo) & (r[:, 0] < hi)
-            cells.append(f"{r[s, 1].mean():.3f} / {r[s, 2].mean():.3f} ({s.sum()})" if s.any() else "-")
-        print(f"| {name} | {len(r)} | {r[:, 1].mean():.3f} | {r[:, 2].mean():.3f} | " + " | ".join(cells) + " |",
-              flush=True)
+            cells.append(f"{r[s, 1].mean():.3f} / {r[s, 2].mean():.3f} / {r[s, 3].mean():.3f} ({s.sum()})"
+                         if s.any() else "-")
+        print(f"| {name} | {len(r)} | {r[:, 1].mean():.3f} | {r[:, 2].mean():.3f} | {r[:, 3].mean():.3f} | "
+              + " | ".join(cells) + " |", flush=True)
     timing(predictor, cases[0][1][0])
     if args.automatic:
         if predictor.prior is None:
