@@ -520,13 +520,14 @@ class _DecodeMemo:
 
 
 #: Boxes whose longer side is shorter than twice this (image pixels) get no centre point: on
-#: objects that few pixels across, seen magnified, the point grew the masks (nuclei of radius 4
-#: zoomed 6-8x by AutoZoom: box mIoU 0.913 -> 0.892 and 0.887 -> 0.882 on two images).
+#: objects that few pixels across, seen magnified, the point grew the masks (radius-4 nuclei
+#: zoomed 6-8x by AutoZoom: box mIoU 0.915 alone, 0.892 with the point whenever the mask holds
+#: it; ``benchmarks/bench_box_centre.py``).
 CENTRE_MIN_HALF_SIDE = 8.0
 #: A box's first mask filling at least this share of the box (the ellipse inscribed in it) is
 #: left as it is: the point helped where the box's mask fell short and grew masks that already
-#: filled their box (development sets, box mIoU by the first mask's fill: < 0.7 +0.02 to +0.09,
-#: 0.7-0.8 +0.004 to +0.018, > 0.8 -0.004 to -0.018).
+#: filled their box (development sets, ``benchmarks/bench_box_centre.py``: first masks filling
+#: under 0.7 of their box +0.03 to +0.11 box mIoU, over 0.85 -0.01 to -0.02).
 CENTRE_MAX_FILL = float(np.pi / 4)
 
 
