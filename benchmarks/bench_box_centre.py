@@ -10,7 +10,10 @@ in the box, and only boxes at least 16 px long), beside the first version of the
 centre added whenever the box's mask holds it: "point always"); and radius-4 nuclei that
 AutoZoom magnifies 6-8x (where the 16-px minimum comes from). With ``--automatic``: prior-box automatic
 F1@0.5 and matched mIoU with ``BoxAutomaticConfig(box_centre=True)`` against the default (off).
-Also the latency of a box prompt on the train crop, with the rule and alone (interleaved).
+Also, as validation on real nuclei from another microscope, never used for training or tuning:
+the stardist wheel's 3D example (``--wheel``), with and without AutoZoom, beside Otsu's threshold
+inside the box; and the latency of a box prompt on the train crop, with the rule and alone
+(interleaved).
 
     python benchmarks/bench_box_centre.py [--automatic] [--data data/nuclei_v2]
 """
@@ -117,11 +120,58 @@ def timing(predictor, pair, rounds: int = 3) -> None:
           flush=True)
 
 
+def stardist_3d(wheel: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """The stardist wheel's 3D example (``img3d.tif`` + ``mask3d.tif``, 31 x 61 x 57, BSD-3):
+    real nuclei from another microscope than the 2D image, never used for training or tuning."""
+    import io
+    import zipfile
+
+    if not zipfile.is_zipfile(wheel):
+        return None
+    with zipfile.ZipFile(wheel) as z:
+        return tuple(tifffile.imread(io.BytesIO(z.read(f"stardist/data/images/{n}")))  # type: ignore[return-value]
+                     for n in ("img3d.tif", "mask3d.tif"))
+
+
+def held_out_3d(predictor, volume: np.ndarray, labels: np.ndarray) -> None:
+    """Box mIoU on every nucleus slice >= 30 px of the real 3D example: the rule against the box
+    alone, on the whole slice and through AutoZoom (the widget's default), beside Otsu's
+    threshold inside the same box."""
+    from skimage.filters import threshold_otsu
+
+    res: dict[str, list[float]] = {k: [] for k in ("rule", "alone", "AZ rule", "AZ alone", "Otsu in the box")}
+    for z in range(volume.shape[0]):
+        ids = [i for i in np.unique(labels[z]) if i and (labels[z] == i).sum() >= 30]
+        if not ids:
+            continue
+        emb = predictor.encode(volume[z])
+        zooms = {c: AutoZoom(predictor, volume[z], box_centre=c, embedding=emb) for c in (True, False)}
+        for k in ids:
+            truth = labels[z] == k
+            ys, xs = np.nonzero(truth)
+            box = np.float32([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+            res["rule"].append(iou(predictor.segment(box=box, embedding=emb)[0], truth))
+            res["alone"].append(iou(predictor.segment(box=box, embedding=emb, box_centre=False)[0], truth))
+            res["AZ rule"].append(iou(zooms[True].segment(box=box).mask, truth))
+            res["AZ alone"].append(iou(zooms[False].segment(box=box).mask, truth))
+            x0, y0, x1, y1 = box.astype(int)
+            crop = volume[z][y0:y1, x0:x1].astype(np.float64)
+            otsu = np.zeros_like(truth)
+            if crop.max() > crop.min():
+                otsu[y0:y1, x0:x1] = crop > threshold_otsu(crop)
+            res["Otsu in the box"].append(iou(otsu, truth))
+    print(f"\nheld out, real: the stardist wheel's 3D example ({volume.shape[0]} x {volume.shape[1]} x "
+          f"{volume.shape[2]}), {len(res['rule'])} nucleus slices >= 30 px, box mIoU: "
+          + ", ".join(f"{k} {np.mean(v):.3f}" for k, v in res.items()), flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="edgesam-nuclei")
     ap.add_argument("--data", default="data/nuclei_v2", help="folder with train/images and train/labels")
     ap.add_argument("--automatic", action="store_true", help="also prior-box automatic F1 with and without the rule")
+    ap.add_argument("--wheel", default=None,
+                    help="stardist wheel for the real 3D example (default: data/stardist-*.whl; skipped if absent)")
     args = ap.parse_args()
     predictor, why = load_predictor(args.model, backend="torch")
     cases = []
@@ -153,6 +203,10 @@ def main() -> int:
                          if s.any() else "-")
         print(f"| {name} | {len(r)} | {r[:, 1].mean():.3f} | {r[:, 2].mean():.3f} | {r[:, 3].mean():.3f} | "
               + " | ".join(cells) + " |", flush=True)
+    wheels = [Path(args.wheel)] if args.wheel else sorted(Path("data").glob("stardist-*.whl"))
+    example = stardist_3d(wheels[0]) if wheels and wheels[0].is_file() else None
+    if example is not None:
+        held_out_3d(predictor, *example)
     timing(predictor, cases[0][1][0])
     if args.automatic:
         if predictor.prior is None:
